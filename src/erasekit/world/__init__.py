@@ -1,0 +1,1 @@
+"""The Shapes world: erasekit's embedded, offline text-to-image world."""

@@ -1,0 +1,70 @@
+"""The shipped Shapes pipeline: SD-1.x conventions, plain diffusers loading, prompt adherence."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from erasekit.generation import SamplingSettings, generate
+from erasekit.world.assets_paths import SHAPES_MODEL_DIR
+from erasekit.world.dataset import render_dataset
+from erasekit.world.vocabulary import ATTRIBUTES
+
+
+def test_tokenizer_matches_sd1_conventions():
+    tok = CLIPTokenizer.from_pretrained(SHAPES_MODEL_DIR / "tokenizer")
+    assert len(tok) == 49408
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (49406, 49407, 49407)
+    # "a photo of" is [320, 1125, 539] in CLIP's vocabulary (the ids every SD-1.x prompt starts with)
+    ids = tok("a photo of a red circle", padding="max_length", max_length=77).input_ids
+    assert ids[:4] == [49406, 320, 1125, 539]
+    first_eot = ids.index(49407)
+    assert all(i == 49407 for i in ids[first_eot:]) and len(ids) == 77
+    # byte-level BPE: unicode and emoji survive a round trip
+    assert tok.decode(tok("café 🙂").input_ids, skip_special_tokens=True).strip() == "café 🙂"
+
+
+def test_shipped_folder_loads_with_plain_diffusers():
+    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_MODEL_DIR, local_files_only=True)
+    assert isinstance(pipe.unet, UNet2DConditionModel)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    n_cross = sum(1 for name, _ in pipe.unet.named_modules() if name.endswith("attn2"))
+    assert n_cross >= 5
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.vae.config.latent_channels == 4 and pipe.unet.config.sample_size == 16
+
+
+def test_detector_reads_fresh_renders(detector):
+    images, labels = render_dataset(600, seed=987654)
+    probs = detector.probabilities(images)
+    for k, attribute in enumerate(ATTRIBUTES):
+        acc = (probs[attribute].argmax(1).numpy() == labels[:, k]).mean()
+        assert acc >= 0.99, (attribute, acc)
+
+
+def test_generation_is_seeded(shapes_pipe):
+    s = SamplingSettings(steps=10)
+    a = generate(shapes_pipe, ["a red circle", "a blue star"], [1, 2], s)
+    b = generate(shapes_pipe, ["a blue star"], [2], s)
+    assert np.array_equal(np.asarray(a[1]), np.asarray(b[0]))
+    assert a[0].size == (64, 64)
+
+
+def test_small_adherence_check(shapes_pipe, detector):
+    """A broken model fails here: shape and color must follow explicit prompts most of the time."""
+    from erasekit.eval.shapes_adherence import adherence_prompts
+
+    rows = adherence_prompts("explicit", 24, seed=100)
+    images = generate(shapes_pipe, [r[0] for r in rows], [r[2] for r in rows], SamplingSettings.for_model(SHAPES_MODEL_DIR))
+    pred = detector.predict(images)
+    shape = np.mean([p == r[1]["shape"] for p, r in zip(pred["shape"], rows)])
+    color = np.mean([p == r[1]["color"] for p, r in zip(pred["color"], rows)])
+    assert shape >= 0.7 and color >= 0.7, (shape, color)
+
+
+def test_empty_prompt_list_is_an_error(shapes_pipe):
+    with pytest.raises(ValueError, match="no prompts"):
+        generate(shapes_pipe, [], [], SamplingSettings())
