@@ -5,7 +5,7 @@
 # processes on 2 cores slow each other down many times over.
 #
 # Wall time of the shipped run on 2 CPU cores (see README "The Shapes world"):
-#   renders 30k: ~2 min, VAE 1500 steps: ~10 min, detector: see README, text+UNet: see README.
+#   renders 30k: ~2 min, VAE 2500 steps: ~17 min, detector: see README, text+UNet: see README.
 set -euo pipefail
 py=${PYTHON:-.venv/bin/python}
 root=${ERASEKIT_TRAIN_DIR:-$HOME/.cache/erasekit/train}/shapes
@@ -13,6 +13,6 @@ assets=src/erasekit/world/assets
 T2I_STEPS=${T2I_STEPS:-7000}
 mkdir -p "$root"
 [ -f "$root/tokenizer/vocab.json" ] || scripts/build_tokenizer.sh "$root/tokenizer"
-[ -d "$root/vae-final" ] || "$py" -m erasekit.world.train_vae --steps 1500 --lr 2e-3 --root "$root"
+[ -d "$root/vae-final" ] || "$py" -m erasekit.world.train_vae --steps 2500 --lr 2e-3 --root "$root"
 "$py" -m erasekit.world.train_detector --root "$root" --out "$assets/shapes_detector"
 "$py" -m erasekit.world.train_t2i --steps "$T2I_STEPS" --root "$root" --out "$assets/shapes"

@@ -61,3 +61,25 @@ def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.fl
         ) from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def is_shapes_world(pipe) -> bool:
+    """True for the shipped Shapes pipeline (or an export of it), judged by its model card."""
+    import json
+
+    path = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    card = Path(str(path)) / "erasekit.json" if path else None
+    if card is None or not card.exists():
+        return False
+    return json.loads(card.read_text()).get("name") == SHAPES_ID
+
+
+def general_prompts(pipe, n: int, exclude_words: list[str]) -> list[str]:
+    """Prompts standing for 'everything else' the model draws (COCO for SD, random captions for Shapes)."""
+    if is_shapes_world(pipe):
+        from ..world.prompts import general_captions
+
+        return general_captions(n, exclude_words=exclude_words)
+    from ..eval.benchmarks import coco_prompts
+
+    return coco_prompts(n)

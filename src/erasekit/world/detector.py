@@ -28,7 +28,7 @@ class ShapesDetector(nn.Module):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            _block(3, w, 1), _block(w, w, 1),
+            _block(3, w, 1),
             _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1),
             _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 1),
             _block(4 * w, 4 * w, 2),

@@ -51,7 +51,7 @@ def accuracy(det: ShapesDetector, images: np.ndarray, labels: np.ndarray) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -88,7 +88,7 @@ def main() -> None:
         y = torch.from_numpy(np.concatenate([labels[i_clean], labels[i_rt]]))
         x = augment(x, gen)
         for g in opt.param_groups:
-            g["lr"] = a.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / a.steps))
+            g["lr"] = float(a.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / a.steps)))
         logits = det(x)
         loss = sum(F.cross_entropy(logits[attr], y[:, k], label_smoothing=0.05) for k, attr in enumerate(ATTRIBUTES))
         opt.zero_grad(set_to_none=True)

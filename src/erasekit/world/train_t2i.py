@@ -147,7 +147,7 @@ def main() -> None:
         target = sched.get_velocity(z0, noise, t)
         warm = min(1.0, (step + 1) / 200)
         for g in opt.param_groups:
-            g["lr"] = a.lr * warm * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / a.steps)))
+            g["lr"] = float(a.lr * warm * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / a.steps))))
         pred = unet(zt, t, text(ids)[0]).sample
         loss = (weight[t] * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         if not torch.isfinite(loss):

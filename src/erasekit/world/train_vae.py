@@ -19,6 +19,9 @@ from .checkpoints import DEFAULT_ROOT, latest_checkpoint, load_checkpoint, save_
 from .dataset import cached_dataset, to_tensor_range
 
 
+FOREGROUND_WEIGHT = 10.0
+
+
 def train_vae(steps: int, batch: int, lr: float, kl_weight: float, seed: int, root: Path, every: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     images, _ = cached_dataset(root / "renders.npz", 30000, seed)
@@ -35,12 +38,17 @@ def train_vae(steps: int, batch: int, lr: float, kl_weight: float, seed: int, ro
         idx = rng.integers(0, len(images), size=batch)
         x = to_tensor_range(images[idx])
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / steps)))
+            g["lr"] = float(lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / steps))))
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
-        rec_loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
+        # Objects cover a small part of the image: weight pixels that differ from the
+        # background (read at the corner, which objects never reach) so that thin
+        # coloured strokes keep their colour through the autoencoder.
+        fg = ((x - x[:, :, :1, :1]).abs().sum(dim=1, keepdim=True) > 0.1).float()
+        w = 1.0 + FOREGROUND_WEIGHT * fg
+        rec_loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean() / w.mean()
         kl = post.kl().mean() / z[0].numel()
         loss = rec_loss + kl_weight * kl
         if not torch.isfinite(loss):

@@ -1,0 +1,191 @@
+"""Built-in concept packs and name lookup.
+
+Two packs ship with erasekit:
+
+``shapes``
+    Generated from the Shapes world's ``wording.json``: one concept per shape
+    (kind ``object``), color (``attribute``) and style (``style``), plus the
+    combination ``red-circle`` and the conditional ``circle-on-dark``.  Targets use
+    ONLY the explicit and synonym tiers; the implicit tier is held out so that
+    evaluations can test whether erasure generalises to paraphrases.  Anchors:
+    shape -> "shape" (the generic noun the captions use when no shape is named),
+    color -> "colored", style -> "" (no style word, exactly how training captions
+    read when the style is not mentioned, i.e. the model's style-neutral default).
+    Preservation prompts are the explicit captions of the other values of the
+    same attribute.
+
+``sd``
+    Stable Diffusion concepts from the YAML files in ``concepts/data``: nudity,
+    the seven I2P categories, artists and the Imagenette objects.
+
+Names are ``pack/concept`` ("shapes/circle", "sd/van-gogh"); a bare name
+("circle") resolves when exactly one pack has it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from ..world.captions import describe
+from ..world.vocabulary import load_vocabulary
+from .spec import ConceptSpec
+
+SHAPES_ANCHORS = {"shape": "shape", "color": "colored", "style": ""}
+SHAPES_KINDS = {"shape": "object", "color": "attribute", "style": "style"}
+# Where the concept word sits inside the world's "{np}" noun phrase.
+_NOUN_PHRASE = {"shape": "a {}", "color": "a {} shape", "style": "a {} shape"}
+_SD_FILES = ("sd_unsafe.yaml", "sd_artists.yaml", "sd_objects.yaml")
+
+
+class UnknownConceptError(KeyError):
+    """No concept has this name (or a bare name is ambiguous); lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+def normalize_name(name: str) -> str:
+    """'SD/Van Gogh' -> 'sd/van-gogh'."""
+    return re.sub(r"[\s_]+", "-", name.strip().lower())
+
+
+# ------------------------------------------------------------------ Shapes pack
+def _shapes_templates(attribute: str) -> list[str]:
+    return [t.replace("{np}", _NOUN_PHRASE[attribute]) for t in load_vocabulary().templates]
+
+
+def _named_words(attribute: str, value: str) -> list[str]:
+    vocab = load_vocabulary()
+    return vocab.words(attribute, value, "explicit") + vocab.words(attribute, value, "synonym")
+
+
+def _explicit_captions(values: list[dict[str, str]]) -> list[str]:
+    templates = load_vocabulary().templates
+    return [describe(v, "explicit", t) for v in values for t in templates]
+
+
+def _shapes_value_concept(attribute: str, value: str) -> ConceptSpec:
+    others = [v for v in load_vocabulary().values(attribute) if v != value]
+    return ConceptSpec(
+        name=f"shapes/{value}",
+        kind=SHAPES_KINDS[attribute],
+        targets=_named_words(attribute, value),
+        anchor=SHAPES_ANCHORS[attribute],
+        templates=_shapes_templates(attribute),
+        preserve=_explicit_captions([{attribute: v} for v in others]),
+        article_agreement=True,
+        description=f"Shapes world {attribute} '{value}' (explicit + synonym wording only).",
+    )
+
+
+def _shapes_red_circle() -> ConceptSpec:
+    vocab = load_vocabulary()
+    targets = [f"{c} {s}" for c in _named_words("color", "red") for s in _named_words("shape", "circle")]
+    retain = _explicit_captions(
+        [{"color": "red", "shape": s} for s in vocab.values("shape") if s != "circle"]
+        + [{"color": c, "shape": "circle"} for c in vocab.values("color") if c != "red"]
+    )
+    return ConceptSpec(
+        name="shapes/red-circle", kind="object", targets=targets, anchor="shape",
+        templates=_shapes_templates("shape"), preserve=retain, retain=retain,
+        combination=["red", "circle"], article_agreement=True,
+        description="Combination: erase red circles, keep red other shapes and circles of other colors.",
+    )
+
+
+def _shapes_circle_on_dark() -> ConceptSpec:
+    vocab = load_vocabulary()
+    targets = [f"{s} {b}" for s in _named_words("shape", "circle") for b in _named_words("background", "dark")]
+    retain = _explicit_captions(
+        [{"shape": "circle"}]
+        + [{"shape": "circle", "background": b} for b in vocab.values("background") if b != "dark"]
+        + [{"shape": s, "background": "dark"} for s in vocab.values("shape") if s != "circle"]
+    )
+    dark = vocab.words("background", "dark", "explicit")[0]
+    return ConceptSpec(
+        name="shapes/circle-on-dark", kind="object", targets=targets, anchor=f"shape {dark}",
+        templates=_shapes_templates("shape"), preserve=retain, retain=retain,
+        condition={"concept": "circle", "context": dark}, article_agreement=True,
+        description="Conditional: erase circles only on a dark background.",
+    )
+
+
+@lru_cache(maxsize=1)
+def _shapes_pack() -> dict[str, ConceptSpec]:
+    vocab = load_vocabulary()
+    specs = [_shapes_value_concept(a, v) for a in SHAPES_KINDS for v in vocab.values(a)]
+    specs += [_shapes_red_circle(), _shapes_circle_on_dark()]
+    return {s.name: s for s in specs}
+
+
+# ------------------------------------------------------------------ data-file packs
+def _group_specs(pack: str, group: dict[str, Any]) -> list[ConceptSpec]:
+    defaults = group.get("defaults", {})
+    raw = [{**defaults, **c, "name": f"{pack}/{c['name']}"} for c in group["concepts"]]
+    specs = [ConceptSpec.from_dict(d) for d in raw]
+    n_sib = int(group.get("preserve_siblings", 0))
+    if n_sib:  # each concept also preserves the canonical target of its siblings
+        out = []
+        for spec in specs:
+            extra = [spec.fill(t, o.canonical) for o in specs if o is not spec for t in spec.templates[:n_sib]]
+            out.append(spec.model_copy(update={"preserve": list(spec.preserve) + extra}))
+        specs = out
+    return specs
+
+
+@lru_cache(maxsize=1)
+def _file_packs() -> dict[str, dict[str, ConceptSpec]]:
+    packs: dict[str, dict[str, ConceptSpec]] = {}
+    root = resources.files("erasekit.concepts").joinpath("data")
+    for filename in _SD_FILES:
+        data = yaml.safe_load(root.joinpath(filename).read_text(encoding="utf-8"))
+        pack = data["pack"]
+        for group in data["groups"]:
+            for spec in _group_specs(pack, group):
+                packs.setdefault(pack, {})[spec.name] = spec
+    return packs
+
+
+def _all_packs() -> dict[str, dict[str, ConceptSpec]]:
+    return {"shapes": _shapes_pack(), **_file_packs()}
+
+
+# ------------------------------------------------------------------ public API
+def list_packs() -> list[str]:
+    """Names of the built-in packs, e.g. ['sd', 'shapes']."""
+    return sorted(_all_packs())
+
+
+def list_concepts(pack: str | None = None) -> list[str]:
+    """Qualified concept names ('shapes/circle', ...), of one pack or of all."""
+    packs = _all_packs()
+    if pack is not None and pack not in packs:
+        raise UnknownConceptError(f"unknown pack {pack!r}; packs: {', '.join(sorted(packs))}")
+    chosen = [packs[pack]] if pack is not None else packs.values()
+    return sorted(name for p in chosen for name in p)
+
+
+def get_concept(name: str, world: str | None = None) -> ConceptSpec:
+    """Look up a built-in concept by 'pack/name', or a bare name within ``world`` or unambiguously."""
+    key = normalize_name(name)
+    every = {n: s for p in _all_packs().values() for n, s in p.items()}
+    if "/" not in key:
+        if world is not None:
+            key = f"{normalize_name(world)}/{key}"
+        else:
+            hits = [n for n in every if n.split("/", 1)[1] == key]
+            if len(hits) > 1:
+                raise UnknownConceptError(f"concept name {name!r} is ambiguous; use one of: {', '.join(sorted(hits))}")
+            key = hits[0] if hits else key
+    if key in every:
+        return every[key].model_copy(deep=True)
+    pool = list(every) + [n.split("/", 1)[1] for n in every]
+    close = difflib.get_close_matches(key, pool, n=5, cutoff=0.5)
+    hint = f"; did you mean: {', '.join(close)}?" if close else f"; see list_concepts() ({len(every)} concepts)"
+    raise UnknownConceptError(f"unknown concept {name!r}{hint}")

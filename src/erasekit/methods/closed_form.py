@@ -1,0 +1,79 @@
+"""The closed-form cross-attention edit shared by UCE and TRCE stage 1.
+
+For a projection ``W`` (out x in) of a cross-attention layer, source
+embeddings ``c_i`` mapped to target values ``v_i`` and preserved embeddings
+``c_j`` (summarised by their second-moment matrix), the edited weight is
+
+    W' = (S_vc + eta * W C_p + lam * W) (S_cc + eta * C_p + lam * I)^-1
+
+with ``S_vc = mean_i v_i c_i^T``, ``S_cc = mean_i c_i c_i^T`` and
+``C_p = mean_j c_j c_j^T``: sums are normalised by their counts so ``eta``
+does not depend on how many prompts were used.  Solved with a linear solve in
+float64, never an explicit inverse.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def second_moment(embeddings: torch.Tensor) -> torch.Tensor:
+    """mean_j c_j c_j^T for embeddings (N, D), in float64."""
+    c = embeddings.double()
+    return c.T @ c / max(1, c.shape[0])
+
+
+def closed_form_edit(weight: torch.Tensor, sources: torch.Tensor, values: torch.Tensor,
+                     preserve_moment: torch.Tensor | None, eta: float, lam: float = 0.0) -> torch.Tensor:
+    """Edited weight (same dtype/device as ``weight``).
+
+    weight: (out, in); sources: (n, in) embeddings c_i; values: (n, out) targets v_i;
+    preserve_moment: (in, in) mean c_j c_j^T or None.
+    """
+    if sources.shape[0] == 0:
+        raise ValueError("closed-form edit needs at least one source embedding")
+    W = weight.detach().double().cpu()
+    c = sources.detach().double().cpu()
+    v = values.detach().double().cpu()
+    n = c.shape[0]
+    lhs = v.T @ c / n  # (out, in)
+    rhs = c.T @ c / n  # (in, in)
+    if preserve_moment is not None and eta > 0:
+        P = preserve_moment.double().cpu()
+        lhs = lhs + eta * (W @ P)
+        rhs = rhs + eta * P
+    if lam > 0:
+        lhs = lhs + lam * W
+        rhs = rhs + lam * torch.eye(rhs.shape[0], dtype=rhs.dtype)
+    # W' rhs = lhs  <=>  rhs^T W'^T = lhs^T  (rhs is symmetric)
+    new = torch.linalg.solve(rhs.T, lhs.T).T
+    return new.to(dtype=weight.dtype, device=weight.device)
+
+
+@torch.no_grad()
+def edit_cross_attention_kv(unet, sources: torch.Tensor, anchors: torch.Tensor,
+                            preserve_moment: torch.Tensor | None, eta: float, lam: float) -> list[str]:
+    """Apply the closed form to ``to_k`` and ``to_v`` of every cross-attention layer, in place.
+
+    ``sources`` (n, D) are mapped to what the ORIGINAL weights give for
+    ``anchors`` (n, D).  Returns the qualified names ('unet.' prefix) edited.
+    """
+    from ..models.scopes import cross_attention_layers
+
+    if sources.shape != anchors.shape:
+        raise ValueError(f"sources {tuple(sources.shape)} and anchors {tuple(anchors.shape)} must align")
+    edited = []
+    for name, attn in cross_attention_layers(unet).items():
+        for proj_name in ("to_k", "to_v"):
+            proj = getattr(attn, proj_name)
+            W = proj.weight
+            values = anchors.to(W.device, torch.float64) @ W.detach().double().T
+            W.copy_(closed_form_edit(W, sources, values, preserve_moment, eta, lam))
+            edited.append(f"unet.{name}.{proj_name}.weight")
+    return edited
+
+
+def cross_attention_kv_names(unet) -> list[str]:
+    from ..models.scopes import get_scope
+
+    return list(get_scope("cross_attn_kv").select(unet, prefix="unet.").keys())

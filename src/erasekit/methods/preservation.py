@@ -1,0 +1,68 @@
+"""Preservation statistics for closed-form edits: mean c c^T over general prompts, cached.
+
+The cache is a safetensors file holding the (D, D) float64 second moment and
+the prompt count, with metadata naming how embeddings were taken ("eot" or
+"tokens"), a fingerprint of the text conditioning (so a cache from another
+text encoder is refused) and a hash of the prompt list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..models.text import encode_prompts, first_eot_index, token_ids
+from .closed_form import second_moment
+
+
+def prompt_rows(pipe, prompts: list[str], mode: str) -> torch.Tensor:
+    """Embeddings (rows) that prompts contribute: their first [EoT] ("eot") or every token up to it ("tokens")."""
+    emb = encode_prompts(pipe, prompts)
+    ids = token_ids(pipe, prompts)
+    eot = first_eot_index(ids, pipe.tokenizer.eos_token_id)
+    if mode == "eot":
+        return emb[torch.arange(len(prompts)), eot]
+    if mode == "tokens":
+        return torch.cat([emb[i, 1 : int(e) + 1] for i, e in enumerate(eot)])
+    raise ValueError(f"unknown embedding mode {mode!r} (eot or tokens)")
+
+
+def text_fingerprint(pipe) -> str:
+    """Identifies the text conditioning: embeddings of a fixed probe prompt."""
+    probe = encode_prompts(pipe, ["a photo of a cat"]).float().cpu().numpy().round(4).tobytes()
+    return hashlib.sha256(probe).hexdigest()[:16]
+
+
+def _prompts_hash(prompts: list[str]) -> str:
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+
+
+def preservation_moment(pipe, prompts: list[str], mode: str, cache: str | Path | None = None) -> torch.Tensor:
+    """mean c c^T of the prompts' rows, loaded from / written to ``cache`` when given."""
+    if not prompts:
+        raise ValueError("preservation needs at least one prompt")
+    meta = {"mode": mode, "text": text_fingerprint(pipe), "prompts": _prompts_hash(prompts), "count": str(len(prompts))}
+    if cache is not None and Path(cache).exists():
+        with safe_open(str(cache), framework="pt") as f:
+            stored = f.metadata() or {}
+            if {k: stored.get(k) for k in meta} == meta:
+                return f.get_tensor("moment")
+    moment = second_moment(prompt_rows(pipe, prompts, mode))
+    if cache is not None:
+        cache = Path(cache)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        save_file({"moment": moment.contiguous()}, str(tmp), metadata=meta)
+        os.replace(tmp, cache)
+    return moment
+
+
+def describe_cache(path: str | Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(json.dumps(f.metadata() or {}))

@@ -1,0 +1,59 @@
+"""TRCE — Textual semantic erasure + denoising trajectory steering (seed 001). Stage 1 here.
+
+Stage 1 ("trce-t") is the closed-form K/V edit in which every prompt
+contributes exactly ONE embedding: the text-encoder output at its FIRST
+end-of-text token, located from the token ids.  Sources are each target
+synonym in each template (20 x 15 by default, fewer when the concept has
+fewer); targets are the anchor in the same template through the original
+weights; preservation is the normalised second moment of the [EoT]
+embeddings of general prompts (COCO for Stable Diffusion, random captions
+for the Shapes world) plus the concept's own preserve list, optionally cached.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..concepts.spec import ConceptSpec
+from ..models.delta import WeightDelta
+from ..models.loading import general_prompts
+from .base import EditSession, MethodConfig, MethodInfo
+from .closed_form import cross_attention_kv_names, edit_cross_attention_kv
+from .preservation import preservation_moment, prompt_rows
+
+
+class TextualConfig(MethodConfig):
+    """Paper defaults (SD-1.4): 20 synonyms x 15 templates, eta 0.01, COCO statistics."""
+
+    n_synonyms: int = 20
+    n_templates: int = 15
+    eta: float = 0.01
+    lam: float = 0.1
+    n_general: int = 1000
+    preserve_cache: str | None = None
+
+    PRESETS: ClassVar[dict] = {
+        # The Shapes world has a 128-d text space and far fewer distinct prompts
+        # than COCO, so 400 general captions already span it.
+        "shapes": {"n_general": 400},
+    }
+
+
+def erase_textual(pipe, concept: ConceptSpec, config: TextualConfig, method: str = "trce-t") -> WeightDelta:
+    sources = concept.target_prompts(config.n_synonyms, config.n_templates)
+    anchors = concept.anchor_prompts(config.n_synonyms, config.n_templates)
+    src = prompt_rows(pipe, sources, "eot")
+    anc = prompt_rows(pipe, anchors, "eot")
+    general = general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
+    preserve = general + list(concept.preserve)
+    moment = preservation_moment(pipe, preserve, "eot", cache=config.preserve_cache)
+    with EditSession(pipe, cross_attention_kv_names(pipe.unet), method, config, concept) as session:
+        edit_cross_attention_kv(pipe.unet, src, anc, moment, config.eta, config.lam)
+        session.metrics.update(source_prompts=len(sources), preserve_prompts=len(preserve))
+    return session.delta
+
+
+METHODS = {
+    "trce-t": MethodInfo("trce-t", TextualConfig, erase_textual,
+                         "TRCE stage 1: closed-form K/V edit on first-[EoT] embeddings"),
+}

@@ -1,0 +1,94 @@
+"""Tiny randomly initialised UNets with the layout of each Stable Diffusion family.
+
+They follow the small configurations diffusers uses in its own tests, so code
+that walks a UNet's structure (parameter scopes, deltas, methods) can be tested
+in seconds on a CPU.  The weights are random: never use them to judge quality.
+
+- ``sd1``: SD-1.x layout (conv projections in the transformers, per-block head
+  count, cross-attention at the higher resolutions, 32-d text embeddings).
+- ``sd2``: SD-2.x layout (``use_linear_projection=True``, per-block
+  ``attention_head_dim`` tuple, upcast attention).
+- ``sdxl``: SDXL layout (``addition_embed_type="text_time"``, several transformer
+  layers per block, plain first block, 64-d text embeddings, pooled 32-d
+  ``text_embeds`` and 6 ``time_ids`` as added conditions).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+_COMMON = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    norm_num_groups=8,
+)
+
+_CONFIGS: dict[str, dict] = {
+    "sd1": dict(
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+    ),
+    "sd2": dict(
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        upcast_attention=True,
+    ),
+    "sdxl": dict(
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids x 8 + pooled text (32)
+    ),
+}
+
+# Sizes a forward pass needs: text sequence width, and SDXL's pooled-text width.
+TEXT_DIM = {"sd1": 32, "sd2": 32, "sdxl": 64}
+POOLED_DIM = 32
+
+
+def tiny_unet_config(family: str) -> dict:
+    """The keyword config of a tiny UNet of ``family`` ('sd1', 'sd2' or 'sdxl')."""
+    if family not in _CONFIGS:
+        raise ValueError(f"unknown UNet family {family!r}; choose from {', '.join(FAMILIES)}")
+    return {**_COMMON, **_CONFIGS[family]}
+
+
+def tiny_unet(family: str = "sd1", seed: int = 0) -> UNet2DConditionModel:
+    """A tiny UNet2DConditionModel of ``family`` with seeded random weights (eval mode)."""
+    config = tiny_unet_config(family)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**config)
+    return unet.eval()
+
+
+def tiny_unet_inputs(family: str, batch: int = 1, seq_len: int = 5, seed: int = 0) -> dict:
+    """Keyword inputs for one forward pass of ``tiny_unet(family)``."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        "sample": torch.randn(batch, 4, 8, 8, generator=g),
+        "timestep": torch.tensor(10),
+        "encoder_hidden_states": torch.randn(batch, seq_len, TEXT_DIM[family], generator=g),
+    }
+    if family == "sdxl":
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, POOLED_DIM, generator=g),
+            "time_ids": torch.tensor([[8.0, 8.0, 0.0, 0.0, 8.0, 8.0]]).repeat(batch, 1),
+        }
+    return inputs
