@@ -10,7 +10,7 @@ set -euo pipefail
 py=${PYTHON:-.venv/bin/python}
 root=${ERASEKIT_TRAIN_DIR:-$HOME/.cache/erasekit/train}/shapes
 assets=src/erasekit/world/assets
-T2I_STEPS=${T2I_STEPS:-7000}
+T2I_STEPS=${T2I_STEPS:-6000}
 mkdir -p "$root"
 [ -f "$root/tokenizer/vocab.json" ] || scripts/build_tokenizer.sh "$root/tokenizer"
 [ -d "$root/vae-final" ] || "$py" -m erasekit.world.train_vae --steps 2500 --lr 2e-3 --root "$root"

@@ -114,7 +114,7 @@ def test_shapes_pack_never_uses_implicit_wording():
                 for w in vocab.words(attribute, value, tier):
                     named |= set(_words(w))
             implicit += vocab.words(attribute, value, "implicit")
-    allowed = named | {w for t in vocab.templates for w in _words(t.replace("{np}", ""))} | {"a", "an", "shape", "colored"}
+    allowed = named | {w for t in vocab.templates for w in _words(t.replace("{np}", ""))} | {"a", "an", "shape"}
     for name in list_concepts("shapes"):
         spec = get_concept(name)
         texts = (spec.target_prompts() + spec.anchor_prompts() + spec.preserve + spec.retain_prompts()
@@ -128,7 +128,7 @@ def test_shapes_value_concepts():
     vocab = load_vocabulary()
     circle = get_concept("circle")
     assert circle.targets == vocab.words("shape", "circle", "explicit") + vocab.words("shape", "circle", "synonym")
-    assert circle.anchor == "shape" and get_concept("red").anchor == "colored" and get_concept("striped").anchor == ""
+    assert circle.anchor == "shape" and get_concept("red").anchor == "" and get_concept("striped").anchor == ""
     assert len(circle.templates) == len(vocab.templates)
     assert "a picture of an orb" in circle.target_prompts()
     assert len(circle.anchor_prompts()) == len(circle.target_prompts())

@@ -8,9 +8,9 @@ Two packs ship with erasekit:
     combination ``red-circle`` and the conditional ``circle-on-dark``.  Targets use
     ONLY the explicit and synonym tiers; the implicit tier is held out so that
     evaluations can test whether erasure generalises to paraphrases.  Anchors:
-    shape -> "shape" (the generic noun the captions use when no shape is named),
-    color -> "colored", style -> "" (no style word, exactly how training captions
-    read when the style is not mentioned, i.e. the model's style-neutral default).
+    shape -> "shape" (the generic noun the captions use when no shape is named);
+    color and style -> "" (no word, exactly how training captions read when the
+    color or style is not mentioned, i.e. the model's neutral default).
     Preservation prompts are the explicit captions of the other values of the
     same attribute.
 
@@ -36,7 +36,7 @@ from ..world.captions import describe
 from ..world.vocabulary import load_vocabulary
 from .spec import ConceptSpec
 
-SHAPES_ANCHORS = {"shape": "shape", "color": "colored", "style": ""}
+SHAPES_ANCHORS = {"shape": "shape", "color": "", "style": ""}
 SHAPES_KINDS = {"shape": "object", "color": "attribute", "style": "style"}
 # Where the concept word sits inside the world's "{np}" noun phrase.
 _NOUN_PHRASE = {"shape": "a {}", "color": "a {} shape", "style": "a {} shape"}

@@ -52,6 +52,11 @@ class MethodInfo:
 _MODULES = {
     "uce": "erasekit.methods.uce",
     "trce-t": "erasekit.methods.trce",
+    "trce-v": "erasekit.methods.trce_v",
+    "trce": "erasekit.methods.trce_v",
+    "esd-x": "erasekit.methods.esd",
+    "esd-u": "erasekit.methods.esd",
+    "kscu": "erasekit.methods.kscu",
 }
 
 

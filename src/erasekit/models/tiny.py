@@ -92,3 +92,71 @@ def tiny_unet_inputs(family: str, batch: int = 1, seq_len: int = 5, seed: int = 
             "time_ids": torch.tensor([[8.0, 8.0, 0.0, 0.0, 8.0, 8.0]]).repeat(batch, 1),
         }
     return inputs
+
+
+# ------------------------------------------------------------------ a whole pipeline
+TINY_TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+
+# Two levels -> downsampling factor 2: 16 px images give 8 x 8 latents (the tiny UNet's sample_size).
+TINY_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=16,
+)
+
+SD_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
+def tiny_pipeline(family: str = "sd1", seed: int = 0, prediction_type: str = "epsilon"):
+    """A real, randomly initialised tiny ``StableDiffusionPipeline`` (SD-1.x layout), CPU, eval mode.
+
+    Tiny UNet of ``family`` (only ``sd1`` is supported), a 2-layer 32-d CLIP
+    text encoder with the full CLIP vocabulary, the shipped CLIP tokenizer,
+    a 2-level AutoencoderKL (16 px images <-> 8 x 8 x 4 latents) and a DDIM
+    scheduler with Stable Diffusion's settings.  No safety checker.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ..world.assets_paths import TOKENIZER_DIR
+
+    if family != "sd1":
+        raise NotImplementedError(f"tiny_pipeline supports family 'sd1' only for now (got {family!r})")
+    unet = tiny_unet(family, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG)).eval()
+        torch.manual_seed(seed + 2)
+        vae = AutoencoderKL(**TINY_VAE_CONFIG).eval()
+    scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG, prediction_type=prediction_type)
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

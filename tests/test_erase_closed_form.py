@@ -1,0 +1,79 @@
+"""UCE and TRCE stage 1 on the Shapes model: the concept goes, the rest stays, the pipe is untouched."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from erasekit.cli import app
+from erasekit.concepts.packs import get_concept
+from erasekit.eval.shapes_erasure import preservation_prompts, target_prompts
+from erasekit.generation import SamplingSettings, generate
+from erasekit.methods.base import get_method
+from erasekit.models.delta import WeightDelta, apply_delta, revert_delta
+from erasekit.models.scopes import get_scope
+from erasekit.world.assets_paths import SHAPES_MODEL_DIR
+
+
+def _rates(pipe, detector, value, attribute, n=24):
+    settings = SamplingSettings.for_model(SHAPES_MODEL_DIR)
+    rows = target_prompts(value, "explicit", n)
+    target = np.mean([p == value for p in detector.predict(generate(pipe, [r[0] for r in rows], [r[2] for r in rows], settings))[attribute]])
+    rows = preservation_prompts([value], n)
+    pred = detector.predict(generate(pipe, [r[0] for r in rows], [r[2] for r in rows], settings))
+    keep = np.mean([p == r[1][attribute] for p, r in zip(pred[attribute], rows)])
+    return target, keep
+
+
+@pytest.mark.parametrize("method", ["trce-t", "uce"])
+def test_closed_form_methods_erase_circle_and_keep_other_shapes(shapes_pipe, detector, method):
+    before = {k: v.clone() for k, v in shapes_pipe.unet.state_dict().items()}
+    info = get_method(method)
+    delta = info.erase(shapes_pipe, get_concept("circle"), info.config_cls.preset("shapes"))
+    after = shapes_pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "erase must leave the pipe unchanged"
+    kv = set(get_scope("cross_attn_kv").select(shapes_pipe.unet, prefix="unet."))
+    assert set(delta.names) == kv
+    t0, k0 = _rates(shapes_pipe, detector, "circle", "shape")
+    apply_delta(shapes_pipe, delta)
+    try:
+        t1, k1 = _rates(shapes_pipe, detector, "circle", "shape")
+    finally:
+        revert_delta(shapes_pipe, delta)
+    assert t1 <= t0 / 3, (t0, t1)
+    assert k1 >= 0.8 * k0, (k0, k1)
+
+
+def test_cli_erase_writes_delta_and_manifest(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["erase", "--model", "shapes", "--method", "trce-t", "--concept", "circle",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "trce-t" and manifest["base_model"] == "shapes"
+    assert manifest["config"]["n_general"] == 400 and manifest["seed"] == 0
+    assert {"torch", "diffusers", "transformers"} <= set(manifest["versions"])
+    assert manifest["wall_time_s"] < 10
+    delta = WeightDelta.load(out)
+    assert len(delta.tensors) == 14
+
+
+def test_cli_unknown_concept_lists_close_matches():
+    res = CliRunner().invoke(app, ["erase", "--method", "trce-t", "--concept", "circel", "--out", "x"])
+    assert res.exit_code == 2 and "circle" in res.output
+
+
+def test_preservation_cache_is_reused_and_keyed(shapes_pipe, tmp_path):
+    from erasekit.methods.preservation import describe_cache, preservation_moment
+
+    cache = tmp_path / "stats.safetensors"
+    prompts = ["a red square", "a blue star on a dark background"]
+    m1 = preservation_moment(shapes_pipe, prompts, "eot", cache=cache)
+    stamp = cache.stat().st_mtime_ns
+    m2 = preservation_moment(shapes_pipe, prompts, "eot", cache=cache)
+    assert torch.equal(m1, m2) and cache.stat().st_mtime_ns == stamp
+    assert describe_cache(cache)["count"] == "2"
+    m3 = preservation_moment(shapes_pipe, prompts + ["a green heart"], "eot", cache=cache)
+    assert not torch.equal(m1, m3)

@@ -1,0 +1,61 @@
+"""ESD-x / ESD-u: deltas stay in their scopes and the pipeline is left bit-exact."""
+
+import pytest
+import torch
+
+from erasekit.concepts.spec import ConceptSpec
+from erasekit.methods.base import get_method
+from erasekit.methods.esd import Config, esd_target
+from erasekit.models.delta import snapshot
+from erasekit.models.scopes import get_scope
+from erasekit.models.tiny import tiny_pipeline
+
+CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
+                      templates=["a photo of {}", "{} in a garden"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and two threads crawl on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def _everything(pipe):
+    names = [f"unet.{n}" for n, _ in pipe.unet.named_parameters()]
+    names += [f"text_encoder.{n}" for n, _ in pipe.text_encoder.named_parameters()]
+    return snapshot(pipe, names)
+
+
+@pytest.mark.parametrize("method,scope", [("esd-x", "cross_attn"), ("esd-u", "non_cross_attn")])
+def test_delta_in_scope_and_pipe_unchanged(pipe, method, scope):
+    before = _everything(pipe)
+    cfg = Config(iterations=3, n_steps=4, lr=1e-3, progress=False)
+    delta = get_method(method).erase(pipe, CONCEPT, cfg)
+    assert delta.names and set(delta.names) <= set(get_scope(scope).select(pipe.unet, prefix="unet."))
+    in_attn2 = [".attn2." in n for n in delta.names]
+    assert all(in_attn2) if method == "esd-x" else not any(in_attn2)
+    assert delta.manifest.method == method and delta.manifest.metrics["iterations"] == 3
+    after = _everything(pipe)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_same_seed_same_delta_and_presets(pipe):
+    cfg = Config(iterations=2, n_steps=4, lr=1e-3, progress=False)
+    a = get_method("esd-x").erase(pipe, CONCEPT, cfg)
+    b = get_method("esd-x").erase(pipe, CONCEPT, cfg)
+    assert a.delta_id == b.delta_id
+    assert Config().iterations == 1000 and Config().lr == 1e-5 and Config().n_steps == 50
+    assert Config.preset("shapes").n_steps == 25
+
+
+def test_negative_guidance_target():
+    c, u = torch.tensor([3.0]), torch.tensor([1.0])
+    assert torch.equal(esd_target(c, u, 1.0), torch.tensor([-1.0]))

@@ -1,0 +1,149 @@
+"""The shared fine-tuning trainer: exact resume, NaN guard, scope freezing, reference weights."""
+
+import hashlib
+
+import pytest
+import torch
+
+from erasekit.concepts.spec import ConceptSpec
+from erasekit.methods.trainer import (FineTuneConfig, NonFiniteLossError, Trainer, fine_tune, list_checkpoints,
+                                      partial_denoise, predict, reference_weights)
+from erasekit.models.delta import snapshot
+from erasekit.models.text import encode_prompts
+from erasekit.models.tiny import tiny_pipeline
+
+CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat"], anchor="dog")
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and two threads crawl on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def _make_step_fn(pipe, nan_at=None, interrupt_at=None, on_nan=None):
+    emb = encode_prompts(pipe, ["a cat", ""])
+
+    def make(trainer: Trainer):
+        def step_fn(step, g):
+            if interrupt_at is not None and step == interrupt_at:
+                raise Interrupt
+            z = torch.randn(1, 4, 8, 8, generator=g)
+            t = int(torch.randint(1000, (1,), generator=g))
+            with trainer.reference():
+                target = -predict(pipe.unet, z, t, emb[1:])
+            loss = torch.nn.functional.mse_loss(predict(pipe.unet, z, t, emb[:1]), target)
+            if nan_at is not None and step == nan_at:
+                if on_nan:
+                    on_nan()
+                return loss * float("nan")
+            return loss
+
+        return step_fn
+
+    return make
+
+
+def _all_tensors(pipe):
+    names = [f"unet.{n}" for n, _ in pipe.unet.named_parameters()]
+    names += [f"text_encoder.{n}" for n, _ in pipe.text_encoder.named_parameters()]
+    return snapshot(pipe, names)
+
+
+def _run(pipe, tmp, iterations=6, **kw):
+    cfg = FineTuneConfig(lr=1e-3, progress=False, checkpoint_dir=str(tmp), checkpoint_every=2,
+                         **{k: v for k, v in kw.items() if k in FineTuneConfig.model_fields})
+    make = _make_step_fn(pipe, **{k: v for k, v in kw.items() if k not in FineTuneConfig.model_fields})
+    return fine_tune(pipe, CONCEPT, cfg, "test", "cross_attn", iterations, make)
+
+
+def test_resume_reaches_the_same_delta_as_an_uninterrupted_run(pipe, tmp_path):
+    before = _all_tensors(pipe)
+    full = _run(pipe, tmp_path / "a")
+    with pytest.raises(Interrupt):
+        _run(pipe, tmp_path / "b", interrupt_at=5)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [2, 4]
+    resumed = _run(pipe, tmp_path / "b", resume=True)
+    assert resumed.manifest.metrics["resumed_from"] == 4
+    assert full.names and set(full.names) == set(resumed.names)
+    for n in full.names:
+        assert torch.equal(full.tensors[n], resumed.tensors[n]), n
+    after = _all_tensors(pipe)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    # Only the scope changed and the pipeline's requires_grad flags are back.
+    assert all(".attn2." in n for n in full.names)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(pipe, tmp_path):
+    before = _all_tensors(pipe)
+    seen = {}
+
+    def record():  # the checkpoint files as they are when the NaN appears
+        seen.update({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()})
+
+    with pytest.raises(NonFiniteLossError) as err:
+        _run(pipe, tmp_path, iterations=8, nan_at=5, on_nan=record)
+    assert "step 5" in str(err.value) and "last good checkpoint" in str(err.value)
+    assert err.value.checkpoint_step == 4
+    ckpts = list_checkpoints(tmp_path)
+    assert [s for s, _ in ckpts] == [2, 4] and max(s for s, _ in ckpts) < 5
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()} == seen
+    after = _all_tensors(pipe)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_scope_freezing_and_reference_swap(pipe):
+    unet = pipe.unet
+    trainer = Trainer(unet, "cross_attn", iterations=0, progress=False)
+    name, param = next(iter(trainer.params.items()))
+    zeros = {name: torch.zeros_like(param)}
+    with reference_weights(unet, zeros):
+        assert torch.count_nonzero(dict(unet.named_parameters())[name]) == 0
+        assert not torch.is_grad_enabled()
+    assert torch.equal(dict(unet.named_parameters())[name], trainer.originals[name])
+    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    seen = {}
+
+    def step_fn(step, g):
+        seen.update({n: p.requires_grad for n, p in unet.named_parameters()})
+        return sum(p.sum() for p in trainer.params.values()) * 0
+
+    Trainer(unet, "cross_attn", iterations=1, progress=False).run(step_fn)
+    assert {n for n, f in seen.items() if f} == set(trainer.params)
+    assert {n: p.requires_grad for n, p in unet.named_parameters()} == flags
+
+
+def test_partial_denoise_keeps_every_latent(pipe):
+    emb = encode_prompts(pipe, ["a cat", ""])
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    z, t, traj = partial_denoise(pipe.unet, pipe.scheduler, emb[:1], emb[1:], z0, 3, n_steps=10, keep_all=True)
+    assert traj.shape == (2, 4, 4, 8, 8) and torch.equal(traj[:, 0], z0) and torch.equal(traj[:, -1], z)
+    assert t == 1000 // 10 * (10 - 1 - 3) + 1  # DDIM with steps_offset=1
+    z2, _ = partial_denoise(pipe.unet, pipe.scheduler, emb[:1], emb[1:], traj[:, 1], 3, n_steps=10, start_step=1)
+    assert torch.allclose(z2, z, atol=1e-6)
+    assert pipe.scheduler.num_inference_steps is None  # the pipeline's scheduler was not touched
+
+
+def test_gradient_checkpointing_gives_the_same_result(pipe, tmp_path):
+    plain = _run(pipe, tmp_path / "a", iterations=2)
+    ckpt = _run(pipe, tmp_path / "b", iterations=2, gradient_checkpointing=True)
+    assert set(plain.names) == set(ckpt.names)
+    assert all(torch.allclose(plain.tensors[n], ckpt.tensors[n], atol=1e-6) for n in plain.names)
+    assert not pipe.unet.is_gradient_checkpointing
+
+
+def test_mixed_precision_needs_cuda(pipe):
+    with pytest.raises(ValueError, match="CUDA"):
+        Trainer(pipe.unet, "cross_attn", iterations=1, mixed_precision="bf16")

@@ -1,0 +1,105 @@
+"""TRCE stage 2: the contrastive loss, the trajectory cache, and both TRCE methods' deltas."""
+
+import pytest
+import torch
+
+import erasekit.methods.trce_v as trce_v
+from erasekit.concepts.spec import ConceptSpec
+from erasekit.methods.base import get_method
+from erasekit.methods.trce import TextualConfig, erase_textual
+from erasekit.methods.trce_v import Config, VisualConfig, load_or_sample, triplet_margin
+from erasekit.models.delta import snapshot
+from erasekit.models.scopes import get_scope
+from erasekit.models.tiny import tiny_pipeline
+
+CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
+                      templates=["a photo of {}", "{} in a garden"])
+TINY = dict(n_trajectories=2, n_uncond=2, n_steps=4, max_step=1, epochs=1, lr=1e-3, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and two threads crawl on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def _everything(pipe):
+    names = [f"unet.{n}" for n, _ in pipe.unet.named_parameters()]
+    names += [f"text_encoder.{n}" for n, _ in pipe.text_encoder.named_parameters()]
+    return snapshot(pipe, names)
+
+
+# ------------------------------------------------------------------ the loss
+def test_margin_loss_zero_when_closer_to_safe_by_the_margin():
+    f_safe, f_unsafe = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
+    m = 0.01
+    # x = a * 1: ||x - safe||^2 - ||x - unsafe||^2 = a^2 - (1 - a)^2 = 2a - 1 (per-element means)
+    for a, expected in [(0.0, 0.0), (0.49, 0.0), (0.4949, 0.0), (0.5, m), (0.9, 0.8 + m)]:
+        x = torch.full((1, 4, 2, 2), a)
+        assert triplet_margin(x, f_safe, f_unsafe, m).item() == pytest.approx(max(0.0, 2 * a - 1 + m), abs=1e-6)
+        assert (triplet_margin(x, f_safe, f_unsafe, m).item() > 0) == (2 * a - 1 + m > 0)
+    # batch: mean of per-sample hinges
+    x = torch.stack([torch.zeros(4, 2, 2), torch.ones(4, 2, 2)])
+    assert triplet_margin(x, f_safe, f_unsafe, m).item() == pytest.approx((0 + 1 + m) / 2)
+
+
+# ------------------------------------------------------------------ the cache
+def test_trajectory_cache_is_reused_and_keyed(pipe, tmp_path, monkeypatch):
+    cfg = VisualConfig(**TINY, trajectory_cache=str(tmp_path))
+    prompts = CONCEPT.target_prompts()
+    first = load_or_sample(pipe, prompts, cfg)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1 and first.n == 2 and first.n_uncond == 2
+    calls = []
+    real = trce_v.sample_trajectories
+    monkeypatch.setattr(trce_v, "sample_trajectories", lambda *a: calls.append(1) or real(*a))
+    again = load_or_sample(pipe, prompts, cfg)
+    assert not calls and torch.equal(again.latent("cond", 1, 1), first.latent("cond", 1, 1))
+    assert torch.equal(again.latent("uncond", 0, 3), first.latent("uncond", 0, 3))
+    # Another seed is another key; a file path with a stale key is resampled in place.
+    load_or_sample(pipe, prompts, cfg.model_copy(update={"seed": 1}))
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.safetensors"))) == 2
+    fixed = VisualConfig(**TINY, trajectory_cache=str(files[0]))
+    load_or_sample(pipe, prompts, fixed.model_copy(update={"seed": 2}))
+    assert len(calls) == 2
+
+
+def test_trajectories_shapes(pipe):
+    t = trce_v.sample_trajectories(pipe, CONCEPT.target_prompts(), VisualConfig(**TINY))
+    assert t["cond"].shape == (2, 2, 4, 8, 8) and t["uncond"].shape == (2, 4, 4, 8, 8)
+    assert t["prompt_index"].tolist() != [] and max(t["prompt_index"].tolist()) < 4
+
+
+# ------------------------------------------------------------------ the methods
+def test_trce_v_delta_in_visual_scope_and_pipe_unchanged(pipe):
+    before = _everything(pipe)
+    delta = get_method("trce-v").erase(pipe, CONCEPT, VisualConfig(**TINY))
+    visual = set(get_scope("visual").select(pipe.unet, prefix="unet."))
+    assert delta.names and set(delta.names) <= visual
+    assert any(".attn1." in n for n in delta.names) and any(".attn2.to_q" in n for n in delta.names)
+    assert delta.manifest.metrics["iterations"] == 2
+    after = _everything(pipe)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_trce_combines_both_stages_in_one_delta(pipe):
+    before = _everything(pipe)
+    cfg = Config(**TINY, n_general=8)
+    delta = get_method("trce").erase(pipe, CONCEPT, cfg)
+    kv = set(get_scope("cross_attn_kv").select(pipe.unet, prefix="unet."))
+    visual = set(get_scope("visual").select(pipe.unet, prefix="unet."))
+    names = set(delta.names)
+    assert names & kv and names & visual and names <= kv | visual
+    stage1 = erase_textual(pipe, CONCEPT, TextualConfig(**{k: getattr(cfg, k) for k in TextualConfig.model_fields}))
+    assert set(stage1.names) == names & kv
+    assert all(torch.equal(stage1.tensors[n], delta.tensors[n]) for n in stage1.names)
+    after = _everything(pipe)
+    assert all(torch.equal(before[n], after[n]) for n in before)
