@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -190,6 +191,193 @@ def adherence(
         console.print(f"{tier:9s} " + "  ".join(f"{a} {v:.3f}" for a, v in row.items()))
     if out:
         out.write_text(json.dumps(table, indent=2))
+
+
+# ------------------------------------------------------------------ evaluation
+NUDITY_BENCHMARKS = ("i2p", "unlearndiffatk-nudity", "mma", "ring-a-bell", "p4d")
+
+
+def _default_detector(benchmark: str, concept: Optional[str], shapes_world: bool, category: Optional[str]) -> str:
+    from .eval.plan import is_shapes_value
+
+    if benchmark == "shapes" or (shapes_world and is_shapes_value(concept)):
+        return "shapes"
+    if benchmark in NUDITY_BENCHMARKS or category == "sexual" or concept == "nudity":
+        return "nudenet"
+    _fail(f"choose a detector for benchmark {benchmark!r} with --detector (shapes, nudenet, q16)")
+
+
+def _detector_options(name: str, threshold: Optional[float], labels: Optional[str], clip) -> dict:
+    if name != "nudenet" and (threshold is not None or labels):
+        _fail("--threshold and --labels are settings of the nudenet detector")
+    if name == "nudenet":
+        opts = {}
+        if threshold is not None:
+            opts["threshold"] = threshold
+        if labels:
+            opts["labels"] = [x.strip() for x in labels.split(",") if x.strip()]
+        return opts
+    if name == "q16":
+        return {"clip": clip}
+    return {}
+
+
+def _load_delta(path: Optional[Path]):
+    if path is None:
+        return None
+    from .models.delta import DeltaError, WeightDelta
+
+    try:
+        return WeightDelta.load(path)
+    except (DeltaError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+def _progress_factory(bar):
+    def make(label: str, total: int):
+        task = bar.add_task(label, total=total)
+        return lambda k: bar.advance(task, k)
+
+    return make
+
+
+def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path] = None, concept: Optional[str] = None,
+             n: Optional[int] = None, n_preserve: int = 32, category: Optional[str] = None,
+             adversarial: Optional[list[Path]] = None, detector: Optional[str] = None,
+             threshold: Optional[float] = None, labels: Optional[str] = None, clip: Optional[str] = None,
+             inception: Optional[str] = None, steps: Optional[int] = None, guidance: Optional[float] = None,
+             batch_size: Optional[int] = None, device: Optional[str] = None, pipe=None, model_path=None):
+    """Run one evaluation (used by `eval` and `demo`); returns the results on the main process, else None."""
+    from .eval.benchmarks import BenchmarkFormatError
+    from .eval.clip import ClipEncoder, ClipUnavailableError
+    from .eval.detectors import DetectorUnavailableError, UnknownDetectorError, get_detector
+    from .eval.generation_runner import GenerationMismatchError, distributed_state
+    from .eval.plan import build_plan
+    from .eval.runner import run_eval
+    from .generation import SamplingSettings
+    from .models.loading import is_shapes_world
+
+    state = distributed_state()
+    if pipe is None:
+        pipe, model_path = _load(model, device or str(state.device))
+    shapes_world = is_shapes_world(pipe)
+    d = _load_delta(delta)
+    notes: list[str] = []
+    try:
+        plan = build_plan(benchmark, concept=concept, n=n, n_preserve=n_preserve, category=category,
+                          adversarial=[str(a) for a in adversarial or []], shapes_world=shapes_world)
+        name = detector or _default_detector(benchmark, concept, shapes_world, category)
+        encoder = None
+        if name == "q16" or plan.measure == "clip" or clip:
+            try:
+                encoder = ClipEncoder.load(clip, device=str(state.device))
+            except ClipUnavailableError as err:
+                if name == "q16" or clip or os.environ.get("ERASEKIT_CLIP"):
+                    raise
+                notes.append(f"CLIP score and COCO preservation skipped: {err}")
+        det = get_detector(name, **_detector_options(name, threshold, labels, encoder))
+        shapes = None
+        if shapes_world or name == "shapes":
+            from .eval.detectors.shapes import ShapesConceptDetector
+
+            shapes = det if isinstance(det, ShapesConceptDetector) else ShapesConceptDetector()
+        inception_model = inception_file = None
+        if inception or os.environ.get("ERASEKIT_INCEPTION"):
+            from .eval.fid import inception_path, load_inception
+
+            inception_file = inception_path(inception)
+            inception_model = load_inception(inception_file, device=str(state.device))
+        else:
+            notes.append("FID not computed: not available offline without Inception weights (--inception PATH)")
+        settings = SamplingSettings.for_model(model_path, steps=steps, guidance_scale=guidance, batch_size=batch_size)
+        bar = _progress()
+        bar.disable = not state.is_local_main_process  # one progress bar, on the main process
+        with bar:
+            return run_eval(pipe, plan, det, out, settings=settings, model=model, model_path=model_path, delta=d,
+                            delta_path=delta, clip=encoder, inception=inception_model, inception_path=inception_file,
+                            shapes=shapes, notes=notes, state=state, progress=_progress_factory(bar))
+    except (BenchmarkFormatError, DetectorUnavailableError, UnknownDetectorError, GenerationMismatchError) as err:
+        _fail(str(err))
+
+
+@app.command("eval")
+def eval_command(
+    benchmark: str = typer.Option(..., help="'shapes', a named benchmark (coco, artists, vangogh, niche-art, imagenette, "
+                                            "imagenet, unlearndiffatk-church, ...; i2p etc. via $ERASEKIT_BENCHMARKS) or a CSV path."),
+    out: Path = typer.Option(..., help="Output folder (images, results.json, report.md/html); reruns resume."),
+    model: str = typer.Option("shapes", help="'shapes', a local diffusers folder, or a Hub id."),
+    delta: Optional[Path] = typer.Option(None, help="Run folder of a weight delta: evaluates original and erased."),
+    concept: Optional[str] = typer.Option(None, help="Target concept (a Shapes value for the shapes benchmark/detector)."),
+    n: Optional[int] = typer.Option(None, "--n", "-n", help="Images per tier (shapes, default 32) / first N rows of a CSV."),
+    n_preserve: int = typer.Option(32, help="Preservation prompts (Shapes prompts or COCO); 0: none."),
+    category: Optional[str] = typer.Option(None, help="I2P category filter, e.g. sexual."),
+    adversarial: Optional[list[Path]] = typer.Option(None, help="Attack CSV(s) evaluated as tier 'adversarial'."),
+    detector: Optional[str] = typer.Option(None, help="shapes, nudenet or q16 (default from the benchmark)."),
+    threshold: Optional[float] = typer.Option(None, help="NudeNet score threshold (default 0.45)."),
+    labels: Optional[str] = typer.Option(None, help="NudeNet labels, comma-separated (default: the nine EXPOSED)."),
+    clip: Optional[str] = typer.Option(None, help="Local CLIP ViT-L/14 folder (or $ERASEKIT_CLIP) for Q16 / CLIP score."),
+    inception: Optional[str] = typer.Option(None, help="TorchScript Inception file (or $ERASEKIT_INCEPTION) for FID."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model card's)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance where the benchmark gives none (default: model card's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per pipeline call."),
+    device: Optional[str] = typer.Option(None, help="Default: this process's accelerate device."),
+):
+    """Evaluate erasure on a benchmark: ASR per tier, preservation, report (shard with `accelerate launch`)."""
+    results = evaluate(model, benchmark, out, delta=delta, concept=concept, n=n, n_preserve=n_preserve,
+                       category=category, adversarial=adversarial, detector=detector, threshold=threshold,
+                       labels=labels, clip=clip, inception=inception, steps=steps, guidance=guidance,
+                       batch_size=batch_size, device=device)
+    if results is None:
+        return
+    _print_eval(results)
+    console.print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}")
+
+
+def _print_eval(results: dict) -> None:
+    from rich.table import Table
+
+    m = results["metrics"]
+    table = Table(title=f"ASR ({results['settings']['detector']['name']} detector)")
+    has_orig = "asr_original" in m
+    table.add_column("tier")
+    if has_orig:
+        table.add_column("original")
+    table.add_column("erased" if has_orig else "rate")
+    for tier, v in m["asr"].items():
+        table.add_row(tier, *([f"{m['asr_original'][tier]:.3f}"] if has_orig else []), f"{v:.3f}")
+    console.print(table)
+    p = m.get("preservation")
+    console.print(f"preservation: {p:.3f}" if p is not None else "preservation: n/a")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Evaluation folders (with results.json)."),
+    out: Path = typer.Option(Path("pareto.png"), help="Pareto plot PNG."),
+    tier: Optional[str] = typer.Option(None, help="Target rate of this tier (default: all target images)."),
+):
+    """Compare evaluations: a table and a Pareto plot of target rate vs preservation."""
+    from rich.table import Table
+
+    from .eval.compare import ResultsError, load_summary, pareto_front, plot_pareto
+
+    try:
+        summaries = [load_summary(r) for r in runs]
+    except ResultsError as err:
+        _fail(str(err))
+    tiers = list(dict.fromkeys(t for s in summaries for t in s.asr))
+    points = [(s.target_rate(tier) if s.target_rate(tier) is not None else float("nan"),
+               s.preservation if s.preservation is not None else float("nan")) for s in summaries]
+    front = pareto_front(points)
+    table = Table(title="erasekit compare (ASR: lower is better; preservation: higher is better)")
+    for col in ("run", "method", "detector", *tiers, "preservation", "pareto"):
+        table.add_column(col)
+    for s, f in zip(summaries, front):
+        table.add_row(s.label, s.method, s.detector, *(f"{s.asr[t]:.3f}" if t in s.asr else "" for t in tiers),
+                      f"{s.preservation:.3f}" if s.preservation is not None else "n/a", "*" if f else "")
+    Console().print(table)
+    plot_pareto(summaries, out, tier=tier)
+    console.print(f"wrote {out}")
 
 
 DEMO_PROMPTS = [

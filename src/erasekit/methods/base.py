@@ -57,6 +57,8 @@ _MODULES = {
     "esd-x": "erasekit.methods.esd",
     "esd-u": "erasekit.methods.esd",
     "kscu": "erasekit.methods.kscu",
+    "trust": "erasekit.methods.trust",
+    "salun": "erasekit.methods.trust",
 }
 
 

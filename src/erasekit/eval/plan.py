@@ -1,0 +1,79 @@
+"""What one evaluation draws: target rows (tiered) and preservation rows, from a benchmark name.
+
+- ``shapes`` (with a Shapes concept): tiers explicit / synonym / implicit, plus
+  Shapes preservation prompts (other shapes and colors, adherence read by the detector).
+- a named benchmark or CSV path: one tier named after the benchmark (first ``n``
+  rows), plus COCO-30k preservation prompts (adherence = CLIP score) -- or Shapes
+  preservation prompts when evaluating the Shapes world with a Shapes concept.
+- ``adversarial``: extra CSVs (e.g. an attack's output: prompt, evaluation_seed,
+  case_number) added as tier ``adversarial`` (``adversarial:<stem>`` when several).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..world.vocabulary import load_vocabulary
+from .benchmarks import Benchmark, BenchmarkRow, load_benchmark
+from .shapes_benchmark import PRESERVATION_TIER, shapes_benchmark, shapes_preservation_rows
+
+DEFAULT_SHAPES_N = 32
+PRESERVE_COCO = "coco"
+
+
+@dataclass
+class EvalPlan:
+    """Target rows (each with its tier) then preservation rows; ``measure`` says how adherence is read."""
+
+    benchmarks: list[Benchmark]
+    preservation: list[BenchmarkRow]
+    measure: str | None  # "shapes" (detector reads named values), "clip" (CLIP score) or None
+    concept: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def targets(self) -> list[BenchmarkRow]:
+        return [r for b in self.benchmarks for r in b.rows]
+
+    @property
+    def rows(self) -> list[BenchmarkRow]:
+        """All rows in image-index order: targets first, then preservation."""
+        return self.targets + self.preservation
+
+    @property
+    def tiers(self) -> list[str]:
+        return list(dict.fromkeys(r.tier for r in self.targets))
+
+    def describe(self) -> dict:
+        return {"benchmarks": [b.describe() for b in self.benchmarks], "tiers": self.tiers,
+                "rows_per_tier": {t: sum(r.tier == t for r in self.targets) for t in self.tiers},
+                "preservation_rows": len(self.preservation), "preservation_measure": self.measure,
+                "concept": self.concept}
+
+
+def is_shapes_value(concept: str | None) -> bool:
+    return concept is not None and concept in load_vocabulary().all_values
+
+
+def build_plan(benchmark: str, *, concept: str | None = None, n: int | None = None, n_preserve: int = 32,
+               category: str | None = None, adversarial: list[str | Path] | None = None,
+               shapes_world: bool = False) -> EvalPlan:
+    """Assemble the rows of one evaluation (see the module docstring)."""
+    if benchmark == "shapes":
+        benchmarks = [shapes_benchmark(concept, n or DEFAULT_SHAPES_N)]
+    else:
+        benchmarks = [load_benchmark(benchmark, category=category, n=n)]
+    adversarial = list(adversarial or [])
+    for path in adversarial:
+        tier = "adversarial" if len(adversarial) == 1 else f"adversarial:{Path(path).stem}"
+        benchmarks.append(load_benchmark(path, n=n, tier=tier))
+    preservation: list[BenchmarkRow] = []
+    measure = None
+    if n_preserve > 0:
+        if benchmark == "shapes" or (shapes_world and is_shapes_value(concept)):
+            preservation, measure = shapes_preservation_rows(concept, n_preserve), "shapes"
+        else:
+            coco = load_benchmark(PRESERVE_COCO, n=n_preserve, tier=PRESERVATION_TIER)
+            preservation, measure = coco.rows, "clip"
+    return EvalPlan(benchmarks=benchmarks, preservation=preservation, measure=measure, concept=concept)

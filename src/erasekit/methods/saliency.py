@@ -1,0 +1,316 @@
+"""Weight saliency for selective fine-tuning (TRuST, SalUn): concept scorers, gradients, masks.
+
+A *scorer* turns one training sample into a scalar "how much of the concept is
+there"; its gradient with respect to the trainable weights is the saliency
+``g``, and the mask keeps the entries with large ``|g|``::
+
+    m = 1[ |g| >= mean(|g|) + xi * std(|g|) ]        (per tensor, xi = 2; std with correction 0)
+
+or, with ``topk``, the ``topk`` fraction of entries with the largest ``|g|``
+(per tensor, or over all tensors together with ``granularity="global"``, which
+is how SalUn's released code ranks them).  Entries with ``g == 0`` are never
+selected, so a tensor the score does not reach gets an empty mask.
+
+Scorers (registry `SCORERS`, add one with `register_scorer`):
+
+``forget``
+    The forgetting loss itself, ``||eps*(x_t, c_target) - eps(x_t, c_anchor)||^2``
+    (mean over elements).  Always available; the fallback of ``auto``.
+``detector``
+    Shapes world only: the detector's probability that the decoded image shows
+    the concept (a product over the concept's attribute values, e.g.
+    P(color=red) * P(shape=circle) for the combination "red circle").  The image
+    is the VAE decode of the ONE-STEP x0 prediction from the noised latent,
+    differentiable end to end: ``x0 = (x_t - sqrt(1-a) eps) / sqrt(a)`` for
+    epsilon models, ``x0 = sqrt(a) x_t - sqrt(1-a) v`` for v-prediction,
+    ``a = alphas_cumprod[t]`` of the pipeline's scheduler.  The decoded image is
+    not clamped (clamping would zero the gradient of saturated pixels) and is
+    resized to the detector's 64 px when needed.
+``clip``
+    The paper's choice: CLIP score ``100 * cos(E_img(x0_decoded), E_txt(prompt))``
+    with CLIP weights loaded from the local Hugging Face cache or a local folder
+    (``clip_model``); never downloads.  Missing weights raise a one-line
+    `ScorerUnavailableError`.
+``auto``
+    ``detector`` on the Shapes pipeline (when the concept maps onto detector
+    attributes), else ``clip`` when its weights are available locally, else
+    ``forget``.
+
+Every scorer receives a `ScoreSample` holding the edited model's output on the
+target prompt, WITH its autograd graph, so the gradient reaches the UNet's
+weights.  Modules the scorer only reads through (VAE, detector, CLIP) have
+their ``requires_grad`` switched off for the call and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..concepts.spec import ConceptSpec
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
+
+class ScorerUnavailableError(RuntimeError):
+    """A scorer cannot run here (no weights, wrong world); the message is one line."""
+
+
+# ------------------------------------------------------------------ inputs
+@dataclass
+class ScoreSample:
+    """One saliency sample: noised latent, timestep, prompts and model outputs.
+
+    ``output`` is eps*(z, t, cond) of the model being edited, with grad;
+    ``reference`` is the frozen original model's eps(z, t, c_anchor), no grad.
+    """
+
+    z: torch.Tensor
+    t: int
+    cond: torch.Tensor
+    prompt: str
+    output: torch.Tensor
+    reference: torch.Tensor
+
+
+Scorer = Callable[[ScoreSample], torch.Tensor]
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Switch ``requires_grad`` off for every parameter of ``modules``; restore the flags on exit."""
+    params = [p for m in modules if m is not None for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+def predicted_x0(output: torch.Tensor, z: torch.Tensor, t: int | torch.Tensor, scheduler) -> torch.Tensor:
+    """One-step x0 estimate from the model output at (z, t), honouring the scheduler's ``prediction_type``."""
+    kind = scheduler.config.prediction_type
+    a = scheduler.alphas_cumprod[int(t)].to(device=z.device, dtype=torch.float32)
+    sa, sb = a.sqrt(), (1 - a).sqrt()
+    out, zf = output.float(), z.float()
+    if kind == "epsilon":
+        x0 = (zf - sb * out) / sa
+    elif kind == "v_prediction":
+        x0 = sa * zf - sb * out
+    elif kind == "sample":
+        x0 = out
+    else:
+        raise ValueError(f"unsupported prediction_type {kind!r}")
+    return x0.to(output.dtype)
+
+
+def decode(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """VAE decode of (scaled) latents to images in about [-1, 1], differentiable in ``latents``."""
+    cfg = vae.config
+    x = latents / cfg.scaling_factor
+    shift = getattr(cfg, "shift_factor", None)
+    if shift is not None:
+        x = x + shift
+    with frozen(vae):
+        return vae.decode(x.to(vae.dtype), return_dict=False)[0]
+
+
+# ------------------------------------------------------------------ scorers
+def forget_scorer(pipe, concept: ConceptSpec, **_: Any) -> Scorer:
+    """The forgetting loss ||eps*(x_t, c_target) - eps(x_t, c_anchor)||^2 (mean)."""
+
+    def score(s: ScoreSample) -> torch.Tensor:
+        return F.mse_loss(s.output, s.reference)
+
+    return score
+
+
+def detector_terms(concept: ConceptSpec) -> list[tuple[str, str]]:
+    """(attribute, value) pairs of a Shapes concept: 'red circle' -> [('color','red'), ('shape','circle')]."""
+    from ..world.vocabulary import ATTRIBUTES, TIERS, load_vocabulary
+
+    vocab = load_vocabulary()
+
+    def resolve(word: str) -> tuple[str, str] | None:
+        w = word.strip().lower()
+        for a in ATTRIBUTES:
+            for v in vocab.values(a):
+                if w == v or any(w == x.lower() for tier in TIERS for x in vocab.words(a, v, tier)):
+                    return a, v
+        return None
+
+    if concept.combination is not None:
+        words = list(concept.combination)
+    elif concept.condition is not None:
+        words = [concept.condition.concept, concept.condition.context]
+    else:
+        words = [concept.name.rsplit("/", 1)[-1]]
+    terms = [resolve(w) for w in words]
+    if any(t is None for t in terms) and concept.combination is None and concept.condition is None:
+        terms = [resolve(concept.canonical)]
+    if not terms or any(t is None for t in terms):
+        raise ScorerUnavailableError(
+            f"detector scorer: concept {concept.name!r} does not map onto Shapes detector attributes")
+    return terms  # type: ignore[return-value]
+
+
+def detector_scorer(pipe, concept: ConceptSpec, detector: nn.Module | None = None, **_: Any) -> Scorer:
+    """P(concept) from the Shapes detector on the decoded one-step x0 prediction."""
+    from ..world.vocabulary import VALUES
+
+    terms = detector_terms(concept)
+    if detector is None:
+        from ..world.assets_paths import load_detector
+
+        try:
+            detector = load_detector()
+        except FileNotFoundError as err:
+            raise ScorerUnavailableError(f"detector scorer: {str(err).splitlines()[0]}") from None
+    det = copy.deepcopy(detector).to(pipe.unet.device).float().eval()
+    det.requires_grad_(False)
+    index = [(a, VALUES[a].index(v)) for a, v in terms]
+
+    def score(s: ScoreSample) -> torch.Tensor:
+        img = decode(pipe.vae, predicted_x0(s.output, s.z, s.t, pipe.scheduler)).float()
+        if img.shape[-2:] != (64, 64):
+            img = F.interpolate(img, size=(64, 64), mode="bilinear", align_corners=False)
+        logits = det(img)
+        p = torch.ones(img.shape[0], device=img.device)
+        for a, i in index:
+            p = p * logits[a].softmax(dim=1)[:, i]
+        return p.mean()
+
+    return score
+
+
+def clip_scorer(pipe, concept: ConceptSpec, clip_model: str | None = DEFAULT_CLIP, **_: Any) -> Scorer:
+    """CLIP score (100 x cosine) between the decoded one-step x0 prediction and the target prompt."""
+    if not clip_model:
+        raise ScorerUnavailableError("clip scorer: no clip_model set; set one (a local folder or a cached hub id) "
+                                     "or use scorer='forget'")
+    try:
+        from transformers import CLIPModel, CLIPTokenizer
+
+        model = CLIPModel.from_pretrained(clip_model, local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(clip_model, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any loading failure means "not available here"
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise ScorerUnavailableError(
+            f"clip scorer: CLIP weights {clip_model!r} are not available locally ({reason}); "
+            "put them in the Hugging Face cache or point clip_model at a local folder, or use scorer='forget'"
+        ) from None
+    device = pipe.unet.device
+    model = model.to(device).eval().requires_grad_(False)
+    size = model.config.vision_config.image_size
+    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    text_cache: dict[str, torch.Tensor] = {}
+
+    def features(out: Any) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def text(prompt: str) -> torch.Tensor:
+        if prompt not in text_cache:
+            ids = tokenizer([prompt], padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                            return_tensors="pt").input_ids.to(device)
+            with torch.no_grad():
+                e = features(model.get_text_features(input_ids=ids)).float()
+            text_cache[prompt] = e / e.norm(dim=-1, keepdim=True)
+        return text_cache[prompt]
+
+    def score(s: ScoreSample) -> torch.Tensor:
+        img = decode(pipe.vae, predicted_x0(s.output, s.z, s.t, pipe.scheduler)).float()
+        img = F.interpolate((img + 1) / 2, size=(size, size), mode="bilinear", align_corners=False)
+        e = features(model.get_image_features(pixel_values=((img - mean) / std).to(model.dtype))).float()
+        e = e / e.norm(dim=-1, keepdim=True)
+        return 100 * (e * text(s.prompt)).sum(dim=-1).mean()
+
+    return score
+
+
+ScorerFactory = Callable[..., Scorer]
+SCORERS: dict[str, ScorerFactory] = {"forget": forget_scorer, "detector": detector_scorer, "clip": clip_scorer}
+
+
+def register_scorer(name: str, factory: ScorerFactory, overwrite: bool = False) -> None:
+    """Add a scorer: ``factory(pipe, concept, **options) -> (ScoreSample -> scalar tensor)``."""
+    if name in SCORERS and not overwrite:
+        raise ValueError(f"scorer {name!r} is already registered")
+    SCORERS[name] = factory
+
+
+def make_scorer(name: str, pipe, concept: ConceptSpec, **options: Any) -> tuple[str, Scorer]:
+    """(resolved name, scorer); ``auto`` tries detector (Shapes world), then clip, then forget."""
+    if name == "auto":
+        from ..models.loading import is_shapes_world
+
+        candidates = (["detector"] if is_shapes_world(pipe) else []) + ["clip"]
+        for cand in candidates:
+            try:
+                return cand, SCORERS[cand](pipe, concept, **options)
+            except ScorerUnavailableError as err:
+                log.info("saliency scorer %s unavailable (%s)", cand, err)
+        log.info("saliency scorer: falling back to the forgetting loss")
+        return "forget", forget_scorer(pipe, concept)
+    if name not in SCORERS:
+        raise ValueError(f"unknown saliency scorer {name!r} (available: auto, {', '.join(SCORERS)})")
+    return name, SCORERS[name](pipe, concept, **options)
+
+
+# ------------------------------------------------------------------ saliency and masks
+def saliency(score: torch.Tensor, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """d score / d param for every param (zeros where the score does not reach); leaves ``.grad`` alone."""
+    names = list(params)
+    grads = torch.autograd.grad(score, [params[n] for n in names], allow_unused=True)
+    return {n: (torch.zeros_like(params[n]) if g is None else g.detach()) for n, g in zip(names, grads)}
+
+
+def _threshold_mask(a: torch.Tensor, xi: float, topk: float | None) -> torch.Tensor:
+    flat = a.reshape(-1).float()
+    if topk is not None:
+        k = min(flat.numel(), int(round(topk * flat.numel())))
+        keep = torch.zeros(flat.numel(), dtype=torch.bool, device=a.device)
+        if k > 0:
+            keep[torch.topk(flat, k).indices] = True
+        return (keep & (flat > 0)).reshape(a.shape)
+    thr = flat.mean() + xi * flat.std(correction=0)
+    return ((flat >= thr) & (flat > 0)).reshape(a.shape)
+
+
+def saliency_masks(grads: Mapping[str, torch.Tensor], xi: float = 2.0, topk: float | None = None,
+                   granularity: Literal["tensor", "global"] = "tensor") -> dict[str, torch.Tensor]:
+    """Boolean masks ``|g| >= mean + xi std`` (or the top ``topk`` fraction), per tensor or over all."""
+    if topk is not None and not 0 < topk <= 1:
+        raise ValueError(f"topk must be a fraction in (0, 1], got {topk}")
+    if granularity == "tensor":
+        return {n: _threshold_mask(g.abs(), xi, topk) for n, g in grads.items()}
+    if granularity != "global":
+        raise ValueError(f"granularity must be 'tensor' or 'global', got {granularity!r}")
+    names = list(grads)
+    flat = torch.cat([grads[n].abs().reshape(-1).float() for n in names])
+    keep = _threshold_mask(flat, xi, topk)
+    out, i = {}, 0
+    for n in names:
+        k = grads[n].numel()
+        out[n] = keep[i : i + k].reshape(grads[n].shape)
+        i += k
+    return out
+
+
+def mask_size(masks: Iterable[torch.Tensor]) -> int:
+    return int(sum(int(m.sum()) for m in masks))

@@ -1,0 +1,340 @@
+"""TRuST (reconstruction) and SalUn: CSR's Hessian-vector product, masked updates, scope, retain term, scorers."""
+
+import pytest
+import torch
+from torch import nn
+
+from erasekit.concepts.spec import ConceptSpec
+from erasekit.methods.base import get_method
+from erasekit.methods.saliency import (ScorerUnavailableError, ScoreSample, detector_terms, make_scorer,
+                                       predicted_x0, saliency, saliency_masks)
+from erasekit.methods.trust import Config, MaskedUpdates, SalUnConfig, cip_penalty, csr_penalty
+from erasekit.models.delta import snapshot
+from erasekit.models.scopes import get_scope
+from erasekit.models.text import encode_prompts
+from erasekit.models.tiny import tiny_pipeline
+
+COMBO = ConceptSpec(name="red-circle", kind="object", targets=["red circle"], anchor="shape",
+                    templates=["a {}", "a picture of a {}"], combination=["red", "circle"])
+COND = ConceptSpec(name="circle-on-dark", kind="object", targets=["circle on a dark background"],
+                   anchor="shape on a dark background", templates=["a {}"],
+                   condition={"concept": "circle", "context": "on a dark background"})
+PLAIN = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog", templates=["a photo of {}"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def tiny_cfg(cls=Config, **kw):
+    base = dict(iterations=3, n_steps=2, pool_size=2, retain_pool_size=2, lr=1e-2, progress=False, scorer="forget")
+    return cls(**{**base, **kw})
+
+
+def _everything(pipe):
+    names = [f"unet.{n}" for n, _ in pipe.unet.named_parameters()]
+    names += [f"text_encoder.{n}" for n, _ in pipe.text_encoder.named_parameters()]
+    names += [f"vae.{n}" for n, _ in pipe.vae.named_parameters()]
+    return snapshot(pipe, names)
+
+
+def _record():
+    seen: list[tuple[int, dict[str, torch.Tensor]]] = []
+    return seen, lambda step, masks: seen.append((step, masks))
+
+
+# ------------------------------------------------------------------ CSR = Hessian-vector product
+def test_csr_gradient_equals_finite_difference_hvp():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x = torch.randn(11, 5, dtype=torch.float64)
+    params = dict(net.named_parameters())
+    masks = {n: torch.rand(p.shape) < 0.5 for n, p in params.items()}
+
+    def f():
+        return net(x).pow(2).mean()
+
+    def grad_f():
+        return torch.autograd.grad(f(), list(params.values()))
+
+    # autograd: d/dtheta || m * grad f ||^2 through a double backward
+    penalty = csr_penalty(f(), params, masks)
+    auto = torch.autograd.grad(penalty, list(params.values()))
+    # finite differences: 2 H v with v = m * m * grad f, H v ~ (grad f(theta + h v) - grad f(theta - h v)) / 2h
+    v = [m.double() * m.double() * g for m, g in zip(masks.values(), grad_f())]
+    h = 1e-5
+    with torch.no_grad():
+        for p, d in zip(params.values(), v):
+            p.add_(h * d)
+    plus = grad_f()
+    with torch.no_grad():
+        for p, d in zip(params.values(), v):
+            p.sub_(2 * h * d)
+    minus = grad_f()
+    with torch.no_grad():
+        for p, d in zip(params.values(), v):
+            p.add_(h * d)
+    fd = [2 * (a - b) / (2 * h) for a, b in zip(plus, minus)]
+    for a, b in zip(auto, fd):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9), (a - b).abs().max()
+    assert any(a.abs().max() > 1e-6 for a in auto)
+    # the penalty's value is the masked squared gradient norm
+    assert torch.isclose(penalty, sum(((m * g) ** 2).sum() for m, g in zip(masks.values(), grad_f())))
+
+
+def test_cip_penalty_is_masked_l1_of_the_change():
+    p = {"w": torch.tensor([1.0, 2.0, -3.0])}
+    orig = {"w": torch.tensor([0.0, 0.0, 0.0])}
+    assert float(cip_penalty(p, orig, {"w": torch.tensor([True, False, True])})) == 4.0
+    assert float(cip_penalty(p, orig, {"w": torch.zeros(3, dtype=torch.bool)})) == 0.0
+
+
+# ------------------------------------------------------------------ masks
+def test_saliency_masks_threshold_topk_and_zero():
+    g = {"a": torch.tensor([0.0, 0.1, -0.1, 0.1, 5.0, 0.2]), "z": torch.zeros(4)}
+    m = saliency_masks(g, xi=2.0)
+    assert m["a"].tolist() == [False, False, False, False, True, False]
+    assert not m["z"].any()  # no gradient: nothing selected
+    m = saliency_masks(g, topk=0.5)
+    assert m["a"].tolist() == [False, False, False, False, True, True] or int(m["a"].sum()) == 3
+    assert int(saliency_masks(g, topk=0.5)["a"].sum()) == 3
+    mg = saliency_masks(g, xi=0.0, granularity="global")
+    assert mg["a"][4] and not mg["z"].any()
+    with pytest.raises(ValueError):
+        saliency_masks(g, topk=1.5)
+
+
+def test_masked_updates_stop_adam_momentum_outside_the_mask():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3, bias=False)
+    params = {"weight": lin.weight}
+    opt = torch.optim.Adam(lin.parameters(), lr=0.1)
+    a = torch.zeros(3, 4, dtype=torch.bool)
+    a[0] = True
+    b = torch.zeros(3, 4, dtype=torch.bool)
+    b[1] = True
+    current = {"weight": a}
+    x = torch.randn(8, 4)
+    with MaskedUpdates(params, lambda: current):
+        for mask in (a, b, b):
+            current["weight"] = mask
+            before = lin.weight.detach().clone()
+            opt.zero_grad()
+            lin(x).pow(2).sum().backward()
+            opt.step()
+            moved = lin.weight.detach() != before
+            assert not (moved & ~mask).any()  # row 0 has momentum from step 1 but must not move later
+            assert moved[mask].all()
+    # outside the hook, a plain optimiser is untouched
+    other = nn.Linear(2, 2)
+    o2 = torch.optim.Adam(other.parameters(), lr=0.1)
+    w = other.weight.detach().clone()
+    other(torch.randn(3, 2)).sum().backward()
+    o2.step()
+    assert (other.weight.detach() != w).all()
+
+
+# ------------------------------------------------------------------ whole runs on the tiny pipeline
+def test_trust_changes_only_masked_entries_and_masks_move(pipe):
+    seen, cb = _record()
+    cfg = tiny_cfg(mask_every=1, regularizer="csr")
+    delta = get_method("trust").erase(pipe, COMBO, cfg, mask_callback=cb)
+    assert [s for s, _ in seen] == [0, 1, 2]
+    union = {n: torch.zeros_like(m) for n, m in seen[0][1].items()}
+    for _, masks in seen:
+        for n, m in masks.items():
+            union[n] |= m
+    assert any(not torch.equal(seen[0][1][n], seen[1][1][n]) for n in union)  # dynamic: the mask moves
+    params = dict(pipe.unet.named_parameters())
+    assert delta.names
+    for name, new in delta.tensors.items():
+        rel = name[len("unet."):]
+        changed = new != params[rel].detach()
+        assert changed.any()
+        assert not (changed & ~union[rel]).any(), name
+    metrics = delta.manifest.metrics
+    assert metrics["mask_recomputations"] == 3 and metrics["iterations"] == 3
+    assert metrics["mask_sizes"] == [sum(int(m.sum()) for m in masks.values()) for _, masks in seen]
+    assert 0 < metrics["changed_fraction"] <= metrics["mask_union_fraction"] < 1
+    assert metrics["scorer"] == "forget" and metrics["betas"] == {"csr": 1.0}
+
+
+def test_mask_every_k_and_salun_static(pipe):
+    seen, cb = _record()
+    get_method("trust").erase(pipe, PLAIN, tiny_cfg(iterations=4, mask_every=2, regularizer="cip"), mask_callback=cb)
+    assert [s for s, _ in seen] == [0, 2]
+
+    seen, cb = _record()
+    cfg = tiny_cfg(SalUnConfig, saliency_samples=2)
+    delta = get_method("salun").erase(pipe, PLAIN, cfg, mask_callback=cb)
+    assert [s for s, _ in seen] == [0]  # static: computed once, used for every step
+    mask = seen[0][1]
+    params = dict(pipe.unet.named_parameters())
+    for name, new in delta.tensors.items():
+        rel = name[len("unet."):]
+        assert not ((new != params[rel].detach()) & ~mask[rel]).any()
+    m = delta.manifest.metrics
+    assert m["mask_recomputations"] == 1 and m["regularizer"] == "none" and m["betas"] == {}
+    with pytest.raises(ValueError, match="static"):
+        get_method("salun").erase(pipe, PLAIN, tiny_cfg(SalUnConfig, mask_every=1))
+
+
+@pytest.mark.parametrize("regularizer", ["cip+csr", "none"])
+def test_delta_in_scope_and_pipe_unchanged(pipe, regularizer):
+    before = _everything(pipe)
+    flags = {n: p.requires_grad for n, p in pipe.vae.named_parameters()}
+    delta = get_method("trust").erase(pipe, COND, tiny_cfg(regularizer=regularizer))
+    scope = set(get_scope("cross_attn_qkv").select(pipe.unet, prefix="unet."))
+    assert delta.names and set(delta.names) <= scope
+    assert all(".attn2." in n and n.endswith(".weight") and n.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v")
+               for n in delta.names)
+    after = _everything(pipe)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert flags == {n: p.requires_grad for n, p in pipe.vae.named_parameters()}
+
+
+@pytest.mark.parametrize("concept", [COMBO, COND], ids=["combination", "conditional"])
+def test_retain_prompts_enter_the_loss(pipe, concept):
+    with_retain = get_method("trust").erase(pipe, concept, tiny_cfg(gamma=1.0))
+    m = with_retain.manifest.metrics
+    assert m["retain_prompts"] == len(concept.retain_prompts()) > 0
+    assert m["loss_retain_mean"] > 0  # the retain term is live once the weights have moved
+    without = get_method("trust").erase(pipe, concept, tiny_cfg(gamma=0.0))
+    assert without.manifest.metrics["retain_prompts"] == 0 and without.manifest.metrics["loss_retain_mean"] == 0
+    assert with_retain.delta_id != without.delta_id
+    plain = get_method("trust").erase(pipe, PLAIN, tiny_cfg(iterations=1))
+    assert plain.manifest.metrics["retain_prompts"] == 0
+
+
+def test_partial_latents_and_topk(pipe):
+    delta = get_method("trust").erase(pipe, PLAIN, tiny_cfg(latents="partial", topk=0.01, iterations=2))
+    m = delta.manifest.metrics
+    assert m["latents"] == "partial" and m["mask_recomputations"] == 2
+    qkv = get_scope("cross_attn_qkv").select(pipe.unet)
+    assert all(0 < s <= sum(round(0.01 * p.numel()) for p in qkv.values()) for s in m["mask_sizes"])
+
+
+def test_resume_with_dynamic_masks_is_exact(pipe, tmp_path):
+    cfg = tiny_cfg(iterations=4, mask_every=1, checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    full = get_method("trust").erase(pipe, COMBO, cfg.model_copy(update={"checkpoint_dir": str(tmp_path / "a")}))
+
+    def stop(step, masks):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        get_method("trust").erase(pipe, COMBO, cfg.model_copy(update={"checkpoint_dir": str(tmp_path / "b")}),
+                                  mask_callback=stop)
+    resumed = get_method("trust").erase(
+        pipe, COMBO, cfg.model_copy(update={"checkpoint_dir": str(tmp_path / "b"), "resume": True}))
+    assert resumed.manifest.metrics["resumed_from"] == 2
+    assert set(full.names) == set(resumed.names)
+    assert all(torch.equal(full.tensors[n], resumed.tensors[n]) for n in full.names)
+    assert resumed.manifest.metrics["mask_sizes"] == full.manifest.metrics["mask_sizes"]
+
+
+# ------------------------------------------------------------------ scorers
+def _sample(pipe, prompt="a red circle"):
+    emb = encode_prompts(pipe, [prompt])
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    out = pipe.unet(z, 500, encoder_hidden_states=emb).sample
+    return ScoreSample(z=z, t=500, cond=emb, prompt=prompt, output=out, reference=torch.zeros_like(out))
+
+
+def _qkv(pipe):
+    return get_scope("cross_attn_qkv").select(pipe.unet)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predicted_x0_respects_prediction_type(prediction_type):
+    from diffusers import DDIMScheduler
+
+    from erasekit.models.tiny import SD_SCHEDULER_CONFIG
+
+    sched = DDIMScheduler(**SD_SCHEDULER_CONFIG, prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([700, 700])
+    z = sched.add_noise(x0, noise, t)
+    out = noise if prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+    assert torch.allclose(predicted_x0(out, z, 700, sched), x0, atol=1e-4)
+
+
+def test_detector_scorer_is_differentiable_through_the_vae():
+    from erasekit.world.detector import ShapesDetector
+
+    pipe = tiny_pipeline(prediction_type="v_prediction")
+    torch.manual_seed(0)
+    name, scorer = make_scorer("detector", pipe, COMBO, detector=ShapesDetector(width=8))
+    assert name == "detector"
+    score = scorer(_sample(pipe))
+    assert 0 < float(score.detach()) < 1
+    grads = saliency(score, _qkv(pipe))
+    assert any(float(g.abs().max()) > 0 for g in grads.values())
+    assert all(p.requires_grad for p in pipe.vae.parameters())  # flags restored
+
+
+def test_detector_terms_of_shapes_concepts():
+    from erasekit.concepts.packs import get_concept
+
+    assert detector_terms(get_concept("shapes/red-circle")) == [("color", "red"), ("shape", "circle")]
+    assert detector_terms(get_concept("shapes/circle-on-dark")) == [("shape", "circle"), ("background", "dark")]
+    assert detector_terms(get_concept("shapes/star")) == [("shape", "star")]
+    with pytest.raises(ScorerUnavailableError):
+        detector_terms(PLAIN)
+
+
+def test_clip_scorer_missing_weights_one_line_and_auto_fallback(pipe, tmp_path):
+    with pytest.raises(ScorerUnavailableError) as err:
+        make_scorer("clip", pipe, PLAIN, clip_model=str(tmp_path / "no-clip"))
+    assert "\n" not in str(err.value) and "clip" in str(err.value)
+    name, _ = make_scorer("auto", pipe, PLAIN, clip_model=str(tmp_path / "no-clip"))
+    assert name == "forget"
+    with pytest.raises(ValueError, match="unknown saliency scorer"):
+        make_scorer("nope", pipe, PLAIN)
+
+
+def test_clip_scorer_with_a_local_tiny_clip(pipe, tmp_path):
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from erasekit.world.assets_paths import TOKENIZER_DIR
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8)
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR)).save_pretrained(tmp_path / "clip")
+    name, scorer = make_scorer("clip", pipe, COMBO, clip_model=str(tmp_path / "clip"))
+    score = scorer(_sample(pipe))
+    assert name == "clip" and -100 <= float(score.detach()) <= 100
+    assert any(float(g.abs().max()) > 0 for g in saliency(score, _qkv(pipe)).values())
+
+
+def test_registry_and_presets():
+    assert get_method("trust").config_cls is Config and get_method("salun").config_cls is SalUnConfig
+    c = Config()
+    assert (c.xi, c.mask_every, c.regularizer, c.lr, c.scope) == (2.0, 1, "csr", 1e-5, None)
+    s = SalUnConfig()
+    assert s.static and s.regularizer == "none" and s.scorer == "forget"
+    assert Config.preset("shapes").n_steps == 25 and SalUnConfig.preset("shapes").iterations == 150
+    assert Config(regularizer="cip+csr", beta=0.5).betas() == {"cip": 0.5, "csr": 0.5}
+    with pytest.raises(ValueError):
+        Config(mask_every=-1)
