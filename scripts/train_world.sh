@@ -10,9 +10,10 @@ set -euo pipefail
 py=${PYTHON:-.venv/bin/python}
 root=${ERASEKIT_TRAIN_DIR:-$HOME/.cache/erasekit/train}/shapes
 assets=src/erasekit/world/assets
-T2I_STEPS=${T2I_STEPS:-6000}
 mkdir -p "$root"
 [ -f "$root/tokenizer/vocab.json" ] || scripts/build_tokenizer.sh "$root/tokenizer"
 [ -d "$root/vae-final" ] || "$py" -m erasekit.world.train_vae --steps 2500 --lr 2e-3 --root "$root"
 "$py" -m erasekit.world.train_detector --root "$root" --out "$assets/shapes_detector"
-"$py" -m erasekit.world.train_t2i --steps "$T2I_STEPS" --root "$root" --out "$assets/shapes"
+# The shipped weights had a bumpier history (schedule shortened, loss weighting and attention
+# head count changed mid-run; see the train_t2i docstring); a clean rebuild is one leg:
+"$py" -m erasekit.world.train_t2i --root "$root" --out "$assets/shapes" --steps 7000

@@ -262,6 +262,8 @@ def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path] = N
         pipe, model_path = _load(model, device or str(state.device))
     shapes_world = is_shapes_world(pipe)
     d = _load_delta(delta)
+    if d is not None and (problems := d.mismatches(pipe)):
+        _fail(f"delta {delta} does not fit model {model}: {'; '.join(problems[:3])}")
     notes: list[str] = []
     try:
         plan = build_plan(benchmark, concept=concept, n=n, n_preserve=n_preserve, category=category,
@@ -289,6 +291,8 @@ def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path] = N
             inception_model = load_inception(inception_file, device=str(state.device))
         else:
             notes.append("FID not computed: not available offline without Inception weights (--inception PATH)")
+        if plan.measure == "clip" and encoder is None and inception_model is None:
+            plan.preservation, plan.measure = [], None  # nothing could read them: do not draw them
         settings = SamplingSettings.for_model(model_path, steps=steps, guidance_scale=guidance, batch_size=batch_size)
         bar = _progress()
         bar.disable = not state.is_local_main_process  # one progress bar, on the main process
@@ -322,7 +326,11 @@ def eval_command(
     batch_size: Optional[int] = typer.Option(None, help="Images per pipeline call."),
     device: Optional[str] = typer.Option(None, help="Default: this process's accelerate device."),
 ):
-    """Evaluate erasure on a benchmark: ASR per tier, preservation, report (shard with `accelerate launch`)."""
+    """Evaluate erasure on a benchmark: ASR per tier, preservation, report.
+
+    Shard across processes with `accelerate launch --multi_gpu --num_processes N -m erasekit.cli eval ...`
+    (on a CPU-only machine this runs N CPU processes); reruns into the same --out resume.
+    """
     results = evaluate(model, benchmark, out, delta=delta, concept=concept, n=n, n_preserve=n_preserve,
                        category=category, adversarial=adversarial, detector=detector, threshold=threshold,
                        labels=labels, clip=clip, inception=inception, steps=steps, guidance=guidance,
@@ -390,9 +398,19 @@ DEMO_PROMPTS = [
 ]
 
 
+# The demo's erasure: full TRCE (stage 1 closed-form K/V edit, then stage 2 trajectory fine-tuning).
+DEMO_METHOD = "trce"
+DEMO_CONCEPT = "circle"
+
+
 @app.command()
-def demo(out: Path = typer.Option(Path("demo-out"), help="Output folder."), n: int = typer.Option(6, "-n")):
-    """The main job on the embedded default: a grid of Shapes-world images from several prompts."""
+def demo(
+    out: Path = typer.Option(Path("demo-out"), help="Output folder."),
+    n: int = typer.Option(6, "-n", help="Images per prompt in the overview grid."),
+    per_tier: int = typer.Option(32, help="Images per wording tier (and preservation prompts) in the evaluation."),
+    method: str = typer.Option(DEMO_METHOD, help="Erasure method."),
+):
+    """The main job on the embedded default: a Shapes-world grid, then erase `circle` and evaluate before/after."""
     from .generation import SamplingSettings, generate as run, image_grid
 
     pipe, path = _load("shapes", "cpu")
@@ -406,6 +424,36 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Output folder."), n: i
     image_grid(images, cols=n).save(out / "grid.png")
     (out / "prompts.txt").write_text("\n".join(DEMO_PROMPTS) + "\n")
     console.print(f"wrote {out / 'grid.png'}: one row per prompt in {out / 'prompts.txt'}")
+    _demo_erase_and_evaluate(pipe, path, out, method, per_tier)
+
+
+def _demo_erase_and_evaluate(pipe, model_path, out: Path, method: str, per_tier: int) -> None:
+    """Erase DEMO_CONCEPT with ``method`` (delta in OUT/erase-circle), then the shapes eval into OUT/eval-circle."""
+    import shutil
+    import time
+
+    from .concepts.packs import get_concept
+    from .eval.generation_runner import MANIFEST
+    from .methods.base import get_method
+
+    info = get_method(method)
+    console.print(f"erasing [bold]{DEMO_CONCEPT}[/] with [bold]{method}[/] (preset shapes) ...")
+    t0 = time.perf_counter()
+    delta = info.erase(pipe, get_concept(DEMO_CONCEPT), info.config_cls.preset("shapes"))
+    run_dir = out / f"erase-{DEMO_CONCEPT}"
+    delta.save(run_dir)
+    console.print(f"wrote {run_dir} ({len(delta.tensors)} tensors, {time.perf_counter() - t0:.0f}s)")
+    eval_dir = out / f"eval-{DEMO_CONCEPT}"
+    erased = eval_dir / "images" / "erased"
+    if (erased / MANIFEST).is_file() and json.loads((erased / MANIFEST).read_text()).get("delta") != delta.delta_id:
+        shutil.rmtree(erased)  # images of an earlier demo's delta; the original images stay valid
+    results = evaluate("shapes", "shapes", eval_dir, delta=run_dir, concept=DEMO_CONCEPT, n=per_tier,
+                       n_preserve=per_tier, detector="shapes", pipe=pipe, model_path=model_path)
+    m = results["metrics"]
+    for tier in ("explicit", "synonym", "implicit"):
+        console.print(f"{DEMO_CONCEPT!r} rate, {tier:9s}: {m['asr_original'][tier]:.2f} before -> {m['asr'][tier]:.2f} after")
+    console.print(f"preservation (other shapes and colors, erased / original): {m['preservation']:.2f}")
+    console.print(f"report: {eval_dir / 'report.md'} (and report.html)")
 
 
 def main() -> None:

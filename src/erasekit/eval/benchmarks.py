@@ -83,7 +83,7 @@ class Benchmark:
     name: str
     source: str
     layout: str
-    rows: list[BenchmarkRow]
+    rows: list[BenchmarkRow] = field(repr=False)
     category: str | None = None
 
     def describe(self) -> dict[str, Any]:

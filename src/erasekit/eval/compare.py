@@ -85,6 +85,7 @@ def plot_pareto(runs: list[RunSummary], path: str | Path, tier: str | None = Non
     fx = sorted((p for p, f in zip(points, front) if f), key=lambda p: p[0])
     if len(fx) > 1:
         ax.plot([p[0] for p in fx], [p[1] for p in fx], color="tab:red", lw=1, zorder=2)
+    ax.set_xlim(-0.03, 1.03)  # rates are fractions
     ax.set_xlabel(f"target rate (ASR {tier or 'all tiers'}), lower is better")
     ax.set_ylabel("preservation (erased / original), higher is better")
     ax.set_title("erasekit: erasure vs preservation")

@@ -13,6 +13,7 @@ in one line.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,9 @@ def inception_path(path: str | Path | None = None) -> Path:
 def load_inception(path: str | Path | None = None, device: str = "cpu"):
     p = inception_path(path)
     try:
-        return torch.jit.load(str(p), map_location=device).eval()
+        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the file ships in
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(p), map_location=device).eval()
     except (RuntimeError, ValueError) as err:
         raise InceptionUnavailableError(f"{p} is not a TorchScript Inception model ({str(err).splitlines()[0][:100]})") from None
 

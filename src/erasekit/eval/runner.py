@@ -1,7 +1,7 @@
 """One evaluation end to end: generate (original, and erased when a delta is given), score, report.
 
 Works in one process or sharded under ``accelerate launch`` (every process calls
-`run_eval` with the same arguments; each draws its shard of rows, then the main
+`run_eval` with the same arguments; each draws its shard of batches, then the main
 process scores the merged folders and writes the report; other processes get None).
 
 Output folder layout::
@@ -21,7 +21,7 @@ from typing import Any
 
 from ..generation import SamplingSettings
 from ..models.delta import apply_delta, library_versions, revert_delta
-from .generation_runner import load_images, pending, run_generation, shard
+from .generation_runner import load_images, pending, run_generation
 from .plan import EvalPlan
 from .report import write_report
 from .scoring import score
@@ -79,7 +79,7 @@ def generate_sets(pipe, plan: EvalPlan, out: Path, settings: SamplingSettings, *
     sets = [("original", None)] + ([("erased", delta)] if delta is not None else [])
     for name, d in sets:
         folder = out / "images" / name
-        todo = len(pending(folder, shard(range(len(rows)), rank, world_size)))
+        todo = sum(len(idx) for _, idx in pending(folder, rows, settings, rank, world_size))
         advance = progress(f"{name} images", todo) if progress and todo else None
         if d is not None and todo:
             apply_delta(pipe, d)

@@ -71,6 +71,9 @@ def score(plan: EvalPlan, images: dict[str, list], detector, *, clip=None, incep
         values = {}
         adherence["note"] = ("no preservation prompts" if not plan.preservation
                              else "needs CLIP for COCO preservation prompts (--clip PATH or $ERASEKIT_CLIP)")
+    if clip is not None and plan.preservation and "clip_score" not in metrics:
+        prompts = [r.prompt for r in plan.preservation]
+        metrics["clip_score"] = {name: float(M.clip_scores(clip, imgs, prompts).mean()) for name, imgs in pres.items()}
     metrics["adherence"] = adherence
     if values:
         metrics["preservation"] = M.preservation(values[main], values["original"])

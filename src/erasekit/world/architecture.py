@@ -50,7 +50,11 @@ UNET_CONFIG = dict(
     block_out_channels=(32, 96, 128),
     layers_per_block=1,
     cross_attention_dim=TEXT_HIDDEN,
-    attention_head_dim=32,
+    # diffusers reads ``attention_head_dim`` as the NUMBER of heads (the SD-1.x
+    # legacy naming): 4 heads of 24-32 dims.  The first 2250 training steps ran
+    # with 32 heads of 3-4 dims, too narrow to pick out prompt tokens among 77;
+    # the head count does not change any tensor shape, so training continued.
+    attention_head_dim=4,
     norm_num_groups=16,
 )
 

@@ -2,9 +2,19 @@
 
     python -m erasekit.world.train_t2i --steps 7000 --out src/erasekit/world/assets/shapes
 
-Recipe: v-prediction (the SD-2.x convention), min-SNR-5 loss weighting, 10%
+Recipe: v-prediction (the SD-2.x convention) with the plain v-MSE loss, 10%
 caption dropout for classifier-free guidance, AdamW with warm-up and cosine
-decay, EMA weights (those are exported).  Every batch is a pure function of
+decay, EMA weights (those are exported).
+
+The shipped run used min-SNR-5 weighting for its first 1750 steps; images then
+followed the seed far more than the prompt (shape right in ~10%), because for
+v-prediction min-SNR multiplies the loss of the high-noise steps, where shape
+and colour are decided, by ~SNR (0.005-0.3).  From step 1750 on it used the
+plain v-MSE (``--weighting uniform``, now the default).  At step 2250 it turned
+out the UNet had 32 attention heads of 3-4 dims (diffusers reads
+``attention_head_dim`` as a head count); it continued with 4 heads (same
+tensors), see ``architecture.UNET_CONFIG``, and at step 2750 the schedule was
+lengthened to 7000 steps to give the corrected model time to learn prompts.  Every batch is a pure function of
 (seed, step), so a resumed run continues the same sequence of batches.
 """
 
@@ -29,6 +39,7 @@ from .vocabulary import ATTRIBUTES, VALUES
 
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
+EMA_DECAY = 0.998
 
 
 @torch.no_grad()
@@ -97,6 +108,9 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT / "shapes")
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_ROOT / "shapes" / "tokenizer")
     ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--weighting", choices=["uniform", "min-snr"], default="uniform")
+    ap.add_argument("--ema-decay", type=float, default=EMA_DECAY)
+    ap.add_argument("--stop-at", type=int, default=None, help="stop after this step (checkpointed, no export)")
     ap.add_argument("--export-only", action="store_true", help="export the latest checkpoint's EMA weights and stop")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -111,11 +125,14 @@ def main() -> None:
     unet, text = build_unet(), build_text_encoder()
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
-    ema_unet, ema_text = EMA(unet), EMA(text)
+    ema_unet, ema_text = EMA(unet, a.ema_decay), EMA(text, a.ema_decay)
     sched = build_scheduler()
     acp = sched.alphas_cumprod
     snr = acp / (1 - acp)
-    weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / (snr + 1)  # min-SNR for v-prediction
+    if a.weighting == "min-snr":
+        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / (snr + 1)  # min-SNR for v-prediction
+    else:
+        weight = torch.ones_like(snr)
 
     ckroot = a.root / "t2i"
     start = 0
@@ -131,7 +148,7 @@ def main() -> None:
         return
 
     t0, running = time.time(), []
-    for step in range(start, a.steps):
+    for step in range(start, min(a.steps, a.stop_at or a.steps)):
         rng = np.random.default_rng([a.seed, step])
         gen = torch.Generator().manual_seed(a.seed * 1_000_003 + step)
         idx = rng.integers(0, len(images), size=a.batch)
@@ -162,9 +179,12 @@ def main() -> None:
         if (step + 1) % 50 == 0:
             print(f"t2i step {step + 1}/{a.steps} loss {np.mean(running):.4f} {time.time() - t0:.0f}s", flush=True)
             running = []
-        if (step + 1) % a.every == 0 or step + 1 == a.steps:
+        if (step + 1) % a.every == 0 or step + 1 in (a.steps, a.stop_at):
             mods = {"unet": unet, "text": text, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow}
             save_checkpoint(ckroot, step + 1, mods, opt, {"seconds": time.time() - t0})
+    if a.stop_at is not None and a.stop_at < a.steps:
+        print(f"stopped at step {a.stop_at}", flush=True)
+        return
     ema_unet.copy_to(unet)
     ema_text.copy_to(text)
     export_pipeline(unet, text, vae, tokenizer, a.out, {"training_steps": a.steps})
