@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--per-tier", type=int, default=64)
     ap.add_argument("--preserve", type=int, default=96)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/shapes_erasure.json"))
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
     a = ap.parse_args()
     pipe = load_pipeline("shapes")
     settings = SamplingSettings.for_model(resolve_model_path("shapes"))
@@ -51,6 +52,8 @@ def main() -> None:
                 "method": method, "concept": concept, "original": base, "erased": erased,
                 "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "changed_tensors": len(delta.tensors),
+                "changed_parameters": sum(t.numel() for t in delta.tensors.values()),
+                "iterations": delta.manifest.metrics.get("iterations"),
             })
     table = Table(title=f"Shapes world erasure ({a.per_tier} images per tier, {settings.steps} DDIM steps, "
                         f"guidance {settings.guidance_scale})")
@@ -63,6 +66,16 @@ def main() -> None:
         table.add_row(r["method"], r["concept"], *(f"{o[t]:.2f}->{e[t]:.2f}" for t in ("explicit", "synonym", "implicit")),
                       f"{pres:.2f}", f"{r['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}")
     console.print(table)
+    if a.markdown:
+        lines = ["| method | concept | explicit | synonym | implicit | preservation | seconds | peak MB |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            o, e = r["original"]["target_rate"], r["erased"]["target_rate"]
+            lines.append(f"| {r['method']} | {r['concept']} | " + " | ".join(
+                f"{o[t]:.2f} → {e[t]:.2f}" for t in ("explicit", "synonym", "implicit"))
+                + f" | {r['preservation']:.2f} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+        a.markdown.parent.mkdir(parents=True, exist_ok=True)
+        a.markdown.write_text("\n".join(lines) + "\n")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"settings": vars(settings), "rows": rows}, indent=2))

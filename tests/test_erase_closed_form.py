@@ -27,19 +27,21 @@ def _rates(pipe, detector, value, attribute, n=24):
     return target, keep
 
 
+# The shipped Shapes model follows colours far better than shapes (see README), so the
+# behavioural check erases a colour: its rate must fall, the other colours must stay.
 @pytest.mark.parametrize("method", ["trce-t", "uce"])
-def test_closed_form_methods_erase_circle_and_keep_other_shapes(shapes_pipe, detector, method):
+def test_closed_form_methods_erase_red_and_keep_other_colors(shapes_pipe, detector, method):
     before = {k: v.clone() for k, v in shapes_pipe.unet.state_dict().items()}
     info = get_method(method)
-    delta = info.erase(shapes_pipe, get_concept("circle"), info.config_cls.preset("shapes"))
+    delta = info.erase(shapes_pipe, get_concept("red"), info.config_cls.preset("shapes"))
     after = shapes_pipe.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "erase must leave the pipe unchanged"
     kv = set(get_scope("cross_attn_kv").select(shapes_pipe.unet, prefix="unet."))
     assert set(delta.names) == kv
-    t0, k0 = _rates(shapes_pipe, detector, "circle", "shape")
+    t0, k0 = _rates(shapes_pipe, detector, "red", "color")
     apply_delta(shapes_pipe, delta)
     try:
-        t1, k1 = _rates(shapes_pipe, detector, "circle", "shape")
+        t1, k1 = _rates(shapes_pipe, detector, "red", "color")
     finally:
         revert_delta(shapes_pipe, delta)
     assert t1 <= t0 / 3, (t0, t1)

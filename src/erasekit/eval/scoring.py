@@ -75,10 +75,15 @@ def score(plan: EvalPlan, images: dict[str, list], detector, *, clip=None, incep
         prompts = [r.prompt for r in plan.preservation]
         metrics["clip_score"] = {name: float(M.clip_scores(clip, imgs, prompts).mean()) for name, imgs in pres.items()}
     metrics["adherence"] = adherence
-    if values:
-        metrics["preservation"] = M.preservation(values[main], values["original"])
-    else:
+    if not values:
         metrics["preservation"] = None
+    elif main == "original":
+        metrics["preservation"] = 1.0  # no delta: the model relative to itself
+    else:
+        ratio = M.preservation(values[main], values["original"])
+        metrics["preservation"] = ratio if np.isfinite(ratio) else None
+        if not np.isfinite(ratio):
+            adherence["note"] = "the original model's adherence is 0: no ratio"
 
     for k, r in enumerate(plan.preservation):
         rec = {"index": n_target + k, "tier": r.tier, "case_number": r.case_number, "seed": r.seed,
