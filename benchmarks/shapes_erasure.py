@@ -43,7 +43,7 @@ def main() -> None:
         for method in a.methods:
             info = get_method(method)
             t0 = time.perf_counter()
-            delta = info.erase(pipe, get_concept(concept), info.config_cls.preset("shapes"))
+            delta = info.erase(pipe, get_concept(concept), info.config_cls.for_world("shapes"))
             seconds = time.perf_counter() - t0
             apply_delta(pipe, delta)
             erased = measure_erasure(pipe, concept, a.per_tier, a.preserve, settings)
@@ -55,14 +55,26 @@ def main() -> None:
                 "changed_parameters": sum(t.numel() for t in delta.tensors.values()),
                 "iterations": delta.manifest.metrics.get("iterations"),
             })
+    for r in rows:
+        attribute = r["original"]["attribute"]
+        key = attribute if attribute in ("shape", "color") else "both"
+        r["preservation"] = r["erased"]["preservation_adherence"][key] / max(1e-9, r["original"]["preservation_adherence"][key])
+    write_tables(rows, settings, a, console)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": vars(settings), "rows": rows}, indent=2))
+    tmp.replace(a.out)
+
+
+def write_tables(rows, settings, a, console) -> None:
+    """Preservation = the other values' adherence on the target's own attribute, erased / original."""
     table = Table(title=f"Shapes world erasure ({a.per_tier} images per tier, {settings.steps} DDIM steps, "
                         f"guidance {settings.guidance_scale})")
     for col in ("method", "concept", "explicit", "synonym", "implicit", "preservation", "seconds", "peak MB"):
         table.add_column(col)
     for r in rows:
         o, e = r["original"]["target_rate"], r["erased"]["target_rate"]
-        pres = r["erased"]["preservation_adherence"]["both"] / max(1e-9, r["original"]["preservation_adherence"]["both"])
-        r["preservation"] = pres
+        pres = r["preservation"]
         table.add_row(r["method"], r["concept"], *(f"{o[t]:.2f}->{e[t]:.2f}" for t in ("explicit", "synonym", "implicit")),
                       f"{pres:.2f}", f"{r['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}")
     console.print(table)
@@ -76,10 +88,6 @@ def main() -> None:
                 + f" | {r['preservation']:.2f} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
         a.markdown.parent.mkdir(parents=True, exist_ok=True)
         a.markdown.write_text("\n".join(lines) + "\n")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": vars(settings), "rows": rows}, indent=2))
-    tmp.replace(a.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def _rates(pipe, detector, value, attribute, n=24):
 def test_closed_form_methods_erase_red_and_keep_other_colors(shapes_pipe, detector, method):
     before = {k: v.clone() for k, v in shapes_pipe.unet.state_dict().items()}
     info = get_method(method)
-    delta = info.erase(shapes_pipe, get_concept("red"), info.config_cls.preset("shapes"))
+    delta = info.erase(shapes_pipe, get_concept("red"), info.config_cls.for_world("shapes"))
     after = shapes_pipe.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "erase must leave the pipe unchanged"
     kv = set(get_scope("cross_attn_kv").select(shapes_pipe.unet, prefix="unet."))

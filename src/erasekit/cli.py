@@ -120,7 +120,7 @@ def erase(
     _apply_delta_arg(pipe, start_from)
     overrides = yaml.safe_load(config.read_text()) if config else {}
     preset = preset or ("shapes" if is_shapes_world(pipe) else "sd")
-    cfg = info.config_cls.preset(preset if preset in info.config_cls.PRESETS else "sd", **overrides, seed=seed)
+    cfg = info.config_cls.for_world(preset, **overrides, seed=seed)
     console.print(f"erasing [bold]{spec.name}[/] with [bold]{method}[/] (preset {preset})")
     delta = info.erase(pipe, spec, cfg)
     delta.save(out)

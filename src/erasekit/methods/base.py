@@ -41,6 +41,12 @@ class MethodConfig(BaseModel):
         return cls(**values)
 
 
+    @classmethod
+    def for_world(cls, world: str, **overrides) -> "MethodConfig":
+        """The world's preset when the method has one (e.g. 'shapes'), else the SD defaults."""
+        return cls.preset(world if world in cls.PRESETS else "sd", **overrides)
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
