@@ -117,7 +117,10 @@ def test_sharded_eval_matches_single_process(tiny, tmp_path):
     for p in sorted((single / "images").rglob("*.png")):
         assert p.read_bytes() == (sharded / p.relative_to(single)).read_bytes(), p.relative_to(single)
     a, b = (json.loads((d / "results.json").read_text()) for d in (single, sharded))
-    assert a["metrics"] == b["metrics"] and a["per_image"] == b["per_image"]
+    # images are byte-identical; the Frechet distance's matrix square root may differ in the 9th digit
+    assert a["per_image"] == b["per_image"]
+    assert json.loads(json.dumps(a["metrics"]), parse_float=lambda x: round(float(x), 6)) == \
+        json.loads(json.dumps(b["metrics"]), parse_float=lambda x: round(float(x), 6))
     assert b["settings"]["world_size"] == 2
 
 

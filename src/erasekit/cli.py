@@ -18,8 +18,32 @@ class UserError(Exception):
     """An error whose message is shown to the user as one line, without a traceback."""
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (hub retries, deprecations, torchvision fallbacks) stays off the terminal."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for name in ("huggingface_hub", "diffusers", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        tlog.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+@app.callback()
+def _root() -> None:
+    _quiet_libraries()
+
+
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 

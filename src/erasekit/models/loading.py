@@ -49,9 +49,9 @@ def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.fl
         if Path(target).is_file():
             from diffusers import StableDiffusionPipeline
 
-            pipe = (pipeline_cls or StableDiffusionPipeline).from_single_file(target, torch_dtype=dtype)
+            pipe = (pipeline_cls or StableDiffusionPipeline).from_single_file(target, dtype=dtype)
         else:
-            pipe = cls.from_pretrained(target, torch_dtype=dtype)
+            pipe = cls.from_pretrained(target, dtype=dtype)
     except (OSError, ValueError) as err:  # hub unreachable, missing files, bad repo id
         if Path(target).exists():
             raise ModelNotFoundError(f"could not load pipeline from {target}: {str(err).splitlines()[0]}") from err
