@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..concepts.spec import ConceptSpec
+from ..models.conditioning import cat_conditions, encode_conditions
 from ..models.delta import WeightDelta
-from ..models.text import encode_prompts
 from .base import MethodInfo
-from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_sd_unet
+from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 
@@ -66,8 +66,8 @@ class ESDStep:
     def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: Config):
         self.unet, self.trainer, self.config = pipe.unet, trainer, config
         self.prompts = concept.target_prompts(config.n_synonyms, config.n_templates)
-        self.embeds = encode_prompts(pipe, self.prompts)
-        self.uncond = encode_prompts(pipe, [""])
+        self.embeds = encode_conditions(pipe, self.prompts)
+        self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
 
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
@@ -77,13 +77,13 @@ class ESDStep:
         z = self.sampler.denoise(self.unet, initial_latents(self.unet, g), 0, s, cond, self.uncond, cfg.guidance)
         t = self.sampler.timestep(s)
         with self.trainer.reference():
-            eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, torch.cat([cond, self.uncond])).chunk(2)
+            eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, self.uncond])).chunk(2)
         target = esd_target(eps_c, eps_u, cfg.negative_guidance)
         return F.mse_loss(predict(self.unet, z, t, cond), target)
 
 
 def erase(pipe, concept: ConceptSpec, config: Config, variant: str = "esd-x") -> WeightDelta:
-    require_sd_unet(pipe.unet, variant)
+    require_supported_unet(pipe.unet, variant)
     scope = config.scope or VARIANT_SCOPES[variant]
     return fine_tune(pipe, concept, config, variant, scope, config.iterations,
                      lambda trainer: ESDStep(pipe, trainer, concept, config), scope_name=scope)

@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from ..concepts.spec import ConceptSpec
+from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
 from ..models.delta import WeightDelta
-from ..models.text import encode_prompts
 from .base import MethodInfo
-from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_sd_unet
+from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
 KIND_DEFAULTS = {
@@ -153,8 +153,8 @@ class KSCUStep:
         self.pipe, self.unet, self.trainer, self.concept, self.config = pipe, pipe.unet, trainer, concept, config
         self.schedule = schedule
         self.pairs = [(t, tpl) for t in concept.targets for tpl in concept.templates]
-        self.embeds = encode_prompts(pipe, [concept.fill(tpl, t) for t, tpl in self.pairs])
-        self.uncond = encode_prompts(pipe, [""])
+        self.embeds = encode_conditions(pipe, [concept.fill(tpl, t) for t, tpl in self.pairs])
+        self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.augment_from = iterations - math.ceil(config.augment_fraction * iterations)
         self.z: torch.Tensor | None = None
@@ -186,14 +186,19 @@ class KSCUStep:
         self.s = s
         return self.z
 
-    def conditioning(self, step: int, g: torch.Generator) -> torch.Tensor:
-        """c~: the prompt's embedding, or an augmented prompt's (plus embedding noise) near the end."""
+    def conditioning(self, step: int, g: torch.Generator) -> TextCondition:
+        """c~: the prompt's embedding, or an augmented prompt's (plus embedding noise) near the end.
+
+        The noise goes on the hidden states the cross-attention reads; SDXL's
+        pooled embedding and time ids are those of the augmented prompt.
+        """
         cond = self.embeds[self.prompt : self.prompt + 1]
         if step < self.augment_from:
             return cond
         target, template = self.pairs[self.prompt]
-        emb = encode_prompts(self.pipe, [augment_prompt(self.concept, target, template, g)])
-        return emb + self.config.embed_noise * torch.randn(emb.shape, generator=g).to(emb)
+        emb = encode_conditions(self.pipe, [augment_prompt(self.concept, target, template, g)])
+        e = emb.embeds
+        return emb.with_embeds(e + self.config.embed_noise * torch.randn(e.shape, generator=g).to(e))
 
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
         cfg = self.config
@@ -203,16 +208,16 @@ class KSCUStep:
         c_tilde = self.conditioning(step, g)
         t = self.sampler.timestep(s)
         with self.trainer.reference():
-            eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, torch.cat([cond, self.uncond])).chunk(2)
+            eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, self.uncond])).chunk(2)
         lambda1 = (1000 - t) * cfg.lambda1_rate
         erase_target = eps_u - cfg.negative_guidance * (eps_c - eps_u)
         anchor_target = eps_u - lambda1 * (eps_c - eps_u)
-        out_c, out_u = predict(self.unet, torch.cat([z, z]), t, torch.cat([c_tilde, self.uncond])).chunk(2)
+        out_c, out_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([c_tilde, self.uncond])).chunk(2)
         return F.mse_loss(out_c, erase_target) + cfg.lambda2 * F.mse_loss(out_u, anchor_target)
 
 
 def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
-    require_sd_unet(pipe.unet, "kscu")
+    require_supported_unet(pipe.unet, "kscu")
     iterations, start = config.resolved(concept.kind)
     cap = config.cap if config.cap is not None else default_cap(config.n_steps)
     schedule = key_step_schedule(iterations, start, config.n_steps, config.traversals_per_raise, cap)

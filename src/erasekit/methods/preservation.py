@@ -17,15 +17,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..models.text import encode_prompts, first_eot_index, token_ids
+from ..models.text import encode_prompts, first_eot_positions
 from .closed_form import second_moment
 
 
 def prompt_rows(pipe, prompts: list[str], mode: str) -> torch.Tensor:
     """Embeddings (rows) that prompts contribute: their first [EoT] ("eot") or every token up to it ("tokens")."""
     emb = encode_prompts(pipe, prompts)
-    ids = token_ids(pipe, prompts)
-    eot = first_eot_index(ids, pipe.tokenizer.eos_token_id)
+    eot = first_eot_positions(pipe, prompts)
     if mode == "eot":
         return emb[torch.arange(len(prompts)), eot]
     if mode == "tokens":

@@ -79,7 +79,7 @@ class ScoreSample:
 
     z: torch.Tensor
     t: int
-    cond: torch.Tensor
+    cond: Any  # TextCondition of the target prompt (or a plain embedding tensor)
     prompt: str
     output: torch.Tensor
     reference: torch.Tensor

@@ -12,6 +12,14 @@ A method supplies only its loss, as ``step_fn(step, generator) -> loss``; the
   a stage-1 model, or originals of tensors outside the scope) works as well.
   Only the pointers are swapped (``param.data``), nothing is copied;
 - **Adam** with a configurable learning rate, ``zero_grad`` every step;
+  ``optimizer="adam8bit"`` uses bitsandbytes' 8-bit Adam on CUDA when it is
+  importable (and falls back to torch Adam with a logged note otherwise);
+- **memory**: the only extra copy of the trained scope is the frozen
+  reference (``trainer.originals``).  `fine_tune` hands the trainer the
+  snapshot its `EditSession` takes anyway, so on a CPU run the reference and
+  the snapshot are the same tensors; on a GPU the snapshot stays in host RAM
+  and the reference is the one device copy.  Frozen parameters are never
+  copied (no second UNet);
 - **determinism**: step ``k`` gets a fresh CPU ``torch.Generator`` seeded from
   ``(seed, k)`` (`step_generator`), so no RNG state has to be checkpointed;
 - a **rich progress bar** with the loss (``progress=False`` disables it);
@@ -63,6 +71,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..concepts.spec import ConceptSpec
+from ..models.conditioning import Condition, TextCondition, cat_conditions, expand_condition, uses_added_conditions
 from ..models.delta import WeightDelta
 from ..models.scopes import ParameterScope, get_scope
 from .base import EditSession, MethodConfig
@@ -108,6 +117,7 @@ class FineTuneConfig(MethodConfig):
     progress: bool = True
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    optimizer: Literal["adam", "adam8bit"] = "adam"
 
     # Settings that do not change the result: a checkpoint may be resumed across them.
     RUN_KEY_EXCLUDE: ClassVar[tuple[str, ...]] = ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "progress",
@@ -177,29 +187,37 @@ def _expand(x: torch.Tensor, batch: int) -> torch.Tensor:
     return x.expand(batch, *x.shape[1:]) if x.shape[0] == 1 and batch > 1 else x
 
 
-def predict(unet: nn.Module, latents: torch.Tensor, t: torch.Tensor | int, embeds: torch.Tensor,
+def predict(unet: nn.Module, latents: torch.Tensor, t: torch.Tensor | int, embeds: Condition,
             added_cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The UNet's raw output (epsilon or v, as the model predicts) for a batch.
 
-    ``t`` is a scalar or one timestep per sample; ``embeds`` (B or 1, L, D).
-    SDXL UNets (``addition_embed_type='text_time'``) need ``added_cond`` with
-    ``text_embeds`` and ``time_ids`` (batch B or 1).
+    ``t`` is a scalar or one timestep per sample; ``embeds`` is a
+    `TextCondition` (B or 1 rows; from `encode_conditions`, which also carries
+    SDXL's pooled text and time ids) or a plain (B or 1, L, D) tensor.  SDXL
+    UNets (``addition_embed_type='text_time'``) given a plain tensor need
+    ``added_cond`` with ``text_embeds`` and ``time_ids`` (batch B or 1).
     """
     b = latents.shape[0]
     t = torch.as_tensor(t, device=latents.device)
+    if isinstance(embeds, TextCondition):
+        added_cond = added_cond or embeds.added_cond_kwargs()
+        embeds = embeds.embeds
     kwargs: dict[str, Any] = {}
-    if getattr(unet.config, "addition_embed_type", None) == "text_time":
+    if uses_added_conditions(unet):
         if added_cond is None:
-            raise ValueError("this UNet (SDXL) needs added_cond={'text_embeds': ..., 'time_ids': ...}")
-        kwargs["added_cond_kwargs"] = {k: _expand(v, b) for k, v in added_cond.items()}
+            raise ValueError("this UNet (SDXL) needs its added conditions: pass a TextCondition from "
+                             "encode_conditions, or added_cond={'text_embeds': ..., 'time_ids': ...}")
+        kwargs["added_cond_kwargs"] = {k: _expand(v, b).to(latents.device) for k, v in added_cond.items()}
     embeds = _expand(embeds, b).to(device=latents.device)
     return unet(latents, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0]
 
 
-def require_sd_unet(unet: nn.Module, method: str) -> None:
-    """Methods here pass text embeddings only; SDXL's added conditions are not wired in yet."""
-    if getattr(unet.config, "addition_embed_type", None) is not None:
-        raise NotImplementedError(f"{method} supports SD-1.x/2.x UNets; SDXL added conditions are not wired in yet")
+def require_supported_unet(unet: nn.Module, method: str) -> None:
+    """Fine-tuning methods condition SD-1.x/2.x UNets (text only) and SDXL (text + pooled text + time ids)."""
+    kind = getattr(unet.config, "addition_embed_type", None)
+    if kind not in (None, "text_time"):
+        raise NotImplementedError(f"{method} supports SD-1.x, SD-2.x and SDXL UNets; this UNet's "
+                                  f"addition_embed_type={kind!r} is not supported")
 
 
 # ------------------------------------------------------------------ DDIM sampling
@@ -224,7 +242,7 @@ class DDIMSampler:
         b = z.shape[0]
         if embeds_cond is None:
             return predict(unet, z, self.timestep(s), embeds_uncond)
-        emb = torch.cat([_expand(embeds_cond, b), _expand(embeds_uncond, b)])
+        emb = cat_conditions([expand_condition(embeds_cond, b), expand_condition(embeds_uncond, b)])
         out_c, out_u = predict(unet, torch.cat([z, z]), self.timestep(s), emb).chunk(2)
         return out_u + guidance * (out_c - out_u)
 
@@ -289,11 +307,37 @@ class TrainResult:
     losses: list[float]
     resumed_from: int | None = None
     checkpoint: Path | None = None
+    optimizer: str = "adam"
 
     def metrics(self) -> dict[str, Any]:
         tail = self.losses[-max(1, len(self.losses) // 10):] if self.losses else []
         return {"iterations": self.steps, "final_loss": self.losses[-1] if self.losses else None,
-                "loss_last_10pct": sum(tail) / len(tail) if tail else None, "resumed_from": self.resumed_from}
+                "loss_last_10pct": sum(tail) / len(tail) if tail else None, "resumed_from": self.resumed_from,
+                "optimizer": self.optimizer}
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, kind: str, device: torch.device):
+    """(optimizer, name actually used): torch Adam, or bitsandbytes' 8-bit Adam for ``kind='adam8bit'``.
+
+    8-bit Adam keeps both moments in 8 bits (blockwise quantised), a quarter of
+    Adam's 8 bytes per trained parameter.  It needs bitsandbytes and a CUDA
+    device; without them the run uses torch Adam and logs why.
+    """
+    if kind == "adam8bit":
+        reason = None
+        if device.type != "cuda":
+            reason = f"it needs a CUDA device (training runs on {device})"
+        else:
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                reason = "bitsandbytes is not installed (pip install bitsandbytes)"
+            else:
+                return bnb.optim.Adam8bit(params, lr=lr), "adam8bit"
+        log.warning("optimizer='adam8bit' unavailable: %s; using torch.optim.Adam", reason)
+    elif kind != "adam":
+        raise ValueError(f"unknown optimizer {kind!r} (adam or adam8bit)")
+    return torch.optim.Adam(params, lr=lr), "adam"
 
 
 StepFn = Callable[[int, torch.Generator], torch.Tensor]
@@ -316,18 +360,22 @@ class Trainer:
     progress: bool = True
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"
+    optimizer: str = "adam"
     description: str = "fine-tuning"
+    originals_from: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
     params: dict[str, nn.Parameter] = field(init=False)
     originals: dict[str, torch.Tensor] = field(init=False)
 
     @classmethod
     def from_config(cls, unet, scope, config: FineTuneConfig, iterations: int, run_key: str = "",
-                    description: str = "fine-tuning") -> "Trainer":
+                    description: str = "fine-tuning",
+                    originals_from: Mapping[str, torch.Tensor] | None = None) -> "Trainer":
         return cls(unet, scope, iterations, lr=config.lr, seed=config.seed, run_key=run_key,
                    checkpoint_dir=config.checkpoint_dir, checkpoint_every=config.checkpoint_every,
                    keep_checkpoints=config.keep_checkpoints, resume=config.resume, progress=config.progress,
                    gradient_checkpointing=config.gradient_checkpointing,
-                   mixed_precision=config.mixed_precision, description=description)
+                   mixed_precision=config.mixed_precision, optimizer=config.optimizer, description=description,
+                   originals_from=originals_from)
 
     def __post_init__(self):
         self.scope = get_scope(self.scope)
@@ -342,7 +390,21 @@ class Trainer:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} needs a CUDA device (the UNet is on {self.device})")
         if self.iterations < 0:
             raise ValueError("iterations must be >= 0")
-        self.originals = {n: p.detach().clone() for n, p in self.params.items()}
+        self.originals = self._reference_copy(self.originals_from or {})
+        self.originals_from = None  # only needed here; do not keep a second handle on the snapshot
+
+    def _reference_copy(self, given: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The frozen scope tensors: taken from ``given`` (UNet-relative or 'unet.'-prefixed names) where
+        it has them with the right shape and dtype (moved to the device, no copy when already there),
+        cloned from the live parameters otherwise."""
+        out = {}
+        for n, p in self.params.items():
+            t = given.get(n, given.get("unet." + n))
+            if t is not None and t.shape == p.shape and t.dtype == p.dtype:
+                out[n] = t.detach().to(p.device)
+            else:
+                out[n] = p.detach().clone()
+        return out
 
     # ---------------------------------------------------------------- references
     @property
@@ -446,7 +508,7 @@ class Trainer:
         if self.gradient_checkpointing and not had_gc:
             unet.enable_gradient_checkpointing()
         trainable = list(self.params.values())
-        optimizer = torch.optim.Adam(trainable, lr=self.lr)
+        optimizer, self.optimizer_used = make_optimizer(trainable, self.lr, self.optimizer, self.device)
         scaler = torch.amp.GradScaler(self.device.type) if self.mixed_precision == "fp16" else None
         start, losses, resumed_from, last_ckpt = 0, [], None, None
         last_ckpt_step = None
@@ -488,7 +550,8 @@ class Trainer:
                 p.requires_grad_(flags[n])
             if self.gradient_checkpointing and not had_gc:
                 unet.disable_gradient_checkpointing()
-        return TrainResult(steps=self.iterations, losses=losses, resumed_from=resumed_from, checkpoint=last_ckpt)
+        return TrainResult(steps=self.iterations, losses=losses, resumed_from=resumed_from, checkpoint=last_ckpt,
+                           optimizer=self.optimizer_used)
 
 
 @contextlib.contextmanager
@@ -513,9 +576,11 @@ def fine_tune(pipe, concept: ConceptSpec, config: FineTuneConfig, method: str, s
     ``make_step_fn(trainer)`` builds the method's step function once the
     trainer exists (so it can use ``trainer.reference()``).
     """
-    trainer = Trainer.from_config(pipe.unet, scope, config, iterations,
-                                  run_key=run_key(method, config, concept, **key_extra), description=method)
-    with EditSession(pipe, trainer.qualified_names, method, config, concept) as session:
+    names = list(get_scope(scope).select(pipe.unet, prefix="unet."))
+    with EditSession(pipe, names, method, config, concept) as session:
+        trainer = Trainer.from_config(pipe.unet, scope, config, iterations,
+                                      run_key=run_key(method, config, concept, **key_extra), description=method,
+                                      originals_from=session.originals)
         result = trainer.run(make_step_fn(trainer))
         session.metrics.update(result.metrics(), scope=trainer.scope.name)
     return session.delta

@@ -49,14 +49,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from ..concepts.spec import ConceptSpec
+from ..models.conditioning import cat_conditions, encode_conditions
 from ..models.delta import WeightDelta, fingerprint, resolve_tensors
 from ..models.scopes import get_scope
-from ..models.text import encode_prompts
 from .base import EditSession, MethodInfo
 from .closed_form import cross_attention_kv_names
 from .preservation import text_fingerprint
 from .trainer import (DDIMSampler, FineTuneConfig, Trainer, _atomic_save, latent_shape, predict, randint,
-                      require_sd_unet, run_key, step_generator)
+                      require_supported_unet, run_key, step_generator)
 from .trce import TextualConfig, erase_textual
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def sample_trajectories(pipe, prompts: list[str], config: VisualConfig) -> dict[
     g = step_generator(config.seed, -1)  # a stream of its own, apart from the training steps
     order = torch.randperm(len(prompts), generator=g)
     index = torch.stack([order[i % len(prompts)] for i in range(config.n_trajectories)])
-    embeds, uncond = encode_prompts(pipe, prompts), encode_prompts(pipe, [""])
+    embeds, uncond = encode_conditions(pipe, prompts), encode_conditions(pipe, [""])
     cond, unc = [], []
     for lo in range(0, config.n_trajectories, bs):
         idx = index[lo : lo + bs]
@@ -231,9 +231,9 @@ class VisualStep:
         self.unet, self.trainer, self.config, self.cache = pipe.unet, trainer, config, cache
         self.original, self.stage1 = original, stage1
         self.prompts = concept.target_prompts()
-        self.cond = encode_prompts(pipe, self.prompts)
-        self.anchor = encode_prompts(pipe, concept.anchor_prompts())
-        self.uncond = encode_prompts(pipe, [""])
+        self.cond = encode_conditions(pipe, self.prompts)
+        self.anchor = encode_conditions(pipe, concept.anchor_prompts())
+        self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
 
     def sample(self, step: int, g: torch.Generator):
@@ -256,18 +256,18 @@ class VisualStep:
         if self.stage1 is None:  # stage-1 model == original: one reference pass of 4
             with self.trainer.reference(self.original):
                 ref = predict(self.unet, torch.cat([z, z, z, zu]), torch.tensor([t, t, t, tu], device=dev),
-                              torch.cat([empty, c_m, c_s, empty]))
+                              cat_conditions([empty, c_m, c_s, empty]))
             eps_u, eps_m, eps_s, eps_pres = ref.chunk(4)
         else:
             with self.trainer.reference(self.original):
                 eps_u, eps_m, eps_s = predict(self.unet, torch.cat([z, z, z]), t,
-                                              torch.cat([empty, c_m, c_s])).chunk(3)
+                                              cat_conditions([empty, c_m, c_s])).chunk(3)
             with self.trainer.reference(self.stage1):
                 eps_pres = predict(self.unet, zu, tu, empty)
         f_unsafe = guided_target(eps_u, eps_m, cfg.beta)
         f_safe = guided_target(eps_u, eps_s, cfg.beta)
         out_m, out_u, out_pres = predict(self.unet, torch.cat([z, z, zu]), torch.tensor([t, t, tu], device=dev),
-                                         torch.cat([c_m, empty, empty])).chunk(3)
+                                         cat_conditions([c_m, empty, empty])).chunk(3)
         l_erase = (triplet_margin(out_m, f_safe, f_unsafe, cfg.margin)
                    + triplet_margin(out_u, f_safe, f_unsafe, cfg.margin)) / 2
         return l_erase + cfg.lambda_pres * F.mse_loss(out_pres, eps_pres)
@@ -276,41 +276,53 @@ class VisualStep:
 # ------------------------------------------------------------------ methods
 def erase_visual(pipe, concept: ConceptSpec, config: VisualConfig) -> WeightDelta:
     """TRCE stage 2 alone, from the current model (which is also its preservation reference)."""
-    require_sd_unet(pipe.unet, "trce-v")
+    require_supported_unet(pipe.unet, "trce-v")
     cache = load_or_sample(pipe, concept.target_prompts(), config)
     scope = config.scope or "visual"
-    trainer = Trainer.from_config(pipe.unet, scope, config, config.total_iterations(),
-                                  run_key=run_key("trce-v", config, concept, scope_name=scope), description="trce-v")
-    with EditSession(pipe, trainer.qualified_names, "trce-v", config, concept) as session:
+    names = list(get_scope(scope).select(pipe.unet, prefix="unet."))
+    with EditSession(pipe, names, "trce-v", config, concept) as session:
+        trainer = Trainer.from_config(pipe.unet, scope, config, config.total_iterations(),
+                                      run_key=run_key("trce-v", config, concept, scope_name=scope),
+                                      description="trce-v", originals_from=session.originals)
         result = trainer.run(VisualStep(pipe, trainer, concept, config, cache, original=trainer.originals))
         session.metrics.update(result.metrics(), scope=trainer.scope.name, trajectories=cache.n,
                                uncond_trajectories=cache.n_uncond)
     return session.delta
 
 
+@torch.no_grad()
+def _write_into(pipe, tensors: dict[str, torch.Tensor]) -> None:
+    live = resolve_tensors(pipe, tensors)
+    for n, v in tensors.items():
+        live[n].copy_(v)
+
+
 def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     """Full TRCE: stage 1 (K/V closed form) then stage 2 on top; one delta against the original weights."""
-    require_sd_unet(pipe.unet, "trce")
+    require_supported_unet(pipe.unet, "trce")
     cache = load_or_sample(pipe, concept.target_prompts(), config)  # with the ORIGINAL model
     scope = config.scope or "visual"
     names = sorted(set(cross_attention_kv_names(pipe.unet)) | set(get_scope(scope).select(pipe.unet, prefix="unet.")))
     textual = TextualConfig(**{k: getattr(config, k) for k in TextualConfig.model_fields})
     with EditSession(pipe, names, "trce", config, concept) as session:
         stage1 = erase_textual(pipe, concept, textual)  # leaves pipe unchanged
-        live = resolve_tensors(pipe, stage1.tensors)
-        with torch.no_grad():
-            for n, v in stage1.tensors.items():
-                live[n].copy_(v)
+        _write_into(pipe, stage1.tensors)
+        # The stage-2 reference is the stage-1 model: reuse the session's snapshot for every scope tensor
+        # stage 1 left alone (all of them with the default, disjoint scopes), copy only the others.
+        untouched = {n: t for n, t in session.originals.items() if n not in stage1.tensors}
+        stage1_names, stage1_id, stage1_metrics = stage1.names, stage1.delta_id, stage1.manifest.metrics
+        del stage1  # the edit now lives in the UNet: keep no second copy of the stage-1 tensors
         trainer = Trainer.from_config(pipe.unet, scope, config, config.total_iterations(),
-                                      run_key=run_key("trce", config, concept, scope_name=scope), description="trce")
+                                      run_key=run_key("trce", config, concept, scope_name=scope), description="trce",
+                                      originals_from=untouched)
         dev = trainer.device
         original = {**trainer.originals,
-                    **{n[len("unet."):]: session.originals[n].to(dev) for n in stage1.names if n.startswith("unet.")}}
+                    **{n[len("unet."):]: session.originals[n].to(dev) for n in stage1_names if n.startswith("unet.")}}
         step_fn = VisualStep(pipe, trainer, concept, config, cache, original=original, stage1=trainer.originals)
         result = trainer.run(step_fn)
         session.metrics.update(result.metrics(), scope=trainer.scope.name, trajectories=cache.n,
-                               uncond_trajectories=cache.n_uncond, stage1_delta=stage1.delta_id,
-                               stage1=stage1.manifest.metrics)
+                               uncond_trajectories=cache.n_uncond, stage1_delta=stage1_id,
+                               stage1=stage1_metrics)
     return session.delta
 
 

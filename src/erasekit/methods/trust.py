@@ -102,11 +102,12 @@ from pydantic import field_validator
 from torch import nn
 
 from ..concepts.spec import ConceptSpec
+from ..models.conditioning import encode_conditions
 from ..models.delta import WeightDelta
-from ..models.text import encode_prompts
+from ..models.scopes import get_scope
 from .base import EditSession, MethodInfo
 from .saliency import DEFAULT_CLIP, ScoreSample, Scorer, make_scorer, mask_size, saliency, saliency_masks
-from .trainer import (DDIMSampler, FineTuneConfig, Trainer, initial_latents, predict, randint, require_sd_unet,
+from .trainer import (DDIMSampler, FineTuneConfig, Trainer, initial_latents, predict, randint, require_supported_unet,
                       run_key, step_generator)
 
 SCOPE = "cross_attn_qkv"
@@ -326,11 +327,11 @@ class TrustStep:
         self.params = trainer.params
         self.prompts = concept.target_prompts(config.n_synonyms, config.n_templates)
         self.anchors = concept.anchor_prompts(config.n_synonyms, config.n_templates)
-        self.embeds = encode_prompts(pipe, self.prompts)
-        self.anchor_embeds = encode_prompts(pipe, self.anchors)
-        self.uncond = encode_prompts(pipe, [""])
+        self.embeds = encode_conditions(pipe, self.prompts)
+        self.anchor_embeds = encode_conditions(pipe, self.anchors)
+        self.uncond = encode_conditions(pipe, [""])
         self.retain = retain_prompt_list(concept, config) if config.gamma > 0 else []
-        self.retain_embeds = encode_prompts(pipe, self.retain) if self.retain else None
+        self.retain_embeds = encode_conditions(pipe, self.retain) if self.retain else None
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.train_timesteps = int(self.sampler.scheduler.config.num_train_timesteps)
         self.betas = config.betas()
@@ -496,16 +497,21 @@ def erase(pipe, concept: ConceptSpec, config: Config, method: str = "trust",
     copies of the masks (by parameter name, relative to the UNet);
     ``scorer_options`` go to the scorer factory (e.g. ``detector=...``).
     """
-    require_sd_unet(pipe.unet, method)
+    require_supported_unet(pipe.unet, method)
     if method == "salun" and (not config.static or config.regularizer != "none"):
         raise ValueError("salun is the static-mask, forgetting-loss-only case (mask_every=0, regularizer='none'); "
                          "use method 'trust' for dynamic masks or a regulariser")
     scope = config.scope or SCOPE
     options = {"clip_model": config.clip_model, **(scorer_options or {})}
     scorer_name, scorer = make_scorer(config.scorer, pipe, concept, **options)
-    trainer = Trainer.from_config(pipe.unet, scope, config, config.iterations,
-                                  run_key=run_key(method, config, concept, scope_name=scope), description=method)
-    with EditSession(pipe, trainer.qualified_names, method, config, concept) as session:
+    if config.optimizer != "adam":
+        raise ValueError(f"{method} restores Adam's moments entry by entry outside the mask, which 8-bit "
+                         "(blockwise quantised) moments do not allow; use optimizer='adam'")
+    names = list(get_scope(scope).select(pipe.unet, prefix="unet."))
+    with EditSession(pipe, names, method, config, concept) as session:
+        trainer = Trainer.from_config(pipe.unet, scope, config, config.iterations,
+                                      run_key=run_key(method, config, concept, scope_name=scope), description=method,
+                                      originals_from=session.originals)
         step = TrustStep(pipe, trainer, concept, config, scorer, scorer_name, mask_callback)
         with MaskedUpdates(trainer.params, lambda: step.masks):
             result = trainer.run(step)

@@ -6,6 +6,20 @@ end-of-text), paired position by position with the anchor's outputs; the
 anchor positions pass through the ORIGINAL weights to give the target values.
 Preserved prompts (the concept's ``preserve`` list) contribute their token
 embeddings to the preservation term.
+
+SDXL: the UNet's cross-attention reads, at every token, the concatenation of
+both text encoders' (penultimate-layer) hidden states, so each row here is
+that concatenated vector (2048-d on SDXL), taken at positions located from the
+token ids; both tokenizers must put the first end-of-text token at the same
+position (`first_eot_positions` checks it and raises otherwise).  SDXL is ALSO
+conditioned by the second encoder's pooled embedding, which enters through the
+time embedding (``text_embeds``), not through cross-attention: a K/V edit cannot
+change it.  This is a deliberate choice, kept so the edit stays the paper's
+closed form on cross-attention only: the concept's pooled embedding still
+reaches the UNet, as a global signal in every block, so the edit may leave
+more of the concept on SDXL than on SD-1.x/2.x (not measured: only tiny random
+SDXL pipelines exist offline here).  A fine-tuning stage sees the pooled
+embedding (``trce`` = stage 1 + stage 2) when that matters.
 """
 
 from __future__ import annotations
@@ -14,7 +28,7 @@ import torch
 
 from ..concepts.spec import ConceptSpec
 from ..models.delta import WeightDelta
-from ..models.text import encode_prompts, first_eot_index, token_ids
+from ..models.text import encode_prompts, first_eot_positions
 from .base import EditSession, MethodConfig, MethodInfo
 from .closed_form import cross_attention_kv_names, edit_cross_attention_kv, second_moment
 
@@ -30,9 +44,7 @@ class Config(MethodConfig):
 def paired_token_rows(pipe, sources: list[str], anchors: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Position-aligned rows 1..max(first EoT) of each source/anchor pair."""
     emb_s, emb_a = encode_prompts(pipe, sources), encode_prompts(pipe, anchors)
-    eos = pipe.tokenizer.eos_token_id
-    end_s = first_eot_index(token_ids(pipe, sources), eos)
-    end_a = first_eot_index(token_ids(pipe, anchors), eos)
+    end_s, end_a = first_eot_positions(pipe, sources), first_eot_positions(pipe, anchors)
     rows_s, rows_a = [], []
     for i in range(len(sources)):
         last = int(max(end_s[i], end_a[i]))
@@ -49,7 +61,7 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     moment = None
     if preserve:
         emb = encode_prompts(pipe, preserve)
-        ends = first_eot_index(token_ids(pipe, preserve), pipe.tokenizer.eos_token_id)
+        ends = first_eot_positions(pipe, preserve)
         moment = second_moment(torch.cat([emb[i, 1 : int(e) + 1] for i, e in enumerate(ends)]))
     with EditSession(pipe, cross_attention_kv_names(pipe.unet), "uce", config, concept) as session:
         edit_cross_attention_kv(pipe.unet, src, anc, moment, config.eta, config.lam)

@@ -28,6 +28,27 @@ def first_eot_index(ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return is_eos.int().argmax(dim=1)
 
 
+def first_eot_positions(pipe, prompts: list[str]) -> torch.Tensor:
+    """First end-of-text index of each prompt, the same for every tokenizer of the pipeline.
+
+    SDXL concatenates its two encoders' hidden states token by token, so the
+    [EoT] row a closed-form edit reads is the concatenated vector at that
+    position; both tokenizers are CLIP BPE and must put it in the same place
+    (they may pad differently).  Raises ValueError when they disagree.
+    """
+    found = []
+    for tok in tokenizers_of(pipe):
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        found.append(first_eot_index(ids, tok.eos_token_id))
+    for other in found[1:]:
+        if not torch.equal(found[0], other):
+            bad = [prompts[i] for i in torch.nonzero(found[0] != other).flatten().tolist()[:3]]
+            raise ValueError(f"the pipeline's tokenizers put the first end-of-text token at different positions "
+                             f"for {bad}; a per-token closed-form edit needs them aligned")
+    return found[0]
+
+
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
     """(N, L, D) text conditioning for ``prompts``, as the UNet sees it (no CFG duplication)."""

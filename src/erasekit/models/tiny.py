@@ -132,31 +132,67 @@ SD_SCHEDULER_CONFIG = dict(
 )
 
 
-def tiny_pipeline(family: str = "sd1", seed: int = 0, prediction_type: str = "epsilon"):
-    """A real, randomly initialised tiny ``StableDiffusionPipeline`` (SD-1.x layout), CPU, eval mode.
+# SD-2.x text encoders are OpenCLIP ViT-H converted to CLIPTextModel: plain GELU, no quick-GELU.
+TINY_SD2_TEXT_CONFIG = {**TINY_TEXT_CONFIG, "hidden_act": "gelu"}
+# SDXL: CLIP ViT-L (quick-GELU) + OpenCLIP bigG with a text projection (GELU).  Their hidden widths
+# concatenate to the tiny SDXL UNet's cross_attention_dim (32 + 32 = 64); the projection width is the
+# pooled ``text_embeds`` width the UNet's added embedding expects (POOLED_DIM).
+TINY_SDXL_TEXT_CONFIG_2 = {**TINY_TEXT_CONFIG, "hidden_act": "gelu", "projection_dim": POOLED_DIM}
+DEFAULT_PREDICTION = {"sd1": "epsilon", "sd2": "v_prediction", "sdxl": "epsilon"}
 
-    Tiny UNet of ``family`` (only ``sd1`` is supported), a 2-layer 32-d CLIP
-    text encoder with the full CLIP vocabulary, the shipped CLIP tokenizer,
-    a 2-level AutoencoderKL (16 px images <-> 8 x 8 x 4 latents) and a DDIM
-    scheduler with Stable Diffusion's settings.  No safety checker.
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+def _tiny_tokenizer(pad_token: str | None = None):
+    """The shipped CLIP BPE tokenizer; SD-2.x and SDXL's second tokenizer pad with '!' (id 0)."""
+    from transformers import CLIPTokenizer
 
     from ..world.assets_paths import TOKENIZER_DIR
 
-    if family != "sd1":
-        raise NotImplementedError(f"tiny_pipeline supports family 'sd1' only for now (got {family!r})")
-    unet = tiny_unet(family, seed=seed)
+    extra = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), **extra)
+
+
+def _seeded(seed: int, build):
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG)).eval()
-        torch.manual_seed(seed + 2)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG).eval()
-    scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG, prediction_type=prediction_type)
-    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def tiny_pipeline(family: str = "sd1", seed: int = 0, prediction_type: str | None = None):
+    """A real, randomly initialised tiny pipeline of ``family``, CPU, eval mode, no safety checker.
+
+    - ``sd1``: ``StableDiffusionPipeline``, 2-layer 32-d CLIP text encoder (quick-GELU).
+    - ``sd2``: ``StableDiffusionPipeline`` with an OpenCLIP-like text encoder
+      (GELU), the tiny SD-2.x UNet layout, a '!'-padding tokenizer as SD-2.x
+      ships, and a v-prediction scheduler by default.
+    - ``sdxl``: ``StableDiffusionXLPipeline`` with ``CLIPTextModel`` and
+      ``CLIPTextModelWithProjection`` (32-d each, concatenated to the UNet's
+      64-d cross-attention input; 32-d pooled projection), ``tokenizer`` and
+      ``tokenizer_2`` (the latter padding with '!', as SDXL's does).
+
+    Every family uses the shipped CLIP tokenizer (full 49,408-token vocabulary),
+    a 2-level AutoencoderKL (16 px images <-> 8 x 8 x 4 latents) and a DDIM
+    scheduler with Stable Diffusion's settings; ``prediction_type`` None takes
+    the family's default (v-prediction for sd2, epsilon otherwise).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = tiny_unet(family, seed=seed)  # validates the family
+    vae = _seeded(seed + 2, lambda: AutoencoderKL(**TINY_VAE_CONFIG))
+    scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG, prediction_type=prediction_type or DEFAULT_PREDICTION[family])
+    if family == "sdxl":
+        text_encoder = _seeded(seed + 1, lambda: CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG)))
+        text_encoder_2 = _seeded(seed + 3, lambda: CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT_CONFIG_2)))
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=_tiny_tokenizer(), tokenizer_2=_tiny_tokenizer(pad_token="!"),
+                                         unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+                                         add_watermarker=False)
+    else:
+        text_config = TINY_TEXT_CONFIG if family == "sd1" else TINY_SD2_TEXT_CONFIG
+        text_encoder = _seeded(seed + 1, lambda: CLIPTextModel(CLIPTextConfig(**text_config)))
+        tokenizer = _tiny_tokenizer(pad_token="!" if family == "sd2" else None)
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
