@@ -47,11 +47,11 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _load(model: str, device: str):
+def _load(model: str, device: str, family: Optional[str] = None):
     from .models.loading import ModelNotFoundError, load_pipeline, resolve_model_path
 
     try:
-        return load_pipeline(model, device=device), resolve_model_path(model)
+        return load_pipeline(model, device=device, family=family), resolve_model_path(model)
     except ModelNotFoundError as err:
         _fail(str(err))
 
@@ -128,6 +128,10 @@ def erase(
     start_from: Optional[Path] = typer.Option(None, "--from", help="Apply this delta first (methods compose)."),
     seed: Optional[int] = typer.Option(None),
     device: str = typer.Option("cpu"),
+    family: Optional[str] = typer.Option(None, help="sd1, sd2 or sdxl: pipeline class of a single-file checkpoint "
+                                         "(default: read from its tensor names), checked for folders."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated peak memory and time on one "
+                                 "24 GB GPU and exit without loading weights or training."),
 ):
     """Erase a concept; writes the weight delta and its manifest."""
     import yaml
@@ -140,7 +144,10 @@ def erase(
     except UnknownMethodError as err:
         _fail(str(err))
     spec = _concept(concept)
-    pipe, _ = _load(model, device)
+    if dry_run:
+        _print_estimate(info, spec, model, preset, config, seed)
+        return
+    pipe, _ = _load(model, device, family)
     _apply_delta_arg(pipe, start_from)
     overrides = yaml.safe_load(config.read_text()) if config else {}
     preset = preset or ("shapes" if is_shapes_world(pipe) else "sd")
@@ -150,6 +157,20 @@ def erase(
     delta.save(out)
     m = delta.manifest
     console.print(f"wrote {out}: {len(delta.tensors)} tensors, {m.wall_time_s:.1f}s")
+
+
+def _print_estimate(info, spec, model: str, preset: Optional[str], config: Optional[Path], seed: Optional[int]):
+    import yaml
+
+    from .models.estimate import estimate
+
+    overrides = yaml.safe_load(config.read_text()) if config else {}
+    cfg = info.config_cls.for_world(preset or ("shapes" if model == "shapes" else "sd"), **overrides, seed=seed)
+    try:
+        result = estimate(info.name, model, cfg, kind=spec.kind)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err).splitlines()[0])
+    typer.echo(result.summary())
 
 
 @app.command()

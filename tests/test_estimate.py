@@ -1,0 +1,95 @@
+"""Memory/time estimates: work counts match UNet calls counted on tiny models; real parameter counts; the CLI."""
+
+import pytest
+import torch
+
+from erasekit.concepts.spec import ConceptSpec
+from erasekit.methods.base import get_method
+from erasekit.models.estimate import KNOWN_MODELS, estimate, method_work, model_spec, text_encoder_params, unet_cost, vae_params
+from erasekit.models.tiny import tiny_pipeline, tiny_unet_config
+
+CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
+                      templates=["a photo of {}", "{} in a garden"])
+FAST = dict(progress=False, lr=1e-3)
+COUNTED = {
+    "kscu": dict(**FAST, iterations=9, n_steps=8, traversals_per_raise=1),
+    "trce-v": dict(**FAST, iterations=3, n_trajectories=2, n_uncond=3, n_steps=4, max_step=1, sample_batch=2,
+                   margin=10.0),
+    "trust": dict(**FAST, iterations=3, n_steps=4, pool_size=3, scorer="forget"),
+    "salun": dict(**FAST, iterations=3, n_steps=4, pool_size=3, saliency_samples=2),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _count_unet_samples(pipe, run) -> tuple[int, int]:
+    counts = [0, 0]  # no grad, grad
+
+    def hook(module, args, kwargs):
+        counts[int(torch.is_grad_enabled())] += args[0].shape[0] if args else kwargs["sample"].shape[0]
+
+    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return counts[0], counts[1]
+
+
+@pytest.mark.parametrize("method", sorted(COUNTED))
+def test_work_model_matches_counted_unet_calls(method):
+    pipe = tiny_pipeline("sd1")
+    info = get_method(method)
+    cfg = info.config_cls(**COUNTED[method])
+    nograd, grad = _count_unet_samples(pipe, lambda: info.erase(pipe, CONCEPT, cfg))
+    work = method_work(method, cfg, kind="object")
+    assert nograd == pytest.approx(work.setup_nograd + work.iterations * work.nograd_per_iter)
+    assert grad == pytest.approx(work.setup_grad + work.iterations * work.grad_per_iter)
+    assert work.train_batch * work.iterations <= grad + work.iterations * 3
+
+
+def test_esd_partial_generation_cost_on_average():
+    pipe = tiny_pipeline("sd1")
+    info = get_method("esd-x")
+    cfg = info.config_cls(**FAST, iterations=40, n_steps=4)
+    nograd, grad = _count_unet_samples(pipe, lambda: info.erase(pipe, CONCEPT, cfg))
+    work = method_work("esd-x", cfg)
+    assert grad == 40 and nograd == pytest.approx(40 * work.nograd_per_iter, rel=0.25)
+
+
+def test_real_parameter_counts_on_meta():
+    sd15, sdxl = KNOWN_MODELS["sd15"], KNOWN_MODELS["sdxl"]
+    assert unet_cost(sd15.unet, "cross_attn_kv").params == 859_520_964  # SD-1.5 UNet
+    assert text_encoder_params(*sd15.text_encoders[0]) == 123_060_480  # CLIP ViT-L/14 text
+    assert round(vae_params(sd15.vae) / 1e6, 1) == 83.7
+    assert round(unet_cost(sdxl.unet, "cross_attn_kv").params / 1e9, 3) == 2.567  # SDXL base UNet
+
+
+def test_estimates_are_consistent_and_cheaper_settings_help():
+    plain = estimate("esd-u", "sd15")
+    lean = estimate("esd-u", "sd15", gradient_checkpointing=True, mixed_precision="bf16", optimizer="adam8bit")
+    assert lean.peak_gib < plain.peak_gib and lean.memory_gib["activations"] < plain.memory_gib["activations"]
+    assert lean.memory_gib["optimizer state"] == pytest.approx(plain.memory_gib["optimizer state"] / 4)
+    assert estimate("esd-x", "sd15").peak_gib < plain.peak_gib  # smaller scope
+    assert estimate("uce", "sdxl").train_seconds < 60
+
+
+def test_dry_run_cli_prints_the_estimate_and_trains_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+
+    folder = tmp_path / "pipe"
+    tiny_pipeline("sdxl").save_pretrained(str(folder))
+    assert model_spec(str(folder)).family == "sdxl"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["erase", "--model", str(folder), "--method", "esd-x", "--concept", "sd/church",
+                                      "--out", str(out), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "esd-x on" in result.output and "peak" in result.output and not out.exists()
