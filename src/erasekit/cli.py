@@ -501,6 +501,39 @@ def _demo_erase_and_evaluate(pipe, model_path, out: Path, method: str, per_tier:
     console.print(f"report: {eval_dir / 'report.md'} (and report.html)")
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Smoke-test mode: 2 scenarios, 8 prompts per tier, ~1/5 of the "
+                               "iterations (see BENCHMARKS.md / erasekit.eval.bench.plan)."),
+    scenario: Optional[list[str]] = typer.Option(None, "--scenario", help="Only these scenarios (repeatable)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help="Only these method variants (repeatable)."),
+    model: str = typer.Option("shapes", help="The Shapes pipeline or a folder exported from it."),
+    results: Optional[Path] = typer.Option(None, help="Cells and plots folder (default benchmarks/results/bench, "
+                                           "or bench-quick)."),
+    report: Optional[Path] = typer.Option(None, help="Report path (default BENCHMARKS.md; quick: in the results folder)."),
+    adversarial_csv: Optional[Path] = typer.Option(None, help="Folder of <scenario>.csv attack prompts for the "
+                                                   "adversarial tier (default: Ring-A-Bell from erasekit.eval.attacks)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from stored cells; compute nothing."),
+):
+    """Every erasure method on every Shapes scenario: resumable cells, BENCHMARKS.md, Pareto plots."""
+    import sys
+
+    from .eval.bench.main import BenchPaths, run_benchmark
+    from .eval.bench.plan import BenchPlan
+
+    try:
+        plan = (BenchPlan.quick() if quick else BenchPlan.full()).select(scenario, method)
+    except ValueError as err:
+        _fail(str(err))
+    pipe, path = _load(model, "cpu")
+    paths = BenchPaths.default(quick, results, report)
+    command = " ".join(["erasekit", *sys.argv[1:]])
+    run, written = run_benchmark(pipe, path, plan, paths, command, adversarial_csv=adversarial_csv,
+                                 report_only=report_only, console=console)
+    console.print(f"{len(run.computed)} cells computed, {len(run.reused)} reused, {len(run.missing)} missing; "
+                  f"{run.wall_seconds / 60:.1f} min; wrote {written} and plots in {paths.results}")
+
+
 def main() -> None:
     app()
 

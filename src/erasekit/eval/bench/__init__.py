@@ -1,0 +1,1 @@
+"""The headline benchmark: every method on every Shapes scenario (`erasekit bench`)."""

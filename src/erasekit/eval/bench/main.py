@@ -1,0 +1,44 @@
+"""`erasekit bench` behind the CLI: pick the plan and paths, run the cells, write the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .adversarial import find_source
+from .plan import BenchPlan
+from .report import write_report
+from .runner import BenchRun, run_bench
+from .store import CellStore
+
+FULL_RESULTS = Path("benchmarks/results/bench")
+QUICK_RESULTS = Path("benchmarks/results/bench-quick")
+FULL_REPORT = Path("BENCHMARKS.md")
+
+
+@dataclass
+class BenchPaths:
+    results: Path
+    report: Path
+
+    @classmethod
+    def default(cls, quick: bool, results: Path | None = None, report: Path | None = None) -> "BenchPaths":
+        """Full: cells and plots under benchmarks/results/bench, report BENCHMARKS.md.  Quick: both under
+        benchmarks/results/bench-quick (a quick run never overwrites the headline report)."""
+        results = results or (QUICK_RESULTS if quick else FULL_RESULTS)
+        return cls(results, report or (results / "BENCHMARKS.md" if quick else FULL_REPORT))
+
+
+def run_benchmark(pipe, model_dir: str | None, plan: BenchPlan, paths: BenchPaths, command: str,
+                  adversarial_csv: Path | None = None, report_only: bool = False, progress: bool = True,
+                  console=None, reader=None, settings=None) -> tuple[BenchRun, Path]:
+    from ...generation import SamplingSettings
+    from ..detectors.shapes import ShapesConceptDetector
+
+    settings = settings or SamplingSettings.for_model(model_dir)
+    reader = reader or ShapesConceptDetector()
+    source, note = find_source(adversarial_csv, plan.adversarial_overrides)
+    run = run_bench(pipe, plan, CellStore(paths.results), settings, reader, adversarial=source,
+                    adversarial_note=note, progress=progress, console=console, compute=not report_only)
+    report = write_report(run, paths.report, paths.results, command, vars(settings))
+    return run, report

@@ -1,0 +1,91 @@
+"""What a benchmark run measures: full and quick plans, as data.
+
+Full: all six scenarios, every method variant with its ``shapes`` preset,
+32 prompts per wording tier (explicit, synonym, implicit), 16 adversarial
+prompts when a source is available, 48 preservation prompts.  Estimated
+(from the quick run's timings) at 40-50 minutes on a free 2-core CPU.
+
+Quick (``--quick``) changes exactly this (`QUICK_CHANGES` is printed in the
+report):
+
+- scenarios ``attribute`` (red) and ``combination`` (red circle) only;
+- 8 prompts per tier instead of 32, 16 preservation prompts instead of 48,
+  8 adversarial prompts instead of 16;
+- fewer iterations / trajectories (`QUICK_OVERRIDES`, roughly a fifth of the
+  ``shapes`` presets): ESD-x/ESD-u 30 instead of 150; KSCU 30 (objects,
+  attributes) / 20 (styles) instead of 150 / 100; SalUn 30 instead of 150;
+  TRuST 16 instead of 80; TRCE-V and TRCE 8 cond. + 16 uncond. trajectories
+  (24 iterations) instead of 24 + 48 (72 iterations).  ``esd@kscu`` follows
+  KSCU's count.  UCE and TRCE-T (closed form) are unchanged;
+- the adversarial tier (when the attacks package is there): 8 prompts, 20
+  Ring-A-Bell generations instead of the attack's ``shapes`` preset.
+
+Sampling (the model card's 25 DDIM steps, guidance 3) and seeds are the same
+in both modes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from .erasing import all_variants
+from .scenarios import SCENARIOS
+
+QUICK_SCENARIOS = ["attribute", "combination"]
+_QUICK_TRCE_V = {"n_trajectories": 8, "n_uncond": 16}
+QUICK_OVERRIDES: dict[str, dict] = {
+    "esd-x": {"iterations": 30},
+    "esd-u": {"iterations": 30},
+    "kscu": {"iterations_by_kind": {"unsafe": 30, "object": 30, "attribute": 30, "style": 20, "instance": 8}},
+    "salun": {"iterations": 30},
+    "trust": {"iterations": 16},
+    "trce-v": _QUICK_TRCE_V,
+    "trce": _QUICK_TRCE_V,
+}
+QUICK_ADVERSARIAL = {"generations": 20}
+QUICK_CHANGES = [
+    f"scenarios: {', '.join(QUICK_SCENARIOS)} only (full: {', '.join(SCENARIOS)})",
+    "8 prompts per wording tier (full: 32), 16 preservation prompts (full: 48), 8 adversarial prompts (full: 16) "
+    "searched with 20 Ring-A-Bell generations (full: the attack's shapes preset)",
+    "ESD-x/ESD-u 30 iterations (full: 150); KSCU 30 for objects/attributes, 20 for styles (full: 150/100); "
+    "SalUn 30 (full: 150); TRuST 16 (full: 80); TRCE-V/TRCE 8 conditional + 16 unconditional trajectories, "
+    "24 iterations (full: 24 + 48, 72); esd@kscu follows KSCU; UCE and TRCE-T unchanged (closed form)",
+    "the Frechet distance is fitted on 16 images per model (full: 48), so it is much noisier",
+]
+
+
+@dataclass
+class BenchPlan:
+    mode: str
+    scenarios: list[str]
+    methods: list[str]
+    per_tier: int
+    n_preserve: int
+    n_adversarial: int
+    overrides: dict[str, dict] = field(default_factory=dict)
+    adversarial_overrides: dict = field(default_factory=dict)
+    world: str = "shapes"
+
+    @classmethod
+    def full(cls) -> "BenchPlan":
+        return cls("full", list(SCENARIOS), all_variants(), per_tier=32, n_preserve=48, n_adversarial=16)
+
+    @classmethod
+    def quick(cls) -> "BenchPlan":
+        return cls("quick", list(QUICK_SCENARIOS), all_variants(), per_tier=8, n_preserve=16, n_adversarial=8,
+                   overrides={k: dict(v) for k, v in QUICK_OVERRIDES.items()},
+                   adversarial_overrides=dict(QUICK_ADVERSARIAL))
+
+    def select(self, scenarios: list[str] | None = None, methods: list[str] | None = None) -> "BenchPlan":
+        """A copy restricted to some scenarios / method variants (kept in the canonical order)."""
+        known_s, known_m = list(SCENARIOS), all_variants()
+        for name, wanted, known in (("scenario", scenarios, known_s), ("method", methods, known_m)):
+            bad = [w for w in wanted or [] if w not in known]
+            if bad:
+                raise ValueError(f"unknown {name} {', '.join(bad)}; choose from {', '.join(known)}")
+        return replace(self,
+                       scenarios=[s for s in known_s if s in scenarios] if scenarios else list(self.scenarios),
+                       methods=[m for m in known_m if m in methods] if methods else list(self.methods))
+
+    def as_dict(self) -> dict:
+        return asdict(self)

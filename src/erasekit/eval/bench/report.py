@@ -1,0 +1,246 @@
+"""BENCHMARKS.md and the Pareto plots, written from benchmark cells (nothing typed by hand)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ...world.vocabulary import TIERS
+from .. import atomic
+from ..compare import pareto_front
+from .orderings import orderings_markdown
+from .plan import QUICK_CHANGES
+from .runner import ORIGINAL, BenchRun
+from .scenarios import PRESERVE_SEED, TARGET_SEED, get_scenario
+
+LOW_BASELINE = 0.5  # below this explicit-tier rate the original barely draws the target
+
+
+# ------------------------------------------------------------------ environment
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gb() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except (OSError, ValueError):
+        pass
+    return "unknown"
+
+
+def environment() -> dict:
+    import torch
+
+    from ...models.delta import library_versions
+
+    return {
+        "versions": library_versions(),
+        "os": platform.platform(),
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "memory": _memory_gb(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)",
+    }
+
+
+# ------------------------------------------------------------------ tables
+def _f(x, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _g(x) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.3g}%"
+
+
+def _rates(cell: dict) -> list[str]:
+    rates = cell["target_rate"]
+    return [_f(rates.get(t)) for t in TIERS] + [_f(rates.get("adversarial")), _f(cell["target_rate_mean"])]
+
+
+def _memory(cell: dict) -> str:
+    m = cell.get("memory") or {}
+    if m.get("peak_rss_mb") is None:
+        return "–"
+    extra = f" (+{m['increase_mb']:.0f})" if m.get("increase_mb") is not None else ""
+    return f"{m['peak_rss_mb']:.0f}{extra}"
+
+
+TABLE_HEADER = ("| method | iterations | explicit | synonym | implicit | adversarial | mean | preservation | FD | "
+                "erase s | changed (UNet) | changed (scope) | scope | peak RSS MB (+Δ) |")
+
+
+def scenario_table(cells: dict[str, dict]) -> str:
+    """Markdown table of one scenario: the original model first, then every method cell."""
+    lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
+    original = cells.get(ORIGINAL)
+    if original is not None:
+        adh = original["preservation_adherence"]["checked"]
+        lines.append("| original | – | " + " | ".join(_rates(original)) + f" | 1 (adherence {adh:.2f}) | 0 | – | – | – "
+                     "| – | – |")
+    for label, c in cells.items():
+        if label == ORIGINAL:
+            continue
+        twin = f" (= {c['same_run_as']})" if c.get("same_run_as") else ""
+        ch = c["changed"]
+        lines.append(
+            f"| {label}{twin} | {c['iterations']} | " + " | ".join(_rates(c))
+            + f" | {_f(c['preservation'])} | {_g(c['frechet_distance'])} | {c['erase_seconds']:.1f} "
+            f"| {_pct(ch['unet_fraction'])} | {_pct(ch['scope_fraction'])} | {'+'.join(c['scopes'])} | {_memory(c)} |")
+    return "\n".join(lines)
+
+
+def baseline_warning(cells: dict[str, dict]) -> str | None:
+    """A generated caveat when the original model barely draws the scenario's target."""
+    original = cells.get(ORIGINAL)
+    if original is None:
+        return None
+    rate = original["target_rate"]["explicit"]
+    if rate >= LOW_BASELINE:
+        return None
+    return (f"**Caveat (from the numbers):** the original model draws the target in only {rate:.2f} of the "
+            f"explicit prompts, so erasure rates in this scenario say little about the methods.")
+
+
+# ------------------------------------------------------------------ plots
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def plot_pareto(scenario: str, cells: dict[str, dict], path: str | Path) -> Path:
+    """Target rate (mean over wording tiers, lower is better) vs preservation, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [k for k in cells if k != ORIGINAL]
+    points = [(_num(cells[k]["target_rate_mean"]), _num(cells[k]["preservation"])) for k in labels]
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    if ORIGINAL in cells:
+        ax.scatter([cells[ORIGINAL]["target_rate_mean"]], [1.0], marker="*", s=140, color="black", zorder=4)
+        ax.annotate("original", (cells[ORIGINAL]["target_rate_mean"], 1.0), textcoords="offset points",
+                    xytext=(5, -10), fontsize=8)
+    for label, (x, y), on_front in zip(labels, points, front):
+        if any(math.isnan(v) or math.isinf(v) for v in (x, y)):
+            continue
+        ax.scatter([x], [y], s=45, color="tab:red" if on_front else "tab:gray", zorder=3)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fx = sorted((p for p, f in zip(points, front) if f), key=lambda p: p[0])
+    if len(fx) > 1:
+        ax.plot([p[0] for p in fx], [p[1] for p in fx], color="tab:red", lw=1, zorder=2)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_xlabel("target rate, mean of explicit/synonym/implicit (lower is better)")
+    ax.set_ylabel("preservation, erased / original adherence (higher is better)")
+    ax.set_title(f"Shapes bench: {get_scenario(scenario).title}", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        return atomic.save_figure(path, fig)
+    finally:
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------ BENCHMARKS.md
+def _link(target: Path, start: Path) -> str:
+    return os.path.relpath(target, start).replace(os.sep, "/")
+
+
+def _header(run: BenchRun, command: str, env: dict, settings: dict) -> list[str]:
+    plan = run.plan
+    v = env["versions"]
+    out = ["# erasekit benchmarks: every method on the Shapes world", "",
+           f"Generated by `{command}` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} "
+           f"({plan.mode} mode). Regenerate with `erasekit bench` (full, about an hour on 2 CPU cores) or "
+           "`erasekit bench --quick`; finished cells are reused, so an interrupted run resumes.", ""]
+    if plan.mode == "quick":
+        out += ["> **Quick mode:** a smoke test of the pipeline, not the headline numbers. It changes:", ">"]
+        out += [f"> - {c}" for c in QUICK_CHANGES]
+        out.append("")
+    out += ["## Setup", "",
+            f"- model weights fingerprint `{run.model_fingerprint}`, detector `{run.detector_fingerprint}`",
+            f"- sampling: {settings['steps']} DDIM steps, guidance {settings['guidance_scale']}, batch "
+            f"{settings['batch_size']}",
+            f"- prompts: {plan.per_tier} per wording tier, {plan.n_preserve} preservation prompts"
+            + (f", up to {plan.n_adversarial} adversarial" if plan.n_adversarial else ""),
+            f"- seeds (fixed): target prompts {TARGET_SEED}+k in every tier (paired: only the wording changes), "
+            f"preservation {PRESERVE_SEED}+k, method configs seed 0 (per-iteration generators) and "
+            "`torch.manual_seed(0)` before every erasure",
+            "- versions: " + ", ".join(f"{k} {v[k]}" for k in v),
+            f"- hardware: {env['cpu']}, {env['logical_cpus']} logical CPUs, {env['memory']} RAM, "
+            f"torch threads {env['torch_threads']} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}), GPU {env['cuda']}; "
+            f"{env['os']}",
+            f"- wall time of this invocation: {run.wall_seconds / 60:.1f} min ({len(run.computed)} cells computed, "
+            f"{len(run.reused)} reused from earlier runs)",
+            f"- adversarial tier: {run.adversarial_note or 'not requested'}", ""]
+    return out
+
+
+DEFINITIONS = """## What the columns mean
+
+- **explicit / synonym / implicit / adversarial**: target rate, the fraction of images in which the Shapes
+  detector still reads the target (every target value: e.g. red AND circle for the combination, circle AND dark
+  background for the conditional concept, any of the three colors for multi). Lower is better. Concept packs
+  list only explicit and synonym words, so the implicit tier tests generalisation. **mean**: over the three
+  wording tiers.
+- **preservation**: adherence on the scenario's preservation prompts (explicit captions of values that must
+  survive; the scenario lists which attributes must be read as named), erased / original. 1 = nothing lost.
+- **FD**: Frechet distance between the detector's 256-d penultimate features of the erased and the original
+  model's preservation images (same prompts, same seeds). 0 = identical outputs.
+- **erase s**: wall-clock seconds of the erasure (for multi: all three). **iterations**: optimiser steps (0 for
+  closed-form edits; summed over concepts for multi; TRCE counts its stage 2).
+- **changed (UNet)**: entries of the UNet whose value changed, over all UNet parameters; **changed (scope)**:
+  over the parameters of the method's scope (its recorded training scope; `cross_attn_kv` for the closed-form
+  edits; both for TRCE).
+- **peak RSS MB (+Δ)**: the process's resident-set high-water mark during the erasure, reset before each
+  erasure through `/proc/self/clear_refs` (Linux; elsewhere the process-wide `ru_maxrss`, not reset, and the
+  report's cells say so); +Δ is the rise over the resident size at the erasure's start, i.e. the method's own
+  working memory. tracemalloc is not used: it does not see torch's allocations.
+- **esd@kscu**: ESD's loss with KSCU's parameter scope and iteration count for the concept's kind (KSCU vs ESD
+  at equal iterations). When that configuration equals a plain ESD variant's, the cell is that run
+  (`(= esd-u)`), not a repeat.
+- **multi**: every registered method takes one concept, so all of them erase red, then green, then blue, each
+  on the model carrying the previous deltas; the three deltas are composed into one (against the original
+  weights) for measuring and counting changed parameters.
+"""
+
+
+def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command: str, settings: dict,
+                 env: dict | None = None) -> Path:
+    """Write BENCHMARKS.md (tables per scenario, orderings) and one Pareto PNG per scenario."""
+    path, plots_dir = Path(path), Path(plots_dir)
+    env = env or environment()
+    out = _header(run, command, env, settings) + [DEFINITIONS]
+    for key, cells in run.results.items():
+        scenario = get_scenario(key)
+        plot = plot_pareto(key, cells, plots_dir / f"pareto_{key}.png")
+        out += [f"## Scenario `{key}`: {scenario.title}", "",
+                f"Erased: {', '.join(scenario.concepts)} ({scenario.description}).", ""]
+        warning = baseline_warning(cells)
+        if warning:
+            out += [warning, ""]
+        out += [scenario_table(cells), "", f"![Pareto plot for {key}]({_link(plot, path.parent)})", ""]
+    if run.missing:
+        out += ["## Missing cells", "", "Not computed yet: " + ", ".join(run.missing), ""]
+    out.append(orderings_markdown({k: v for k, v in run.results.items()}))
+    return atomic.write_text(path, "\n".join(out))

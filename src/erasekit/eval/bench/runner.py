@@ -1,0 +1,209 @@
+"""The benchmark loop: for each scenario, the original model, then every method variant.
+
+Each finished cell is written at once (`CellStore`); a rerun skips cells whose
+fingerprint matches.  The pipeline is always back to its original weights
+between cells (methods return deltas; the bench applies and reverts them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from ...generation import SamplingSettings
+from ...models.delta import apply_delta, revert_delta
+from .adversarial import AdversarialSource
+from .erasing import changed_parameters, erase_scenario, iterations_of, method_run, scope_names
+from .measure import compare_to_original, image_count, measure_scenario
+from .plan import BenchPlan
+from .scenarios import Probe, Scenario, get_scenario
+from .store import CellStore, digest, finite, module_fingerprint
+
+ORIGINAL = "original"
+
+
+@dataclass
+class BenchRun:
+    plan: BenchPlan
+    results: dict[str, dict[str, dict]] = field(default_factory=dict)
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    adversarial_note: str = ""
+    wall_seconds: float = 0.0
+    model_fingerprint: str = ""
+    detector_fingerprint: str = ""
+
+
+class _Bar:
+    """A rich progress bar over cells plus a bar for the current cell's images (or nothing)."""
+
+    def __init__(self, enabled: bool, total_cells: int, console=None):
+        self.enabled = enabled
+        self.total = total_cells
+        self.console = console
+
+    def __enter__(self) -> "_Bar":
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
+            self.progress.__enter__()
+            self.cells = self.progress.add_task("bench cells", total=self.total)
+            self.step = self.progress.add_task("", total=1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+    def stage(self, text: str, total: int = 1) -> None:
+        if self.enabled:
+            self.progress.reset(self.step, total=total, description=text)
+
+    def images(self, k: int) -> None:
+        if self.enabled:
+            self.progress.advance(self.step, k)
+
+    def cell_done(self) -> None:
+        if self.enabled:
+            self.progress.advance(self.cells, 1)
+
+
+def _reader_fingerprint(reader) -> str:
+    model = getattr(reader, "model", None)
+    return module_fingerprint(model) if hasattr(model, "named_parameters") else type(reader).__name__
+
+
+def _adversarial_probes(pipe, scenario: Scenario, plan: BenchPlan, source: AdversarialSource | None
+                        ) -> tuple[list[Probe] | None, str]:
+    if source is None or plan.n_adversarial <= 0:
+        return None, "skipped"
+    return source.probes(pipe, scenario, plan.n_adversarial)
+
+
+def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSettings, reader,
+              adversarial: AdversarialSource | None = None, adversarial_note: str = "", progress: bool = True,
+              console=None, compute: bool = True) -> BenchRun:
+    """Measure every (scenario, method) cell of ``plan`` not already stored; return all cells.
+
+    ``compute=False`` only collects stored cells (to rebuild a report).
+    """
+    t0 = time.perf_counter()
+    run = BenchRun(plan, adversarial_note=adversarial_note, model_fingerprint=module_fingerprint(
+        pipe.unet, pipe.text_encoder, pipe.vae), detector_fingerprint=_reader_fingerprint(reader))
+    base = {"model": run.model_fingerprint, "detector": run.detector_fingerprint, "settings": vars(settings),
+            "per_tier": plan.per_tier, "n_preserve": plan.n_preserve, "world": plan.world}
+    total = len(plan.scenarios) * (1 + len(plan.methods))
+    with _Bar(progress and compute, total, console) as bar:
+        for key in plan.scenarios:
+            scenario = get_scenario(key)
+            adv, note = _adversarial_probes(pipe, scenario, plan, adversarial) if compute else (None, "")
+            scenario_fp = {**base, "scenario": scenario.as_dict(),
+                           "adversarial": [(p.prompt, p.seed, p.target) for p in adv or []]}
+            cells = run.results.setdefault(key, {})
+            original = _original_cell(pipe, scenario, plan, settings, reader, adv, note, store, digest(scenario_fp),
+                                      run, bar, compute)
+            if original is None:
+                continue
+            cells[ORIGINAL] = original
+            features = store.load_features(key, original["fingerprint"])
+            for variant in plan.methods:
+                cell = _method_cell(pipe, scenario, variant, plan, settings, reader, adv, store, scenario_fp,
+                                    original, features, cells, run, bar, compute)
+                if cell is not None:
+                    cells[variant] = cell
+    run.wall_seconds = time.perf_counter() - t0
+    return run
+
+
+def _original_cell(pipe, scenario, plan, settings, reader, adv, note, store, fingerprint, run, bar, compute):
+    label = f"{scenario.key}/{ORIGINAL}"
+    cell = store.load(scenario.key, ORIGINAL, fingerprint)
+    if cell is not None and store.load_features(scenario.key, fingerprint) is not None:
+        run.reused.append(label)
+        bar.cell_done()
+        return cell
+    if not compute:
+        run.missing.append(label)
+        return None
+    bar.stage(f"{label}: generating", image_count(plan.per_tier, plan.n_preserve, len(adv or [])))
+    t = time.perf_counter()
+    numbers, features = measure_scenario(pipe, scenario, plan.per_tier, plan.n_preserve, settings, reader, adv,
+                                         progress=bar.images)
+    cell = {"scenario": scenario.key, "label": ORIGINAL, "method": None, "fingerprint": fingerprint,
+            **numbers, "adversarial": {"measured": bool(adv), "note": note}, "eval_seconds": time.perf_counter() - t}
+    store.save_features(scenario.key, fingerprint, features)
+    cell = finite(cell)
+    store.save(cell)
+    run.computed.append(label)
+    bar.cell_done()
+    return cell
+
+
+def _method_cell(pipe, scenario, variant, plan, settings, reader, adv, store, scenario_fp, original, features,
+                 cells, run, bar, compute):
+    from ...concepts.packs import get_concept
+
+    label = f"{scenario.key}/{variant}"
+    runs = [method_run(variant, get_concept(c, world="shapes"), plan.world, plan.overrides) for c in scenario.concepts]
+    configs = [r.config.model_dump() for r in runs]
+    fingerprint = digest({**scenario_fp, "variant": variant, "methods": [r.method for r in runs], "configs": configs})
+    cell = store.load(scenario.key, variant, fingerprint)
+    if cell is not None:
+        run.reused.append(label)
+        bar.cell_done()
+        return cell
+    if not compute:
+        run.missing.append(label)
+        return None
+    same = {r.same_run_as for r in runs}
+    twin = same.pop() if len(same) == 1 else None
+    if twin is not None and twin in cells and twin in plan.methods:
+        cell = {**cells[twin], "label": variant, "fingerprint": fingerprint, "same_run_as": twin}
+    else:
+        cell = _measure_method(pipe, scenario, variant, plan, settings, reader, adv, original, features, bar)
+        cell.update(label=variant, fingerprint=fingerprint, same_run_as=None)
+    cell["configs"] = configs
+    cell = finite(cell)
+    store.save(cell)
+    run.computed.append(label)
+    bar.cell_done()
+    return cell
+
+
+def _measure_method(pipe, scenario, variant, plan, settings, reader, adv, original, features, bar) -> dict:
+    bar.stage(f"{scenario.key}/{variant}: erasing")
+    outcome = erase_scenario(pipe, variant, scenario, plan.world, plan.overrides)
+    scopes, scope_params = scope_names(pipe, variant, outcome.steps)
+    changed = changed_parameters(pipe, outcome.delta, scope_params)
+    bar.stage(f"{scenario.key}/{variant}: generating", image_count(plan.per_tier, plan.n_preserve, len(adv or [])))
+    t = time.perf_counter()
+    with _applied(pipe, outcome.delta):
+        numbers, erased_features = measure_scenario(pipe, scenario, plan.per_tier, plan.n_preserve, settings, reader,
+                                                    adv, progress=bar.images)
+    compared = compare_to_original(numbers, erased_features, original, features)
+    return {
+        "scenario": scenario.key, "method": outcome.runs[0].method, **numbers, **compared,
+        "adversarial": original["adversarial"],
+        "erase_seconds": outcome.seconds, "eval_seconds": time.perf_counter() - t,
+        "iterations": iterations_of(outcome.steps),
+        "iterations_per_concept": [d.manifest.metrics.get("iterations") for d in outcome.steps],
+        "composition": "single delta" if len(outcome.steps) == 1 else
+                       f"sequential: {len(outcome.steps)} erasures, each on top of the previous, composed into one delta",
+        "scopes": scopes, "changed": changed, "memory": outcome.memory,
+        "delta_ids": [d.delta_id for d in outcome.steps],
+    }
+
+
+@contextlib.contextmanager
+def _applied(pipe, delta):
+    apply_delta(pipe, delta)
+    try:
+        yield
+    finally:
+        revert_delta(pipe, delta)
+

@@ -1,0 +1,93 @@
+"""Resumable storage of benchmark cells: one JSON per (scenario, method), written atomically.
+
+``<root>/cells/<scenario>/<label>.json`` holds a cell (``original`` is the
+unerased model); ``original.<fingerprint>.features.npy`` the original model's
+detector features of the preservation images (for Frechet distances).  A cell is
+reused only when its stored ``fingerprint`` equals the one the current run
+computes (model weights, detector, sampling, prompts, method config), so a
+retrained model or a changed setting never reuses stale numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import atomic
+
+
+def digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def module_fingerprint(*modules: torch.nn.Module | None) -> str:
+    """sha256 over the names and raw bytes of every parameter and buffer of the modules."""
+    h = hashlib.sha256()
+    for module in modules:
+        if module is None:
+            continue
+        for name, t in sorted({**dict(module.named_buffers()), **dict(module.named_parameters())}.items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None (strict JSON; e.g. preservation over a zero baseline)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+class CellStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, scenario: str, label: str) -> Path:
+        return self.root / "cells" / scenario / f"{label}.json"
+
+    def features_path(self, scenario: str, fingerprint: str) -> Path:
+        return self.root / "cells" / scenario / f"original.{fingerprint}.features.npy"
+
+    def load(self, scenario: str, label: str, fingerprint: str) -> dict | None:
+        """The stored cell when it exists, parses and was made with ``fingerprint``; else None."""
+        try:
+            cell = json.loads(self.path(scenario, label).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cell if isinstance(cell, dict) and cell.get("fingerprint") == fingerprint else None
+
+    def save(self, cell: dict) -> Path:
+        return atomic.write_json(self.path(cell["scenario"], cell["label"]), finite(cell))
+
+    def save_features(self, scenario: str, fingerprint: str, features: np.ndarray) -> Path:
+        path = self.features_path(scenario, fingerprint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, features)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load_features(self, scenario: str, fingerprint: str) -> np.ndarray | None:
+        try:
+            return np.load(self.features_path(scenario, fingerprint))
+        except (OSError, ValueError):
+            return None
