@@ -316,7 +316,7 @@ def method_work(method: str, config=None, kind: str = "object") -> MethodWork:
     if method in ("trce-v", "trce"):
         setup = cfg.n_trajectories * cfg.max_step * 2 + cfg.n_uncond * (cfg.n_steps - 1)
         scope = cfg.scope or "visual"
-        return MethodWork(method, scope + ("+cross_attn_kv" if method == "trce" else ""), cfg.total_iterations(),
+        return MethodWork(method, scope, cfg.total_iterations(),
                           4, 3, 3, setup_nograd=setup,
                           notes="one-off trajectory sampling (cacheable: trajectory_cache) reported separately")
     if method in ("trust", "salun"):
@@ -414,6 +414,8 @@ def estimate(method: str, model: str = "sd15", config=None, kind: str = "object"
     mem["reference copy of scope"] = 4 * scope / GIB
     mem["gradients"] = 4 * scope / GIB
     mem["optimizer state"] = (2 if opt == "adam8bit" else 8) * scope / GIB
+    if method == "trce":  # stage 2's "original model" reference also holds the pre-stage-1 K/V weights
+        mem["stage-1 K/V reference"] = 4 * unet_cost(spec.unet, "cross_attn_kv").scope_params / GIB
     act = cost.saved_bytes_checkpointed if gc_on else cost.saved_bytes
     act *= work.train_batch * (2 if work.double_backward else 1)
     if precision in ("bf16", "fp16"):
