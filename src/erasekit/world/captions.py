@@ -68,6 +68,11 @@ def describe(values: dict[str, str], tier: str = "explicit", template: str = "{n
 
 def random_caption(attributes: dict[str, str], rng: np.random.Generator) -> str:
     """A training caption for a scene: random subset of attributes, tiers and template."""
+    return random_caption_with_mentions(attributes, rng)[0]
+
+
+def random_caption_with_mentions(attributes: dict[str, str], rng: np.random.Generator) -> tuple[str, set[str]]:
+    """``random_caption`` and the set of attributes it mentions (same draws from ``rng``)."""
     vocab = load_vocabulary()
     mentions = {}
     for attribute, value in attributes.items():
@@ -77,4 +82,4 @@ def random_caption(attributes: dict[str, str], rng: np.random.Generator) -> str:
         words = vocab.words(attribute, value, tier)
         mentions[attribute] = Mention(value, tier, words[rng.integers(len(words))])
     template = vocab.templates[rng.integers(len(vocab.templates))]
-    return caption(mentions, template)
+    return caption(mentions, template), set(mentions)
