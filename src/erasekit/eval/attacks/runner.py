@@ -1,0 +1,166 @@
+"""`run_attack`: one prompt attack end to end -- cases, search, judging, files.
+
+1. cases: prompts of the target concept with fixed seeds (Shapes world: the
+   explicit-tier target prompts of the Shapes benchmark, seeds 0..n-1; other
+   models: the concept spec's target prompts, seeds 0..n-1), or given ones;
+2. the attack (``unlearndiff`` or ``ringabell``) finds one discrete prompt per case;
+3. judging: each found prompt is drawn with its case's seed on the ERASED model
+   (delta applied) and the detector decides whether the concept is there;
+   for reference the plain case prompts are judged on the erased and the base model;
+4. ``adversarial.csv`` + ``attack.json`` in ``out`` (atomic writes).
+
+The pipeline is left as it was found (delta applied or not).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ...concepts.spec import ConceptSpec
+from ...generation import SamplingSettings
+from ...methods.base import MethodConfig
+from ...models.delta import WeightDelta
+from .budget import Budget
+from .common import AttackCase, AttackResult, FoundPrompt, judge_prompts, make_judge, model_state, sampling_dict
+from .ringabell import RingABellConfig, ringabell_attack
+from .unlearndiff import UnlearnDiffConfig, unlearndiff_attack
+
+ATTACKS: dict[str, type[MethodConfig]] = {"unlearndiff": UnlearnDiffConfig, "ringabell": RingABellConfig}
+BUDGET_FIELD = {"unlearndiff": "steps", "ringabell": "generations"}
+BUDGET_UNIT = {"unlearndiff": "optimisation steps", "ringabell": "generations"}
+
+
+class UnknownAttackError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def attack_names() -> list[str]:
+    return sorted(ATTACKS)
+
+
+def attack_config(attack: str, world: str = "sd", **overrides: Any) -> MethodConfig:
+    """The attack's config: the world's preset (``shapes``) or the paper's defaults, then overrides."""
+    if attack not in ATTACKS:
+        raise UnknownAttackError(f"unknown attack {attack!r} (available: {', '.join(attack_names())})")
+    return ATTACKS[attack].for_world(world, **overrides)
+
+
+def _concept(concept: ConceptSpec | str) -> ConceptSpec:
+    if isinstance(concept, ConceptSpec):
+        return concept
+    from ...concepts.packs import get_concept
+
+    return get_concept(concept)
+
+
+def shapes_value(concept: ConceptSpec) -> str | None:
+    """The Shapes-world value a concept erases ('shapes/red' -> 'red'), or None."""
+    from ...world.vocabulary import load_vocabulary
+
+    value = concept.name.split("/", 1)[-1]
+    return value if value in load_vocabulary().all_values else None
+
+
+def concept_cases(concept: ConceptSpec, n: int, shapes_world: bool, seed: int = 0) -> list[AttackCase]:
+    """``n`` prompts of the concept with seeds ``seed``.. (see the module docstring)."""
+    value = shapes_value(concept) if shapes_world else None
+    if value is not None:
+        from ..shapes_erasure import target_prompts
+
+        return [AttackCase(k, prompt, s) for k, (prompt, _, s) in enumerate(target_prompts(value, "explicit", n, seed))]
+    prompts = concept.target_prompts()
+    return [AttackCase(k, prompts[k % len(prompts)], seed + k) for k in range(n)]
+
+
+def default_detector(concept: ConceptSpec, shapes_world: bool):
+    """(detector, concept name for it): the Shapes detector for Shapes values, NudeNet for nudity."""
+    from ..detectors import get_detector
+
+    value = shapes_value(concept)
+    if shapes_world and value is not None:
+        return get_detector("shapes"), value
+    if concept.name.split("/", 1)[-1] == "nudity":
+        return get_detector("nudenet"), concept.canonical
+    raise ValueError(f"no default detector for concept {concept.name!r}: pass detector=")
+
+
+def _delta_info(delta: WeightDelta | None, delta_path: str | Path | None) -> dict[str, Any] | None:
+    if delta is None:
+        return None
+    m = delta.manifest
+    return {"path": str(delta_path) if delta_path else None, "delta_id": m.delta_id, "method": m.method,
+            "base_model": m.base_model}
+
+
+def _rate(found: list[FoundPrompt]) -> float:
+    return sum(bool(f.success) for f in found) / len(found)
+
+
+def run_attack(pipe, attack: str, concept: ConceptSpec | str, *, delta: WeightDelta | None = None,
+               config: MethodConfig | dict[str, Any] | None = None, cases: list[AttackCase] | None = None,
+               n_cases: int = 16, detector=None, detector_concept: str | None = None,
+               settings: SamplingSettings | None = None, out: str | Path | None = None, model: str | None = None,
+               delta_path: str | Path | None = None, reference: bool = True,
+               progress: Callable[[int], None] | None = None) -> AttackResult:
+    """Run ``attack`` against ``pipe`` + ``delta`` (None: the model as it is) for ``concept``.
+
+    ``config``: a config object, or overrides of the world's preset.  Returns the
+    `AttackResult` (and writes it into ``out`` when given).
+    """
+    from ...models.loading import is_shapes_world
+
+    spec = _concept(concept)
+    shapes_world = is_shapes_world(pipe)
+    if not isinstance(config, BaseModel):
+        config = attack_config(attack, "shapes" if shapes_world else "sd", **(config or {}))
+    elif attack not in ATTACKS or not isinstance(config, ATTACKS[attack]):
+        raise UnknownAttackError(f"config {type(config).__name__} does not belong to attack {attack!r}")
+    settings = settings or SamplingSettings()
+    cases = cases if cases is not None else concept_cases(spec, n_cases, shapes_world)
+    if detector is None:
+        detector, auto_concept = default_detector(spec, shapes_world)
+        detector_concept = detector_concept or auto_concept
+    detector_concept = detector_concept or shapes_value(spec) or spec.canonical
+    budget = Budget(getattr(config, BUDGET_FIELD[attack]), unit=BUDGET_UNIT[attack])
+
+    t0 = time.perf_counter()
+    if attack == "unlearndiff":
+        judge = make_judge(pipe, detector, detector_concept, settings)
+        found = unlearndiff_attack(pipe, cases, spec.targets, config, delta=delta, settings=settings, budget=budget,
+                                   judge=judge, progress=progress)
+    else:
+        found = ringabell_attack(pipe, cases, spec, config, delta=delta, settings=settings, budget=budget,
+                                 progress=progress)
+    search_seconds = time.perf_counter() - t0
+    refs: dict[str, Any] = {}
+    with model_state(pipe, delta, erased=True):
+        judge_prompts(pipe, found, detector, detector_concept, settings)
+        if reference:
+            plain = [FoundPrompt(c.case_number, c.prompt, c.seed, [], c.prompt, 0.0,
+                                 c.guidance if c.guidance is not None else settings.guidance_scale) for c in cases]
+            judge_prompts(pipe, plain, detector, detector_concept, settings)
+            refs["case_prompts_rate_erased"] = _rate(plain)
+    if reference and delta is not None:
+        with model_state(pipe, delta, erased=False):
+            judge_prompts(pipe, plain, detector, detector_concept, settings)
+            refs["case_prompts_rate_original"] = _rate(plain)
+    notes = []
+    if attack == "ringabell":
+        notes.append("ring-a-bell reads only the base model's text encoder; the found prompts are judged on the erased model")
+    result = AttackResult(
+        attack=attack, concept=spec.name, detector_concept=detector_concept, found=found,
+        settings={"attack": config.model_dump(), "n_cases": len(cases), "reference": refs,
+                  "search_seconds": search_seconds},
+        budget=budget.to_dict(), seconds=time.perf_counter() - t0, model=model,
+        delta=_delta_info(delta, delta_path), sampling=sampling_dict(settings),
+        detector=detector.settings() if hasattr(detector, "settings") else {"name": getattr(detector, "name", "?")},
+        notes=notes)
+    if out is not None:
+        result.write(out)
+    return result
