@@ -22,14 +22,38 @@ from .closed_form import second_moment
 
 
 def prompt_rows(pipe, prompts: list[str], mode: str) -> torch.Tensor:
-    """Embeddings (rows) that prompts contribute: their first [EoT] ("eot") or every token up to it ("tokens")."""
+    """Embeddings (rows) that prompts contribute.
+
+    "eot": the first [EoT]; "tokens": every token up to and including it;
+    "eot+padding": the first [EoT] and every padding position after it (SD-1.x
+    pads with [EoT] ids, so these are the sequence's end-of-text outputs).
+    """
     emb = encode_prompts(pipe, prompts)
     eot = first_eot_positions(pipe, prompts)
     if mode == "eot":
         return emb[torch.arange(len(prompts)), eot]
     if mode == "tokens":
         return torch.cat([emb[i, 1 : int(e) + 1] for i, e in enumerate(eot)])
-    raise ValueError(f"unknown embedding mode {mode!r} (eot or tokens)")
+    if mode == "eot+padding":
+        return torch.cat([emb[i, int(e) :] for i, e in enumerate(eot)])
+    raise ValueError(f"unknown embedding mode {mode!r} (eot, tokens or eot+padding)")
+
+
+def paired_eot_rows(pipe, sources: list[str], anchors: list[str], padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source rows and their anchor rows: the first [EoT] of each pair, and with ``padding`` also the
+    k-th padding position after it paired with the anchor's k-th (as many as both prompts have)."""
+    if not padding:
+        return prompt_rows(pipe, sources, "eot"), prompt_rows(pipe, anchors, "eot")
+    emb_s, emb_a = encode_prompts(pipe, sources), encode_prompts(pipe, anchors)
+    end_s, end_a = first_eot_positions(pipe, sources), first_eot_positions(pipe, anchors)
+    length = emb_s.shape[1]
+    rows_s, rows_a = [], []
+    for i in range(len(sources)):
+        s, a = int(end_s[i]), int(end_a[i])
+        n = length - max(s, a)
+        rows_s.append(emb_s[i, s : s + n])
+        rows_a.append(emb_a[i, a : a + n])
+    return torch.cat(rows_s), torch.cat(rows_a)
 
 
 def text_fingerprint(pipe) -> str:
