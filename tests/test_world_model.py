@@ -49,15 +49,19 @@ def test_generation_is_seeded(shapes_pipe):
     s = SamplingSettings(steps=10)
     a = generate(shapes_pipe, ["a red circle", "a blue star"], [1, 2], s)
     b = generate(shapes_pipe, ["a blue star"], [2], s)
-    assert np.array_equal(np.asarray(a[1]), np.asarray(b[0]))
+    again = generate(shapes_pipe, ["a red circle", "a blue star"], [1, 2], s)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, again))
+    # Alone or in a batch the image is the same up to float rounding in batched matmuls.
+    diff = np.abs(np.asarray(a[1]).astype(int) - np.asarray(b[0]).astype(int))
+    assert diff.max() <= 3 and diff.mean() < 0.1, (diff.max(), diff.mean())
     assert a[0].size == (64, 64)
 
 
 def test_small_adherence_check(shapes_pipe, detector):
-    """A broken model fails here: colour must follow explicit prompts most of the time.
+    """A broken model fails here: shape and colour must follow explicit prompts.
 
-    The shipped model follows colours but not yet shapes (README, "Prompt adherence"),
-    so the shape bound only guards against a collapse onto one shape.
+    The shipped model reads 0.97 shape / 0.98 colour on 64 explicit prompts (README,
+    "Prompt adherence"); 24 prompts here, with room for sampling noise.
     """
     from erasekit.eval.shapes_adherence import adherence_prompts
 
@@ -66,8 +70,7 @@ def test_small_adherence_check(shapes_pipe, detector):
     pred = detector.predict(images)
     shape = np.mean([p == r[1]["shape"] for p, r in zip(pred["shape"], rows)])
     color = np.mean([p == r[1]["color"] for p, r in zip(pred["color"], rows)])
-    assert color >= 0.7, (shape, color)
-    assert len(set(pred["shape"])) >= 3, pred["shape"]
+    assert color >= 0.85 and shape >= 0.85, (shape, color)
 
 
 def test_empty_prompt_list_is_an_error(shapes_pipe):
