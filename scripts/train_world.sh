@@ -14,6 +14,7 @@ mkdir -p "$root"
 [ -f "$root/tokenizer/vocab.json" ] || scripts/build_tokenizer.sh "$root/tokenizer"
 [ -d "$root/vae-final" ] || "$py" -m erasekit.world.train_vae --steps 2500 --lr 2e-3 --root "$root"
 "$py" -m erasekit.world.train_detector --root "$root" --out "$assets/shapes_detector"
-# The shipped weights had a bumpier history (schedule shortened, loss weighting and attention
-# head count changed mid-run; see the train_t2i docstring); a clean rebuild is one leg:
-"$py" -m erasekit.world.train_t2i --root "$root" --out "$assets/shapes" --steps 7000
+# The shipped weights had a bumpier history (loss weighting, attention head count, timestep
+# sampling, attribute probe and the zero-terminal-SNR schedule changed mid-run; see the
+# train_t2i docstring); a clean rebuild is one leg with the final recipe (not run end to end here):
+"$py" -m erasekit.world.train_t2i --root "$root" --out "$assets/shapes" --steps 11500
