@@ -3,7 +3,10 @@
     python benchmarks/shapes_erasure.py --methods uce trce-t --concepts circle red --per-tier 64
 
 Columns: method, concept, target rate per tier (original -> erased), preservation
-(other values' adherence relative to the original), erase seconds, peak memory.
+(other values' adherence relative to the original), erase seconds, iterations, peak
+memory, and for fine-tuning methods the trainer's overhead: seconds per iteration
+divided by one bare forward+backward of the UNet (batch 1) with only the method's
+scope trainable.
 Results are also written as JSON (``--out``) so the README/closing notes quote them.
 """
 
@@ -24,6 +27,34 @@ from erasekit.generation import SamplingSettings
 from erasekit.methods.base import get_method
 from erasekit.models.delta import apply_delta, revert_delta
 from erasekit.models.loading import load_pipeline, resolve_model_path
+
+
+def bare_step_seconds(pipe, scope: str, reps: int = 5) -> float:
+    """Seconds of one UNet forward+backward (batch 1, the empty prompt) with only ``scope`` trainable."""
+    import torch
+
+    from erasekit.models.scopes import get_scope
+    from erasekit.models.text import encode_prompts
+
+    unet = pipe.unet
+    chosen = set(get_scope(scope).select(unet))
+    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    emb = encode_prompts(pipe, [""])
+    size = unet.config.sample_size
+    z = torch.randn(1, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        for n, p in unet.named_parameters():
+            p.requires_grad_(n in chosen)
+        times = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            unet(z, torch.tensor(500), encoder_hidden_states=emb).sample.pow(2).mean().backward()
+            times.append(time.perf_counter() - t0)
+            unet.zero_grad(set_to_none=True)
+    finally:
+        for n, p in unet.named_parameters():
+            p.requires_grad_(flags[n])
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def main() -> None:
@@ -54,7 +85,12 @@ def main() -> None:
                 "changed_tensors": len(delta.tensors),
                 "changed_parameters": sum(t.numel() for t in delta.tensors.values()),
                 "iterations": delta.manifest.metrics.get("iterations"),
+                "scope": delta.manifest.metrics.get("scope"),
             })
+            if rows[-1]["iterations"] and rows[-1]["scope"]:
+                bare = bare_step_seconds(pipe, rows[-1]["scope"])
+                rows[-1]["bare_step_seconds"] = bare
+                rows[-1]["overhead"] = seconds / rows[-1]["iterations"] / bare
     for r in rows:
         attribute = r["original"]["attribute"]
         key = attribute if attribute in ("shape", "color") else "both"
@@ -70,22 +106,26 @@ def write_tables(rows, settings, a, console) -> None:
     """Preservation = the other values' adherence on the target's own attribute, erased / original."""
     table = Table(title=f"Shapes world erasure ({a.per_tier} images per tier, {settings.steps} DDIM steps, "
                         f"guidance {settings.guidance_scale})")
-    for col in ("method", "concept", "explicit", "synonym", "implicit", "preservation", "seconds", "peak MB"):
+    for col in ("method", "concept", "explicit", "synonym", "implicit", "preservation", "seconds", "iters",
+                "s/iter / bare f+b", "peak MB"):
         table.add_column(col)
     for r in rows:
         o, e = r["original"]["target_rate"], r["erased"]["target_rate"]
         pres = r["preservation"]
         table.add_row(r["method"], r["concept"], *(f"{o[t]:.2f}->{e[t]:.2f}" for t in ("explicit", "synonym", "implicit")),
-                      f"{pres:.2f}", f"{r['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}")
+                      f"{pres:.2f}", f"{r['seconds']:.2f}", str(r.get("iterations") or "-"),
+                      f"{r['overhead']:.1f}" if r.get("overhead") else "-", f"{r['peak_rss_mb']:.0f}")
     console.print(table)
     if a.markdown:
-        lines = ["| method | concept | explicit | synonym | implicit | preservation | seconds | peak MB |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = ["| method | concept | explicit | synonym | implicit | preservation | seconds | iterations "
+                 "| s/iter ÷ bare fwd+bwd | peak MB |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             o, e = r["original"]["target_rate"], r["erased"]["target_rate"]
             lines.append(f"| {r['method']} | {r['concept']} | " + " | ".join(
                 f"{o[t]:.2f} → {e[t]:.2f}" for t in ("explicit", "synonym", "implicit"))
-                + f" | {r['preservation']:.2f} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+                + f" | {r['preservation']:.2f} | {r['seconds']:.1f} | {r.get('iterations') or '-'} | "
+                + (f"{r['overhead']:.1f}" if r.get("overhead") else "-") + f" | {r['peak_rss_mb']:.0f} |")
         a.markdown.parent.mkdir(parents=True, exist_ok=True)
         a.markdown.write_text("\n".join(lines) + "\n")
 
