@@ -20,3 +20,23 @@ def detector():
     from erasekit.world.assets_paths import load_detector
 
     return load_detector()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and two threads crawl on a busy machine).
+
+    Modules of tiny-pipeline tests use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny randomly initialised SD-1.x pipeline (one per test module)."""
+    from erasekit.models.tiny import tiny_pipeline
+
+    return tiny_pipeline()

@@ -21,23 +21,13 @@ from erasekit.eval.detectors.shapes import ShapesConceptDetector
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import get_method
 from erasekit.models.delta import apply_delta, revert_delta, snapshot
-from erasekit.models.tiny import tiny_pipeline
 
 TINY = {"esd-x": {"iterations": 2, "n_steps": 3}}
 SETTINGS = SamplingSettings(steps=2, batch_size=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -6,44 +6,28 @@ import torch
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.esd import Config, esd_target
-from erasekit.models.delta import snapshot
 from erasekit.models.scopes import get_scope
-from erasekit.models.tiny import tiny_pipeline
+from tiny_helpers import snapshot_weights
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
                       templates=["a photo of {}", "{} in a garden"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and two threads crawl on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-def _everything(pipe):
-    names = [f"unet.{n}" for n, _ in pipe.unet.named_parameters()]
-    names += [f"text_encoder.{n}" for n, _ in pipe.text_encoder.named_parameters()]
-    return snapshot(pipe, names)
 
 
 @pytest.mark.parametrize("method,scope", [("esd-x", "cross_attn"), ("esd-u", "non_cross_attn")])
 def test_delta_in_scope_and_pipe_unchanged(pipe, method, scope):
-    before = _everything(pipe)
+    before = snapshot_weights(pipe)
     cfg = Config(iterations=3, n_steps=4, lr=1e-3, progress=False)
     delta = get_method(method).erase(pipe, CONCEPT, cfg)
     assert delta.names and set(delta.names) <= set(get_scope(scope).select(pipe.unet, prefix="unet."))
     in_attn2 = [".attn2." in n for n in delta.names]
     assert all(in_attn2) if method == "esd-x" else not any(in_attn2)
     assert delta.manifest.method == method and delta.manifest.metrics["iterations"] == 3
-    after = _everything(pipe)
+    after = snapshot_weights(pipe)
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 

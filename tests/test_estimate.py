@@ -6,7 +6,7 @@ import torch
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.models.estimate import KNOWN_MODELS, estimate, method_work, model_spec, text_encoder_params, unet_cost, vae_params
-from erasekit.models.tiny import tiny_pipeline, tiny_unet_config
+from erasekit.models.tiny import tiny_pipeline
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
                       templates=["a photo of {}", "{} in a garden"])
@@ -20,12 +20,7 @@ COUNTED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count_unet_samples(pipe, run) -> tuple[int, int]:

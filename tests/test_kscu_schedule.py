@@ -11,21 +11,10 @@ from erasekit.methods.kscu import KIND_SCOPES, Config, KSCUStep, augment_prompt,
 from erasekit.methods.trainer import Trainer, list_checkpoints
 from erasekit.models.delta import snapshot
 from erasekit.models.scopes import get_scope
-from erasekit.models.tiny import tiny_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and two threads crawl on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
 
 
 def _concept(kind):

@@ -10,7 +10,6 @@ from erasekit.methods.trainer import (FineTuneConfig, NonFiniteLossError, Traine
                                       partial_denoise, predict, reference_weights)
 from erasekit.models.delta import snapshot
 from erasekit.models.text import encode_prompts
-from erasekit.models.tiny import tiny_pipeline
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat"], anchor="dog")
 
@@ -19,18 +18,8 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and two threads crawl on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
 
 
 def _make_step_fn(pipe, nan_at=None, interrupt_at=None, on_nan=None):

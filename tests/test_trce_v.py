@@ -8,33 +8,17 @@ from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.trce import TextualConfig, erase_textual
 from erasekit.methods.trce_v import Config, VisualConfig, load_or_sample, triplet_margin
-from erasekit.models.delta import snapshot
 from erasekit.models.scopes import get_scope
-from erasekit.models.tiny import tiny_pipeline
+from tiny_helpers import snapshot_weights
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
                       templates=["a photo of {}", "{} in a garden"])
 TINY = dict(n_trajectories=2, n_uncond=2, n_steps=4, max_step=1, epochs=1, lr=1e-3, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and two threads crawl on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-def _everything(pipe):
-    names = [f"unet.{n}" for n, _ in pipe.unet.named_parameters()]
-    names += [f"text_encoder.{n}" for n, _ in pipe.text_encoder.named_parameters()]
-    return snapshot(pipe, names)
 
 
 # ------------------------------------------------------------------ the loss
@@ -80,18 +64,18 @@ def test_trajectories_shapes(pipe):
 
 # ------------------------------------------------------------------ the methods
 def test_trce_v_delta_in_visual_scope_and_pipe_unchanged(pipe):
-    before = _everything(pipe)
+    before = snapshot_weights(pipe)
     delta = get_method("trce-v").erase(pipe, CONCEPT, VisualConfig(**TINY))
     visual = set(get_scope("visual").select(pipe.unet, prefix="unet."))
     assert delta.names and set(delta.names) <= visual
     assert any(".attn1." in n for n in delta.names) and any(".attn2.to_q" in n for n in delta.names)
     assert delta.manifest.metrics["iterations"] == 2
-    after = _everything(pipe)
+    after = snapshot_weights(pipe)
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
 def test_trce_combines_both_stages_in_one_delta(pipe):
-    before = _everything(pipe)
+    before = snapshot_weights(pipe)
     cfg = Config(**TINY, n_general=8)
     delta = get_method("trce").erase(pipe, CONCEPT, cfg)
     kv = set(get_scope("cross_attn_kv").select(pipe.unet, prefix="unet."))
@@ -101,5 +85,5 @@ def test_trce_combines_both_stages_in_one_delta(pipe):
     stage1 = erase_textual(pipe, CONCEPT, TextualConfig(**{k: getattr(cfg, k) for k in TextualConfig.model_fields}))
     assert set(stage1.names) == names & kv
     assert all(torch.equal(stage1.tensors[n], delta.tensors[n]) for n in stage1.names)
-    after = _everything(pipe)
+    after = snapshot_weights(pipe)
     assert all(torch.equal(before[n], after[n]) for n in before)

@@ -9,10 +9,10 @@ from erasekit.methods.base import get_method
 from erasekit.methods.saliency import (ScorerUnavailableError, ScoreSample, detector_terms, make_scorer,
                                        predicted_x0, saliency, saliency_masks)
 from erasekit.methods.trust import Config, MaskedUpdates, SalUnConfig, cip_penalty, csr_penalty
-from erasekit.models.delta import snapshot
 from erasekit.models.scopes import get_scope
 from erasekit.models.text import encode_prompts
 from erasekit.models.tiny import tiny_pipeline
+from tiny_helpers import snapshot_weights
 
 COMBO = ConceptSpec(name="red-circle", kind="object", targets=["red circle"], anchor="shape",
                     templates=["a {}", "a picture of a {}"], combination=["red", "circle"])
@@ -26,29 +26,14 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
 
 
 def tiny_cfg(cls=Config, **kw):
     base = dict(iterations=3, n_steps=2, pool_size=2, retain_pool_size=2, lr=1e-2, progress=False, scorer="forget")
     return cls(**{**base, **kw})
 
-
-def _everything(pipe):
-    names = [f"unet.{n}" for n, _ in pipe.unet.named_parameters()]
-    names += [f"text_encoder.{n}" for n, _ in pipe.text_encoder.named_parameters()]
-    names += [f"vae.{n}" for n, _ in pipe.vae.named_parameters()]
-    return snapshot(pipe, names)
 
 
 def _record():
@@ -194,14 +179,14 @@ def test_mask_every_k_and_salun_static(pipe):
 
 @pytest.mark.parametrize("regularizer", ["cip+csr", "none"])
 def test_delta_in_scope_and_pipe_unchanged(pipe, regularizer):
-    before = _everything(pipe)
+    before = snapshot_weights(pipe, ('unet', 'text_encoder', 'vae'))
     flags = {n: p.requires_grad for n, p in pipe.vae.named_parameters()}
     delta = get_method("trust").erase(pipe, COND, tiny_cfg(regularizer=regularizer))
     scope = set(get_scope("cross_attn_qkv").select(pipe.unet, prefix="unet."))
     assert delta.names and set(delta.names) <= scope
     assert all(".attn2." in n and n.endswith(".weight") and n.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v")
                for n in delta.names)
-    after = _everything(pipe)
+    after = snapshot_weights(pipe, ('unet', 'text_encoder', 'vae'))
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert flags == {n: p.requires_grad for n, p in pipe.vae.named_parameters()}
 
