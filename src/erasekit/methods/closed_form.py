@@ -10,6 +10,20 @@ with ``S_vc = mean_i v_i c_i^T``, ``S_cc = mean_i c_i c_i^T`` and
 ``C_p = mean_j c_j c_j^T``: sums are normalised by their counts so ``eta``
 does not depend on how many prompts were used.  Solved with a linear solve in
 float64, never an explicit inverse.
+
+SDXL: the UNet's cross-attention reads, at every token, the concatenation of
+both text encoders' (penultimate-layer) hidden states, so each row (a token or
+the [EoT]) is the concatenated vector (2048-d on SDXL), taken at positions located from the
+token ids; both tokenizers must put the first end-of-text token at the same
+position (`first_eot_positions` checks it and raises otherwise).  SDXL is ALSO
+conditioned by the second encoder's pooled embedding, which enters through the
+time embedding (``text_embeds``), not through cross-attention: a K/V edit cannot
+change it.  This is a deliberate choice, kept so the edit stays the paper's
+closed form on cross-attention only: the concept's pooled embedding still
+reaches the UNet, as a global signal in every block, so the edit may leave
+more of the concept on SDXL than on SD-1.x/2.x (not measured: only tiny random
+SDXL pipelines exist offline here).  A fine-tuning stage sees the pooled
+embedding (``trce`` = stage 1 + stage 2) when that matters.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ def prompt_rows(pipe, prompts: list[str], mode: str) -> torch.Tensor:
 
     "eot": the first [EoT]; "tokens": every token up to and including it;
     "eot+padding": the first [EoT] and every padding position after it (SD-1.x
-    pads with [EoT] ids, so these are the sequence's end-of-text outputs).
+    pads with [EoT] ids, so these are the sequence's end-of-text outputs);
+    "tokens+padding": every position after the start token.
     """
     emb = encode_prompts(pipe, prompts)
     eot = first_eot_positions(pipe, prompts)
@@ -36,7 +37,9 @@ def prompt_rows(pipe, prompts: list[str], mode: str) -> torch.Tensor:
         return torch.cat([emb[i, 1 : int(e) + 1] for i, e in enumerate(eot)])
     if mode == "eot+padding":
         return torch.cat([emb[i, int(e) :] for i, e in enumerate(eot)])
-    raise ValueError(f"unknown embedding mode {mode!r} (eot, tokens or eot+padding)")
+    if mode == "tokens+padding":
+        return emb[:, 1:].reshape(-1, emb.shape[-1])
+    raise ValueError(f"unknown embedding mode {mode!r} (eot, tokens, eot+padding or tokens+padding)")
 
 
 def paired_eot_rows(pipe, sources: list[str], anchors: list[str], padding: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,19 +7,8 @@ anchor positions pass through the ORIGINAL weights to give the target values.
 Preserved prompts (the concept's ``preserve`` list) contribute their token
 embeddings to the preservation term.
 
-SDXL: the UNet's cross-attention reads, at every token, the concatenation of
-both text encoders' (penultimate-layer) hidden states, so each row here is
-that concatenated vector (2048-d on SDXL), taken at positions located from the
-token ids; both tokenizers must put the first end-of-text token at the same
-position (`first_eot_positions` checks it and raises otherwise).  SDXL is ALSO
-conditioned by the second encoder's pooled embedding, which enters through the
-time embedding (``text_embeds``), not through cross-attention: a K/V edit cannot
-change it.  This is a deliberate choice, kept so the edit stays the paper's
-closed form on cross-attention only: the concept's pooled embedding still
-reaches the UNet, as a global signal in every block, so the edit may leave
-more of the concept on SDXL than on SD-1.x/2.x (not measured: only tiny random
-SDXL pipelines exist offline here).  A fine-tuning stage sees the pooled
-embedding (``trce`` = stage 1 + stage 2) when that matters.
+SDXL: see `erasekit.methods.closed_form` (concatenated rows of both encoders;
+the pooled embedding is left unedited).
 """
 
 from __future__ import annotations
@@ -33,6 +22,7 @@ from ..models.delta import WeightDelta
 from ..models.text import encode_prompts, first_eot_positions
 from .base import EditSession, MethodConfig, MethodInfo
 from .closed_form import cross_attention_kv_names, edit_cross_attention_kv, second_moment
+from .preservation import prompt_rows
 
 
 class Config(MethodConfig):
@@ -68,12 +58,7 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     padding = config.positions == "tokens+padding"
     src, anc = paired_token_rows(pipe, sources, anchors, padding)
     preserve = concept.preserve[: config.max_preserve]
-    moment = None
-    if preserve:
-        emb = encode_prompts(pipe, preserve)
-        ends = first_eot_positions(pipe, preserve)
-        stop = [emb.shape[1] if padding else int(e) + 1 for e in ends]
-        moment = second_moment(torch.cat([emb[i, 1:s] for i, s in enumerate(stop)]))
+    moment = second_moment(prompt_rows(pipe, preserve, config.positions)) if preserve else None
     with EditSession(pipe, cross_attention_kv_names(pipe.unet), "uce", config, concept) as session:
         edit_cross_attention_kv(pipe.unet, src, anc, moment, config.eta, config.lam)
         session.metrics.update(source_rows=int(src.shape[0]), preserve_prompts=len(preserve))
