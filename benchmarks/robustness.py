@@ -49,9 +49,8 @@ def _plain_rate(pipe, delta, cases, detector, detector_concept, settings) -> flo
 
 
 def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_steps: int, out: Path,
-            settings: SamplingSettings) -> dict:
+            settings: SamplingSettings, detector, detector_concept: str) -> dict:
     spec = get_concept(concept)
-    detector, detector_concept = default_detector(spec, True)
     cases = concept_cases(spec, n_cases, True)
     row: dict = {"method": method or "original", "concept": concept, "n_cases": n_cases}
     delta, delta_dir = None, None
@@ -108,6 +107,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline("shapes")
     settings = SamplingSettings.for_model(resolve_model_path("shapes"))
+    detector, detector_concept = default_detector(get_concept(a.concept), True)  # loaded once for all rows
     rows, console = [], Console()
     for method in [None, *methods]:
         path = out / f"{method or 'original'}.json"
@@ -115,7 +115,7 @@ def main() -> None:
             rows.append(json.loads(path.read_text()))
             continue
         console.print(f"[bold]{method or 'original'}[/bold] ...")
-        row = measure(pipe, method, a.concept, a.cases, a.resurgence_steps, out, settings)
+        row = measure(pipe, method, a.concept, a.cases, a.resurgence_steps, out, settings, detector, detector_concept)
         write_json(path, row)
         rows.append(row)
     table = Table(title=f"robustness: {a.concept}")
