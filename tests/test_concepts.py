@@ -128,7 +128,13 @@ def test_shapes_value_concepts():
     vocab = load_vocabulary()
     circle = get_concept("circle")
     assert circle.targets == vocab.words("shape", "circle", "explicit") + vocab.words("shape", "circle", "synonym")
-    assert circle.anchor == "shape" and get_concept("red").anchor == "" and get_concept("striped").anchor == ""
+    # counterpart anchors, an involution within each attribute
+    assert circle.anchor == "square" and get_concept("square").anchor == "circle"
+    assert get_concept("red").anchor == "green" and get_concept("striped").anchor == "dotted"
+    for attribute in ("shape", "color", "style"):
+        for value in vocab.values(attribute):
+            partner = get_concept(value).anchor
+            assert partner in vocab.values(attribute) and partner != value and get_concept(partner).anchor == value
     assert len(circle.templates) == len(vocab.templates)
     assert "a picture of an orb" in circle.target_prompts()
     assert len(circle.anchor_prompts()) == len(circle.target_prompts())

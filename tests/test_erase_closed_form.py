@@ -27,17 +27,16 @@ def _rates(pipe, detector, value, attribute, n=24):
     return target, keep
 
 
-# Each closed-form method on the concept where it works on the shipped model, with bounds taken
-# from measurements (16-64 prompts per tier, see the closing notes / BENCHMARKS.md):
-# TRCE-t (Shapes preset: every [EoT]/padding row) takes circle from ~0.9 to ~0.1 while other
-# shapes' adherence keeps ~0.7-0.8 of its level; UCE (bare-word token rows) leaves shapes alone but
-# takes red from 1.0 to ~0.25 with the other colors intact.  Chance is 1/6 for both attributes.
-CASES = {"trce-t": ("circle", "shape", 3.0, 0.6), "uce": ("red", "color", 2.5, 0.8)}
+# Both closed forms on a shape and a color with their Shapes presets and the pack's counterpart
+# anchors (circle -> square, red -> green).  Measured (32 prompts per tier, 96 preservation
+# prompts): every case falls from 0.88-1.00 to <= 0.03 with the other values' adherence at
+# >= 0.95 of the original's.  The issue's bars: a fall of at least 5x, adherence >= 90%.
+CASES = [("trce-t", "circle", "shape"), ("trce-t", "red", "color"), ("uce", "circle", "shape"), ("uce", "red", "color")]
 
 
-@pytest.mark.parametrize("method", sorted(CASES))
-def test_closed_form_methods_erase_and_keep_the_rest(shapes_pipe, detector, method):
-    value, attribute, min_fall, min_keep = CASES[method]
+@pytest.mark.parametrize("method,value,attribute", CASES)
+def test_closed_form_methods_erase_and_keep_the_rest(shapes_pipe, detector, method, value, attribute):
+    min_fall, min_keep = 5.0, 0.9
     before = {k: v.clone() for k, v in shapes_pipe.unet.state_dict().items()}
     info = get_method(method)
     delta = info.erase(shapes_pipe, get_concept(value), info.config_cls.for_world("shapes"))
@@ -67,6 +66,20 @@ def test_cli_erase_writes_delta_and_manifest(tmp_path):
     assert manifest["wall_time_s"] < 10
     delta = WeightDelta.load(out)
     assert len(delta.tensors) == 14
+    assert manifest["config"]["concept"]["anchor"] == "square"
+
+
+def test_cli_anchor_option_replaces_the_anchor(tmp_path):
+    out = tmp_path / "neutral"
+    res = CliRunner().invoke(app, ["erase", "--method", "uce", "--concept", "circle", "--anchor", "shape",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    neutral = WeightDelta.load(out)
+    assert neutral.manifest.config["concept"]["anchor"] == "shape"
+    res = CliRunner().invoke(app, ["erase", "--method", "uce", "--concept", "circle", "--out", str(tmp_path / "pair")])
+    paired = WeightDelta.load(tmp_path / "pair")
+    name = neutral.names[0]
+    assert not torch.equal(neutral.tensors[name], paired.tensors[name])
 
 
 def test_cli_unknown_concept_lists_close_matches():

@@ -122,6 +122,8 @@ def erase(
     method: str = typer.Option(..., help="Erasure method (see `erasekit methods`)."),
     concept: str = typer.Option(..., help="Concept name (see `erasekit concepts`) or a YAML/JSON concept file."),
     out: Path = typer.Option(..., help="Run folder: delta.safetensors + manifest.json."),
+    anchor: Optional[str] = typer.Option(None, help="Replace the concept's anchor (safe counterpart) for every "
+                                         "target, e.g. 'shape' for a neutral anchor in the Shapes world."),
     model: str = typer.Option("shapes"),
     preset: Optional[str] = typer.Option(None, help="Config preset (default: 'shapes' on the Shapes model, else 'sd')."),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file of config overrides."),
@@ -144,6 +146,8 @@ def erase(
     except UnknownMethodError as err:
         _fail(str(err))
     spec = _concept(concept)
+    if anchor is not None:
+        spec = spec.model_copy(update={"anchor": anchor, "target_anchors": {}})
     if dry_run:
         _print_estimate(info, spec, model, preset, config, seed)
         return

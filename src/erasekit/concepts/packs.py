@@ -7,10 +7,15 @@ Two packs ship with erasekit:
     (kind ``object``), color (``attribute``) and style (``style``), plus the
     combination ``red-circle`` and the conditional ``circle-on-dark``.  Targets use
     ONLY the explicit and synonym tiers; the implicit tier is held out so that
-    evaluations can test whether erasure generalises to paraphrases.  Anchors:
-    shape -> "shape" (the generic noun the captions use when no shape is named);
-    color and style -> "" (no word, exactly how training captions read when the
-    color or style is not mentioned, i.e. the model's neutral default).
+    evaluations can test whether erasure generalises to paraphrases.  Anchors are
+    each value's COUNTERPART of the same attribute (``SHAPES_COUNTERPARTS``:
+    circle <-> square, red <-> green (complementary colours), solid <-> outlined,
+    ...), the way Stable Diffusion packs map nudity to "a person wearing
+    clothes".  A neutral word ("shape", or "" for colour/style) is the other
+    option, chosen with ``erase --anchor``: every image of this world holds one
+    of six shapes and six colours, so a neutral anchor draws the target at its
+    chance rate (about 1/6), a floor no method goes under (measured with trce-t
+    on circle: 0.88 -> 0.19/0.22 with "shape", 0.88 -> 0.00 with "square").
     Preservation prompts are the explicit captions of the other values of the
     same attribute.
 
@@ -36,7 +41,14 @@ from ..world.captions import describe
 from ..world.vocabulary import load_vocabulary
 from .spec import ConceptSpec
 
-SHAPES_ANCHORS = {"shape": "shape", "color": "", "style": ""}
+# Neutral words: what the training captions say when a value is not named.
+SHAPES_NEUTRAL = {"shape": "shape", "color": "", "style": ""}
+# Each value's counterpart (an involution): shapes round <-> angular and in pairs, colours
+# complementary on the colour wheel, styles filled <-> outline and pattern <-> pattern.
+_PAIRS = [("circle", "square"), ("triangle", "star"), ("cross", "heart"),
+          ("red", "green"), ("orange", "blue"), ("yellow", "purple"),
+          ("solid", "outlined"), ("striped", "dotted")]
+SHAPES_COUNTERPARTS = {**dict(_PAIRS), **{b: a for a, b in _PAIRS}}
 SHAPES_KINDS = {"shape": "object", "color": "attribute", "style": "style"}
 # Where the concept word sits inside the world's "{np}" noun phrase.
 _NOUN_PHRASE = {"shape": "a {}", "color": "a {} shape", "style": "a {} shape"}
@@ -76,7 +88,7 @@ def _shapes_value_concept(attribute: str, value: str) -> ConceptSpec:
         name=f"shapes/{value}",
         kind=SHAPES_KINDS[attribute],
         targets=_named_words(attribute, value),
-        anchor=SHAPES_ANCHORS[attribute],
+        anchor=SHAPES_COUNTERPARTS[value],
         templates=_shapes_templates(attribute),
         preserve=_explicit_captions([{attribute: v} for v in others]),
         article_agreement=True,
@@ -92,7 +104,8 @@ def _shapes_red_circle() -> ConceptSpec:
         + [{"color": c, "shape": "circle"} for c in vocab.values("color") if c != "red"]
     )
     return ConceptSpec(
-        name="shapes/red-circle", kind="object", targets=targets, anchor="shape",
+        name="shapes/red-circle", kind="object", targets=targets,
+        anchor=f"{SHAPES_COUNTERPARTS['red']} {SHAPES_COUNTERPARTS['circle']}",
         templates=_shapes_templates("shape"), preserve=retain, retain=retain,
         combination=["red", "circle"], article_agreement=True,
         description="Combination: erase red circles, keep red other shapes and circles of other colors.",
@@ -109,7 +122,7 @@ def _shapes_circle_on_dark() -> ConceptSpec:
     )
     dark = vocab.words("background", "dark", "explicit")[0]
     return ConceptSpec(
-        name="shapes/circle-on-dark", kind="object", targets=targets, anchor=f"shape {dark}",
+        name="shapes/circle-on-dark", kind="object", targets=targets, anchor=f"{SHAPES_COUNTERPARTS['circle']} {dark}",
         templates=_shapes_templates("shape"), preserve=retain, retain=retain,
         condition={"concept": "circle", "context": dark}, article_agreement=True,
         description="Conditional: erase circles only on a dark background.",

@@ -45,12 +45,15 @@ class TextualConfig(MethodConfig):
         # prompt's meaning in the first [EoT], CLIP's pooled output): it spreads the
         # prompt over all padding [EoT] positions, which the UNet reads, so an edit of
         # the first [EoT] alone leaves shapes intact there (measured: circle rate
-        # 0.92 -> 0.92).  Its preset edits every [EoT]/padding output instead, keeping
-        # the paper's eta 0.01: measured on circle (16 prompts per tier), eta 0.01 gives target
-        # 0.06/0.19/0.19 (explicit/synonym/implicit) at other-shape adherence 0.75 of the
-        # original's, 0.03 gives 0.19/0.19/0.12 at 0.80, 0.1 gives 0.31/0.38/0.25 at 0.94
-        # (chance is 1/6: the anchor "shape" draws a random shape); pick by your trade-off.
-        "shapes": {"n_general": 400, "eot_rows": "all"},
+        # 0.92 -> 0.92).  Its preset edits every [EoT]/padding output instead.  eta is
+        # 10, not 0.01: 128 dimensions hold all of the world's captions, so the concept's
+        # rows overlap the preserved ones far more than in CLIP's 768, and the
+        # preservation term must weigh more.  Measured with the pack's counterpart anchors
+        # (circle -> square; 32 prompts per tier, 96 preservation prompts): eta 3 gives
+        # circle 0.88 -> 0.00 at other-shape adherence 0.95 of the original's, 10 -> 0.00 at
+        # 0.95 (colour 0.99), 30 -> 0.03 at 0.97; red 1.00 -> 0.00 at 1.00 with eta 10.
+        # With the neutral anchor "shape" the rate cannot go under chance (~1/6).
+        "shapes": {"n_general": 400, "eot_rows": "all", "eta": 10.0},
     }
 
 

@@ -13,7 +13,7 @@ the pooled embedding is left unedited).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -32,12 +32,22 @@ class Config(MethodConfig):
     lam: float = 0.1
     max_preserve: int = 200
     # "tokens": positions 1..first [EoT]; "tokens+padding": also every padding position
-    # after it, position by position (the whole padded sequence).  On the Shapes model
-    # neither erases a shape (circle 0.92 -> 0.92 / 0.83 at step 11000 of its training):
-    # UCE's source rows are the bare target words, whose padding outputs differ from
-    # those of full captions, which is where that text encoder puts the shape.
+    # after it, position by position (the whole padded sequence).
     positions: Literal["tokens", "tokens+padding"] = "tokens"
+    # Number of the concept's templates each target word is put into (0: the bare words, as in
+    # the paper).  The authors' released code does the same for artists ("painting by {}",
+    # "art by {}", ...): the source rows then include the outputs a full prompt produces.
+    n_templates: int = 0
 
+    PRESETS: ClassVar[dict] = {
+        # The Shapes text encoder was trained from scratch with its UNet and puts a caption's
+        # shape/color in the padding outputs of FULL captions; the bare word's outputs differ,
+        # so the paper setting leaves shapes intact (circle 0.88 -> 0.84-0.94).  This preset
+        # follows the released code's templated sources and edits every padded position:
+        # circle 0.88 -> 0.00 (other shapes 0.97 of the original's adherence, their colours
+        # 0.89), red 1.00 -> 0.00 (other colours 0.99), with the pack's counterpart anchors.
+        "shapes": {"positions": "tokens+padding", "n_templates": 15},
+    }
 
 
 def paired_token_rows(pipe, sources: list[str], anchors: list[str], padding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +63,12 @@ def paired_token_rows(pipe, sources: list[str], anchors: list[str], padding: boo
 
 
 def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
-    sources = list(concept.targets)
-    anchors = [concept.anchor_for(t) for t in sources]
+    if config.n_templates:
+        sources = concept.target_prompts(None, config.n_templates)
+        anchors = concept.anchor_prompts(None, config.n_templates)
+    else:
+        sources = list(concept.targets)
+        anchors = [concept.anchor_for(t) for t in sources]
     padding = config.positions == "tokens+padding"
     src, anc = paired_token_rows(pipe, sources, anchors, padding)
     preserve = concept.preserve[: config.max_preserve]
