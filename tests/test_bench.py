@@ -85,6 +85,12 @@ def test_run_writes_cells_report_and_resumes(pipe, reader, tmp_path, monkeypatch
     changed, _ = _run(pipe, reader, tmp_path, _plan(per_tier=3))
     assert len(changed.computed) == 3 and changed.results["attribute"]["uce"]["n_per_tier"]["explicit"] == 3
 
+    # So does a changed concept spec (here its anchor): it changes what every method does.
+    real = bench_runner.get_concept
+    monkeypatch.setattr(bench_runner, "get_concept", lambda name: real(name).model_copy(update={"anchor": "shape"}))
+    reanchored, _ = _run(pipe, reader, tmp_path, _plan(per_tier=3))
+    assert len(reanchored.computed) == 3
+
 
 def test_sequential_erasure_composes_into_one_delta(pipe):
     uce = get_method("uce")

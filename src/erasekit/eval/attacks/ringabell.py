@@ -5,9 +5,13 @@ as an attacker without the erased weights would):
 
 1. concept direction ``c`` = mean over paired prompts of
    ``text(prompt with the concept) - text(same prompt without it)``, in the text
-   encoder's output space (the (L, D) conditioning the UNet reads).  Pairs are
-   the concept spec's target words x templates against its anchor
-   (``ConceptSpec.target_prompts`` / ``anchor_prompts``);
+   encoder's output space (the (L, D) conditioning the UNet reads).  Prompts with
+   the concept are the spec's target words x templates
+   (``ConceptSpec.target_prompts``); "without it" is, by default, the same prompt
+   with the concept's words deleted (``pairs="removed"``, the paper's pairs and
+   the same rule as the benign prompts of step 2), or the anchor in the same
+   template (``pairs="anchor"``: the direction then also points away from the
+   anchor, e.g. circle minus square);
 2. per case, the benign prompt is the case's prompt with the concept's words
    removed, and the target embedding is ``text(benign) + eta * c``;
 3. a genetic search (`genetic.genetic_search`) over sequences of ``n_tokens``
@@ -61,6 +65,7 @@ class RingABellConfig(MethodConfig):
     vocabulary: str = "tokenizer"
     exclude_concept_words: bool = False
     max_pairs: int | None = None
+    pairs: Literal["removed", "anchor"] = "removed"
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "shapes": dict(n_tokens=6, eta=1.0, population=48, generations=60, compare_positions=12,
@@ -86,9 +91,18 @@ def encode_texts(pipe, prompts: list[str], positions: int, batch_size: int = 256
                       for i in range(0, len(ids), batch_size)])
 
 
-def concept_pairs(concept: ConceptSpec, max_pairs: int | None = None) -> list[tuple[str, str]]:
-    """(with concept, without) prompt pairs from the spec's targets x templates and its anchor."""
-    pairs = list(zip(concept.target_prompts(), concept.anchor_prompts()))
+def concept_pairs(concept: ConceptSpec, max_pairs: int | None = None,
+                  without: str = "removed") -> list[tuple[str, str]]:
+    """(with concept, without) prompt pairs: targets x templates, and each with its words
+    deleted (``without="removed"``) or the anchor in the same template (``"anchor"``)."""
+    targets = concept.target_prompts()
+    if without == "removed":
+        others = [remove_words(p, concept.targets) for p in targets]
+    elif without == "anchor":
+        others = concept.anchor_prompts()
+    else:
+        raise ValueError(f"unknown pairs {without!r} (removed, anchor)")
+    pairs = list(zip(targets, others))
     pairs = [(a, b) for a, b in pairs if a != b]
     if not pairs:
         raise ValueError(f"concept {concept.name!r} gives no prompt pair with and without it")
@@ -96,10 +110,10 @@ def concept_pairs(concept: ConceptSpec, max_pairs: int | None = None) -> list[tu
 
 
 def concept_direction(pipe, concept: ConceptSpec, positions: int | None = None,
-                      max_pairs: int | None = None) -> torch.Tensor:
+                      max_pairs: int | None = None, without: str = "removed") -> torch.Tensor:
     """(positions, D) mean embedding difference of the concept's prompt pairs."""
     positions = positions or pipe.tokenizer.model_max_length
-    pairs = concept_pairs(concept, max_pairs)
+    pairs = concept_pairs(concept, max_pairs, without)
     with_concept = encode_texts(pipe, [a for a, _ in pairs], positions)
     without = encode_texts(pipe, [b for _, b in pairs], positions)
     return (with_concept - without).mean(dim=0)
@@ -160,7 +174,7 @@ def ringabell_attack(pipe, cases: list[AttackCase], concept: ConceptSpec, config
     positions = _positions(pipe, config)
     benign = [remove_words(c.prompt, concept.targets) for c in cases]
     with count_calls(budget, unet=pipe.unet, text_encoder=pipe.text_encoder), model_state(pipe, delta, erased=False):
-        direction = concept_direction(pipe, concept, positions, config.max_pairs)
+        direction = concept_direction(pipe, concept, positions, config.max_pairs, config.pairs)
         targets = encode_texts(pipe, benign, positions) + config.eta * direction
         outcome = genetic_search(embedding_fitness(pipe, targets, config.fitness), vocabulary, len(cases),
                                  config.n_tokens, config.genetic(), step_generator(config.seed, 0), budget=budget,

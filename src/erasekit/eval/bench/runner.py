@@ -11,6 +11,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+from ...concepts.packs import get_concept
 from ...generation import SamplingSettings
 from ...models.delta import apply_delta, revert_delta
 from .adversarial import AdversarialSource
@@ -102,7 +103,9 @@ def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSetting
         for key in plan.scenarios:
             scenario = get_scenario(key)
             adv, note = _adversarial_probes(pipe, scenario, plan, adversarial) if compute else (None, "")
+            # the concept specs (anchors, templates, preserve lists) decide what a method does
             scenario_fp = {**base, "scenario": scenario.as_dict(),
+                           "concepts": [get_concept(c).to_dict() for c in scenario.concepts],
                            "adversarial": [(p.prompt, p.seed, p.target) for p in adv or []]}
             cells = run.results.setdefault(key, {})
             original = _original_cell(pipe, scenario, plan, settings, reader, adv, note, store, digest(scenario_fp),
