@@ -259,3 +259,9 @@ def _res_cfg(tmp_path):
     path = tmp_path / "res.json"
     path.write_text(json.dumps({"n_images": 4, "n_eval": 1, "batch_size": 2}))
     return path
+
+
+def test_ringabell_finds_the_concept_on_the_original_model(shapes_pipe, tmp_path):
+    """Sanity bar of the attack: on the unerased model its Shapes preset finds circles in >= 90% of cases."""
+    result = run_attack(shapes_pipe, "ringabell", "circle", n_cases=16, out=tmp_path / "atk", model="shapes")
+    assert result.success_rate >= 0.9, result.success_rate
