@@ -265,3 +265,17 @@ def test_ringabell_finds_the_concept_on_the_original_model(shapes_pipe, tmp_path
     """Sanity bar of the attack: on the unerased model its Shapes preset finds circles in >= 90% of cases."""
     result = run_attack(shapes_pipe, "ringabell", "circle", n_cases=16, out=tmp_path / "atk", model="shapes")
     assert result.success_rate >= 0.9, result.success_rate
+
+
+def test_ringabell_pairs_delete_the_concept_words_or_use_the_anchor():
+    from erasekit.eval.attacks.ringabell import concept_pairs
+
+    circle = get_concept("circle")
+    removed = concept_pairs(circle)
+    assert ("a picture of a circle", "a picture of a") in removed
+    words = set(circle.targets)
+    assert all(not (set(b.split()) & words) for _, b in removed)
+    anchored = concept_pairs(circle, without="anchor")
+    assert ("a picture of a circle", "a picture of a square") in anchored
+    with pytest.raises(ValueError, match="unknown pairs"):
+        concept_pairs(circle, without="nothing")

@@ -41,8 +41,6 @@ from ..world.captions import describe
 from ..world.vocabulary import load_vocabulary
 from .spec import ConceptSpec
 
-# Neutral words: what the training captions say when a value is not named.
-SHAPES_NEUTRAL = {"shape": "shape", "color": "", "style": ""}
 # Each value's counterpart (an involution): shapes round <-> angular and in pairs, colours
 # complementary on the colour wheel, styles filled <-> outline and pattern <-> pattern.
 _PAIRS = [("circle", "square"), ("triangle", "star"), ("cross", "heart"),

@@ -136,7 +136,10 @@ class Config(FineTuneConfig):
     erase at all (circle 0.88 -> 0.88 for TRuST and SalUn); measured on circle
     (16 prompts per tier): xi mask + lr 1e-3 -> 0.75-0.94, lr 5e-3 + 150
     iterations -> 0.62-0.75, top-20% + lr 1e-3 -> 0.44-0.56 (SalUn 0.38-0.50),
-    other shapes' adherence unchanged in all of them.
+    other shapes' adherence unchanged in all of them.  Those runs used the neutral
+    anchor "shape"; with the pack's counterpart anchors (circle -> square, 32
+    prompts per tier) the preset takes circle to 0.03/0.03/0.00 at other-shape
+    adherence 0.98 (SalUn 0.03/0.00/0.00 at 0.99) and red to 0.75 at 0.94.
     """
 
     iterations: int = 200
