@@ -17,7 +17,7 @@ DDIM 50 steps, generation CFG 3.
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from ..concepts.spec import ConceptSpec
 from ..models.conditioning import cat_conditions, encode_conditions
 from ..models.delta import WeightDelta
 from .base import MethodInfo
+from .retain import RetainTerm, kept_prompts
 from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
@@ -55,6 +56,9 @@ class Config(FineTuneConfig):
     negative_guidance: float = 1.0
     n_synonyms: int | None = None
     n_templates: int | None = None
+    erase_from: Literal["unconditional", "anchor"] = "unconditional"
+    preserve_weight: float = 0.0
+    preserve_pool_size: int = 8
 
     PRESETS: ClassVar[dict] = {
         "shapes": {"iterations": 150, "lr": 1e-4, "n_steps": 25, "negative_guidance": 3.0},
@@ -74,7 +78,11 @@ class ESDStep:
         self.prompts = concept.target_prompts(config.n_synonyms, config.n_templates)
         self.embeds = encode_conditions(pipe, self.prompts)
         self.uncond = encode_conditions(pipe, [""])
+        self.bases = (encode_conditions(pipe, concept.anchor_prompts(config.n_synonyms, config.n_templates))
+                      if config.erase_from == "anchor" else None)
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
+        self.retain = (RetainTerm(pipe, trainer, kept_prompts(concept), config.preserve_pool_size, config.n_steps,
+                                  config.guidance, config.seed) if config.preserve_weight > 0 else None)
 
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
         cfg = self.config
@@ -82,10 +90,14 @@ class ESDStep:
         cond = self.embeds[i : i + 1]
         z = self.sampler.denoise(self.unet, initial_latents(self.unet, g), 0, s, cond, self.uncond, cfg.guidance)
         t = self.sampler.timestep(s)
+        base = self.uncond if self.bases is None else self.bases[i : i + 1]
         with self.trainer.reference():
-            eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, self.uncond])).chunk(2)
-        target = esd_target(eps_c, eps_u, cfg.negative_guidance)
-        return F.mse_loss(predict(self.unet, z, t, cond), target)
+            eps_c, eps_b = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, base])).chunk(2)
+        target = esd_target(eps_c, eps_b, cfg.negative_guidance)
+        loss = F.mse_loss(predict(self.unet, z, t, cond), target)
+        if self.retain is not None:
+            loss = loss + cfg.preserve_weight * self.retain(g)
+        return loss
 
 
 def erase(pipe, concept: ConceptSpec, config: Config, variant: str = "esd-x") -> WeightDelta:

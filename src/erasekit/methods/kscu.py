@@ -35,7 +35,7 @@ instances): set ``iterations=750`` for such concepts.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
 from ..models.delta import WeightDelta
 from .base import MethodInfo
+from .retain import RetainTerm, kept_prompts
 from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
@@ -116,6 +117,9 @@ class Config(FineTuneConfig):
     lambda1_rate: float = 2e-5
     augment_fraction: float = 0.05
     embed_noise: float = 1e-5
+    erase_from: Literal["unconditional", "anchor"] = "unconditional"
+    preserve_weight: float = 0.0
+    preserve_pool_size: int = 8
 
     PRESETS: ClassVar[dict] = {
         "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0,
@@ -160,7 +164,11 @@ class KSCUStep:
         self.pairs = [(t, tpl) for t in concept.targets for tpl in concept.templates]
         self.embeds = encode_conditions(pipe, [concept.fill(tpl, t) for t, tpl in self.pairs])
         self.uncond = encode_conditions(pipe, [""])
+        self.bases = (encode_conditions(pipe, [concept.fill(tpl, concept.anchor_for(t)) for t, tpl in self.pairs])
+                      if config.erase_from == "anchor" else None)
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
+        self.retain = (RetainTerm(pipe, trainer, kept_prompts(concept), config.preserve_pool_size, config.n_steps,
+                                  config.guidance, config.seed) if config.preserve_weight > 0 else None)
         self.augment_from = iterations - math.ceil(config.augment_fraction * iterations)
         self.z: torch.Tensor | None = None
         self.s = -1
@@ -212,13 +220,18 @@ class KSCUStep:
         cond = self.embeds[self.prompt : self.prompt + 1]
         c_tilde = self.conditioning(step, g)
         t = self.sampler.timestep(s)
+        base = [] if self.bases is None else [self.bases[self.prompt : self.prompt + 1]]
         with self.trainer.reference():
-            eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, self.uncond])).chunk(2)
+            eps = predict(self.unet, torch.cat([z] * (2 + len(base))), t, cat_conditions([cond, self.uncond, *base])).chunk(2 + len(base))
+        eps_c, eps_u, eps_b = eps[0], eps[1], eps[-1]
         lambda1 = (1000 - t) * cfg.lambda1_rate
-        erase_target = eps_u - cfg.negative_guidance * (eps_c - eps_u)
+        erase_target = eps_b - cfg.negative_guidance * (eps_c - eps_b)
         anchor_target = eps_u - lambda1 * (eps_c - eps_u)
         out_c, out_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([c_tilde, self.uncond])).chunk(2)
-        return F.mse_loss(out_c, erase_target) + cfg.lambda2 * F.mse_loss(out_u, anchor_target)
+        loss = F.mse_loss(out_c, erase_target) + cfg.lambda2 * F.mse_loss(out_u, anchor_target)
+        if self.retain is not None:
+            loss = loss + cfg.preserve_weight * self.retain(g)
+        return loss
 
 
 def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:

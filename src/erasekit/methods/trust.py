@@ -106,9 +106,10 @@ from ..models.conditioning import encode_conditions
 from ..models.delta import WeightDelta
 from ..models.scopes import get_scope
 from .base import EditSession, MethodInfo
+from .retain import LatentPool
 from .saliency import DEFAULT_CLIP, ScoreSample, Scorer, make_scorer, mask_size, saliency, saliency_masks
 from .trainer import (DDIMSampler, FineTuneConfig, Trainer, initial_latents, predict, randint, require_supported_unet,
-                      run_key, step_generator)
+                      run_key)
 
 SCOPE = "cross_attn_qkv"
 BETA_DEFAULTS = {"cip": 1e-5, "csr": 1.0}
@@ -342,7 +343,6 @@ class TrustStep:
         self.retain = retain_prompt_list(concept, config) if config.gamma > 0 else []
         self.retain_embeds = encode_conditions(pipe, self.retain) if self.retain else None
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
-        self.train_timesteps = int(self.sampler.scheduler.config.num_train_timesteps)
         self.betas = config.betas()
         self.pool = self.retain_pool = None
         if config.latents == "pool":
@@ -358,32 +358,17 @@ class TrustStep:
         self._device = dev
 
     # ------------------------------------------------------------ latents
-    def _make_pool(self, embeds: torch.Tensor, size: int, salt: int) -> tuple[torch.Tensor, list[int]]:
+    def _make_pool(self, embeds, size: int, salt: int) -> LatentPool:
         """``size`` finished latents of the ORIGINAL model on ``embeds`` (prompts cycled in a seeded order)."""
-        g = step_generator(self.config.seed, salt)
-        order = torch.randperm(len(embeds), generator=g).tolist()
-        idx = [order[i % len(order)] for i in range(size)]
-        out = []
-        with self.trainer.reference():
-            for i in range(0, size, 8):
-                chunk = idx[i : i + 8]
-                z = initial_latents(self.unet, g, batch=len(chunk))
-                out.append(self.sampler.denoise(self.unet, z, 0, self.config.n_steps, embeds[chunk], self.uncond,
-                                                self.config.guidance))
-        return torch.cat(out), idx
+        return LatentPool(self.unet, self.trainer, self.sampler, embeds, self.uncond, size, self.config.guidance,
+                          self.config.seed, salt)
 
     def draw(self, g: torch.Generator, retain: bool = False) -> tuple[torch.Tensor, int, int]:
         """(x_t, t, prompt index) for the target prompts (or the retain prompts)."""
         pool = self.retain_pool if retain else self.pool
         embeds = self.retain_embeds if retain else self.embeds
         if pool is not None:
-            latents, idx = pool
-            j = randint(len(idx), g)
-            t = randint(self.train_timesteps, g)
-            x0 = latents[j : j + 1]
-            noise = torch.randn(x0.shape, generator=g).to(x0)
-            z = self.sampler.scheduler.add_noise(x0, noise, torch.tensor([t], device=x0.device))
-            return z, t, idx[j]
+            return pool.draw(g)
         i, s = randint(len(embeds), g), randint(self.config.n_steps, g)
         with self.trainer.reference():
             z = self.sampler.denoise(self.unet, initial_latents(self.unet, g), 0, s, embeds[i : i + 1], self.uncond,

@@ -1,0 +1,80 @@
+"""Keeping what must stay: a pool of the original model's latents, and the retain loss on kept prompts.
+
+Fine-tuning methods that erase with a loss on the target prompts alone (ESD's
+negative guidance, KSCU) have nothing that holds other prompts in place; on a
+colour, pushing "a red shape" away also moves the shared "coloured shape"
+direction the other colours use.  The retain loss regresses the edited model
+onto the frozen original on prompts that must keep working::
+
+    L_r = || eps*(x_t, c_keep, t) - eps(x_t, c_keep, t) ||^2        (mean over elements)
+
+``x_t`` is a finished latent of the ORIGINAL model on ``c_keep`` (generated
+once, DDIM at CFG, like SalUn's retain set), noised to a uniformly random
+training timestep with fresh noise.  TRuST/SalUn use the same pool for their
+forget set and retain term.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..concepts.spec import ConceptSpec
+from ..models.conditioning import TextCondition, encode_conditions
+from .trainer import DDIMSampler, Trainer, initial_latents, predict, randint, step_generator
+
+
+def kept_prompts(concept: ConceptSpec, include_preserve: bool = True) -> list[str]:
+    """The prompts a retain term keeps: ``retain_prompts()`` (combinations, conditions), then ``preserve``."""
+    prompts = list(concept.retain_prompts())
+    if include_preserve:
+        prompts += list(concept.preserve)
+    return list(dict.fromkeys(p for p in prompts if p))
+
+
+class LatentPool:
+    """``size`` finished latents of the original model on ``embeds`` (prompts cycled in a seeded order)."""
+
+    def __init__(self, unet, trainer: Trainer, sampler: DDIMSampler, embeds: TextCondition, uncond: TextCondition,
+                 size: int, guidance: float, seed: int, salt: int, chunk: int = 8):
+        g = step_generator(seed, salt)
+        order = torch.randperm(len(embeds), generator=g).tolist()
+        self.index = [order[i % len(order)] for i in range(size)]
+        self.scheduler = sampler.scheduler
+        self.train_timesteps = int(sampler.scheduler.config.num_train_timesteps)
+        out = []
+        with trainer.reference():
+            for i in range(0, size, chunk):
+                part = self.index[i : i + chunk]
+                z = initial_latents(unet, g, batch=len(part))
+                out.append(sampler.denoise(unet, z, 0, sampler.n_steps, embeds[part], uncond, guidance))
+        self.latents = torch.cat(out)
+
+    def draw(self, g: torch.Generator) -> tuple[torch.Tensor, int, int]:
+        """(x_t, t, prompt index): one pooled latent, a uniform timestep, fresh noise."""
+        j = randint(len(self.index), g)
+        t = randint(self.train_timesteps, g)
+        x0 = self.latents[j : j + 1]
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        return self.scheduler.add_noise(x0, noise, torch.tensor([t], device=x0.device)), t, self.index[j]
+
+
+class RetainTerm:
+    """L_r on ``prompts`` (see the module docstring); call with the step's generator."""
+
+    def __init__(self, pipe, trainer: Trainer, prompts: list[str], pool_size: int, n_steps: int, guidance: float,
+                 seed: int, salt: int = -2):
+        if not prompts:
+            raise ValueError("the retain term needs at least one prompt to keep")
+        self.unet, self.trainer, self.prompts = pipe.unet, trainer, prompts
+        self.embeds = encode_conditions(pipe, prompts)
+        uncond = encode_conditions(pipe, [""])
+        self.pool = LatentPool(pipe.unet, trainer, DDIMSampler(pipe.scheduler, n_steps), self.embeds, uncond,
+                               pool_size, guidance, seed, salt)
+
+    def __call__(self, g: torch.Generator) -> torch.Tensor:
+        z, t, j = self.pool.draw(g)
+        cond = self.embeds[j : j + 1]
+        with self.trainer.reference():
+            ref = predict(self.unet, z, t, cond)
+        return F.mse_loss(predict(self.unet, z, t, cond).float(), ref.float())
