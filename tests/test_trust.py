@@ -157,6 +157,22 @@ def test_trust_changes_only_masked_entries_and_masks_move(pipe):
     assert metrics["scorer"] == "forget" and metrics["betas"] == {"csr": 1.0}
 
 
+def test_saliency_momentum_keeps_the_mask_in_place(pipe):
+    """A running mean of |g| moves the mask less between recomputations, so fewer entries change in all."""
+    def union_and_moves(momentum):
+        seen, cb = _record()
+        cfg = tiny_cfg(iterations=6, saliency_momentum=momentum, regularizer="none")
+        delta = get_method("trust").erase(pipe, PLAIN, cfg, mask_callback=cb)
+        moved = sum(int((a[n] ^ b[n]).sum()) for (_, a), (_, b) in zip(seen, seen[1:]) for n in a)
+        return delta.manifest.metrics["mask_union_fraction"], moved
+
+    union_free, moved_free = union_and_moves(0.0)
+    union_held, moved_held = union_and_moves(0.9)
+    assert moved_held < moved_free and union_held < union_free
+    with pytest.raises(ValueError):
+        Config(saliency_momentum=1.0)
+
+
 def test_mask_every_k_and_salun_static(pipe):
     seen, cb = _record()
     get_method("trust").erase(pipe, PLAIN, tiny_cfg(iterations=4, mask_every=2, regularizer="cip"), mask_callback=cb)
@@ -212,8 +228,10 @@ def test_partial_latents_and_topk(pipe):
     assert all(0 < s <= sum(round(0.01 * p.numel()) for p in qkv.values()) for s in m["mask_sizes"])
 
 
-def test_resume_with_dynamic_masks_is_exact(pipe, tmp_path):
-    cfg = tiny_cfg(iterations=4, mask_every=1, checkpoint_dir=str(tmp_path), checkpoint_every=2)
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_resume_with_dynamic_masks_is_exact(pipe, tmp_path, momentum):
+    cfg = tiny_cfg(iterations=4, mask_every=1, checkpoint_dir=str(tmp_path), checkpoint_every=2,
+                   saliency_momentum=momentum)
     full = get_method("trust").erase(pipe, COMBO, cfg.model_copy(update={"checkpoint_dir": str(tmp_path / "a")}))
 
     def stop(step, masks):

@@ -157,6 +157,7 @@ class Config(FineTuneConfig):
     topk: float | None = None
     mask_granularity: Literal["tensor", "global"] = "tensor"
     mask_every: int | None = 1
+    saliency_momentum: float = 0.0
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = "csr"
     beta: float | None = None
     gamma: float = 1.0
@@ -181,6 +182,13 @@ class Config(FineTuneConfig):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("saliency_momentum")
+    @classmethod
+    def _momentum(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("saliency_momentum is in [0, 1)")
         return v
 
     @field_validator("topk")
@@ -351,6 +359,7 @@ class TrustStep:
                 self.retain_pool = self._make_pool(self.retain_embeds, config.retain_pool_size, -2)
         dev = next(iter(self.params.values())).device
         self.masks: dict[str, torch.Tensor] | None = None
+        self.saliency_ema: dict[str, torch.Tensor] | None = None
         self.union = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in self.params.items()}
         self.mask_sizes: list[int] = []
         self.term_sums = torch.zeros(3, dtype=torch.float64)  # forget, retain, regulariser
@@ -395,6 +404,12 @@ class TrustStep:
             grads = saliency(score, self.params)
             total = grads if total is None else {n: total[n] + grads[n] for n in grads}
         assert total is not None
+        if cfg.saliency_momentum > 0:
+            # Running mean of |g| over recomputations: the mask follows the saliency that persists.
+            m = cfg.saliency_momentum
+            total = {n: g.abs() if self.saliency_ema is None else m * self.saliency_ema[n] + (1 - m) * g.abs()
+                     for n, g in total.items()}
+            self.saliency_ema = total
         self.masks = saliency_masks(total, cfg.xi, cfg.topk, cfg.mask_granularity)
         for n, m in self.masks.items():
             self.union[n] |= m
@@ -444,6 +459,8 @@ class TrustStep:
         if self.masks is not None:
             state.update({f"mask/{n}": m for n, m in self.masks.items()})
             state.update({f"union/{n}": m for n, m in self.union.items()})
+        if self.saliency_ema is not None:
+            state.update({f"saliency_ema/{n}": v for n, v in self.saliency_ema.items()})
         return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -455,6 +472,8 @@ class TrustStep:
         if any(k.startswith("mask/") for k in state):
             self.masks = {n: state[f"mask/{n}"].to(self._device, torch.bool) for n in self.params}
             self.union = {n: state[f"union/{n}"].to(self._device, torch.bool) for n in self.params}
+        if any(k.startswith("saliency_ema/") for k in state):
+            self.saliency_ema = {n: state[f"saliency_ema/{n}"].to(self._device) for n in self.params}
 
     # ------------------------------------------------------------ metrics
     @torch.no_grad()
