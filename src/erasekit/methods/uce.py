@@ -51,7 +51,9 @@ class Config(MethodConfig):
         # pack's counterpart anchors, eta 10: circle 0.88 -> 0.00/0.06/0.06 at other shapes'
         # adherence 0.97 of the original's (eta 1: 0.97); red 1.00 -> 0.00/0.00/0.03 at other
         # colours 0.95 (eta 1: 0.99); red circle 0.97 -> 0.00 with the parts (red other
-        # shapes, circles of other colours) at 0.90 (eta 1: 0.65; eta 30: 0.12/0.03/0.03 at 0.90,
+        # shapes, circles of other colours) at 0.90: 43/48 = 0.896, 0.903 on 192 preservation
+        # prompts, so at the bar's edge (eta 1: 0.65; eta 20: 0.03/0.00/0.03 at 0.908 on 192;
+        # eta 30: 0.12/0.03/0.03 at 0.90,
         # 100: 0.38/0.25/0.41 at 0.98); circle on dark 0.00 at 0.88 -> 0.00/0.00/0.06 at 0.93.
         "shapes": {"positions": "tokens+padding", "n_templates": 15, "eta": 10.0},
     }
