@@ -56,7 +56,8 @@ class Config(FineTuneConfig):
     prompts per tier, 96 preservation prompts): esd-u weight 1 -> 0.19/0.19/0.25 at
     0.81 (0 -> 0.16/0.19/0.12 at 0.51), 10 -> 0.19/0.16/0.12 at 0.82; with a
     32-latent pool: 3 and 300 iterations -> 0.22/0.19/0.06 at 0.77, 10 and 300
-    iterations -> 0.31/0.31/0.25 at 0.94, 10 and 500 -> 0.00 at 0.81, 100 -> no erasure
+    iterations -> 0.31/0.31/0.25 at 0.94, 10 and 400 -> 0.12/0.12/0.09 at 0.86, 10 and
+    500 -> 0.00 at 0.81, 30 and 500 -> 0.25/0.31/0.22 at 0.89, 100 -> no erasure
     (0.94 at 0.97); esd-x weight 1 -> 0.31/0.34/0.41 at 0.80, 100 -> 0.91 at 1.00.
     No weight met both bars (a 5x fall at 0.9), so the presets keep the paper's loss.
     """
