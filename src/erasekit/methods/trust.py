@@ -48,8 +48,9 @@ Fine-tunes the cross-attention ``to_q``/``to_k``/``to_v`` weights
    the closed-form ones (UCE, TRCE stage 1) can express the same thing through
    their preservation term (put the retain prompts in ``preserve``); TRCE
    stage 2 has a preservation loss (on unconditional trajectories) that could
-   take them; ESD and KSCU have no retain term at all, so for them a
-   combination is erased together with its parts.
+   take them; ESD and KSCU have none in their papers, and take the same
+   term as the opt-in ``preserve_weight`` (`erasekit.methods.retain`; off by
+   default, so by default a combination is erased together with its parts).
 
 Total loss: ``L = L_f + [beta R] + [gamma L_r]``.
 
