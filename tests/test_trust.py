@@ -341,3 +341,14 @@ def test_registry_and_presets():
     assert Config(regularizer="cip+csr", beta=0.5).betas() == {"cip": 0.5, "csr": 0.5}
     with pytest.raises(ValueError):
         Config(mask_every=-1)
+
+
+def test_none_override_replaces_a_preset_value():
+    """``topk=None`` over the preset's top-k mask means "use the xi threshold", not "keep the preset"."""
+    preset = dict(Config.PRESETS["shapes"])
+    Config.PRESETS["shapes"] = {**preset, "topk": 0.2}
+    try:
+        assert Config.for_world("shapes").topk == 0.2
+        assert Config.for_world("shapes", topk=None).topk is None
+    finally:
+        Config.PRESETS["shapes"] = preset

@@ -136,8 +136,6 @@ def erase(
                                  "24 GB GPU and exit without loading weights or training."),
 ):
     """Erase a concept; writes the weight delta and its manifest."""
-    import yaml
-
     from .methods.base import UnknownMethodError, get_method
     from .models.loading import is_shapes_world
 
@@ -153,9 +151,8 @@ def erase(
         return
     pipe, _ = _load(model, device, family)
     _apply_delta_arg(pipe, start_from)
-    overrides = yaml.safe_load(config.read_text()) if config else {}
     preset = preset or ("shapes" if is_shapes_world(pipe) else "sd")
-    cfg = info.config_cls.for_world(preset, **overrides, seed=seed)
+    cfg = info.config_cls.for_world(preset, **_overrides(config, seed=seed))
     console.print(f"erasing [bold]{spec.name}[/] with [bold]{method}[/] (preset {preset})")
     delta = info.erase(pipe, spec, cfg)
     delta.save(out)
@@ -164,12 +161,9 @@ def erase(
 
 
 def _print_estimate(info, spec, model: str, preset: Optional[str], config: Optional[Path], seed: Optional[int]):
-    import yaml
-
     from .models.estimate import estimate
 
-    overrides = yaml.safe_load(config.read_text()) if config else {}
-    cfg = info.config_cls.for_world(preset or ("shapes" if model == "shapes" else "sd"), **overrides, seed=seed)
+    cfg = info.config_cls.for_world(preset or ("shapes" if model == "shapes" else "sd"), **_overrides(config, seed=seed))
     try:
         result = estimate(info.name, model, cfg, kind=spec.kind)
     except (ValueError, RuntimeError) as err:

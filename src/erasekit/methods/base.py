@@ -31,13 +31,17 @@ class MethodConfig(BaseModel):
 
     @classmethod
     def preset(cls, name: str | None, **overrides) -> "MethodConfig":
-        """``sd`` (the paper's defaults) or another named preset, then overrides."""
+        """``sd`` (the paper's defaults) or another named preset, then overrides.
+
+        An override of ``None`` is a value, not "unset": ``topk=None`` replaces a
+        preset's top-k mask by the threshold.  Callers drop their own unset flags.
+        """
         values: dict[str, Any] = {}
         if name and name != "sd":
             if name not in cls.PRESETS:
                 raise ValueError(f"{cls.__name__} has no preset {name!r}; presets: sd, {', '.join(cls.PRESETS)}")
             values.update(cls.PRESETS[name])
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(overrides)
         return cls(**values)
 
 
