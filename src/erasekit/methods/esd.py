@@ -26,7 +26,7 @@ from ..concepts.spec import ConceptSpec
 from ..models.conditioning import cat_conditions, encode_conditions
 from ..models.delta import WeightDelta
 from .base import MethodInfo
-from .retain import RetainTerm, kept_prompts
+from .retain import RetainTerm
 from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
@@ -91,8 +91,7 @@ class ESDStep:
         self.embeds = encode_conditions(pipe, self.prompts)
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
-        self.retain = (RetainTerm(pipe, trainer, kept_prompts(concept), config.preserve_pool_size, config.n_steps,
-                                  config.guidance, config.seed) if config.preserve_weight > 0 else None)
+        self.retain = RetainTerm.from_config(pipe, trainer, concept, config)
 
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
         cfg = self.config

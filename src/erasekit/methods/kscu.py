@@ -44,7 +44,7 @@ from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
 from ..models.delta import WeightDelta
 from .base import MethodInfo
-from .retain import RetainTerm, kept_prompts
+from .retain import RetainTerm
 from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
@@ -169,8 +169,7 @@ class KSCUStep:
         self.embeds = encode_conditions(pipe, [concept.fill(tpl, t) for t, tpl in self.pairs])
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
-        self.retain = (RetainTerm(pipe, trainer, kept_prompts(concept), config.preserve_pool_size, config.n_steps,
-                                  config.guidance, config.seed) if config.preserve_weight > 0 else None)
+        self.retain = RetainTerm.from_config(pipe, trainer, concept, config)
         self.augment_from = iterations - math.ceil(config.augment_fraction * iterations)
         self.z: torch.Tensor | None = None
         self.s = -1

@@ -24,9 +24,9 @@ from ..models.conditioning import TextCondition, encode_conditions
 from .trainer import DDIMSampler, Trainer, initial_latents, predict, randint, step_generator
 
 
-def kept_prompts(concept: ConceptSpec, include_preserve: bool = True) -> list[str]:
+def kept_prompts(concept: ConceptSpec, include_preserve: bool = True, n_templates: int | None = None) -> list[str]:
     """The prompts a retain term keeps: ``retain_prompts()`` (combinations, conditions), then ``preserve``."""
-    prompts = list(concept.retain_prompts())
+    prompts = list(concept.retain_prompts(n_templates))
     if include_preserve:
         prompts += list(concept.preserve)
     return list(dict.fromkeys(p for p in prompts if p))
@@ -71,6 +71,14 @@ class RetainTerm:
         uncond = encode_conditions(pipe, [""])
         self.pool = LatentPool(pipe.unet, trainer, DDIMSampler(pipe.scheduler, n_steps), self.embeds, uncond,
                                pool_size, guidance, seed, salt)
+
+    @classmethod
+    def from_config(cls, pipe, trainer: Trainer, concept: ConceptSpec, config) -> "RetainTerm | None":
+        """The term a method config asks for (``preserve_weight`` > 0), or None."""
+        if config.preserve_weight <= 0:
+            return None
+        return cls(pipe, trainer, kept_prompts(concept), config.preserve_pool_size, config.n_steps, config.guidance,
+                   config.seed)
 
     def __call__(self, g: torch.Generator) -> torch.Tensor:
         z, t, j = self.pool.draw(g)

@@ -107,7 +107,7 @@ from ..models.conditioning import encode_conditions
 from ..models.delta import WeightDelta
 from ..models.scopes import get_scope
 from .base import EditSession, MethodInfo
-from .retain import LatentPool
+from .retain import LatentPool, kept_prompts
 from .saliency import DEFAULT_CLIP, ScoreSample, Scorer, make_scorer, mask_size, saliency, saliency_masks
 from .trainer import (DDIMSampler, FineTuneConfig, Trainer, initial_latents, predict, randint, require_supported_unet,
                       run_key)
@@ -338,10 +338,7 @@ class MaskedUpdates:
 # ------------------------------------------------------------------ the step function
 def retain_prompt_list(concept: ConceptSpec, config: Config) -> list[str]:
     """Prompts whose predictions the retain term keeps: ``retain_prompts()`` (+ ``preserve``), deduplicated."""
-    prompts = list(concept.retain_prompts(config.n_templates))
-    if config.retain_preserve:
-        prompts += list(concept.preserve)
-    return list(dict.fromkeys(p for p in prompts if p))
+    return kept_prompts(concept, config.retain_preserve, config.n_templates)
 
 
 class TrustStep:
