@@ -65,13 +65,18 @@ def _drift_on_kept(pipe, delta) -> float:
     return float((after - before).pow(2).mean())
 
 
-@pytest.mark.parametrize("method,most", [("esd-x", 0.2), ("kscu", 0.8)])
-def test_preserve_weight_holds_the_kept_prompts(pipe, method, most):
-    """The retain term cuts how far the kept prompts' predictions move (measured: esd-x 0.06x, kscu 0.65x)."""
+@pytest.mark.parametrize("method,latents,most", [("esd-x", "pool", 0.2), ("kscu", "pool", 0.8),
+                                                 ("esd-x", "partial", 0.2), ("kscu", "partial", 0.9)])
+def test_preserve_weight_holds_the_kept_prompts(pipe, method, latents, most):
+    """The retain term cuts how far the kept prompts' predictions move.
+
+    Measured: from the original model's pool, esd-x 0.06x and kscu 0.65x; from partial
+    generations of the edited model, esd-x 0.09x and kscu 0.77x.
+    """
     info = get_method(method)
     base = dict(iterations=30, n_steps=4, lr=1e-3, progress=False, preserve_pool_size=2)
     free = info.erase(pipe, KEEP, info.config_cls(**base))
-    held = info.erase(pipe, KEEP, info.config_cls(**base, preserve_weight=30.0))
+    held = info.erase(pipe, KEEP, info.config_cls(**base, preserve_weight=30.0, preserve_latents=latents))
     assert held.manifest.config["preserve_weight"] == 30.0
     assert _drift_on_kept(pipe, held) < most * _drift_on_kept(pipe, free)
 

@@ -8,7 +8,7 @@ from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.saliency import (ScorerUnavailableError, ScoreSample, detector_terms, make_scorer,
                                        predicted_x0, saliency, saliency_masks)
-from erasekit.methods.trust import Config, MaskedUpdates, SalUnConfig, cip_penalty, csr_penalty
+from erasekit.methods.trust import Config, MaskedUpdates, SalUnConfig, cip_penalty, contrast_saliency, csr_penalty
 from erasekit.models.scopes import get_scope
 from erasekit.models.text import encode_prompts
 from erasekit.models.tiny import tiny_pipeline
@@ -171,6 +171,25 @@ def test_saliency_momentum_keeps_the_mask_in_place(pipe):
     assert moved_held < moved_free and union_held < union_free
     with pytest.raises(ValueError):
         Config(saliency_momentum=1.0)
+
+
+def test_mask_contrast_drops_entries_the_parts_rely_on(pipe):
+    """An entry as salient for the retain prompts as for the target leaves the mask; one salient for the target only stays."""
+    target = {"w": torch.tensor([[10.0, 10.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])}
+    kept = {"w": torch.tensor([[1.0, 10.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])}
+    plain = saliency_masks(target, xi=1.0)["w"]
+    contrasted = saliency_masks(contrast_saliency(target, kept, 1.0), xi=1.0)["w"]
+    assert plain[0, :2].tolist() == [True, True]
+    assert contrasted[0, :2].tolist() == [True, False]
+
+    def masks(contrast):
+        seen, cb = _record()
+        get_method("trust").erase(pipe, COMBO, tiny_cfg(iterations=1, mask_contrast=contrast), mask_callback=cb)
+        return seen[0][1]
+
+    assert any(not torch.equal(a, b) for a, b in zip(masks(0.0).values(), masks(1.0).values()))
+    with pytest.raises(ValueError, match="mask_contrast"):
+        Config(mask_contrast=-1.0)
 
 
 def test_mask_every_k_and_salun_static(pipe):

@@ -17,7 +17,7 @@ DDIM 50 steps, generation CFG 3.
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,7 @@ class Config(FineTuneConfig):
     n_templates: int | None = None
     preserve_weight: float = 0.0
     preserve_pool_size: int = 8
+    preserve_latents: Literal["pool", "partial"] = "pool"
 
     PRESETS: ClassVar[dict] = {
         "shapes": {"iterations": 150, "lr": 1e-4, "n_steps": 25, "negative_guidance": 3.0},

@@ -35,7 +35,7 @@ instances): set ``iterations=750`` for such concepts.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,7 @@ class Config(FineTuneConfig):
     embed_noise: float = 1e-5
     preserve_weight: float = 0.0
     preserve_pool_size: int = 8
+    preserve_latents: Literal["pool", "partial"] = "pool"
 
     PRESETS: ClassVar[dict] = {
         "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0,

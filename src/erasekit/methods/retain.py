@@ -11,10 +11,16 @@ onto the frozen original on prompts that must keep working::
 ``x_t`` is a finished latent of the ORIGINAL model on ``c_keep`` (generated
 once, DDIM at CFG, like SalUn's retain set), noised to a uniformly random
 training timestep with fresh noise.  TRuST/SalUn use the same pool for their
-forget set and retain term.
+forget set and retain term.  With ``latents="partial"`` the retain term instead
+takes ``x_t`` the way ESD takes its own: the model BEING EDITED denoises fresh
+noise on ``c_keep`` down to a uniformly random DDIM step (no grad), so the kept
+prompts are held on the trajectories the edited model actually follows, not
+only on the original model's.  Costs one partial generation per iteration.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,14 +69,18 @@ class RetainTerm:
     """L_r on ``prompts`` (see the module docstring); call with the step's generator."""
 
     def __init__(self, pipe, trainer: Trainer, prompts: list[str], pool_size: int, n_steps: int, guidance: float,
-                 seed: int, salt: int = -2):
+                 seed: int, salt: int = -2, latents: Literal["pool", "partial"] = "pool"):
         if not prompts:
             raise ValueError("the retain term needs at least one prompt to keep")
+        if latents not in ("pool", "partial"):
+            raise ValueError(f"retain latents are 'pool' or 'partial', got {latents!r}")
         self.unet, self.trainer, self.prompts = pipe.unet, trainer, prompts
         self.embeds = encode_conditions(pipe, prompts)
-        uncond = encode_conditions(pipe, [""])
-        self.pool = LatentPool(pipe.unet, trainer, DDIMSampler(pipe.scheduler, n_steps), self.embeds, uncond,
-                               pool_size, guidance, seed, salt)
+        self.uncond = encode_conditions(pipe, [""])
+        self.sampler = DDIMSampler(pipe.scheduler, n_steps)
+        self.guidance, self.latents = guidance, latents
+        self.pool = (LatentPool(pipe.unet, trainer, self.sampler, self.embeds, self.uncond, pool_size, guidance, seed,
+                                salt) if latents == "pool" else None)
 
     @classmethod
     def from_config(cls, pipe, trainer: Trainer, concept: ConceptSpec, config) -> "RetainTerm | None":
@@ -78,10 +88,20 @@ class RetainTerm:
         if config.preserve_weight <= 0:
             return None
         return cls(pipe, trainer, kept_prompts(concept), config.preserve_pool_size, config.n_steps, config.guidance,
-                   config.seed)
+                   config.seed, latents=config.preserve_latents)
+
+    def draw(self, g: torch.Generator) -> tuple[torch.Tensor, int, int]:
+        """(x_t, t, prompt index) from the pool, or from a partial generation of the edited model."""
+        if self.pool is not None:
+            return self.pool.draw(g)
+        j = randint(len(self.prompts), g)
+        s = randint(self.sampler.n_steps, g)
+        cond = self.embeds[j : j + 1]
+        z = self.sampler.denoise(self.unet, initial_latents(self.unet, g), 0, s, cond, self.uncond, self.guidance)
+        return z, self.sampler.timestep(s), j
 
     def __call__(self, g: torch.Generator) -> torch.Tensor:
-        z, t, j = self.pool.draw(g)
+        z, t, j = self.draw(g)
         cond = self.embeds[j : j + 1]
         with self.trainer.reference():
             ref = predict(self.unet, z, t, cond)

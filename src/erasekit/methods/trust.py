@@ -165,6 +165,7 @@ class Config(FineTuneConfig):
     mask_granularity: Literal["tensor", "global"] = "tensor"
     mask_every: int | None = 1
     saliency_momentum: float = 0.0
+    mask_contrast: float = 0.0
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = "csr"
     beta: float | None = None
     gamma: float = 1.0
@@ -189,6 +190,13 @@ class Config(FineTuneConfig):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("mask_contrast")
+    @classmethod
+    def _contrast(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("mask_contrast is >= 0 (0 = the spec's mask from the target alone)")
         return v
 
     @field_validator("saliency_momentum")
@@ -336,6 +344,16 @@ class MaskedUpdates:
 
 
 # ------------------------------------------------------------------ the step function
+def contrast_saliency(target: Mapping[str, torch.Tensor], kept: Mapping[str, torch.Tensor],
+                      contrast: float) -> dict[str, torch.Tensor]:
+    """``max(0, |g_t| / mean|g_t| - contrast * |g_r| / mean|g_r|)`` per tensor: salient for the target, not the parts."""
+    def scaled(a: torch.Tensor) -> torch.Tensor:
+        a = a.abs().float()
+        return a / a.mean().clamp_min(torch.finfo(a.dtype).tiny)
+
+    return {n: (scaled(target[n]) - contrast * scaled(kept[n])).clamp_min(0) for n in target}
+
+
 def retain_prompt_list(concept: ConceptSpec, config: Config) -> list[str]:
     """Prompts whose predictions the retain term keeps: ``retain_prompts()`` (+ ``preserve``), deduplicated."""
     return kept_prompts(concept, config.retain_preserve, config.n_templates)
@@ -410,6 +428,8 @@ class TrustStep:
             grads = saliency(score, self.params)
             total = grads if total is None else {n: total[n] + grads[n] for n in grads}
         assert total is not None
+        if cfg.mask_contrast > 0 and self.retain:
+            total = self.contrast_with_retain(total, g)
         if cfg.saliency_momentum > 0:
             # Running mean of |g| over recomputations: the mask follows the saliency that persists.
             m = cfg.saliency_momentum
@@ -423,6 +443,22 @@ class TrustStep:
         if self.mask_callback is not None:
             self.mask_callback(step, {n: m.detach().clone() for n, m in self.masks.items()})
         return self.masks
+
+    def contrast_with_retain(self, target: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+        """Target saliency minus ``mask_contrast`` x the retain prompts' (each scaled by its tensor's mean).
+
+        The retain saliency is the gradient of ``mean(eps*(x_r, c_retain)^2)``: the entries the retain
+        prompts' predictions depend on.  What stays positive is salient for the target and not for
+        the parts, so the mask avoids the entries that a combination shares with its parts.
+        """
+        kept: dict[str, torch.Tensor] | None = None
+        for _ in range(self.config.saliency_samples):
+            zr, tr, j = self.draw(g, retain=True)
+            out = predict(self.unet, zr, tr, self.retain_embeds[j : j + 1])
+            grads = saliency(out.float().pow(2).mean(), self.params)
+            kept = grads if kept is None else {n: kept[n] + grads[n] for n in grads}
+        assert kept is not None
+        return contrast_saliency(target, kept, self.config.mask_contrast)
 
     # ------------------------------------------------------------ one iteration
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
