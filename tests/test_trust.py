@@ -8,7 +8,8 @@ from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.saliency import (ScorerUnavailableError, ScoreSample, detector_terms, make_scorer,
                                        predicted_x0, saliency, saliency_masks)
-from erasekit.methods.trust import Config, MaskedUpdates, SalUnConfig, cip_penalty, contrast_saliency, csr_penalty
+from erasekit.methods.trust import (Config, MaskedUpdates, SalUnConfig, cip_penalty, contrast_saliency, csr_penalty,
+                                    kv_drift)
 from erasekit.models.scopes import get_scope
 from erasekit.models.text import encode_prompts
 from erasekit.models.tiny import tiny_pipeline
@@ -190,6 +191,31 @@ def test_mask_contrast_drops_entries_the_parts_rely_on(pipe):
     assert any(not torch.equal(a, b) for a, b in zip(masks(0.0).values(), masks(1.0).values()))
     with pytest.raises(ValueError, match="mask_contrast"):
         Config(mask_contrast=-1.0)
+
+
+def test_kv_drift_is_the_relative_change_of_keys_and_values():
+    w0 = {"a.attn2.to_k.weight": torch.eye(2), "a.attn2.to_q.weight": torch.eye(2)}
+    tokens = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert float(kv_drift(w0, w0, tokens)) == 0.0
+    moved = {"a.attn2.to_k.weight": torch.tensor([[1.0, 0.0], [0.0, 1.5]]), "a.attn2.to_q.weight": 3 * torch.eye(2)}
+    # (W - W0) E^T has one nonzero entry, 0.5 * 2 = 1; ||W0 E^T||^2 = 1 + 4; to_q is not a key/value
+    assert float(kv_drift(moved, w0, tokens)) == pytest.approx(1.0 / 5.0)
+
+
+def test_retain_kv_weight_holds_the_parts_keys_and_values(pipe):
+    from erasekit.models.conditioning import encode_conditions
+
+    tokens = encode_conditions(pipe, COMBO.retain_prompts()).embeds
+    tokens = tokens.reshape(-1, tokens.shape[-1]).float()
+    originals = {n: p.detach().clone() for n, p in get_scope("cross_attn_qkv").select(pipe.unet).items()}
+
+    def drift(weight):
+        delta = get_method("trust").erase(pipe, COMBO, tiny_cfg(iterations=6, gamma=0.0, retain_kv_weight=weight))
+        edited = {**originals, **{n[len("unet."):]: t for n, t in delta.tensors.items()}}
+        assert (delta.manifest.metrics["loss_retain_kv_mean"] > 0) == (weight > 0)
+        return float(kv_drift(edited, originals, tokens))
+
+    assert drift(100.0) < 0.5 * drift(0.0)  # measured 0.27x
 
 
 def test_mask_every_k_and_salun_static(pipe):

@@ -166,6 +166,7 @@ class Config(FineTuneConfig):
     mask_every: int | None = 1
     saliency_momentum: float = 0.0
     mask_contrast: float = 0.0
+    retain_kv_weight: float = 0.0
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = "csr"
     beta: float | None = None
     gamma: float = 1.0
@@ -192,11 +193,11 @@ class Config(FineTuneConfig):
             raise ValueError("must be >= 1")
         return v
 
-    @field_validator("mask_contrast")
+    @field_validator("mask_contrast", "retain_kv_weight")
     @classmethod
     def _contrast(cls, v: float) -> float:
         if v < 0:
-            raise ValueError("mask_contrast is >= 0 (0 = the spec's mask from the target alone)")
+            raise ValueError("mask_contrast and retain_kv_weight are >= 0 (0 = off, the spec's TRuST)")
         return v
 
     @field_validator("saliency_momentum")
@@ -344,6 +345,22 @@ class MaskedUpdates:
 
 
 # ------------------------------------------------------------------ the step function
+def kv_drift(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.Tensor],
+             tokens: torch.Tensor) -> torch.Tensor:
+    """Relative change of the cross-attention keys and values of ``tokens`` (N, D), summed over K/V tensors.
+
+    ``sum_W ||(W - W0) E^T||^2 / ||W0 E^T||^2`` over every ``to_k``/``to_v`` weight whose input is the text
+    embedding: what the retain prompts hand the UNet, held in place directly (UCE's preservation
+    moment, as a loss) rather than through the noise prediction.
+    """
+    total = tokens.new_zeros(())
+    for name, w in params.items():
+        if name.endswith(("to_k.weight", "to_v.weight")) and w.shape[-1] == tokens.shape[-1]:
+            w0 = originals[name].to(tokens)
+            total = total + ((w.float() - w0) @ tokens.T).pow(2).sum() / (w0 @ tokens.T).pow(2).sum().clamp_min(1e-12)
+    return total
+
+
 def contrast_saliency(target: Mapping[str, torch.Tensor], kept: Mapping[str, torch.Tensor],
                       contrast: float) -> dict[str, torch.Tensor]:
     """``max(0, |g_t| / mean|g_t| - contrast * |g_r| / mean|g_r|)`` per tensor: salient for the target, not the parts."""
@@ -372,8 +389,12 @@ class TrustStep:
         self.embeds = encode_conditions(pipe, self.prompts)
         self.anchor_embeds = encode_conditions(pipe, self.anchors)
         self.uncond = encode_conditions(pipe, [""])
-        self.retain = retain_prompt_list(concept, config) if config.gamma > 0 else []
+        uses_retain = config.gamma > 0 or config.retain_kv_weight > 0 or config.mask_contrast > 0
+        self.retain = retain_prompt_list(concept, config) if uses_retain else []
         self.retain_embeds = encode_conditions(pipe, self.retain) if self.retain else None
+        # every token of every retain prompt, as the cross-attention K/V projections see it
+        self.retain_tokens = (self.retain_embeds.embeds.reshape(-1, self.retain_embeds.embeds.shape[-1]).float()
+                              if self.retain and config.retain_kv_weight > 0 else None)
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.betas = config.betas()
         self.pool = self.retain_pool = None
@@ -386,7 +407,7 @@ class TrustStep:
         self.saliency_ema: dict[str, torch.Tensor] | None = None
         self.union = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in self.params.items()}
         self.mask_sizes: list[int] = []
-        self.term_sums = torch.zeros(3, dtype=torch.float64)  # forget, retain, regulariser
+        self.term_sums = torch.zeros(4, dtype=torch.float64)  # forget, retain, regulariser, K/V retain
         self.retain_counts = torch.zeros(len(self.retain), dtype=torch.int64)
         self._device = dev
 
@@ -481,7 +502,7 @@ class TrustStep:
             reg = reg + self.betas["csr"] * csr_penalty(out.float().pow(2).mean(), self.params, masks)
         loss = loss + reg
         l_retain = torch.zeros((), device=out.device)
-        if self.retain:
+        if self.retain and self.config.gamma > 0:
             zr, tr, j = self.draw(g, retain=True)
             rcond = self.retain_embeds[j : j + 1]
             with self.trainer.reference():
@@ -489,8 +510,12 @@ class TrustStep:
             l_retain = F.mse_loss(predict(self.unet, zr, tr, rcond).float(), ref_r.float())
             loss = loss + self.config.gamma * l_retain
             self.retain_counts[j] += 1
-        self.term_sums += torch.tensor([float(l_forget.detach()), float(l_retain.detach()), float(reg.detach())],
-                                       dtype=torch.float64)
+        l_kv = torch.zeros((), device=out.device)
+        if self.retain_tokens is not None:
+            l_kv = kv_drift(self.params, self.trainer.originals, self.retain_tokens)
+            loss = loss + self.config.retain_kv_weight * l_kv
+        self.term_sums += torch.tensor([float(l_forget.detach()), float(l_retain.detach()), float(reg.detach()),
+                                        float(l_kv.detach())], dtype=torch.float64)
         return loss
 
     # ------------------------------------------------------------ checkpointed state
@@ -507,7 +532,8 @@ class TrustStep:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         if "term_sums" in state:
-            self.term_sums = state["term_sums"].cpu().to(torch.float64)
+            sums = state["term_sums"].cpu().to(torch.float64)
+            self.term_sums = torch.cat([sums, torch.zeros(len(self.term_sums) - len(sums), dtype=torch.float64)])
         if "retain_counts" in state:
             self.retain_counts = state["retain_counts"].cpu().to(torch.int64)
         self.mask_sizes = [int(x) for x in state["mask_sizes"].tolist()] if "mask_sizes" in state else []
@@ -539,6 +565,7 @@ class TrustStep:
             "loss_forget_mean": float(self.term_sums[0]) / n,
             "loss_retain_mean": float(self.term_sums[1]) / n,
             "loss_regularizer_mean": float(self.term_sums[2]) / n,
+            "loss_retain_kv_mean": float(self.term_sums[3]) / n,
             "retain_prompts": len(self.retain),
         }
 
