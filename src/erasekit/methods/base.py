@@ -28,6 +28,18 @@ class MethodConfig(BaseModel):
     seed: int = 0
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Options beyond the paper whose default switches them off.  At that default they are
+    # left out of `fingerprint`, so adding such an option does not make results measured
+    # before it existed look stale.
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the result: every field, less the `EXTENSIONS` still at their defaults."""
+        dump = self.model_dump()
+        for name in self.EXTENSIONS:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                dump.pop(name)
+        return dump
 
     @classmethod
     def preset(cls, name: str | None, **overrides) -> "MethodConfig":

@@ -73,6 +73,7 @@ class Config(FineTuneConfig):
     preserve_pool_size: int = 8
     preserve_latents: Literal["pool", "partial"] = "pool"
 
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_latents")
     PRESETS: ClassVar[dict] = {
         "shapes": {"iterations": 150, "lr": 1e-4, "n_steps": 25, "negative_guidance": 3.0},
     }

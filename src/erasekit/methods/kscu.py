@@ -126,6 +126,7 @@ class Config(FineTuneConfig):
     preserve_pool_size: int = 8
     preserve_latents: Literal["pool", "partial"] = "pool"
 
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_latents")
     PRESETS: ClassVar[dict] = {
         "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0,
                    "iterations_by_kind": {"unsafe": 150, "object": 150, "attribute": 150, "style": 100,

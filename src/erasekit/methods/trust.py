@@ -174,6 +174,7 @@ class Config(FineTuneConfig):
     n_synonyms: int | None = None
     n_templates: int | None = None
 
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("saliency_momentum", "mask_contrast", "retain_kv_weight")
     PRESETS: ClassVar[dict] = {
         "shapes": {"iterations": 80, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8,
                    "retain_pool_size": 8},

@@ -154,7 +154,8 @@ def _method_cell(pipe, scenario, variant, plan, settings, reader, adv, store, sc
     label = f"{scenario.key}/{variant}"
     runs = [method_run(variant, get_concept(c, world="shapes"), plan.world, plan.overrides) for c in scenario.concepts]
     configs = [r.config.model_dump() for r in runs]
-    fingerprint = digest({**scenario_fp, "variant": variant, "methods": [r.method for r in runs], "configs": configs})
+    fingerprint = digest({**scenario_fp, "variant": variant, "methods": [r.method for r in runs],
+                          "configs": [r.config.fingerprint() for r in runs]})
     cell = store.load(scenario.key, variant, fingerprint)
     if cell is not None:
         run.reused.append(label)
