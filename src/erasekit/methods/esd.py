@@ -59,7 +59,16 @@ class Config(FineTuneConfig):
     iterations -> 0.31/0.31/0.25 at 0.94, 10 and 400 -> 0.12/0.12/0.09 at 0.86, 10 and
     500 -> 0.00 at 0.81, 30 and 500 -> 0.25/0.31/0.22 at 0.89, 100 -> no erasure
     (0.94 at 0.97); esd-x weight 1 -> 0.31/0.34/0.41 at 0.80, 100 -> 0.91 at 1.00.
-    No weight met both bars (a 5x fall at 0.9), so the presets keep the paper's loss.
+    The ESD-u curve is a cliff, not a slope: 10 and 350 iterations -> 0.06/0.06/0.03 at
+    0.83 (seed 1: 0.00 at 0.78), between 300's 0.31 at 0.94 and 400's 0.12 at 0.86;
+    g = 2 with 10 and 400 iterations -> 0.38/0.38/0.25 at 0.95.
+    ``preserve_latents="partial"`` holds the kept prompts on the edited model's own
+    partial generations (ESD's latent source) instead of the original's pool: esd-u
+    10 and 300 iterations -> 0.00/0.00/0.03 at 0.81; esd-x 3 and 300 -> 0.22/0.25/0.25
+    at 0.81.  Every point that erases red loses orange.  Other colours at the preset:
+    esd-u erases blue and green (1.00 -> 0.00) at 0.51 and 0.41; esd-x leaves them
+    (blue 0.69/0.75 at 0.93, green 1.00).  No setting met both bars (a 5x fall at 0.9),
+    so the presets keep the paper's loss.
     """
 
     iterations: int = 1000

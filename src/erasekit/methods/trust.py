@@ -148,6 +148,27 @@ class Config(FineTuneConfig):
     wandering; the union of masks, and so the changed fraction, shrinks.  Circle:
     momentum 0.9 -> 0.06/0.06/0.06 at 0.99 with 15% changed; 0.98 -> 0.06/0.12/0.03
     at 0.97 with 10% changed (SalUn's static xi mask: 4.8%).
+
+    Two more reconstruction options for combinations, both 0 (off) by default;
+    neither met issue 6's combination bar, so the preset leaves them off.
+    Measured on "red circle" (32 prompts per tier, 48 preservation prompts; preset
+    0.03/0.00/0.09 with the parts kept at 0.44):
+
+    - ``mask_contrast`` c builds the mask from ``|g_t|/mean - c |g_r|/mean`` per
+      tensor (`contrast_saliency`), ``g_r`` the gradient of the retain prompts'
+      ``mean(eps*^2)``: entries salient for the combination but not for its
+      parts.  c = 1 -> 0.00/0.00/0.00 at 0.54, c = 3 -> 0.00 at 0.56 (the loss is
+      shape: circles of other colours drawn as squares).  With an anchor that
+      changes only the colour, "blue circle" instead of the pack's "green
+      square": c = 0 -> 0.25/0.19/0.34 at 0.85, c = 1 -> 0.22/0.09/0.38 at 0.92,
+      c = 2 -> 0.22/0.09/0.34 at 0.88, c = 1 with 120 iterations -> 0.19/0.19/0.34
+      at 0.88; "green circle": c = 1 -> 0.78/0.66/0.75 at 0.90.
+    - ``retain_kv_weight`` w adds ``w * kv_drift``: the relative change of the
+      cross-attention keys and values of every retain-prompt token, i.e. UCE's
+      preservation moment as a loss.  w = 0.1 -> 0.81/0.69/0.78 at 0.83, w = 1 ->
+      0.97/0.97/1.00 at 0.96, w = 10 and 100 -> no erasure at 1.00: in these runs
+      the masked fine-tune did not move the combination's keys and values without
+      moving its parts' (UCE's closed form, on the same K/V, does: 0.00 at 0.90).
     """
 
     iterations: int = 200
