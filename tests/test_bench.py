@@ -159,32 +159,35 @@ def test_peak_rss_sees_an_allocation():
 
 
 # ------------------------------------------------------------------ report text from numbers
-def _cell(rate_implicit=0.5, mean=0.5, adherence=0.9, fd=1.0, unet=0.01, scope=0.1, iterations=10, n=100):
+def _cell(rate_implicit=0.5, mean=0.5, adherence=0.9, fd=1.0, unet=0.01, scope=0.1, iterations=10, n=100,
+          seconds=1.0):
     return {"target_rate": {"explicit": mean, "synonym": mean, "implicit": rate_implicit, "adversarial": None},
             "target_rate_mean": mean, "n_per_tier": {"explicit": n, "synonym": n, "implicit": n},
             "preservation_adherence": {"checked": adherence}, "n_preserve": n, "preservation": adherence / 0.9,
-            "frechet_distance": fd, "iterations": iterations, "erase_seconds": 1.0, "scopes": ["cross_attn_qkv"],
+            "frechet_distance": fd, "iterations": iterations, "erase_seconds": seconds, "scopes": ["cross_attn_qkv"],
             "changed": {"unet_fraction": unet, "scope_fraction": scope}, "memory": {}, "same_run_as": None}
 
 
 def test_orderings_text_follows_the_numbers():
     holds = {"attribute": {"trce": _cell(0.05), "trce-t": _cell(0.30), "trce-v": _cell(0.70),
                            "kscu": _cell(mean=0.10, fd=0.5), "esd@kscu": _cell(mean=0.60, fd=2.0),
-                           "trust": _cell(unet=0.001, adherence=0.90), "salun": _cell(unet=0.02, adherence=0.60)}}
+                           "trust": _cell(unet=0.001, adherence=0.90, seconds=5.0),
+                           "salun": _cell(unet=0.02, adherence=0.60, seconds=9.0)}}
     text = orderings_markdown(holds)
     assert "TRCE(T+V) 0.05, TRCE(T) 0.30, TRCE(V) 0.70" in text
     assert "Ordering T+V < T < V: **holds**" in text
     assert "KSCU 0.10 vs ESD 0.60: KSCU erases more — **holds**" in text
     assert "TRuST changes fewer — **holds**" in text and "TRuST preserves more — **holds**" in text
+    assert "TRuST 5.0 s vs SalUn 9.0 s: TRuST faster — **holds**" in text
     assert "| TRCE: T+V < T < V on the implicit tier | 1 | 0 | 0 | 1 |" in text
 
     flipped = {"style": {"trce": _cell(0.70), "trce-t": _cell(0.30), "trce-v": _cell(0.05),
                          "kscu": _cell(mean=0.60, fd=2.0), "esd@kscu": _cell(mean=0.58, fd=0.5),
-                         "trust": _cell(unet=0.05), "salun": _cell(unet=0.02)}}
+                         "trust": _cell(unet=0.05, seconds=3.0), "salun": _cell(unet=0.02)}}
     text = orderings_markdown(flipped)
     assert "Ordering T+V < T < V: **reversed**" in text
     assert "KSCU erases more — **within noise**" in text and "KSCU closer to the original — **reversed**" in text
-    assert "TRuST changes fewer — **reversed**" in text
+    assert "TRuST changes fewer — **reversed**" in text and "TRuST faster — **reversed**" in text
     assert "not measured" not in text
     assert "not measured" in orderings_markdown({"object": {"uce": _cell()}})
 
