@@ -9,7 +9,7 @@ from erasekit.concepts.packs import get_concept
 from erasekit.eval.bench import runner as bench_runner
 from erasekit.eval.bench.adversarial import CsvPromptSource
 from erasekit.eval.bench.erasing import compose_sequential, method_run
-from erasekit.eval.bench.main import BenchPaths, run_benchmark
+from erasekit.eval.bench.main import BenchPaths, NoStoredCellsError, run_benchmark
 from erasekit.eval.bench.memory import PeakRSS
 from erasekit.eval.bench.orderings import HOLDS, NOISE, REVERSED, expect_lower, orderings_markdown
 from erasekit.eval.bench.plan import BenchPlan
@@ -89,6 +89,33 @@ def test_run_writes_cells_report_and_resumes(pipe, reader, tmp_path, monkeypatch
     monkeypatch.setattr(bench_runner, "get_concept", lambda name: real(name).model_copy(update={"anchor": "shape"}))
     reanchored, _ = _run(pipe, reader, tmp_path, _plan(per_tier=3))
     assert len(reanchored.computed) == 3
+
+
+def test_report_only_finds_the_cells_of_a_run_with_an_adversarial_tier(pipe, reader, tmp_path, monkeypatch):
+    """The adversarial probes are part of each cell's fingerprint, so a rebuild must find them again."""
+    attacks = tmp_path / "attacks"
+    attacks.mkdir()
+    (attacks / "attribute.csv").write_text("prompt,seed\nzq crimsonish blob,7\n")
+    plan = BenchPlan("test", ["attribute"], ["uce"], per_tier=2, n_preserve=3, n_adversarial=1, overrides=TINY)
+    paths = BenchPaths(tmp_path, tmp_path / "BENCHMARKS.md")
+
+    def bench(report_only, folder=paths):
+        return run_benchmark(pipe, None, plan, folder, "erasekit bench --test", adversarial_csv=attacks,
+                             report_only=report_only, progress=False, reader=reader, settings=SETTINGS)
+
+    run, _ = bench(False)
+    assert run.results["attribute"]["original"]["target_rate"]["adversarial"] is not None
+    monkeypatch.setattr(bench_runner, "measure_scenario", lambda *a, **k: pytest.fail("report-only measured"))
+    rebuilt, report = bench(True)
+    assert rebuilt.missing == [] and sorted(rebuilt.reused) == ["attribute/original", "attribute/uce"]
+    assert "| uce | 0 |" in report.read_text()
+
+    # Nothing stored for this plan: a clear error, and the report already there is left alone.
+    empty = BenchPaths(tmp_path / "elsewhere", tmp_path / "BENCHMARKS.md")
+    before = report.read_text()
+    with pytest.raises(NoStoredCellsError, match="left as it was"):
+        bench(True, empty)
+    assert report.read_text() == before
 
 
 def test_sequential_erasure_composes_into_one_delta(pipe):

@@ -516,7 +516,7 @@ def bench(
     """Every erasure method on every Shapes scenario: resumable cells, BENCHMARKS.md, Pareto plots."""
     import sys
 
-    from .eval.bench.main import BenchPaths, run_benchmark
+    from .eval.bench.main import BenchPaths, NoStoredCellsError, run_benchmark
     from .eval.bench.plan import BenchPlan
 
     try:
@@ -526,8 +526,11 @@ def bench(
     pipe, path = _load(model, "cpu")
     paths = BenchPaths.default(quick, results, report)
     command = " ".join(["erasekit", *sys.argv[1:]])
-    run, written = run_benchmark(pipe, path, plan, paths, command, adversarial_csv=adversarial_csv,
-                                 report_only=report_only, console=console)
+    try:
+        run, written = run_benchmark(pipe, path, plan, paths, command, adversarial_csv=adversarial_csv,
+                                     report_only=report_only, console=console)
+    except NoStoredCellsError as err:
+        _fail(str(err))
     console.print(f"{len(run.computed)} cells computed, {len(run.reused)} reused, {len(run.missing)} missing; "
                   f"{run.wall_seconds / 60:.1f} min; wrote {written} and plots in {paths.results}")
 

@@ -29,6 +29,10 @@ class BenchPaths:
         return cls(results, report or (results / "BENCHMARKS.md" if quick else FULL_REPORT))
 
 
+class NoStoredCellsError(RuntimeError):
+    """A report rebuild found no stored cell for the current plan (it would have written an empty report)."""
+
+
 def run_benchmark(pipe, model_dir: str | None, plan: BenchPlan, paths: BenchPaths, command: str,
                   adversarial_csv: Path | None = None, report_only: bool = False, progress: bool = True,
                   console=None, reader=None, settings=None) -> tuple[BenchRun, Path]:
@@ -40,5 +44,10 @@ def run_benchmark(pipe, model_dir: str | None, plan: BenchPlan, paths: BenchPath
     source, note = find_source(adversarial_csv, plan.adversarial_overrides)
     run = run_bench(pipe, plan, CellStore(paths.results), settings, reader, adversarial=source,
                     adversarial_note=note, progress=progress, console=console, compute=not report_only)
+    if report_only and run.missing and not run.reused:
+        raise NoStoredCellsError(
+            f"--report-only found none of the {len(run.missing)} cells it looked for in {paths.results} "
+            f"(model, settings, concepts or method configs differ from the stored runs); {paths.report} is "
+            "left as it was. Run `erasekit bench` to compute them.")
     report = write_report(run, paths.report, paths.results, command, vars(settings))
     return run, report

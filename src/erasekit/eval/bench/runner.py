@@ -102,7 +102,9 @@ def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSetting
     with _Bar(progress and compute, total, console) as bar:
         for key in plan.scenarios:
             scenario = get_scenario(key)
-            adv, note = _adversarial_probes(pipe, scenario, plan, adversarial) if compute else (None, "")
+            # Found again even when only collecting: the probes are deterministic and part of every
+            # cell's fingerprint, so without them a report rebuild would find no stored cell.
+            adv, note = _adversarial_probes(pipe, scenario, plan, adversarial)
             # the concept specs (anchors, templates, preserve lists) decide what a method does
             scenario_fp = {**base, "scenario": scenario.as_dict(),
                            "concepts": [get_concept(c).to_dict() for c in scenario.concepts],
