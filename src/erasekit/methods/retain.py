@@ -78,7 +78,7 @@ class RetainTerm:
         self.embeds = encode_conditions(pipe, prompts)
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, n_steps)
-        self.guidance, self.latents = guidance, latents
+        self.guidance = guidance
         self.pool = (LatentPool(pipe.unet, trainer, self.sampler, self.embeds, self.uncond, pool_size, guidance, seed,
                                 salt) if latents == "pool" else None)
 

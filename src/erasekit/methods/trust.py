@@ -94,7 +94,7 @@ masks, mean loss terms, the scorer used.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -393,6 +393,16 @@ def contrast_saliency(target: Mapping[str, torch.Tensor], kept: Mapping[str, tor
     return {n: (scaled(target[n]) - contrast * scaled(kept[n])).clamp_min(0) for n in target}
 
 
+def summed(grads: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Entry-wise sum of one or more gradient dicts (saliency over several samples)."""
+    total: dict[str, torch.Tensor] | None = None
+    for g in grads:
+        total = dict(g) if total is None else {n: total[n] + g[n] for n in g}
+    if total is None:
+        raise ValueError("no gradients to sum")
+    return total
+
+
 def retain_prompt_list(concept: ConceptSpec, config: Config) -> list[str]:
     """Prompts whose predictions the retain term keeps: ``retain_prompts()`` (+ ``preserve``), deduplicated."""
     return kept_prompts(concept, config.retain_preserve, config.n_templates)
@@ -422,7 +432,7 @@ class TrustStep:
         self.pool = self.retain_pool = None
         if config.latents == "pool":
             self.pool = self._make_pool(self.embeds, config.pool_size, -1)
-            if self.retain:
+            if self.retain and (config.gamma > 0 or config.mask_contrast > 0):  # the K/V term needs no latents
                 self.retain_pool = self._make_pool(self.retain_embeds, config.retain_pool_size, -2)
         dev = next(iter(self.params.values())).device
         self.masks: dict[str, torch.Tensor] | None = None
@@ -460,17 +470,7 @@ class TrustStep:
 
     def recompute_masks(self, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         cfg = self.config
-        total: dict[str, torch.Tensor] | None = None
-        for _ in range(cfg.saliency_samples):
-            z, t, i = self.draw(g)
-            cond = self.embeds[i : i + 1]
-            with self.trainer.reference():
-                ref = predict(self.unet, z, t, self.anchor_embeds[i : i + 1])
-            out = predict(self.unet, z, t, cond)
-            score = self.scorer(ScoreSample(z=z, t=t, cond=cond, prompt=self.prompts[i], output=out, reference=ref))
-            grads = saliency(score, self.params)
-            total = grads if total is None else {n: total[n] + grads[n] for n in grads}
-        assert total is not None
+        total = summed(saliency(self.target_score(g), self.params) for _ in range(cfg.saliency_samples))
         if cfg.mask_contrast > 0 and self.retain:
             total = self.contrast_with_retain(total, g)
         if cfg.saliency_momentum > 0:
@@ -494,14 +494,21 @@ class TrustStep:
         prompts' predictions depend on.  What stays positive is salient for the target and not for
         the parts, so the mask avoids the entries that a combination shares with its parts.
         """
-        kept: dict[str, torch.Tensor] | None = None
-        for _ in range(self.config.saliency_samples):
+        def retain_score() -> torch.Tensor:
             zr, tr, j = self.draw(g, retain=True)
-            out = predict(self.unet, zr, tr, self.retain_embeds[j : j + 1])
-            grads = saliency(out.float().pow(2).mean(), self.params)
-            kept = grads if kept is None else {n: kept[n] + grads[n] for n in grads}
-        assert kept is not None
+            return predict(self.unet, zr, tr, self.retain_embeds[j : j + 1]).float().pow(2).mean()
+
+        kept = summed(saliency(retain_score(), self.params) for _ in range(self.config.saliency_samples))
         return contrast_saliency(target, kept, self.config.mask_contrast)
+
+    def target_score(self, g: torch.Generator) -> torch.Tensor:
+        """The scorer on one drawn target sample (edited output, original's anchor prediction as reference)."""
+        z, t, i = self.draw(g)
+        cond = self.embeds[i : i + 1]
+        with self.trainer.reference():
+            ref = predict(self.unet, z, t, self.anchor_embeds[i : i + 1])
+        out = predict(self.unet, z, t, cond)
+        return self.scorer(ScoreSample(z=z, t=t, cond=cond, prompt=self.prompts[i], output=out, reference=ref))
 
     # ------------------------------------------------------------ one iteration
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
