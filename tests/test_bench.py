@@ -15,7 +15,7 @@ from erasekit.eval.bench.orderings import HOLDS, NOISE, REVERSED, expect_lower, 
 from erasekit.eval.bench.plan import BenchPlan
 from erasekit.eval.bench.report import write_report
 from erasekit.eval.bench.runner import BenchRun
-from erasekit.eval.bench.scenarios import get_scenario, preservation_probes, target_probes
+from erasekit.eval.bench.scenarios import Scenario, get_scenario, preservation_probes, target_probes
 from erasekit.eval.detectors.shapes import ShapesConceptDetector
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import get_method
@@ -85,8 +85,8 @@ def test_run_writes_cells_report_and_resumes(pipe, reader, tmp_path, monkeypatch
     assert len(changed.computed) == 3 and changed.results["attribute"]["uce"]["n_per_tier"]["explicit"] == 3
 
     # So does a changed concept spec (here its anchor): it changes what every method does.
-    real = bench_runner.get_concept
-    monkeypatch.setattr(bench_runner, "get_concept", lambda name: real(name).model_copy(update={"anchor": "shape"}))
+    real = Scenario.specs
+    monkeypatch.setattr(Scenario, "specs", lambda self: [s.model_copy(update={"anchor": "shape"}) for s in real(self)])
     reanchored, _ = _run(pipe, reader, tmp_path, _plan(per_tier=3))
     assert len(reanchored.computed) == 3
 
@@ -108,7 +108,11 @@ def test_report_only_finds_the_cells_of_a_run_with_an_adversarial_tier(pipe, rea
     monkeypatch.setattr(bench_runner, "measure_scenario", lambda *a, **k: pytest.fail("report-only measured"))
     rebuilt, report = bench(True)
     assert rebuilt.missing == [] and sorted(rebuilt.reused) == ["attribute/original", "attribute/uce"]
-    assert "| uce | 0 |" in report.read_text()
+    text = report.read_text()
+    assert "| uce | 0 |" in text
+    # the header says what the stored cells took to measure, not only this (measuring-free) invocation
+    stored = sum(c["eval_seconds"] + c.get("erase_seconds", 0) for c in run.results["attribute"].values())
+    assert "0 cells computed, 2 reused" in text and f"cells shown took {stored / 60:.1f} min" in text
 
     # Nothing stored for this plan: a clear error, and the report already there is left alone.
     empty = BenchPaths(tmp_path / "elsewhere", tmp_path / "BENCHMARKS.md")

@@ -150,7 +150,9 @@ def erase(
         _print_estimate(info, spec, model, preset, config, seed)
         return
     pipe, _ = _load(model, device, family)
-    _apply_delta_arg(pipe, start_from)
+    prior = _apply_delta_arg(pipe, start_from)
+    if prior is not None and anchor is None:
+        spec = _anchor_off_erased(spec, prior)
     preset = preset or ("shapes" if is_shapes_world(pipe) else "sd")
     cfg = info.config_cls.for_world(preset, **_overrides(config, seed=seed))
     console.print(f"erasing [bold]{spec.name}[/] with [bold]{method}[/] (preset {preset})")
@@ -158,6 +160,21 @@ def erase(
     delta.save(out)
     m = delta.manifest
     console.print(f"wrote {out}: {len(delta.tensors)} tensors, {m.wall_time_s:.1f}s")
+
+
+def _anchor_off_erased(spec, prior):
+    """``spec`` with its anchor moved off the concepts ``prior`` (a ``--from`` delta) already erased."""
+    from .concepts.joint import AnchorCollisionError, erased_concepts, separate_anchors
+    from .concepts.spec import ConceptSpecError
+
+    try:
+        done = erased_concepts(prior.manifest.config)
+        (moved,) = separate_anchors([spec], already_erased=done)
+    except (AnchorCollisionError, ConceptSpecError) as err:
+        _fail(str(err))
+    if moved.anchor != spec.anchor or moved.target_anchors != spec.target_anchors:
+        console.print(f"anchor {spec.anchor!r} is erased by the --from delta; using {moved.anchor!r}")
+    return moved
 
 
 def _print_estimate(info, spec, model: str, preset: Optional[str], config: Optional[Path], seed: Optional[int]):

@@ -17,7 +17,10 @@ Two packs ship with erasekit:
     chance rate (about 1/6), a floor no method goes under (measured with trce-t
     on circle: 0.88 -> 0.19/0.22 with "shape", 0.88 -> 0.00 with "square").
     Preservation prompts are the explicit captions of the other values of the
-    same attribute.
+    same attribute.  ``anchor_alternatives`` (used only when the counterpart is
+    itself erased alongside, see `erasekit.concepts.joint`) are the other values
+    of the attribute: for colours the farthest around the colour wheel first
+    (red: yellow, blue, orange, purple), for shapes and styles in vocabulary order.
 
 ``sd``
     Stable Diffusion concepts from the YAML files in ``concepts/data``: nudity,
@@ -80,6 +83,16 @@ def _explicit_captions(values: list[dict[str, str]]) -> list[str]:
     return [describe(v, "explicit", t) for v in values for t in templates]
 
 
+def _anchor_alternatives(attribute: str, value: str) -> list[str]:
+    """The attribute's other values, counterpart excluded; colours farthest on the wheel first."""
+    values = load_vocabulary().values(attribute)
+    rest = [v for v in values if v not in (value, SHAPES_COUNTERPARTS[value])]
+    if attribute != "color":
+        return rest
+    i, n = values.index(value), len(values)
+    return sorted(rest, key=lambda v: -min((values.index(v) - i) % n, (i - values.index(v)) % n))
+
+
 def _shapes_value_concept(attribute: str, value: str) -> ConceptSpec:
     others = [v for v in load_vocabulary().values(attribute) if v != value]
     return ConceptSpec(
@@ -87,6 +100,7 @@ def _shapes_value_concept(attribute: str, value: str) -> ConceptSpec:
         kind=SHAPES_KINDS[attribute],
         targets=_named_words(attribute, value),
         anchor=SHAPES_COUNTERPARTS[value],
+        anchor_alternatives=_anchor_alternatives(attribute, value),
         templates=_shapes_templates(attribute),
         preserve=_explicit_captions([{attribute: v} for v in others]),
         article_agreement=True,

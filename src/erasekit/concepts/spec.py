@@ -44,6 +44,7 @@ class ConceptSpec(BaseModel):
     targets: list[str]
     anchor: str = ""
     target_anchors: dict[str, str] = Field(default_factory=dict)
+    anchor_alternatives: list[str] = Field(default_factory=list)
     templates: list[str] = Field(default_factory=lambda: ["{}"])
     preserve: list[str] = Field(default_factory=list)
     preserve_cache: str | None = None
@@ -119,6 +120,21 @@ class ConceptSpec(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_defaults=False)
+
+    def effective_dict(self) -> dict[str, Any]:
+        """`to_dict` less ``anchor_alternatives``: what one erasure of this spec depends on.
+
+        The alternatives only matter through the anchor they resolve to when
+        several concepts are erased together (`erasekit.concepts.joint`), and
+        that anchor is then the spec's ``anchor``.
+        """
+        data = self.to_dict()
+        data.pop("anchor_alternatives")
+        return data
+
+    def names_target(self, text: str) -> bool:
+        """Whether ``text`` contains one of the targets as whole words (case-insensitive)."""
+        return any(re.search(rf"(?<![\w-]){re.escape(t)}(?![\w-])", text, re.IGNORECASE) for t in self.targets)
 
     # ---------------------------------------------------------------- prompts
     @property

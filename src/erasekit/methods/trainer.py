@@ -127,7 +127,7 @@ class FineTuneConfig(MethodConfig):
 def run_key(method: str, config: FineTuneConfig, concept: ConceptSpec | None = None, **extra: Any) -> str:
     """Identifies a run for checkpoint compatibility (method, result-relevant config, concept)."""
     cfg = config.model_dump(exclude=set(FineTuneConfig.RUN_KEY_EXCLUDE))
-    payload = {"method": method, "config": cfg, "concept": concept.to_dict() if concept else None, **extra}
+    payload = {"method": method, "config": cfg, "concept": concept.effective_dict() if concept else None, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

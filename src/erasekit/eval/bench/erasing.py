@@ -12,7 +12,8 @@ run instead of repeating it (`same_run_as`).
 Multi-concept scenarios: every registered method takes ONE concept spec, so
 all of them erase the concepts one after the other, each on the model
 already carrying the previous deltas; the deltas are then composed into one
-delta against the original weights (`compose_sequential`).
+delta against the original weights (`compose_sequential`).  Anchors that name
+another erased concept are replaced first (`Scenario.specs`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ...concepts.packs import get_concept
 from ...concepts.spec import ConceptSpec
 from ...methods.base import get_method, list_methods
 from ...models.delta import WeightDelta, apply_delta, resolve_tensors, revert_delta
@@ -124,7 +124,7 @@ def compose_sequential(pipe, erase_one: Callable[[ConceptSpec], WeightDelta], co
 
 def erase_scenario(pipe, variant: str, scenario: Scenario, world: str, overrides: dict[str, dict]) -> ErasureOutcome:
     """Run ``variant`` on the scenario's concepts (sequentially when several); time and peak memory."""
-    concepts = [get_concept(name, world="shapes") for name in scenario.concepts]
+    concepts = scenario.specs()
     runs: list[MethodRun] = []
 
     def erase_one(concept: ConceptSpec) -> WeightDelta:

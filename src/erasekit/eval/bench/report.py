@@ -166,6 +166,12 @@ def _link(target: Path, start: Path) -> str:
     return os.path.relpath(target, start).replace(os.sep, "/")
 
 
+def _cell_seconds(run: BenchRun) -> float:
+    """Erase and evaluation seconds stored in the run's cells; a cell copied from a twin run adds nothing."""
+    return sum(float(cell.get("erase_seconds") or 0) + float(cell.get("eval_seconds") or 0)
+               for cells in run.results.values() for cell in cells.values() if not cell.get("same_run_as"))
+
+
 def _header(run: BenchRun, command: str, env: dict, settings: dict) -> list[str]:
     plan = run.plan
     v = env["versions"]
@@ -191,7 +197,8 @@ def _header(run: BenchRun, command: str, env: dict, settings: dict) -> list[str]
             f"torch threads {env['torch_threads']} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}), GPU {env['cuda']}; "
             f"{env['os']}",
             f"- wall time of this invocation: {run.wall_seconds / 60:.1f} min ({len(run.computed)} cells computed, "
-            f"{len(run.reused)} reused from earlier runs)",
+            f"{len(run.reused)} reused from earlier runs); measuring the cells shown took "
+            f"{_cell_seconds(run) / 60:.1f} min (erasure + evaluation, summed over cells, twins counted once)",
             f"- adversarial tier: {run.adversarial_note or 'not requested'}", ""]
     return out
 

@@ -11,7 +11,6 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from ...concepts.packs import get_concept
 from ...generation import SamplingSettings
 from ...models.delta import apply_delta, revert_delta
 from .adversarial import AdversarialSource
@@ -107,7 +106,7 @@ def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSetting
             adv, note = _adversarial_probes(pipe, scenario, plan, adversarial)
             # the concept specs (anchors, templates, preserve lists) decide what a method does
             scenario_fp = {**base, "scenario": scenario.as_dict(),
-                           "concepts": [get_concept(c).to_dict() for c in scenario.concepts],
+                           "concepts": [c.effective_dict() for c in scenario.specs()],
                            "adversarial": [(p.prompt, p.seed, p.target) for p in adv or []]}
             cells = run.results.setdefault(key, {})
             original = _original_cell(pipe, scenario, plan, settings, reader, adv, note, store, digest(scenario_fp),
@@ -151,10 +150,8 @@ def _original_cell(pipe, scenario, plan, settings, reader, adv, note, store, fin
 
 def _method_cell(pipe, scenario, variant, plan, settings, reader, adv, store, scenario_fp, original, features,
                  cells, run, bar, compute):
-    from ...concepts.packs import get_concept
-
     label = f"{scenario.key}/{variant}"
-    runs = [method_run(variant, get_concept(c, world="shapes"), plan.world, plan.overrides) for c in scenario.concepts]
+    runs = [method_run(variant, spec, plan.world, plan.overrides) for spec in scenario.specs()]
     configs = [r.config.model_dump() for r in runs]
     fingerprint = digest({**scenario_fp, "variant": variant, "methods": [r.method for r in runs],
                           "configs": [r.config.fingerprint() for r in runs]})

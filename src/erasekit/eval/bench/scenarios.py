@@ -52,6 +52,17 @@ class Scenario:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def specs(self) -> list:
+        """The Shapes-pack concept specs, anchors moved off each other's targets when several are erased.
+
+        See `erasekit.concepts.joint`: in ``multi`` red's and green's counterpart
+        anchors (green, red) are erased too, so they become yellow and orange.
+        """
+        from ...concepts.joint import separate_anchors
+        from ...concepts.packs import get_concept
+
+        return separate_anchors([get_concept(name, world="shapes") for name in self.concepts])
+
 
 def _others(attribute: str, *exclude: str) -> list[str]:
     return [v for v in VALUES[attribute] if v not in exclude]
