@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -273,3 +274,14 @@ def test_config_fingerprint_leaves_out_extensions_at_their_defaults():
     assert shapes.fingerprint() != Config.preset("shapes", preserve_latents="partial").fingerprint()
     assert "mask_contrast" not in TrustConfig().fingerprint()
     assert TrustConfig(mask_contrast=1.0).fingerprint()["mask_contrast"] == 1.0
+
+
+def test_features_of_a_replaced_original_are_dropped(tmp_path):
+    from erasekit.eval.bench.store import CellStore
+
+    store = CellStore(tmp_path)
+    store.save_features("object", "old", np.zeros((2, 3)))
+    store.save_features("style", "other", np.zeros((2, 3)))
+    store.save_features("object", "new", np.ones((2, 3)))
+    assert store.load_features("object", "old") is None and store.load_features("object", "new").sum() == 6
+    assert store.load_features("style", "other") is not None  # other scenarios untouched

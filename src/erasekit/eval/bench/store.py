@@ -2,7 +2,8 @@
 
 ``<root>/cells/<scenario>/<label>.json`` holds a cell (``original`` is the
 unerased model); ``original.<fingerprint>.features.npy`` the original model's
-detector features of the preservation images (for Frechet distances).  A cell is
+detector features of the preservation images (for Frechet distances; only the
+current original's are kept).  A cell is
 reused only when its stored ``fingerprint`` equals the one the current run
 computes (model weights, detector, sampling, prompts, method config), so a
 retrained model or a changed setting never reuses stale numbers.
@@ -84,6 +85,11 @@ class CellStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        # A scenario has one original cell, so features saved under any other fingerprint can no
+        # longer be read by any cell; dropping them keeps the committed results folder current.
+        for stale in path.parent.glob("original.*.features.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
         return path
 
     def load_features(self, scenario: str, fingerprint: str) -> np.ndarray | None:
