@@ -247,6 +247,7 @@ def test_report_writes_tables_and_plots_from_given_cells(tmp_path):
     assert "adversarial tier: skipped: test" in text and "`erasekit bench`" in text
     assert "only 0.10 of the explicit prompts" in text  # generated caveat for a weak baseline
     assert "only 0.97" not in text
+    assert "replaced first (`erasekit.concepts.joint`)." in text  # no multi-concept scenario: nothing moved
     for key in ("attribute", "combination"):
         assert (tmp_path / "plots" / f"pareto_{key}.png").stat().st_size > 1000
         assert f"](plots/pareto_{key}.png)" in text

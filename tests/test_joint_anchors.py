@@ -62,6 +62,13 @@ def test_multi_scenario_specs_have_separate_anchors_and_single_ones_keep_the_pac
     assert get_scenario("attribute").specs()[0] == get_concept("red")
     # the alternatives are not part of what one erasure depends on (bench fingerprints stay)
     assert "anchor_alternatives" not in multi[0].effective_dict()
+    # and the report says which anchors moved, from the same specs
+    from erasekit.eval.bench.plan import BenchPlan
+    from erasekit.eval.bench.report import _anchor_moves
+    from erasekit.eval.bench.runner import BenchRun
+
+    run = BenchRun(BenchPlan("full", ["object", "multi"], ["uce"], per_tier=1, n_preserve=1, n_adversarial=0))
+    assert _anchor_moves(run) == ": red's anchor green -> yellow, green's anchor red -> orange"
 
 
 def test_cli_erase_from_a_delta_moves_the_anchor_off_what_it_erased(tmp_path):

@@ -166,6 +166,20 @@ def _link(target: Path, start: Path) -> str:
     return os.path.relpath(target, start).replace(os.sep, "/")
 
 
+def _anchor_moves(run: BenchRun) -> str:
+    """': red's anchor green -> yellow, ...' for the plan's multi-concept scenarios (empty when none moved)."""
+    from ...concepts.packs import get_concept
+
+    moves = []
+    for key in run.plan.scenarios:
+        scenario = get_scenario(key)
+        if scenario.multi:
+            moves += [f"{name}'s anchor {get_concept(name, world='shapes').anchor} -> {spec.anchor}"
+                      for name, spec in zip(scenario.concepts, scenario.specs())
+                      if spec.anchor != get_concept(name, world="shapes").anchor]
+    return f": {', '.join(moves)}" if moves else ""
+
+
 def _cell_seconds(run: BenchRun) -> float:
     """Erase and evaluation seconds stored in the run's cells; a cell copied from a twin run adds nothing."""
     return sum(float(cell.get("erase_seconds") or 0) + float(cell.get("eval_seconds") or 0)
@@ -228,7 +242,8 @@ DEFINITIONS = """## What the columns mean
   (`(= esd-u)`), not a repeat.
 - **multi**: every registered method takes one concept, so all of them erase red, then green, then blue, each
   on the model carrying the previous deltas; the three deltas are composed into one (against the original
-  weights) for measuring and counting changed parameters.
+  weights) for measuring and counting changed parameters. Anchors that name another erased concept are
+  replaced first (`erasekit.concepts.joint`){anchor_moves}.
 """
 
 
@@ -237,7 +252,7 @@ def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command
     """Write BENCHMARKS.md (tables per scenario, orderings) and one Pareto PNG per scenario."""
     path, plots_dir = Path(path), Path(plots_dir)
     env = env or environment()
-    out = _header(run, command, env, settings) + [DEFINITIONS]
+    out = _header(run, command, env, settings) + [DEFINITIONS.format(anchor_moves=_anchor_moves(run))]
     for key, cells in run.results.items():
         scenario = get_scenario(key)
         plot = plot_pareto(key, cells, plots_dir / f"pareto_{key}.png")
