@@ -88,3 +88,28 @@ def test_kept_prompts_are_retain_then_preserve():
                         templates=["a {}"], combination=["red", "circle"], preserve=["a blue square", "a red"])
     assert kept_prompts(combo) == ["a red", "a circle", "a blue square"]
     assert kept_prompts(CONCEPT) == []
+
+
+def _kv_drift_of(pipe, delta, prompts) -> float:
+    from erasekit.methods.retain import kv_drift
+    from erasekit.models.conditioning import encode_conditions
+    from erasekit.models.delta import snapshot
+
+    tokens = encode_conditions(pipe, prompts).embeds.reshape(-1, pipe.text_encoder.config.hidden_size).float()
+    before = {n[len("unet."):]: t for n, t in snapshot(pipe, delta.names).items()}
+    after = {n[len("unet."):]: t for n, t in delta.tensors.items()}
+    return float(kv_drift(after, before, tokens))
+
+
+def test_preserve_kv_weight_holds_the_kept_prompts_keys_and_values(pipe):
+    """The K/V retain term (kv_drift of the kept prompts' tokens) keeps their keys and values in place."""
+    info = get_method("esd-x")
+    base = dict(iterations=20, n_steps=4, lr=1e-3, progress=False)
+    free = info.erase(pipe, KEEP, Config(**base))
+    held = info.erase(pipe, KEEP, Config(**base, preserve_kv_weight=100.0))
+    assert _kv_drift_of(pipe, held, KEEP.preserve) < 0.3 * _kv_drift_of(pipe, free, KEEP.preserve)
+    # a scope without text K/V cannot hold them: an error, not a term that is silently zero
+    with pytest.raises(ValueError, match="to_k/to_v"):
+        get_method("esd-u").erase(pipe, KEEP, Config(**base, preserve_kv_weight=1.0))
+    with pytest.raises(ValueError, match="at least one prompt"):
+        info.erase(pipe, CONCEPT, Config(**base, preserve_kv_weight=1.0))

@@ -193,6 +193,27 @@ def test_mask_contrast_drops_entries_the_parts_rely_on(pipe):
         Config(mask_contrast=-1.0)
 
 
+def test_retain_mask_adds_the_entries_where_the_parts_drift(pipe):
+    """With ``retain_mask`` the mask also takes the entries salient for the retain loss (the parts' drift)."""
+    def run(flag):
+        seen, cb = _record()
+        delta = get_method("trust").erase(pipe, COMBO, tiny_cfg(iterations=4, retain_mask=flag), mask_callback=cb)
+        return seen, delta
+
+    (plain, d0), (mixed, d1) = run(False), run(True)
+    # at the original weights the parts have not drifted, so the first mask is the target's alone
+    assert all(torch.equal(plain[0][1][n], mixed[0][1][n]) for n in plain[0][1])
+    assert d1.manifest.metrics["mask_union_fraction"] > d0.manifest.metrics["mask_union_fraction"]
+    union = {n: torch.zeros_like(m) for n, m in mixed[0][1].items()}
+    for _, masks in mixed:
+        for n, m in masks.items():
+            union[n] |= m
+    params = dict(pipe.unet.named_parameters())
+    for name, new in d1.tensors.items():  # still nothing outside the union of masks changes
+        rel = name[len("unet."):]
+        assert not ((new != params[rel].detach()) & ~union[rel]).any(), name
+
+
 def test_kv_drift_is_the_relative_change_of_keys_and_values():
     w0 = {"a.attn2.to_k.weight": torch.eye(2), "a.attn2.to_q.weight": torch.eye(2)}
     tokens = torch.tensor([[1.0, 0.0], [0.0, 2.0]])

@@ -44,7 +44,7 @@ from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
 from ..models.delta import WeightDelta
 from .base import MethodInfo
-from .retain import RetainTerm
+from .retain import KVRetainTerm, RetainTerm
 from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
@@ -111,7 +111,10 @@ class Config(FineTuneConfig):
     ``preserve_latents="partial"`` (kept prompts on the edited model's own partial
     generations), weight 10 -> 0.00 at 0.80 (orange lost, the rest kept).  Other
     colours at the preset: blue 1.00 -> 0.25/0.25/0.31 at 0.82, green 1.00 -> 0.94 (no
-    erasure) at 1.00, so red is not an unlucky choice: no colour meets both bars.
+    erasure) at 1.00, so red is not an unlucky choice: no colour meets both bars (orange
+    0.34/0.34/0.34 at 0.81, yellow 0.00 at 0.67, purple 0.28/0.25/0.16 at 0.50).
+    ``preserve_kv_weight`` (K/V retain, as in ESD's config) needs text K/V in the scope, so it
+    applies to styles and instances (scope ``cross_attn``), not to objects and attributes.
     """
 
     lr: float = 1e-5
@@ -129,8 +132,10 @@ class Config(FineTuneConfig):
     preserve_weight: float = 0.0
     preserve_pool_size: int = 8
     preserve_latents: Literal["pool", "partial"] = "pool"
+    preserve_kv_weight: float = 0.0
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_latents")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_latents",
+                                             "preserve_kv_weight")
     PRESETS: ClassVar[dict] = {
         "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0,
                    "iterations_by_kind": {"unsafe": 150, "object": 150, "attribute": 150, "style": 100,
@@ -176,6 +181,7 @@ class KSCUStep:
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.retain = RetainTerm.from_config(pipe, trainer, concept, config)
+        self.retain_kv = KVRetainTerm.from_config(pipe, trainer, concept, config)
         self.augment_from = iterations - math.ceil(config.augment_fraction * iterations)
         self.z: torch.Tensor | None = None
         self.s = -1
@@ -236,6 +242,8 @@ class KSCUStep:
         loss = F.mse_loss(out_c, erase_target) + cfg.lambda2 * F.mse_loss(out_u, anchor_target)
         if self.retain is not None:
             loss = loss + cfg.preserve_weight * self.retain(g)
+        if self.retain_kv is not None:
+            loss = loss + cfg.preserve_kv_weight * self.retain_kv()
         return loss
 
 

@@ -20,6 +20,7 @@ only on the original model's.  Costs one partial generation per iteration.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, encode_conditions
+from ..models.scopes import get_scope
 from .trainer import DDIMSampler, Trainer, initial_latents, predict, randint, step_generator
 
 
@@ -106,3 +108,50 @@ class RetainTerm:
         with self.trainer.reference():
             ref = predict(self.unet, z, t, cond)
         return F.mse_loss(predict(self.unet, z, t, cond).float(), ref.float())
+
+
+def kv_drift(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.Tensor],
+             tokens: torch.Tensor) -> torch.Tensor:
+    """Relative change of the cross-attention keys and values of ``tokens`` (N, D), summed over K/V tensors.
+
+    ``sum_W ||(W - W0) E^T||^2 / ||W0 E^T||^2`` over every ``to_k``/``to_v`` weight whose input is the text
+    embedding: what the retain prompts hand the UNet, held in place directly (UCE's preservation
+    moment, as a loss) rather than through the noise prediction.
+    """
+    total = tokens.new_zeros(())
+    for name, w in params.items():
+        if name.endswith(("to_k.weight", "to_v.weight")) and w.shape[-1] == tokens.shape[-1]:
+            w0 = originals[name].to(tokens)
+            total = total + ((w.float() - w0) @ tokens.T).pow(2).sum() / (w0 @ tokens.T).pow(2).sum().clamp_min(1e-12)
+    return total
+
+
+class KVRetainTerm:
+    """``kv_drift`` of the kept prompts' tokens: their cross-attention keys and values held in place.
+
+    Every token of every kept prompt, as the K/V projections see it; the
+    scope must contain K/V weights that read the text (an error otherwise,
+    rather than a term that is silently zero).
+    """
+
+    def __init__(self, pipe, trainer: Trainer, prompts: list[str]):
+        if not prompts:
+            raise ValueError("the K/V retain term needs at least one prompt to keep")
+        embeds = encode_conditions(pipe, prompts).embeds
+        self.tokens = embeds.reshape(-1, embeds.shape[-1]).float()
+        self.trainer = trainer
+        text_kv = get_scope("cross_attn_kv").select(trainer.unet)
+        self.names = [n for n in trainer.params if n in text_kv]
+        if not self.names:
+            raise ValueError("the K/V retain term needs cross-attention to_k/to_v weights in the scope "
+                             "(e.g. esd-x's cross_attn); this scope has none")
+
+    @classmethod
+    def from_config(cls, pipe, trainer: Trainer, concept: ConceptSpec, config) -> "KVRetainTerm | None":
+        """The term a method config asks for (``preserve_kv_weight`` > 0), or None."""
+        if getattr(config, "preserve_kv_weight", 0.0) <= 0:
+            return None
+        return cls(pipe, trainer, kept_prompts(concept))
+
+    def __call__(self) -> torch.Tensor:
+        return kv_drift({n: self.trainer.params[n] for n in self.names}, self.trainer.originals, self.tokens)
