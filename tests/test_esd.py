@@ -122,7 +122,8 @@ def test_kv_retain_lets_kscu_erase_a_colour_and_keep_the_others(shapes_pipe, det
 
     Measured (32 prompts per tier, 96 preservation prompts): KSCU red 1.00 -> 0.00/0.00/0.00 at 0.97 of the
     others' adherence in 19 s (preset: 0.00 at 0.38); esd-x the same at 0.97 (two seeds), blue 0.03/0.06 at
-    1.00, orange 0.00 at 1.00.
+    1.00, orange 0.00 at 1.00.  It is a colour setting: on circle the same settings leave 0.84/0.88 (the presets,
+    on the paper's scopes, erase circle).
     """
     import numpy as np
 
