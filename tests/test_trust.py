@@ -212,6 +212,8 @@ def test_retain_mask_adds_the_entries_where_the_parts_drift(pipe):
     for name, new in d1.tensors.items():  # still nothing outside the union of masks changes
         rel = name[len("unet."):]
         assert not ((new != params[rel].detach()) & ~union[rel]).any(), name
+    with pytest.raises(ValueError, match="retain_mask"):  # nothing to keep: an error, not a silent no-op
+        get_method("trust").erase(pipe, PLAIN, tiny_cfg(iterations=1, retain_mask=True))
 
 
 def test_kv_drift_is_the_relative_change_of_keys_and_values():

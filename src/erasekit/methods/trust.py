@@ -421,6 +421,9 @@ class TrustStep:
         uses_retain = config.gamma > 0 or config.retain_kv_weight > 0 or config.mask_contrast > 0
         self.retain = retain_prompt_list(concept, config) if uses_retain else []
         self.retain_embeds = encode_conditions(pipe, self.retain) if self.retain else None
+        if config.retain_mask and not (self.retain and config.gamma > 0):
+            raise ValueError("retain_mask adds the entries salient for the retain loss, so it needs retain prompts "
+                             "(a combination, a conditional concept or retain_preserve) and gamma > 0")
         # every token of every retain prompt, as the cross-attention K/V projections see it
         self.retain_tokens = (self.retain_embeds.embeds.reshape(-1, self.retain_embeds.embeds.shape[-1]).float()
                               if self.retain and config.retain_kv_weight > 0 else None)
