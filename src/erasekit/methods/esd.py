@@ -91,8 +91,15 @@ class Config(FineTuneConfig):
     same scope and lr without it give 0.25/0.31/0.25 at 0.73, and the full cross-attention at
     lr 1e-3 0.06/0.09/0.03 at 0.70.  It does not carry over to shapes: with w = 1 or 10 circle is
     not erased (0.88 at 1.00), while the K/V scope at lr 1e-3 without it erases circle
-    (0.06/0.09/0.09 at 0.98), as the preset does.  So the presets stay the paper's scope; a
-    colour is erased with ``{"scope": "cross_attn_kv", "lr": 1e-3, "preserve_kv_weight": 10}``.
+    (0.06/0.09/0.09 at 0.98), as the preset does.  A weaker term does both: w = 0.1 -> circle
+    0.28/0.34/0.22 at 1.00, red 0.00/0.00/0.03 at 0.99; **w = 0.03 -> circle 0.09/0.16/0.06 at
+    1.01 and red 0.03/0.03/0.06 at 0.97**, both bars on a shape and a colour with one setting
+    (``{"scope": "cross_attn_kv", "lr": 1e-3, "preserve_kv_weight": 0.03}``, 150 iterations,
+    g = 3; one seed each).  Holding only the tokens up to the first end-of-text (260 of 3080)
+    does not help: circle stays at 0.88 and red falls only to 0.50 at 0.72, so the padding
+    positions carry the colours' preservation.  The presets still use the paper's scope: making
+    this the Shapes preset needs the bench's esd-x cells rerun and ``esd@kscu`` (which borrows
+    esd-x's config on KSCU's scope, where the K/V term is refused) adjusted.
     """
 
     iterations: int = 1000
