@@ -58,7 +58,7 @@ def test_run_writes_cells_report_and_resumes(pipe, reader, tmp_path, monkeypatch
         cell = json.loads((tmp_path / "cells" / "attribute" / f"{label}.json").read_text())
         assert set(cell["target_rate"]) >= {"explicit", "synonym", "implicit"}
     esd = run.results["attribute"]["esd-x"]
-    assert esd["iterations"] == 2 and esd["scopes"] == ["cross_attn"]
+    assert esd["iterations"] == 2 and esd["scopes"] == ["cross_attn_kv"]  # esd-x's Shapes preset
     assert esd["changed"]["changed_outside_scope"] == 0 and 0 < esd["changed"]["scope_fraction"] <= 1
     assert run.results["attribute"]["uce"]["iterations"] == 0
     text = report.read_text()
@@ -143,10 +143,17 @@ def test_sequential_erasure_composes_into_one_delta(pipe):
 
 def test_esd_at_kscu_budget_matches_kscu_and_reuses_identical_esd_runs():
     red, striped = get_concept("red", world="shapes"), get_concept("striped", world="shapes")
-    run = method_run("esd@kscu", red, "shapes", {})
-    kscu = method_run("kscu", red, "shapes", {}).config
-    assert run.config.iterations == kscu.resolved("attribute")[0] and run.config.scope == "non_cross_attn"
+    circle = get_concept("circle", world="shapes")
+    run = method_run("esd@kscu", circle, "shapes", {})
+    kscu = method_run("kscu", circle, "shapes", {}).config
+    assert run.config.iterations == kscu.resolved("object")[0] and run.config.scope == "non_cross_attn"
     assert run.same_run_as == "esd-u"  # the shapes presets give ESD-u exactly this config
+    # an attribute takes KSCU's per-kind settings (K/V scope, lr, K/V retain), not esd-x's preset values
+    colour = method_run("esd@kscu", red, "shapes", {}).config
+    attribute = get_method("kscu").config_cls.for_world("shapes").for_kind("attribute")
+    assert (colour.scope, colour.lr, colour.preserve_kv_weight) == (attribute.scope, attribute.lr,
+                                                                    attribute.preserve_kv_weight)
+    assert colour.preserve_kv_weight != method_run("esd-x", red, "shapes", {}).config.preserve_kv_weight
     style = method_run("esd@kscu", striped, "shapes", {})
     assert style.config.iterations == kscu.resolved("style")[0] != 150 and style.config.scope == "cross_attn"
     assert style.same_run_as is None

@@ -79,6 +79,23 @@ def test_delta_stays_in_scope_and_pipe_is_unchanged(pipe, kind):
     assert all(torch.equal(before[n], after[n]) for n in names)
 
 
+def test_by_kind_settings_apply_to_their_kind_only_and_explicit_overrides_win(pipe):
+    """``by_kind`` replaces fields for one concept kind: the run uses them (scope, manifest), others keep theirs."""
+    by_kind = {"attribute": {"scope": "cross_attn_kv", "lr": 1e-2}}
+    delta = _erase(pipe, "attribute", by_kind=by_kind)
+    assert set(delta.names) <= set(get_scope("cross_attn_kv").select(pipe.unet, prefix="unet."))
+    assert delta.manifest.config["lr"] == 1e-2 and delta.manifest.config["by_kind"] == {}
+    assert not any(".attn2." in n for n in _erase(pipe, "object", by_kind=by_kind).names)
+    # a field given explicitly with a preset wins over the preset's per-kind value
+    shapes = Config.preset("shapes")
+    assert shapes.for_kind("attribute").lr == 1e-3 and shapes.for_kind("object").lr == 1e-4
+    assert Config.preset("shapes", lr=5e-4).for_kind("attribute").lr == 5e-4
+    with pytest.raises(ValueError, match="unknown concept kind"):
+        Config(by_kind={"colour": {"lr": 1.0}})
+    with pytest.raises(ValueError, match="cannot be set per kind"):
+        Config(by_kind={"object": {"learning_rate": 1.0}})
+
+
 def test_running_trajectory_is_reused_then_restarted(pipe):
     cfg = Config(iterations=4, n_steps=6, start_step=3, progress=False)
     trainer = Trainer(pipe.unet, "cross_attn", iterations=4, progress=False)

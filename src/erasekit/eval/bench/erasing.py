@@ -1,12 +1,13 @@
 """Run one method on one scenario: configs, sequential multi-concept erasure, changed-parameter counts.
 
 Method variants are the registered methods plus ``esd@kscu``: ESD's loss
-with KSCU's parameter scope and iteration count for the concept's kind, so
+with KSCU's parameter scope, iteration count and other training settings
+(`KSCU_SHARED`: lr, guidance, retain terms) for the concept's kind, so
 KSCU can be compared with ESD at equal iterations (and equal scope: the only
 differences left are KSCU's key-step schedule, anchor term and prompt
 augmentation).  When that configuration equals a plain ESD variant's (the
-``shapes`` presets give ESD and KSCU both 150 iterations for objects and
-attributes, and KSCU's scope for them is ESD-u's), the benchmark reuses that
+``shapes`` presets give ESD and KSCU both 150 iterations and lr 1e-4 for
+objects, and KSCU's scope for them is ESD-u's), the benchmark reuses that
 run instead of repeating it (`same_run_as`).
 
 Multi-concept scenarios: every registered method takes ONE concept spec, so
@@ -37,6 +38,10 @@ PREFERRED_ORDER = ("uce", "trce-t", "trce-v", "trce", "esd-x", "esd-u", ESD_AT_K
 # Closed-form K/V edits record no scope in their metrics; TRCE's stage 1 is one too.
 CLOSED_FORM_SCOPE = {"uce": "cross_attn_kv", "trce-t": "cross_attn_kv", "trce": "cross_attn_kv"}
 ESD_DEFAULT_SCOPE = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
+# What ``esd@kscu`` takes from KSCU's config (for the concept's kind) besides scope and iterations:
+# every training setting the two configs share, so only the loss and the step schedule differ.
+KSCU_SHARED = ("lr", "n_steps", "guidance", "negative_guidance", "preserve_weight", "preserve_pool_size",
+               "preserve_latents", "preserve_kv_weight")
 
 
 def all_variants() -> list[str]:
@@ -68,18 +73,22 @@ def _config(method: str, world: str, overrides: dict) -> object:
 def method_run(variant: str, concept: ConceptSpec, world: str, overrides: dict[str, dict]) -> MethodRun:
     """The config a variant runs with on ``concept`` (world preset, then the plan's overrides)."""
     if variant != ESD_AT_KSCU:
-        return MethodRun(variant, variant, _config(variant, world, overrides.get(variant, {})))
+        config = _config(variant, world, overrides.get(variant, {}))
+        if hasattr(config, "for_kind"):  # per-kind settings resolved: the cell records what ran
+            config = config.for_kind(concept.kind)
+        return MethodRun(variant, variant, config)
     from ...methods.kscu import KIND_SCOPES
 
-    kscu = _config("kscu", world, overrides.get("kscu", {}))
+    kscu = _config("kscu", world, overrides.get("kscu", {})).for_kind(concept.kind)
     iterations, _ = kscu.resolved(concept.kind)
-    scope = kscu.scope or KIND_SCOPES[concept.kind]
-    esd = {k: v for k, v in overrides.get("esd-x", {}).items() if k not in ("iterations", "scope")}
-    config = _config("esd-x", world, {**esd, **overrides.get(ESD_AT_KSCU, {}), "iterations": iterations,
-                                      "scope": scope})
+    shared = {f: getattr(kscu, f) for f in KSCU_SHARED}
+    shared.update(iterations=iterations, scope=kscu.scope or KIND_SCOPES[concept.kind])
+    esd = {k: v for k, v in overrides.get("esd-x", {}).items() if k not in shared}
+    config = _config("esd-x", world, {**esd, **shared, **overrides.get(ESD_AT_KSCU, {})})
     for plain in ("esd-x", "esd-u"):
         other = _config(plain, world, overrides.get(plain, {}))
-        if other.model_copy(update={"scope": other.scope or ESD_DEFAULT_SCOPE[plain]}) == config:
+        # compared as values: esd-x and esd-u have config classes of their own (different presets)
+        if other.model_copy(update={"scope": other.scope or ESD_DEFAULT_SCOPE[plain]}).model_dump() == config.model_dump():
             return MethodRun(variant, "esd-x", config, same_run_as=plain)
     return MethodRun(variant, "esd-x", config)
 

@@ -237,8 +237,8 @@ DEFINITIONS = """## What the columns mean
   erasure through `/proc/self/clear_refs` (Linux; elsewhere the process-wide `ru_maxrss`, not reset, and the
   report's cells say so); +Δ is the rise over the resident size at the erasure's start, i.e. the method's own
   working memory. tracemalloc is not used: it does not see torch's allocations.
-- **esd@kscu**: ESD's loss with KSCU's parameter scope and iteration count for the concept's kind (KSCU vs ESD
-  at equal iterations). When that configuration equals a plain ESD variant's, the cell is that run
+- **esd@kscu**: ESD's loss with KSCU's parameter scope, iteration count, learning rate and retain terms for the
+  concept's kind (KSCU vs ESD at equal iterations). When that configuration equals a plain ESD variant's, the cell is that run
   (`(= esd-u)`), not a repeat.
 - **multi**: every registered method takes one concept, so all of them erase red, then green, then blue, each
   on the model carrying the previous deltas; the three deltas are composed into one (against the original
