@@ -35,7 +35,8 @@ VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 class Config(FineTuneConfig):
     """Paper defaults (SD-1.4): 1000 iterations, Adam lr 1e-5, DDIM 50 steps, CFG 3, g = 1.
 
-    The ``shapes`` preset (esd-u's; esd-x's is `CrossAttentionConfig`'s) is for the shipped Shapes model (a ~10M-parameter
+    The ``shapes`` preset (esd-u's; esd-x's is `CrossAttentionConfig`'s) is for the
+    shipped Shapes model (a ~10M-parameter
     UNet with 16x16 latents, erased on a CPU): the paper's lr 1e-5 x 1000
     iterations would take far longer than the model took to train, and a small
     network needs larger steps to move, so it uses lr 1e-4 for 150 iterations;

@@ -88,7 +88,8 @@ def method_run(variant: str, concept: ConceptSpec, world: str, overrides: dict[s
     for plain in ("esd-x", "esd-u"):
         other = _config(plain, world, overrides.get(plain, {}))
         # compared as values: esd-x and esd-u have config classes of their own (different presets)
-        if other.model_copy(update={"scope": other.scope or ESD_DEFAULT_SCOPE[plain]}).model_dump() == config.model_dump():
+        plain_config = other.model_copy(update={"scope": other.scope or ESD_DEFAULT_SCOPE[plain]})
+        if plain_config.model_dump() == config.model_dump():
             return MethodRun(variant, "esd-x", config, same_run_as=plain)
     return MethodRun(variant, "esd-x", config)
 
