@@ -181,6 +181,19 @@ class Config(FineTuneConfig):
       anchor): gamma 10 without it -> 0.78/0.59/0.69 at 0.90; with it gamma 1 -> 0.00 at 0.50, 10 ->
       0.16/0.19/0.19 at 0.81 (160 iterations: 0.00 at 0.69), 20 -> 0.34/0.28/0.31 at 0.83, 30 ->
       0.53/0.44/0.41 at 0.94.  It moves the trade-off but meets neither bar at once.
+
+    Measured at stop 16 and not kept as options (same setting):
+
+    - TRuST on the K/V only (``scope="cross_attn_kv"``, no query): 0.03/0.06/0.12 at 0.56 (colour
+      0.92, shape 0.58: the same shape loss as the preset); adding ``retain_kv_weight`` 1 stops the
+      erasure (0.97 at 0.98).
+    - A K/V forgetting term next to the forgetting loss, ``a * sum_W ||W E_t^T - W0 E_a^T||^2 /
+      ||W0 E_a^T||^2`` over the target and anchor prompts' padded token embeddings (UCE's source
+      term written as a loss), with ``retain_kv_weight`` b: a = b = 1 or 10 -> 0.03/0.03/0.06 at 0.54;
+      a = 1, b = 3 -> 0.28/0.25/0.31 at 0.73; a = 3, b = 10 -> 0.34/0.31/0.44 at 0.73; a = 1, b = 10 ->
+      0.88/0.75/0.75 at 0.90.  The masked gradient descent moves along the same cliff between
+      erasing the parts with the pair and keeping both; UCE's exact least squares on all K/V
+      entries is the only method here that lands between.
     """
 
     iterations: int = 200
