@@ -8,6 +8,7 @@ from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.saliency import (ScorerUnavailableError, ScoreSample, detector_terms, make_scorer,
                                        predicted_x0, saliency, saliency_masks)
+from erasekit.methods.retain import kv_forget
 from erasekit.methods.trust import (Config, MaskedUpdates, SalUnConfig, cip_penalty, contrast_saliency, csr_penalty,
                                     kv_drift)
 from erasekit.models.scopes import get_scope
@@ -239,6 +240,42 @@ def test_retain_kv_weight_holds_the_parts_keys_and_values(pipe):
         return float(kv_drift(edited, originals, tokens))
 
     assert drift(100.0) < 0.5 * drift(0.0)  # measured 0.27x
+
+
+def test_kv_forget_is_zero_when_sources_hit_the_anchors_original_keys_and_values():
+    w0 = {"a.attn2.to_v.weight": torch.eye(2), "a.attn2.to_q.weight": torch.eye(2)}
+    sources, anchors = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    # W0 s = (1, 0) against W0 a = (0, 2): ||(1, -2)||^2 / ||(0, 2)||^2 = 5 / 4; to_q is not a key/value
+    assert float(kv_forget(w0, w0, sources, anchors)) == pytest.approx(5.0 / 4.0)
+    mapped = {"a.attn2.to_v.weight": torch.tensor([[0.0, 0.0], [2.0, 0.0]]), "a.attn2.to_q.weight": w0["a.attn2.to_q.weight"]}
+    assert float(kv_forget(mapped, w0, sources, anchors)) == 0.0
+
+
+def test_kv_forget_loss_moves_the_targets_keys_and_values_on_the_mask_only(pipe):
+    """``forget_loss="kv"``: the masked fine-tune pulls the target tokens' K/V to the anchor's original ones."""
+    from erasekit.models.conditioning import encode_conditions
+
+    def tokens(prompts):
+        e = encode_conditions(pipe, prompts).embeds
+        return e.reshape(-1, e.shape[-1]).float()
+
+    sources, anchors = tokens(COMBO.target_prompts()), tokens(COMBO.anchor_prompts())
+    originals = {n: p.detach().clone() for n, p in get_scope("cross_attn_kv").select(pipe.unet).items()}
+    seen, record = _record()
+    cfg = tiny_cfg(iterations=6, forget_loss="kv", scope="cross_attn_kv", regularizer="none", gamma=0.0, topk=0.3,
+                   lr=1e-2)
+    delta = get_method("trust").erase(pipe, COMBO, cfg, mask_callback=record)
+    edited = {**originals, **{n[len("unet."):]: t for n, t in delta.tensors.items()}}
+    assert float(kv_forget(edited, originals, sources, anchors)) < 0.9 * float(kv_forget(originals, originals, sources,
+                                                                                        anchors))
+    union = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in originals.items()}
+    for _, masks in seen:
+        for n, m in masks.items():
+            union[n] |= m
+    for n, t in edited.items():
+        assert not bool(((t != originals[n]) & ~union[n]).any()), n  # changed only where a mask was
+    with pytest.raises(ValueError, match="to_k/to_v"):
+        get_method("trust").erase(pipe, COMBO, tiny_cfg(forget_loss="kv", scope="cross_attn_q"))
 
 
 def test_mask_every_k_and_salun_static(pipe):

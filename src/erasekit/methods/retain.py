@@ -126,6 +126,23 @@ def kv_drift(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.T
     return total
 
 
+def kv_forget(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.Tensor],
+              sources: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """How far the sources' cross-attention keys and values are from the anchors' original ones.
+
+    ``sum_W ||W S^T - W0 A^T||^2 / ||W0 A^T||^2`` over every text ``to_k``/``to_v`` weight, with
+    ``sources`` and ``anchors`` (N, D) paired row by row (the same token position of a target prompt
+    and of its anchor prompt): UCE's source term written as a loss, zero when every source token
+    produces the key and value the anchor token produced in the original model.
+    """
+    total = sources.new_zeros(())
+    for name, w in params.items():
+        if name.endswith(("to_k.weight", "to_v.weight")) and w.shape[-1] == sources.shape[-1]:
+            goal = anchors @ originals[name].to(anchors).T
+            total = total + (sources @ w.float().T - goal).pow(2).sum() / goal.pow(2).sum().clamp_min(1e-12)
+    return total
+
+
 class KVRetainTerm:
     """``kv_drift`` of the kept prompts' tokens: their cross-attention keys and values held in place.
 
