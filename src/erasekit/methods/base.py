@@ -57,6 +57,10 @@ class MethodConfig(BaseModel):
         return cls(**values)
 
 
+    def for_kind(self, kind: str) -> "MethodConfig":
+        """The config a concept of ``kind`` runs with; the same unless a method sets values per kind (KSCU)."""
+        return self
+
     @classmethod
     def for_world(cls, world: str, **overrides) -> "MethodConfig":
         """The world's preset when the method has one (e.g. 'shapes'), else the SD defaults."""

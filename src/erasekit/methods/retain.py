@@ -118,12 +118,12 @@ def kv_drift(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.T
     embedding: what the retain prompts hand the UNet, held in place directly (UCE's preservation
     moment, as a loss) rather than through the noise prediction.
     """
-    total = tokens.new_zeros(())
-    for name, w in params.items():
-        if name.endswith(("to_k.weight", "to_v.weight")) and w.shape[-1] == tokens.shape[-1]:
-            w0 = originals[name].to(tokens)
-            total = total + ((w.float() - w0) @ tokens.T).pow(2).sum() / (w0 @ tokens.T).pow(2).sum().clamp_min(1e-12)
-    return total
+    return kv_forget(params, originals, tokens, tokens)  # the tokens' own original keys and values
+
+
+def text_kv_names(params: Mapping[str, torch.Tensor], width: int) -> list[str]:
+    """The cross-attention ``to_k``/``to_v`` weights among ``params`` that read text embeddings of ``width``."""
+    return [n for n, w in params.items() if n.endswith(("to_k.weight", "to_v.weight")) and w.shape[-1] == width]
 
 
 def kv_forget(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.Tensor],
@@ -136,10 +136,9 @@ def kv_forget(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.
     produces the key and value the anchor token produced in the original model.
     """
     total = sources.new_zeros(())
-    for name, w in params.items():
-        if name.endswith(("to_k.weight", "to_v.weight")) and w.shape[-1] == sources.shape[-1]:
-            goal = anchors @ originals[name].to(anchors).T
-            total = total + (sources @ w.float().T - goal).pow(2).sum() / goal.pow(2).sum().clamp_min(1e-12)
+    for name in text_kv_names(params, sources.shape[-1]):
+        goal = anchors @ originals[name].to(anchors).T
+        total = total + (sources @ params[name].float().T - goal).pow(2).sum() / goal.pow(2).sum().clamp_min(1e-12)
     return total
 
 

@@ -109,7 +109,7 @@ from ..models.conditioning import encode_conditions
 from ..models.delta import WeightDelta
 from ..models.scopes import get_scope
 from .base import EditSession, MethodInfo
-from .retain import LatentPool, kept_prompts, kv_drift, kv_forget
+from .retain import LatentPool, kept_prompts, kv_drift, kv_forget, text_kv_names
 from .saliency import DEFAULT_CLIP, ScoreSample, Scorer, make_scorer, mask_size, saliency, saliency_masks
 from .trainer import (DDIMSampler, FineTuneConfig, Trainer, initial_latents, predict, randint, require_supported_unet,
                       run_key)
@@ -467,7 +467,7 @@ class TrustStep:
         self.forget_sources = self.forget_anchors = None
         if config.forget_loss == "kv":
             width = self.embeds.embeds.shape[-1]
-            if not any(n.endswith(("to_k.weight", "to_v.weight")) and p.shape[-1] == width for n, p in self.params.items()):
+            if not text_kv_names(self.params, width):
                 raise ValueError("forget_loss='kv' needs cross-attention to_k/to_v weights in the scope; this scope has none")
             # every position of every target prompt, paired with the same position of its anchor prompt
             self.forget_sources = self.embeds.embeds.reshape(-1, width).float()

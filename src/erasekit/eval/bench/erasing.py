@@ -73,10 +73,8 @@ def _config(method: str, world: str, overrides: dict) -> object:
 def method_run(variant: str, concept: ConceptSpec, world: str, overrides: dict[str, dict]) -> MethodRun:
     """The config a variant runs with on ``concept`` (world preset, then the plan's overrides)."""
     if variant != ESD_AT_KSCU:
-        config = _config(variant, world, overrides.get(variant, {}))
-        if hasattr(config, "for_kind"):  # per-kind settings resolved: the cell records what ran
-            config = config.for_kind(concept.kind)
-        return MethodRun(variant, variant, config)
+        # per-kind settings resolved: the cell records what ran
+        return MethodRun(variant, variant, _config(variant, world, overrides.get(variant, {})).for_kind(concept.kind))
     from ...methods.kscu import KIND_SCOPES
 
     kscu = _config("kscu", world, overrides.get("kscu", {})).for_kind(concept.kind)
