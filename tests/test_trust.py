@@ -8,9 +8,8 @@ from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.saliency import (ScorerUnavailableError, ScoreSample, detector_terms, make_scorer,
                                        predicted_x0, saliency, saliency_masks)
-from erasekit.methods.retain import kv_forget
-from erasekit.methods.trust import (Config, MaskedUpdates, SalUnConfig, cip_penalty, contrast_saliency, csr_penalty,
-                                    kv_drift)
+from erasekit.methods.retain import KVMatchLoss, kv_drift, kv_forget
+from erasekit.methods.trust import Config, MaskedUpdates, SalUnConfig, cip_penalty, contrast_saliency, csr_penalty
 from erasekit.models.scopes import get_scope
 from erasekit.models.text import encode_prompts
 from erasekit.models.tiny import tiny_pipeline
@@ -249,6 +248,24 @@ def test_kv_forget_is_zero_when_sources_hit_the_anchors_original_keys_and_values
     assert float(kv_forget(w0, w0, sources, anchors)) == pytest.approx(5.0 / 4.0)
     mapped = {"a.attn2.to_v.weight": torch.tensor([[0.0, 0.0], [2.0, 0.0]]), "a.attn2.to_q.weight": w0["a.attn2.to_q.weight"]}
     assert float(kv_forget(mapped, w0, sources, anchors)) == 0.0
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_kv_match_loss_from_moments_equals_the_direct_sum(paired):
+    """`KVMatchLoss` (second moments, what training calls) has `kv_forget`'s value and gradient (`kv_drift`'s unpaired)."""
+    g = torch.Generator().manual_seed(0)
+    w0 = {"a.attn2.to_k.weight": torch.randn(6, 5, generator=g), "b.attn2.to_v.weight": torch.randn(4, 5, generator=g)}
+    w = {n: (t + 0.1 * torch.randn(t.shape, generator=g)).requires_grad_() for n, t in w0.items()}
+    sources, anchors = torch.randn(40, 5, generator=g), torch.randn(40, 5, generator=g)
+    direct = kv_forget(w, w0, sources, anchors) if paired else kv_drift(w, w0, sources)
+    fast = KVMatchLoss(w0, list(w0), sources, anchors if paired else None)(w)
+    assert float(fast.detach()) == pytest.approx(float(direct.detach()), rel=1e-5)
+    for a, b in zip(torch.autograd.grad(direct, list(w.values())), torch.autograd.grad(fast, list(w.values()))):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    if not paired:
+        assert float(KVMatchLoss(w0, list(w0), sources)(w0)) == 0.0
+    with pytest.raises(ValueError, match="to_k/to_v"):
+        KVMatchLoss(w0, [], sources)
 
 
 def test_kv_forget_loss_moves_the_targets_keys_and_values_on_the_mask_only(pipe):

@@ -142,6 +142,55 @@ def kv_forget(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.
     return total
 
 
+class KVMatchLoss:
+    """`kv_forget` for fixed token sets, computed from their second moments: O(D^2) per weight, not O(N D).
+
+    With ``Δ = W - W0`` and ``R = S - A``::
+
+        ||W S^T - W0 A^T||^2 = <Δ S^T S, Δ> + 2 <Δ, W0 R^T S> + ||W0 R^T||^2
+
+    so the token matrices (N, D) enter only through ``S^T S``, ``R^T S`` and ``R^T R`` (D, D),
+    accumulated once in float64.  A training step then costs one (out, D) x (D, D) product per weight
+    whatever the number of prompts, where `kv_forget` multiplies every token through every weight
+    (N = prompts x 77 positions).  Written in ``Δ`` there is no cancellation near the optimum, and the
+    drift (``anchors`` None: `kv_drift`) is exactly zero at the original weights.  Equal to
+    `kv_forget`'s value (tested).
+    """
+
+    def __init__(self, originals: Mapping[str, torch.Tensor], names: list[str], sources: torch.Tensor,
+                 anchors: torch.Tensor | None = None):
+        if not names:
+            raise ValueError("a K/V loss needs cross-attention to_k/to_v weights that read the text; none given")
+        s = sources.detach().double().cpu()
+        r = None if anchors is None else s - anchors.detach().double().cpu()
+        if r is not None and anchors.shape != sources.shape:
+            raise ValueError(f"sources {tuple(sources.shape)} and anchors {tuple(anchors.shape)} must pair row by row")
+        ss = s.T @ s
+        self.names, self.originals = list(names), originals
+        self.gram, self.linear, self.offset, self.scale = {}, {}, {}, {}
+        for name in self.names:
+            w0 = originals[name].detach().double().cpu()
+            device = originals[name].device
+            self.gram[name] = ss.to(device, torch.float32)
+            if r is None:  # drift: the goal is the tokens' own original keys and values
+                goal = ((w0 @ ss) * w0).sum()
+            else:
+                goal = ((w0 @ (s - r).T) ** 2).sum()  # ||W0 A^T||^2
+                self.linear[name] = (w0 @ (r.T @ s)).to(device, torch.float32)
+                self.offset[name] = float(((w0 @ r.T) ** 2).sum())
+            self.scale[name] = float(goal.clamp_min(1e-12))
+
+    def __call__(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for name in self.names:
+            d = params[name].float() - self.originals[name].float()
+            value = ((d @ self.gram[name]) * d).sum()
+            if name in self.linear:
+                value = value + 2 * (d * self.linear[name]).sum() + self.offset[name]
+            total = value / self.scale[name] if total is None else total + value / self.scale[name]
+        return total
+
+
 class KVRetainTerm:
     """``kv_drift`` of the kept prompts' tokens: their cross-attention keys and values held in place.
 
@@ -154,13 +203,14 @@ class KVRetainTerm:
         if not prompts:
             raise ValueError("the K/V retain term needs at least one prompt to keep")
         embeds = encode_conditions(pipe, prompts).embeds
-        self.tokens = embeds.reshape(-1, embeds.shape[-1]).float()
+        tokens = embeds.reshape(-1, embeds.shape[-1]).float()
         self.trainer = trainer
         text_kv = get_scope("cross_attn_kv").select(trainer.unet)
-        self.names = [n for n in trainer.params if n in text_kv]
-        if not self.names:
+        names = [n for n in text_kv_names(trainer.params, tokens.shape[-1]) if n in text_kv]
+        if not names:
             raise ValueError("the K/V retain term needs cross-attention to_k/to_v weights in the scope "
                              "(e.g. esd-x's cross_attn); this scope has none")
+        self.drift = KVMatchLoss(trainer.originals, names, tokens)
 
     @classmethod
     def from_config(cls, pipe, trainer: Trainer, concept: ConceptSpec, config) -> "KVRetainTerm | None":
@@ -170,4 +220,4 @@ class KVRetainTerm:
         return cls(pipe, trainer, kept_prompts(concept))
 
     def __call__(self) -> torch.Tensor:
-        return kv_drift({n: self.trainer.params[n] for n in self.names}, self.trainer.originals, self.tokens)
+        return self.drift(self.trainer.params)

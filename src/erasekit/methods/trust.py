@@ -109,7 +109,7 @@ from ..models.conditioning import encode_conditions
 from ..models.delta import WeightDelta
 from ..models.scopes import get_scope
 from .base import EditSession, MethodInfo
-from .retain import LatentPool, kept_prompts, kv_drift, kv_forget, text_kv_names
+from .retain import KVMatchLoss, LatentPool, kept_prompts, text_kv_names
 from .saliency import DEFAULT_CLIP, ScoreSample, Scorer, make_scorer, mask_size, saliency, saliency_masks
 from .trainer import (DDIMSampler, FineTuneConfig, Trainer, initial_latents, predict, randint, require_supported_unet,
                       run_key)
@@ -461,22 +461,30 @@ class TrustStep:
         if config.retain_mask and not (self.retain and config.gamma > 0):
             raise ValueError("retain_mask adds the entries salient for the retain loss, so it needs retain prompts "
                              "(a combination, a conditional concept or retain_preserve) and gamma > 0")
+        width = self.embeds.embeds.shape[-1]
+        kv_names = text_kv_names(self.params, width)
         # every token of every retain prompt, as the cross-attention K/V projections see it
-        self.retain_tokens = (self.retain_embeds.embeds.reshape(-1, self.retain_embeds.embeds.shape[-1]).float()
-                              if self.retain and config.retain_kv_weight > 0 else None)
-        self.forget_sources = self.forget_anchors = None
+        self.retain_kv = None
+        if self.retain and config.retain_kv_weight > 0:
+            if not kv_names:
+                raise ValueError("retain_kv_weight needs cross-attention to_k/to_v weights in the scope; this scope has none")
+            self.retain_kv = KVMatchLoss(trainer.originals, kv_names, self.retain_embeds.embeds.reshape(-1, width))
+        self.kv_forget = None
         if config.forget_loss == "kv":
-            width = self.embeds.embeds.shape[-1]
-            if not text_kv_names(self.params, width):
+            if not kv_names:
                 raise ValueError("forget_loss='kv' needs cross-attention to_k/to_v weights in the scope; this scope has none")
             # every position of every target prompt, paired with the same position of its anchor prompt
-            self.forget_sources = self.embeds.embeds.reshape(-1, width).float()
-            self.forget_anchors = self.anchor_embeds.embeds.reshape(-1, width).float()
+            self.kv_forget = KVMatchLoss(trainer.originals, kv_names, self.embeds.embeds.reshape(-1, width),
+                                         self.anchor_embeds.embeds.reshape(-1, width))
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.betas = config.betas()
         self.pool = self.retain_pool = None
+        # target samples feed the noise forgetting loss, CSR and the sample-based scorers; the K/V
+        # forgetting loss with the `forget` scorer and no CSR needs none, so no pool is generated for it
+        needs_samples = config.forget_loss == "noise" or "csr" in self.betas or scorer_name != "forget"
         if config.latents == "pool":
-            self.pool = self._make_pool(self.embeds, config.pool_size, -1)
+            if needs_samples:
+                self.pool = self._make_pool(self.embeds, config.pool_size, -1)
             if self.retain and (config.gamma > 0 or config.mask_contrast > 0):  # the K/V term needs no latents
                 self.retain_pool = self._make_pool(self.retain_embeds, config.retain_pool_size, -2)
         dev = next(iter(self.params.values())).device
@@ -565,17 +573,13 @@ class TrustStep:
 
         return summed(saliency(drift(), self.params) for _ in range(self.config.saliency_samples))
 
-    def kv_forget_loss(self) -> torch.Tensor:
-        """``forget_loss="kv"``: the target tokens' keys and values against the anchor tokens' original ones."""
-        return kv_forget(self.params, self.trainer.originals, self.forget_sources, self.forget_anchors)
-
     def target_score(self, g: torch.Generator) -> torch.Tensor:
         """The scorer on one drawn target sample (edited output, original's anchor prediction as reference).
 
         With ``forget_loss="kv"`` the ``forget`` scorer is that loss itself (no sample needed).
         """
-        if self.forget_sources is not None and self.scorer_name == "forget":
-            return self.kv_forget_loss()
+        if self.kv_forget is not None and self.scorer_name == "forget":
+            return self.kv_forget(self.params)
         z, t, i = self.draw(g)
         cond = self.embeds[i : i + 1]
         with self.trainer.reference():
@@ -589,17 +593,17 @@ class TrustStep:
             self.recompute_masks(step, g)
         masks = self.masks or {}
         out = ref = None
-        if self.forget_sources is None or "csr" in self.betas:  # the noise loss or CSR needs a prediction
+        if self.kv_forget is None or "csr" in self.betas:  # the noise loss or CSR needs a prediction
             z, t, i = self.draw(g)
             cond = self.embeds[i : i + 1]
-            if self.forget_sources is None:
+            if self.kv_forget is None:
                 with self.trainer.reference():  # before the edited pass: it swaps the weights in place
                     ref = predict(self.unet, z, t, self.anchor_embeds[i : i + 1])
             ctx = double_backward_attention() if "csr" in self.betas else contextlib.nullcontext()
             with ctx:
                 out = predict(self.unet, z, t, cond)
-        if self.forget_sources is not None:
-            l_forget = self.kv_forget_loss()
+        if self.kv_forget is not None:
+            l_forget = self.kv_forget(self.params)
         else:
             l_forget = F.mse_loss(out.float(), ref.float())
         loss = l_forget
@@ -619,8 +623,8 @@ class TrustStep:
             loss = loss + self.config.gamma * l_retain
             self.retain_counts[j] += 1
         l_kv = torch.zeros((), device=l_forget.device)
-        if self.retain_tokens is not None:
-            l_kv = kv_drift(self.params, self.trainer.originals, self.retain_tokens)
+        if self.retain_kv is not None:
+            l_kv = self.retain_kv(self.params)
             loss = loss + self.config.retain_kv_weight * l_kv
         self.term_sums += torch.tensor([float(l_forget.detach()), float(l_retain.detach()), float(reg.detach()),
                                         float(l_kv.detach())], dtype=torch.float64)
