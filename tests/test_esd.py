@@ -7,6 +7,7 @@ from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.esd import Config, esd_target
 from erasekit.models.scopes import get_scope
+from shapes_helpers import rates_before_and_after
 from tiny_helpers import snapshot_weights
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
@@ -126,32 +127,11 @@ def test_shapes_presets_erase_a_colour_and_keep_the_others(shapes_pipe, detector
     others' adherence in 19 s (paper scope: 0.00 at 0.38); esd-x (weight 0.03) 0.03/0.03/0.06 at 0.97 and, seed 1,
     0.12/0.06/0.12 at 0.93; the same esd-x preset erases circle (0.09/0.16/0.06 at 1.01).
     """
-    import numpy as np
-
     from erasekit.concepts.packs import get_concept
-    from erasekit.eval.shapes_erasure import preservation_prompts, target_prompts
-    from erasekit.generation import SamplingSettings, generate
-    from erasekit.models.delta import apply_delta, revert_delta
-    from erasekit.world.assets_paths import SHAPES_MODEL_DIR
-
-    settings = SamplingSettings.for_model(SHAPES_MODEL_DIR)
-
-    def rates(n=24):
-        rows = target_prompts("red", "explicit", n)
-        pred = detector.predict(generate(shapes_pipe, [r[0] for r in rows], [r[2] for r in rows], settings))["color"]
-        keep_rows = preservation_prompts(["red"], 2 * n)
-        kept = detector.predict(generate(shapes_pipe, [r[0] for r in keep_rows], [r[2] for r in keep_rows],
-                                         settings))["color"]
-        return np.mean([p == "red" for p in pred]), np.mean([p == r[1]["color"] for p, r in zip(kept, keep_rows)])
 
     info = get_method(method)
     delta = info.erase(shapes_pipe, get_concept("red"), info.config_cls.for_world("shapes", progress=False))
     assert delta.manifest.config["scope"] == "cross_attn_kv" and delta.manifest.config["preserve_kv_weight"] > 0
-    t0, k0 = rates()
-    apply_delta(shapes_pipe, delta)
-    try:
-        t1, k1 = rates()
-    finally:
-        revert_delta(shapes_pipe, delta)
+    t0, k0, t1, k1 = rates_before_and_after(shapes_pipe, detector, delta, "red")
     assert t1 <= t0 / 5, (t0, t1)
     assert k1 >= 0.9 * k0, (k0, k1)

@@ -17,6 +17,7 @@ COUNTED = {
                    margin=10.0),
     "trust": dict(**FAST, iterations=3, n_steps=4, pool_size=3, scorer="forget"),
     "salun": dict(**FAST, iterations=3, n_steps=4, pool_size=3, saliency_samples=2),
+    "trust-kv": dict(**FAST, iterations=3, n_steps=4, pool_size=3),
 }
 
 

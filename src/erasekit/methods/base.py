@@ -85,6 +85,7 @@ _MODULES = {
     "kscu": "erasekit.methods.kscu",
     "trust": "erasekit.methods.trust",
     "salun": "erasekit.methods.trust",
+    "trust-kv": "erasekit.methods.trust",
 }
 
 

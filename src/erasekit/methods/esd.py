@@ -68,14 +68,25 @@ class Config(FineTuneConfig):
     10 and 300 iterations -> 0.00/0.00/0.03 at 0.81; esd-x 3 and 300 -> 0.22/0.25/0.25
     at 0.81.  Every point that erases red loses orange.  Other colours at the preset:
     esd-u erases blue and green (1.00 -> 0.00) at 0.51 and 0.41; esd-x leaves them
-    (blue 0.69/0.75 at 0.93, green 1.00).  No setting of this term met both bars (a 5x fall
-    at 0.9), so no preset uses it.  All six colours at this preset (esd-x on all of cross-attention; explicit/synonym/
+    (blue 0.69/0.75 at 0.93, green 1.00).  No setting of this term met both bars on red (a 5x
+    fall at 0.9), so no preset uses it.  All six colours at this preset (esd-x on all of cross-attention; explicit/synonym/
     implicit at preservation): esd-x red 0.31/0.28/- at 0.83 (bench), orange 0.34/0.38/0.31 at
     0.95, yellow 0.25/0.28/0.38 at 0.88, green 1.00 at 0.98, blue 0.69/0.75/0.72 at 0.93, purple
     0.66/0.62/0.59 at 0.87; esd-u takes every colour to 0.00 at 0.29-0.67 (orange 0.29, yellow
     0.37, green 0.41, blue 0.51, red 0.53, purple 0.67).  A retain batch of 5 pooled latents with
     the worst one's loss (max) at weight 10 and 400 iterations lands on the same point as one
     latent (esd-u 0.12/0.09/0.09 at 0.86), so it was not kept.
+    Stop 17, esd-u with the retain term at weight 10, a 32-latent pool and 400 iterations on
+    every colour it had not been run on, and on circle: blue 1.00 -> 0.00/0.00/0.00 at 0.95
+    (seed 1: 0.09/0.12/0.12 at 0.89; seed 1 with 300 iterations: 0.00 at 0.84), green 0.00 at
+    0.85, purple 0.03/0.03/0.00 at 0.78; circle 0.88 -> 0.12/0.09/0.12 at 0.93 (seed 1:
+    0.06/0.00/0.06 at 0.96).  So one setting meets both bars on a shape on two seeds, and on
+    a colour only for blue with seed 0; the preset stays without it.  A paired retain term
+    (the kept prompts held at the ESD sample's own latent ``z_s``, 5 of them per step, batched)
+    does not change the picture on red: weight 1 -> 0.03/0.03/0.00 at 0.40, 10 -> 0.03/0.09/0.03
+    at 0.79, 100 -> no erasure (1.00 at 0.97), 30 with 300 iterations -> 0.38/0.38/0.28 at
+    0.86; 10 with g = 2 -> 0.19/0.16/0.19 at 0.82, with g = 1 and 300 iterations ->
+    0.22/0.34/0.25 at 0.90.  Not kept.
 
     ``preserve_kv_weight`` w (not in the paper, 0 in both presets) adds ``w * kv_drift`` of the
     kept prompts' tokens (`KVRetainTerm`): their cross-attention keys and values held in place,

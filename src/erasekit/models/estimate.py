@@ -319,16 +319,21 @@ def method_work(method: str, config=None, kind: str = "object") -> MethodWork:
         return MethodWork(method, scope, cfg.total_iterations(),
                           4, 3, 3, setup_nograd=setup,
                           notes="one-off trajectory sampling (cacheable: trajectory_cache) reported separately")
-    if method in ("trust", "salun"):
-        pool = cfg.pool_size * cfg.n_steps * 2 if cfg.latents == "pool" else 0
+    if method in ("trust", "salun", "trust-kv"):
+        kv = cfg.forget_loss == "kv"  # the K/V forgetting loss itself needs no UNet pass
+        csr = "csr" in cfg.betas()
+        sample_scorer = not (kv and cfg.scorer == "forget")
+        step_sample = not kv or csr  # the step draws x_t for the noise loss or for CSR's prediction
+        pool = cfg.pool_size * cfg.n_steps * 2 if cfg.latents == "pool" and (step_sample or sample_scorer) else 0
         retain = 0  # retain pools exist only for combination/conditional concepts
-        per_mask = cfg.saliency_samples
+        per_mask = cfg.saliency_samples if sample_scorer else 0
         dynamic = bool(cfg.mask_every)
         masks_per_iter = per_mask / cfg.mask_every if dynamic else 0.0
         static = 0.0 if dynamic else per_mask  # the one mask: a reference and a gradient pass per sample
-        nograd = 1 + masks_per_iter + (0 if cfg.latents == "pool" else (cfg.n_steps - 1) * (1 + masks_per_iter))
-        return MethodWork(method, cfg.scope or "cross_attn_qkv", cfg.iterations, nograd, 1 + masks_per_iter, 1,
-                          setup_nograd=pool + retain + static, setup_grad=static, double_backward="csr" in cfg.betas(),
+        draws = int(step_sample) + masks_per_iter
+        nograd = (0 if kv else 1) + masks_per_iter + (0 if cfg.latents == "pool" else (cfg.n_steps - 1) * draws)
+        return MethodWork(method, cfg.scope or "cross_attn_qkv", cfg.iterations, nograd, int(step_sample) + masks_per_iter,
+                          1, setup_nograd=pool + retain + static, setup_grad=static, double_backward=csr,
                           notes=("static mask from %d samples" % per_mask) if not dynamic else "")
     raise ValueError(f"no work model for method {method!r}")
 

@@ -34,7 +34,7 @@ from .scenarios import Scenario
 
 ESD_AT_KSCU = "esd@kscu"
 # Table order; registered methods missing here are appended after them.
-PREFERRED_ORDER = ("uce", "trce-t", "trce-v", "trce", "esd-x", "esd-u", ESD_AT_KSCU, "kscu", "salun", "trust")
+PREFERRED_ORDER = ("uce", "trce-t", "trce-v", "trce", "esd-x", "esd-u", ESD_AT_KSCU, "kscu", "salun", "trust", "trust-kv")
 # Closed-form K/V edits record no scope in their metrics; TRCE's stage 1 is one too.
 CLOSED_FORM_SCOPE = {"uce": "cross_attn_kv", "trce-t": "cross_attn_kv", "trce": "cross_attn_kv"}
 ESD_DEFAULT_SCOPE = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}

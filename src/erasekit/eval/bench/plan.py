@@ -14,7 +14,7 @@ report):
 - fewer iterations / trajectories (`QUICK_OVERRIDES`, roughly a fifth of the
   ``shapes`` presets): ESD-x/ESD-u 30 instead of 150; KSCU 30 (objects,
   attributes) / 20 (styles) instead of 150 / 100; SalUn 30 instead of 150;
-  TRuST 16 instead of 80; TRCE-V and TRCE 8 cond. + 16 uncond. trajectories
+  TRuST 16 instead of 80; TRuST-KV 120 instead of 600; TRCE-V and TRCE 8 cond. + 16 uncond. trajectories
   (24 iterations) instead of 24 + 48 (72 iterations).  ``esd@kscu`` follows
   KSCU's count.  UCE and TRCE-T (closed form) are unchanged;
 - the adversarial tier (when the attacks package is there): 8 prompts, 20
@@ -39,6 +39,7 @@ QUICK_OVERRIDES: dict[str, dict] = {
     "kscu": {"iterations_by_kind": {"unsafe": 30, "object": 30, "attribute": 30, "style": 20, "instance": 8}},
     "salun": {"iterations": 30},
     "trust": {"iterations": 16},
+    "trust-kv": {"iterations": 120},
     "trce-v": _QUICK_TRCE_V,
     "trce": _QUICK_TRCE_V,
 }
@@ -48,7 +49,7 @@ QUICK_CHANGES = [
     "8 prompts per wording tier (full: 32), 16 preservation prompts (full: 48), 8 adversarial prompts (full: 16) "
     "searched with 20 Ring-A-Bell generations (full: the attack's shapes preset)",
     "ESD-x/ESD-u 30 iterations (full: 150); KSCU 30 for objects/attributes, 20 for styles (full: 150/100); "
-    "SalUn 30 (full: 150); TRuST 16 (full: 80); TRCE-V/TRCE 8 conditional + 16 unconditional trajectories, "
+    "SalUn 30 (full: 150); TRuST 16 (full: 80); TRuST-KV 120 (full: 600); TRCE-V/TRCE 8 conditional + 16 unconditional trajectories, "
     "24 iterations (full: 24 + 48, 72); esd@kscu follows KSCU; UCE and TRCE-T unchanged (closed form)",
     "the Frechet distance is fitted on 16 images per model (full: 48), so it is much noisier",
 ]

@@ -1,0 +1,35 @@
+"""Helpers for tests that erase a concept from the shipped Shapes model and read the detector."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def target_and_kept_rates(pipe, detector, value: str, n: int = 24) -> tuple[float, float]:
+    """(rate of ``value`` on its explicit prompts, adherence of the other values on 2n preservation prompts)."""
+    from erasekit.eval.shapes_erasure import preservation_prompts, target_prompts
+    from erasekit.generation import SamplingSettings, generate
+    from erasekit.world.assets_paths import SHAPES_MODEL_DIR
+    from erasekit.world.vocabulary import load_vocabulary
+
+    settings = SamplingSettings.for_model(SHAPES_MODEL_DIR)
+    attribute = load_vocabulary().attribute_of(value)
+    rows = target_prompts(value, "explicit", n)
+    pred = detector.predict(generate(pipe, [r[0] for r in rows], [r[2] for r in rows], settings))[attribute]
+    keep_rows = preservation_prompts([value], 2 * n)
+    kept = detector.predict(generate(pipe, [r[0] for r in keep_rows], [r[2] for r in keep_rows], settings))[attribute]
+    return float(np.mean([p == value for p in pred])), float(np.mean([p == r[1][attribute]
+                                                                      for p, r in zip(kept, keep_rows)]))
+
+
+def rates_before_and_after(pipe, detector, delta, value: str, n: int = 24) -> tuple[float, float, float, float]:
+    """`target_and_kept_rates` on the original model and with ``delta`` applied (reverted afterwards)."""
+    from erasekit.models.delta import apply_delta, revert_delta
+
+    t0, k0 = target_and_kept_rates(pipe, detector, value, n)
+    apply_delta(pipe, delta)
+    try:
+        t1, k1 = target_and_kept_rates(pipe, detector, value, n)
+    finally:
+        revert_delta(pipe, delta)
+    return t0, k0, t1, k1
