@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def target_and_kept_rates(pipe, detector, value: str, n: int = 24) -> tuple[float, float]:
-    """(rate of ``value`` on its explicit prompts, adherence of the other values on 2n preservation prompts)."""
+def target_and_kept_rates(pipe, detector, value: str, n: int = 24, n_keep: int | None = None) -> tuple[float, float]:
+    """(rate of ``value`` on n explicit prompts, adherence of the other values on ``n_keep`` (2n) preservation prompts)."""
     from erasekit.eval.shapes_erasure import preservation_prompts, target_prompts
     from erasekit.generation import SamplingSettings, generate
     from erasekit.world.assets_paths import SHAPES_MODEL_DIR
@@ -16,20 +16,21 @@ def target_and_kept_rates(pipe, detector, value: str, n: int = 24) -> tuple[floa
     attribute = load_vocabulary().attribute_of(value)
     rows = target_prompts(value, "explicit", n)
     pred = detector.predict(generate(pipe, [r[0] for r in rows], [r[2] for r in rows], settings))[attribute]
-    keep_rows = preservation_prompts([value], 2 * n)
+    keep_rows = preservation_prompts([value], n_keep or 2 * n)
     kept = detector.predict(generate(pipe, [r[0] for r in keep_rows], [r[2] for r in keep_rows], settings))[attribute]
     return float(np.mean([p == value for p in pred])), float(np.mean([p == r[1][attribute]
                                                                       for p, r in zip(kept, keep_rows)]))
 
 
-def rates_before_and_after(pipe, detector, delta, value: str, n: int = 24) -> tuple[float, float, float, float]:
+def rates_before_and_after(pipe, detector, delta, value: str, n: int = 24,
+                           n_keep: int | None = None) -> tuple[float, float, float, float]:
     """`target_and_kept_rates` on the original model and with ``delta`` applied (reverted afterwards)."""
     from erasekit.models.delta import apply_delta, revert_delta
 
-    t0, k0 = target_and_kept_rates(pipe, detector, value, n)
+    t0, k0 = target_and_kept_rates(pipe, detector, value, n, n_keep)
     apply_delta(pipe, delta)
     try:
-        t1, k1 = target_and_kept_rates(pipe, detector, value, n)
+        t1, k1 = target_and_kept_rates(pipe, detector, value, n, n_keep)
     finally:
         revert_delta(pipe, delta)
     return t0, k0, t1, k1

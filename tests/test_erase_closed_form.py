@@ -2,40 +2,27 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from erasekit.cli import app
 from erasekit.concepts.packs import get_concept
-from erasekit.eval.shapes_erasure import preservation_prompts, target_prompts
-from erasekit.generation import SamplingSettings, generate
 from erasekit.methods.base import get_method
-from erasekit.models.delta import WeightDelta, apply_delta, revert_delta
+from erasekit.models.delta import WeightDelta
 from erasekit.models.scopes import get_scope
-from erasekit.world.assets_paths import SHAPES_MODEL_DIR
-
-
-def _rates(pipe, detector, value, attribute, n=24):
-    settings = SamplingSettings.for_model(SHAPES_MODEL_DIR)
-    rows = target_prompts(value, "explicit", n)
-    target = np.mean([p == value for p in detector.predict(generate(pipe, [r[0] for r in rows], [r[2] for r in rows], settings))[attribute]])
-    rows = preservation_prompts([value], n)
-    pred = detector.predict(generate(pipe, [r[0] for r in rows], [r[2] for r in rows], settings))
-    keep = np.mean([p == r[1][attribute] for p, r in zip(pred[attribute], rows)])
-    return target, keep
+from shapes_helpers import rates_before_and_after
 
 
 # Both closed forms on a shape and a color with their Shapes presets and the pack's counterpart
 # anchors (circle -> square, red -> green).  Measured (32 prompts per tier, 96 preservation
 # prompts): every case falls from 0.88-1.00 to <= 0.03 with the other values' adherence at
 # >= 0.95 of the original's.  The issue's bars: a fall of at least 5x, adherence >= 90%.
-CASES = [("trce-t", "circle", "shape"), ("trce-t", "red", "color"), ("uce", "circle", "shape"), ("uce", "red", "color")]
+CASES = [("trce-t", "circle"), ("trce-t", "red"), ("uce", "circle"), ("uce", "red")]
 
 
-@pytest.mark.parametrize("method,value,attribute", CASES)
-def test_closed_form_methods_erase_and_keep_the_rest(shapes_pipe, detector, method, value, attribute):
+@pytest.mark.parametrize("method,value", CASES)
+def test_closed_form_methods_erase_and_keep_the_rest(shapes_pipe, detector, method, value):
     min_fall, min_keep = 5.0, 0.9
     before = {k: v.clone() for k, v in shapes_pipe.unet.state_dict().items()}
     info = get_method(method)
@@ -44,12 +31,7 @@ def test_closed_form_methods_erase_and_keep_the_rest(shapes_pipe, detector, meth
     assert all(torch.equal(before[k], after[k]) for k in before), "erase must leave the pipe unchanged"
     kv = set(get_scope("cross_attn_kv").select(shapes_pipe.unet, prefix="unet."))
     assert set(delta.names) == kv
-    t0, k0 = _rates(shapes_pipe, detector, value, attribute)
-    apply_delta(shapes_pipe, delta)
-    try:
-        t1, k1 = _rates(shapes_pipe, detector, value, attribute)
-    finally:
-        revert_delta(shapes_pipe, delta)
+    t0, k0, t1, k1 = rates_before_and_after(shapes_pipe, detector, delta, value, n_keep=24)
     assert t1 <= t0 / min_fall, (t0, t1)
     assert k1 >= min_keep * k0, (k0, k1)
 
