@@ -302,6 +302,21 @@ class Config(FineTuneConfig):
         names = self.regularizer.split("+")
         return {n: (self.beta if self.beta is not None else BETA_DEFAULTS[n]) for n in names}
 
+    def step_draws_sample(self) -> bool:
+        """Whether an iteration draws a target ``x_t``: the noise forgetting loss predicts on it and CSR
+        differentiates that prediction; the K/V forgetting loss alone needs no sample."""
+        return self.forget_loss == "noise" or "csr" in self.betas()
+
+    def scorer_draws_sample(self, scorer_name: str | None = None) -> bool:
+        """Whether a mask recomputation draws target samples: every scorer but ``forget`` with the K/V
+        forgetting loss (which is then that loss itself).  ``scorer_name`` is the resolved scorer
+        (``auto`` resolves at run time); None takes ``self.scorer``."""
+        return not (self.forget_loss == "kv" and (scorer_name or self.scorer) == "forget")
+
+    def needs_target_pool(self, scorer_name: str | None = None) -> bool:
+        """Whether a pool of target latents is generated up front (only with ``latents="pool"``)."""
+        return self.latents == "pool" and (self.step_draws_sample() or self.scorer_draws_sample(scorer_name))
+
 
 class SalUnConfig(Config):
     """SalUn (Fan et al., ICLR 2024) as TRuST's static case: one mask, forgetting loss (+ retain term) only.
@@ -521,11 +536,9 @@ class TrustStep:
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.betas = config.betas()
         self.pool = self.retain_pool = None
-        # target samples feed the noise forgetting loss, CSR and the sample-based scorers; the K/V
-        # forgetting loss with the `forget` scorer and no CSR needs none, so no pool is generated for it
-        needs_samples = config.forget_loss == "noise" or "csr" in self.betas or scorer_name != "forget"
+        self.step_samples = config.step_draws_sample()
         if config.latents == "pool":
-            if needs_samples:
+            if config.needs_target_pool(scorer_name):
                 self.pool = self._make_pool(self.embeds, config.pool_size, -1)
             if self.retain and (config.gamma > 0 or config.mask_contrast > 0):  # the K/V term needs no latents
                 self.retain_pool = self._make_pool(self.retain_embeds, config.retain_pool_size, -2)
@@ -620,7 +633,7 @@ class TrustStep:
 
         With ``forget_loss="kv"`` the ``forget`` scorer is that loss itself (no sample needed).
         """
-        if self.kv_forget is not None and self.scorer_name == "forget":
+        if not self.config.scorer_draws_sample(self.scorer_name):
             return self.kv_forget(self.params)
         z, t, i = self.draw(g)
         cond = self.embeds[i : i + 1]
@@ -635,7 +648,7 @@ class TrustStep:
             self.recompute_masks(step, g)
         masks = self.masks or {}
         out = ref = None
-        if self.kv_forget is None or "csr" in self.betas:  # the noise loss or CSR needs a prediction
+        if self.step_samples:
             z, t, i = self.draw(g)
             cond = self.embeds[i : i + 1]
             if self.kv_forget is None:

@@ -322,9 +322,9 @@ def method_work(method: str, config=None, kind: str = "object") -> MethodWork:
     if method in ("trust", "salun", "trust-kv"):
         kv = cfg.forget_loss == "kv"  # the K/V forgetting loss itself needs no UNet pass
         csr = "csr" in cfg.betas()
-        sample_scorer = not (kv and cfg.scorer == "forget")
-        step_sample = not kv or csr  # the step draws x_t for the noise loss or for CSR's prediction
-        pool = cfg.pool_size * cfg.n_steps * 2 if cfg.latents == "pool" and (step_sample or sample_scorer) else 0
+        sample_scorer = cfg.scorer_draws_sample()
+        step_sample = cfg.step_draws_sample()
+        pool = cfg.pool_size * cfg.n_steps * 2 if cfg.needs_target_pool() else 0
         retain = 0  # retain pools exist only for combination/conditional concepts
         per_mask = cfg.saliency_samples if sample_scorer else 0
         dynamic = bool(cfg.mask_every)
