@@ -123,6 +123,55 @@ def test_report_only_finds_the_cells_of_a_run_with_an_adversarial_tier(pipe, rea
     assert report.read_text() == before
 
 
+def test_a_selective_run_reports_every_stored_cell(pipe, reader, tmp_path):
+    """`bench --method X` computes X only, and the report still shows the other stored methods."""
+    whole = _plan()
+    first, _ = _run(pipe, reader, tmp_path, whole.select(methods=["uce"]))
+    assert sorted(first.computed) == ["attribute/original", "attribute/uce"]
+    paths = BenchPaths(tmp_path, tmp_path / "BENCHMARKS.md")
+    run, report = run_benchmark(pipe, None, whole.select(methods=["esd-x"]), paths, "erasekit bench --test",
+                                adversarial_csv=tmp_path / "no-attacks", progress=False, reader=reader,
+                                settings=SETTINGS, report_plan=whole)
+    assert run.computed == ["attribute/esd-x"] and sorted(run.reused) == ["attribute/original", "attribute/uce"]
+    text = report.read_text()
+    assert "| uce | 0 |" in text and "| esd-x | 2 |" in text and "1 cells computed, 2 reused" in text
+
+
+def test_searched_adversarial_probes_are_stored_and_read_back(pipe, reader, tmp_path):
+    """A searching source runs once per scenario; a rerun or report rebuild reads its probes back."""
+    from erasekit.eval.bench.runner import run_bench
+    from erasekit.eval.bench.scenarios import Probe
+    from erasekit.eval.bench.store import CellStore
+
+    class CountingSearch:
+        name = "counting search"
+
+        def __init__(self):
+            self.calls, self.budget = 0, 1
+
+        def cache_key(self, scenario, n):
+            return {"source": self.name, "budget": self.budget, "scenario": scenario.key, "n": n}
+
+        def probes(self, pipe, scenario, n):
+            self.calls += 1
+            return [Probe("zq crimsonish blob", dict(scenario.targets[0]), 7, "adversarial", 0)], "1 prompt found"
+
+    plan = BenchPlan("test", ["attribute"], ["uce"], per_tier=2, n_preserve=3, n_adversarial=1)
+    store, source = CellStore(tmp_path), CountingSearch()
+
+    def bench(compute):
+        return run_bench(pipe, plan, store, SETTINGS, reader, adversarial=source, progress=False, compute=compute)
+
+    run = bench(True)
+    assert source.calls == 1 and run.results["attribute"]["uce"]["target_rate"]["adversarial"] is not None
+    rebuilt = bench(False)
+    assert source.calls == 1 and rebuilt.missing == [] and len(rebuilt.reused) == 2
+    assert (tmp_path / "cells" / "attribute" / "adversarial_probes.json").is_file()
+    source.budget = 2  # other search settings: searched again, not read back
+    bench(False)
+    assert source.calls == 2
+
+
 def test_sequential_erasure_composes_into_one_delta(pipe):
     uce = get_method("uce")
     concepts = [get_concept(c, world="shapes") for c in ("red", "green", "blue")]

@@ -530,14 +530,18 @@ def bench(
                                                    "adversarial tier (default: Ring-A-Bell from erasekit.eval.attacks)."),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from stored cells; compute nothing."),
 ):
-    """Every erasure method on every Shapes scenario: resumable cells, BENCHMARKS.md, Pareto plots."""
+    """Every erasure method on every Shapes scenario: resumable cells, BENCHMARKS.md, Pareto plots.
+
+    --scenario/--method choose what to compute; the report always shows every stored cell of the mode.
+    """
     import sys
 
     from .eval.bench.main import BenchPaths, NoStoredCellsError, run_benchmark
     from .eval.bench.plan import BenchPlan
 
+    whole = BenchPlan.quick() if quick else BenchPlan.full()
     try:
-        plan = (BenchPlan.quick() if quick else BenchPlan.full()).select(scenario, method)
+        plan = whole.select(scenario, method)
     except ValueError as err:
         _fail(str(err))
     pipe, path = _load(model, "cpu")
@@ -545,7 +549,7 @@ def bench(
     command = " ".join(["erasekit", *sys.argv[1:]])
     try:
         run, written = run_benchmark(pipe, path, plan, paths, command, adversarial_csv=adversarial_csv,
-                                     report_only=report_only, console=console)
+                                     report_only=report_only, console=console, report_plan=whole)
     except NoStoredCellsError as err:
         _fail(str(err))
     console.print(f"{len(run.computed)} cells computed, {len(run.reused)} reused, {len(run.missing)} missing; "

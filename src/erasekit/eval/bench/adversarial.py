@@ -15,6 +15,10 @@ Built in:
 - `RingABellSource`: Ring-A-Bell-style prompts from ``erasekit.eval.attacks``
   (``ringabell_attack``), searched once per scenario on the original model's
   text encoder, with the scenario's explicit-tier prompts and seeds as cases.
+- A source that searches (Ring-A-Bell) also has ``cache_key(scenario, n)``:
+  the runner stores its probes per scenario under that key plus the model's
+  fingerprint (`CellStore.save_probes`), so a rerun or a report rebuild reads
+  them instead of searching again.  A CSV source is read every time.
 - `find_source()`: a CSV folder when given, else `RingABellSource` when the
   attacks package is installed; otherwise the tier is skipped and the report
   says so.  UnlearnDiffAtk (white-box, one optimisation per erased model) is
@@ -86,6 +90,14 @@ class RingABellSource:
 
     def config(self):
         return self.attacks.attack_config("ringabell", self.world, **self.overrides)
+
+    def cache_key(self, scenario: Scenario, n: int) -> dict:
+        """What the search's result depends on besides the model's weights (the runner adds those)."""
+        from ...concepts.packs import get_concept
+
+        return {"source": self.name, "world": self.world, "config": self.config().model_dump(), "n": n,
+                "scenario": scenario.as_dict(),
+                "concepts": [get_concept(c, world="shapes").effective_dict() for c in scenario.concepts]}
 
     def probes(self, pipe, scenario: Scenario, n: int) -> tuple[list[Probe] | None, str]:
         from ...concepts.packs import get_concept

@@ -35,15 +35,37 @@ class NoStoredCellsError(RuntimeError):
 
 def run_benchmark(pipe, model_dir: str | None, plan: BenchPlan, paths: BenchPaths, command: str,
                   adversarial_csv: Path | None = None, report_only: bool = False, progress: bool = True,
-                  console=None, reader=None, settings=None) -> tuple[BenchRun, Path]:
+                  console=None, reader=None, settings=None, report_plan: BenchPlan | None = None
+                  ) -> tuple[BenchRun, Path]:
+    """Compute ``plan``'s missing cells, then write the report over ``report_plan`` (default ``plan``).
+
+    A run restricted to some scenarios or methods passes the unrestricted plan as ``report_plan``, so
+    the report shows every stored cell of the mode (the others read back, not recomputed) instead of
+    only the selection.  With ``report_only`` nothing is computed.  The returned run is the report's:
+    its ``computed`` lists what this call measured.
+    """
     from ...generation import SamplingSettings
     from ..detectors.shapes import ShapesConceptDetector
 
     settings = settings or SamplingSettings.for_model(model_dir)
     reader = reader or ShapesConceptDetector()
     source, note = find_source(adversarial_csv, plan.adversarial_overrides)
-    run = run_bench(pipe, plan, CellStore(paths.results), settings, reader, adversarial=source,
-                    adversarial_note=note, progress=progress, console=console, compute=not report_only)
+    store = CellStore(paths.results)
+
+    def bench(which: BenchPlan, compute: bool) -> BenchRun:
+        return run_bench(pipe, which, store, settings, reader, adversarial=source, adversarial_note=note,
+                         progress=progress and compute, console=console, compute=compute)
+
+    shown_plan = report_plan or plan
+    computed = None if report_only else bench(plan, True)
+    if computed is not None and shown_plan is plan:
+        run = computed
+    else:
+        run = bench(shown_plan, False)
+        if computed is not None:
+            run.computed = list(computed.computed)
+            run.reused = [c for c in run.reused if c not in computed.computed]
+            run.wall_seconds += computed.wall_seconds
     if report_only and run.missing and not run.reused:
         raise NoStoredCellsError(
             f"--report-only found none of the {len(run.missing)} cells it looked for in {paths.results} "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ...generation import SamplingSettings
 from ...models.delta import apply_delta, revert_delta
@@ -78,11 +78,23 @@ def _reader_fingerprint(reader) -> str:
     return module_fingerprint(model) if hasattr(model, "named_parameters") else type(reader).__name__
 
 
-def _adversarial_probes(pipe, scenario: Scenario, plan: BenchPlan, source: AdversarialSource | None
-                        ) -> tuple[list[Probe] | None, str]:
+def _adversarial_probes(pipe, scenario: Scenario, plan: BenchPlan, source: AdversarialSource | None,
+                        store: CellStore, model_fingerprint: str) -> tuple[list[Probe] | None, str]:
+    """The scenario's adversarial probes: stored ones when a searching source already found them for
+    this model and these settings, else the source's (stored for next time when it searches)."""
     if source is None or plan.n_adversarial <= 0:
         return None, "skipped"
-    return source.probes(pipe, scenario, plan.n_adversarial)
+    cache_key = getattr(source, "cache_key", None)
+    if cache_key is None:
+        return source.probes(pipe, scenario, plan.n_adversarial)
+    key = digest({"model": model_fingerprint, **cache_key(scenario, plan.n_adversarial)})
+    stored = store.load_probes(scenario.key, key)
+    if stored is not None:
+        probes, note = stored
+        return ([Probe(**p) for p in probes] if probes else None), note
+    probes, note = source.probes(pipe, scenario, plan.n_adversarial)
+    store.save_probes(scenario.key, key, [asdict(p) for p in probes or []], note)
+    return probes, note
 
 
 def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSettings, reader,
@@ -101,9 +113,9 @@ def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSetting
     with _Bar(progress and compute, total, console) as bar:
         for key in plan.scenarios:
             scenario = get_scenario(key)
-            # Found again even when only collecting: the probes are deterministic and part of every
-            # cell's fingerprint, so without them a report rebuild would find no stored cell.
-            adv, note = _adversarial_probes(pipe, scenario, plan, adversarial)
+            # Needed even when only collecting: the probes are part of every cell's fingerprint, so
+            # without them a report rebuild would find no stored cell (a searched set is read back).
+            adv, note = _adversarial_probes(pipe, scenario, plan, adversarial, store, run.model_fingerprint)
             # the concept specs (anchors, templates, preserve lists) decide what a method does
             scenario_fp = {**base, "scenario": scenario.as_dict(),
                            "concepts": [c.effective_dict() for c in scenario.specs()],

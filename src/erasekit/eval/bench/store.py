@@ -1,7 +1,10 @@
 """Resumable storage of benchmark cells: one JSON per (scenario, method), written atomically.
 
 ``<root>/cells/<scenario>/<label>.json`` holds a cell (``original`` is the
-unerased model); ``original.<fingerprint>.features.npy`` the original model's
+unerased model); ``adversarial_probes.json`` the adversarial prompts a
+searching source found for the scenario (keyed by the model and the search's
+settings, so a report rebuild does not search again);
+``original.<fingerprint>.features.npy`` the original model's
 detector features of the preservation images (for Frechet distances; only the
 current original's are kept).  A cell is
 reused only when its stored ``fingerprint`` equals the one the current run
@@ -91,6 +94,22 @@ class CellStore:
             if stale != path:
                 stale.unlink(missing_ok=True)
         return path
+
+    def probes_path(self, scenario: str) -> Path:
+        return self.root / "cells" / scenario / "adversarial_probes.json"
+
+    def load_probes(self, scenario: str, key: str) -> tuple[list[dict] | None, str] | None:
+        """The stored adversarial probes (as dicts) and note when they were found under ``key``; else None."""
+        try:
+            data = json.loads(self.probes_path(scenario).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("probes"), list):
+            return None
+        return (data["probes"] or None), str(data.get("note", ""))
+
+    def save_probes(self, scenario: str, key: str, probes: list[dict] | None, note: str) -> Path:
+        return atomic.write_json(self.probes_path(scenario), {"key": key, "note": note, "probes": probes or []})
 
     def load_features(self, scenario: str, fingerprint: str) -> np.ndarray | None:
         try:
