@@ -22,6 +22,16 @@ def detector():
     return load_detector()
 
 
+@pytest.fixture
+def all_threads():
+    """The Shapes-model erasure tests (a ~10M-parameter UNet, hundreds of iterations) run on every core,
+    undoing their module's ``one_thread`` (meant for the tiny pipelines) for the test's duration."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread (and two threads crawl on a busy machine).
