@@ -63,6 +63,9 @@ def test_run_writes_cells_report_and_resumes(pipe, reader, tmp_path, monkeypatch
     assert run.results["attribute"]["uce"]["iterations"] == 0
     text = report.read_text()
     assert "| esd-x | 2 |" in text and "## Paper orderings" in text
+    # every cell names the machine its seconds come from, and the header counts the cells per machine
+    machine = run.results["attribute"]["uce"]["hardware"]
+    assert machine and f"{machine} (3 cells)" in text
     assert (tmp_path / "pareto_attribute.png").stat().st_size > 1000
 
     # A rerun computes nothing: erasing or generating would fail loudly.

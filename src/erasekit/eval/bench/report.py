@@ -4,57 +4,20 @@ from __future__ import annotations
 
 import math
 import os
-import platform
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ...world.vocabulary import TIERS
 from .. import atomic
 from ..compare import pareto_front
+from .machine import environment
 from .orderings import orderings_markdown
 from .plan import QUICK_CHANGES
 from .runner import ORIGINAL, BenchRun
 from .scenarios import PRESERVE_SEED, TARGET_SEED, get_scenario
 
 LOW_BASELINE = 0.5  # below this explicit-tier rate the original barely draws the target
-
-
-# ------------------------------------------------------------------ environment
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_gb() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
-    except (OSError, ValueError):
-        pass
-    return "unknown"
-
-
-def environment() -> dict:
-    import torch
-
-    from ...models.delta import library_versions
-
-    return {
-        "versions": library_versions(),
-        "os": platform.platform(),
-        "cpu": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
-        "memory": _memory_gb(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)",
-    }
 
 
 # ------------------------------------------------------------------ tables
@@ -186,6 +149,13 @@ def _cell_seconds(run: BenchRun) -> float:
                for cells in run.results.values() for cell in cells.values() if not cell.get("same_run_as"))
 
 
+def _cell_machines(run: BenchRun) -> str:
+    """Each machine the shown cells were measured on, with its cell count (older cells did not record it)."""
+    counts = Counter(cell.get("hardware") or "not recorded (measured before cells recorded their machine)"
+                     for cells in run.results.values() for cell in cells.values())
+    return "; ".join(f"{machine} ({n} cells)" for machine, n in counts.most_common())
+
+
 def _header(run: BenchRun, command: str, env: dict, settings: dict) -> list[str]:
     plan = run.plan
     v = env["versions"]
@@ -207,9 +177,10 @@ def _header(run: BenchRun, command: str, env: dict, settings: dict) -> list[str]
             f"preservation {PRESERVE_SEED}+k, method configs seed 0 (per-iteration generators) and "
             "`torch.manual_seed(0)` before every erasure",
             "- versions: " + ", ".join(f"{k} {v[k]}" for k in v),
-            f"- hardware: {env['cpu']}, {env['logical_cpus']} logical CPUs, {env['memory']} RAM, "
+            f"- hardware of this invocation: {env['cpu']}, {env['logical_cpus']} logical CPUs, {env['memory']} RAM, "
             f"torch threads {env['torch_threads']} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}), GPU {env['cuda']}; "
             f"{env['os']}",
+            f"- cells measured on (their seconds and memory come from there): {_cell_machines(run)}",
             f"- wall time of this invocation: {run.wall_seconds / 60:.1f} min ({len(run.computed)} cells computed, "
             f"{len(run.reused)} reused from earlier runs); measuring the cells shown took "
             f"{_cell_seconds(run) / 60:.1f} min (erasure + evaluation, summed over cells, twins counted once)",

@@ -15,6 +15,7 @@ from ...generation import SamplingSettings
 from ...models.delta import apply_delta, revert_delta
 from .adversarial import AdversarialSource
 from .erasing import changed_parameters, erase_scenario, iterations_of, method_run, scope_names
+from .machine import machine_line
 from .measure import compare_to_original, image_count, measure_scenario
 from .plan import BenchPlan
 from .scenarios import Probe, Scenario, get_scenario
@@ -151,7 +152,8 @@ def _original_cell(pipe, scenario, plan, settings, reader, adv, note, store, fin
     numbers, features = measure_scenario(pipe, scenario, plan.per_tier, plan.n_preserve, settings, reader, adv,
                                          progress=bar.images)
     cell = {"scenario": scenario.key, "label": ORIGINAL, "method": None, "fingerprint": fingerprint,
-            **numbers, "adversarial": {"measured": bool(adv), "note": note}, "eval_seconds": time.perf_counter() - t}
+            **numbers, "adversarial": {"measured": bool(adv), "note": note}, "eval_seconds": time.perf_counter() - t,
+            "hardware": machine_line()}
     store.save_features(scenario.key, fingerprint, features)
     cell = finite(cell)
     store.save(cell)
@@ -210,7 +212,7 @@ def _measure_method(pipe, scenario, variant, plan, settings, reader, adv, origin
         "composition": "single delta" if len(outcome.steps) == 1 else
                        f"sequential: {len(outcome.steps)} erasures, each on top of the previous, composed into one delta",
         "scopes": scopes, "changed": changed, "memory": outcome.memory,
-        "delta_ids": [d.delta_id for d in outcome.steps],
+        "delta_ids": [d.delta_id for d in outcome.steps], "hardware": machine_line(),
     }
 
 
