@@ -58,7 +58,7 @@ def run_benchmark(pipe, model_dir: str | None, plan: BenchPlan, paths: BenchPath
 
     shown_plan = report_plan or plan
     computed = None if report_only else bench(plan, True)
-    if computed is not None and shown_plan is plan:
+    if computed is not None and (shown_plan.scenarios, shown_plan.methods) == (plan.scenarios, plan.methods):
         run = computed
     else:
         run = bench(shown_plan, False)
