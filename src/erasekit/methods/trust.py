@@ -368,7 +368,11 @@ class KVConfig(Config):
     CSR (32 prompts per tier; 96 preservation prompts for circle and red, 48 for the
     scenarios): circle 0.88 -> 0.06/0.06/0.06 at 0.98 / 0.09/0.06/0.06 at 0.97; "circle on a
     dark background" 0.97 -> 0.09/0.06/0.16 at 0.98 / the same; red circle 0.97 ->
-    0.19/0.06/0.09 at 0.92 / 0.12/0.06/0.09 at 0.92.  The bench has the preset's own cells.
+    0.19/0.06/0.09 at 0.92 / 0.12/0.06/0.09 at 0.92.  The bench has the preset's own cells (seed 0:
+    red circle 0.16/0.06/0.03 at 0.92, the conditional 0.09/0.06/0.16 at 0.98).  Seed 1, same
+    prompts: red circle 0.12/0.06/0.03 at 0.92, the conditional 0.09/0.06/0.16 at 0.98 again.
+    The seed barely matters: the K/V losses and the masks drawn from them are deterministic, and
+    only CSR's term (beta 0.1) draws samples.
     """
 
     scope: str | None = "cross_attn_kv"
