@@ -480,13 +480,16 @@ def test_none_override_replaces_a_preset_value():
 def test_trust_kv_shapes_preset_erases_a_colour_and_keeps_the_others(shapes_pipe, detector):
     """``trust-kv`` (the K/V-space forgetting loss) erases red on the Shapes model and keeps the other colours,
     which TRuST with the spec's noise-space loss does not (red 1.00 -> 0.91).  Measured (32 prompts per tier,
-    96 preservation prompts): 1.00 -> 0.00/0.00/0.06 at 0.94 in 118 s (CSR's double backward is most of it)."""
+    96 preservation prompts): 1.00 -> 0.00/0.00/0.06 at 0.94 in 118 s (CSR's double backward is most of it).
+    Here, on two threads: 1.00 -> 0.00 on 24 explicit prompts, the other colours at 0.93 of the original on 96
+    preservation prompts.  The first 48 of those alone read 0.896 (43 of 48): one image is 0.02 there, so the
+    test keeps the 96 the measurement used rather than judge a 0.9 bar on 48."""
     from erasekit.concepts.packs import get_concept
     from shapes_helpers import rates_before_and_after
 
     info = get_method("trust-kv")
     delta = info.erase(shapes_pipe, get_concept("red"), info.config_cls.for_world("shapes", progress=False))
     assert delta.manifest.config["forget_loss"] == "kv" and delta.manifest.metrics["loss_retain_kv_mean"] > 0
-    t0, k0, t1, k1 = rates_before_and_after(shapes_pipe, detector, delta, "red")
+    t0, k0, t1, k1 = rates_before_and_after(shapes_pipe, detector, delta, "red", n_keep=96)
     assert t1 <= t0 / 5, (t0, t1)
     assert k1 >= 0.9 * k0, (k0, k1)
