@@ -221,6 +221,12 @@ class Config(FineTuneConfig):
       0.88/0.75/0.75 at 0.90.  The masked gradient descent moves along the same cliff between
       erasing the parts with the pair and keeping both; UCE's exact least squares on all K/V
       entries is the only method here that lands between.
+    - Stop 18: the spec's noise-space loss on the K/V scope with the parts' keys and values held by
+      a small ``retain_kv_weight`` (the way esd-x's Shapes preset keeps colours, at 0.03), preset
+      otherwise (80 iterations, xi mask, CSR beta 1; bench protocol, 48 preservation prompts):
+      w = 0.01 -> 0.12/0.19/0.25 at 0.75; 0.03 -> 0.53/0.47/0.56 at 0.88 (240 iterations:
+      0.09/0.16/0.12 at 0.58); 0.1 -> 0.91/0.78/0.84 at 0.94 (400 iterations: 0.38/0.38/0.44 at
+      0.71).  The same cliff: more iterations erase further and lose the parts faster.
     """
 
     iterations: int = 200
