@@ -18,7 +18,10 @@ Built in:
 - A source that searches (Ring-A-Bell) also has ``cache_key(scenario, n)``:
   the runner stores its probes per scenario under that key plus the model's
   fingerprint (`CellStore.save_probes`), so a rerun or a report rebuild reads
-  them instead of searching again.  A CSV source is read every time.
+  them instead of searching again.  A CSV source is read every time.  The
+  key does not cover the search code itself (cells do not cover method code
+  either): after changing ``erasekit.eval.attacks``, delete the scenario's
+  ``adversarial_probes.json`` to search again.
 - `find_source()`: a CSV folder when given, else `RingABellSource` when the
   attacks package is installed; otherwise the tier is skipped and the report
   says so.  UnlearnDiffAtk (white-box, one optimisation per erased model) is
