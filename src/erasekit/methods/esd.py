@@ -65,6 +65,8 @@ class Config(FineTuneConfig):
     g = 2 with 10 and 400 iterations -> 0.38/0.38/0.25 at 0.95; g = 2.5 -> 0.38/0.38/0.31 at 0.93
     (stop 18): a weaker push does not move the cliff, it only stops short of it.  Smaller steps
     for longer do not either: weight 10, lr 5e-5, 800 iterations -> 0.00/0.00/0.00 at 0.82 (432 s).
+    Nor does a larger pool: weight 10, 400 iterations, 96 latents (every kept prompt two or three
+    times, against 32) -> 0.06/0.09/0.06 at 0.81 (315 s).
     ``preserve_latents="partial"`` holds the kept prompts on the edited model's own
     partial generations (ESD's latent source) instead of the original's pool: esd-u
     10 and 300 iterations -> 0.00/0.00/0.03 at 0.81; esd-x 3 and 300 -> 0.22/0.25/0.25
