@@ -5,7 +5,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
+# the suite's thread count: OMP_NUM_THREADS when set, else every core up to two
+SUITE_THREADS = int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1)))
+torch.set_num_threads(SUITE_THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +29,7 @@ def all_threads():
     """The Shapes-model erasure tests (a ~10M-parameter UNet, hundreds of iterations) run on every core,
     undoing their module's ``one_thread`` (meant for the tiny pipelines) for the test's duration."""
     before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
+    torch.set_num_threads(SUITE_THREADS)
     yield
     torch.set_num_threads(before)
 

@@ -332,7 +332,7 @@ def method_work(method: str, config=None, kind: str = "object") -> MethodWork:
         static = 0.0 if dynamic else per_mask  # the one mask: a reference and a gradient pass per sample
         draws = int(step_sample) + masks_per_iter
         nograd = (0 if kv else 1) + masks_per_iter + (0 if cfg.latents == "pool" else (cfg.n_steps - 1) * draws)
-        return MethodWork(method, cfg.scope or "cross_attn_qkv", cfg.iterations, nograd, int(step_sample) + masks_per_iter,
+        return MethodWork(method, cfg.scope or "cross_attn_qkv", cfg.iterations, nograd, draws,
                           1, setup_nograd=pool + retain + static, setup_grad=static, double_backward=csr,
                           notes=("static mask from %d samples" % per_mask) if not dynamic else "")
     raise ValueError(f"no work model for method {method!r}")
