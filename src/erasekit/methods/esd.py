@@ -91,6 +91,11 @@ class Config(FineTuneConfig):
     at 0.79, 100 -> no erasure (1.00 at 0.97), 30 with 300 iterations -> 0.38/0.38/0.28 at
     0.86; 10 with g = 2 -> 0.19/0.16/0.19 at 0.82, with g = 1 and 300 iterations ->
     0.22/0.34/0.25 at 0.90.  Not kept.
+    Stop 19, blue again with weight 10, a 32-latent pool and 400 iterations: seed 2 ->
+    0.00/0.00/0.03 at 0.94, so seeds 0/1/2 give 0.95/0.89/0.94; weight 15 -> seed 0
+    0.03/0.03/0.06 at 0.95, seed 1 0.09/0.12/0.16 at 0.87.  Seed 1 stays under the bar whatever the
+    weight, and 96 preservation prompts at ~0.9 carry about 0.03 of binomial noise: blue sits on the
+    bar, not over it, so the preset still leaves the term off.
 
     ``preserve_kv_weight`` w (not in the paper, 0 in both presets) adds ``w * kv_drift`` of the
     kept prompts' tokens (`KVRetainTerm`): their cross-attention keys and values held in place,

@@ -227,6 +227,13 @@ class Config(FineTuneConfig):
       w = 0.01 -> 0.12/0.19/0.25 at 0.75; 0.03 -> 0.53/0.47/0.56 at 0.88 (240 iterations:
       0.09/0.16/0.12 at 0.58); 0.1 -> 0.91/0.78/0.84 at 0.94 (400 iterations: 0.38/0.38/0.44 at
       0.71).  The same cliff: more iterations erase further and lose the parts faster.
+    - Stop 19: the same loss with the denser mask that lets trust-kv land (``topk`` 0.4, K/V scope,
+      CSR beta 1, bench protocol): ``retain_kv_weight`` 1 -> no erasure (0.94 after 80 iterations,
+      0.97/0.84/0.97 after 240); 0.3 with 240 -> 0.66/0.41/0.62 at 0.88; 0.1 -> 0.44/0.41/0.47 at
+      0.83 (80 iterations), 0.06/0.00/0.03 at 0.67 (240).  On the spec's scope (query too), top-40%
+      with 1 -> 0.88/0.75/0.91 at 0.79, the colours lost through the query weights, which the K/V
+      term does not hold.  So the mask's density is not what separates trust-kv from the spec's
+      loss: the noise-space forgetting loss moves the parts with the pair under every mask tried.
     """
 
     iterations: int = 200
