@@ -140,6 +140,34 @@ def test_a_selective_run_reports_every_stored_cell(pipe, reader, tmp_path):
     assert "| uce | 0 |" in text and "| esd-x | 2 |" in text and "1 cells computed, 2 reused" in text
 
 
+def test_extra_seeds_measure_fine_tunes_again_and_report_their_spread(pipe, reader, tmp_path, monkeypatch):
+    """`bench --seed 1`: every fine-tune again with config seed 1 (not the closed form), a spread table, resumable."""
+    run, report = _run(pipe, reader, tmp_path, _plan().with_extra_seeds([1, 0]))
+    assert sorted(run.computed) == ["attribute/esd-x", "attribute/esd-x@seed1", "attribute/original", "attribute/uce"]
+    main, again = run.results["attribute"]["esd-x"], run.replicates["attribute"][1]["esd-x"]
+    assert list(run.replicates["attribute"][1]) == ["esd-x"]  # UCE draws nothing: no replicate
+    assert main["configs"][0]["seed"] == 0 and again["configs"][0]["seed"] == 1
+    assert again["delta_ids"] != main["delta_ids"]  # another seed, another fine-tune
+    stored = json.loads((tmp_path / "cells" / "attribute" / "esd-x@seed1.json").read_text())
+    assert stored["label"] == "esd-x@seed1" and stored["variant"] == "esd-x"
+    text = report.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| esd-x | 0, 1 |"))
+    preservation = [main["preservation"], again["preservation"]]
+    mean = sum(preservation) / 2
+    assert f"{mean:.2f} ({min(preservation):.2f}–{max(preservation):.2f})" in row
+    assert "(4 cells)" in text  # the header counts the replicate's machine too
+
+    # Resumable, and a rebuild without --seed still shows the seeds already stored.
+    monkeypatch.setattr(bench_runner, "erase_scenario", lambda *a, **k: pytest.fail("recomputed"))
+    rerun, _ = _run(pipe, reader, tmp_path, _plan().with_extra_seeds([1]))
+    assert rerun.computed == [] and "attribute/esd-x@seed1" in rerun.reused
+    plain, report = _run(pipe, reader, tmp_path, _plan())
+    assert plain.computed == [] and plain.replicates["attribute"][1]["esd-x"]["delta_ids"] == again["delta_ids"]
+    assert "| esd-x | 0, 1 |" in report.read_text()
+    with pytest.raises(ValueError, match=">= 0"):
+        _plan().with_extra_seeds([-1])
+
+
 def test_searched_adversarial_probes_are_stored_and_read_back(pipe, reader, tmp_path):
     """A searching source runs once per scenario; a rerun or report rebuild reads its probes back."""
     from erasekit.eval.bench.runner import run_bench

@@ -522,6 +522,9 @@ def bench(
                                "iterations (see BENCHMARKS.md / erasekit.eval.bench.plan)."),
     scenario: Optional[list[str]] = typer.Option(None, "--scenario", help="Only these scenarios (repeatable)."),
     method: Optional[list[str]] = typer.Option(None, "--method", help="Only these method variants (repeatable)."),
+    seed: Optional[list[int]] = typer.Option(None, "--seed", help="Also measure every fine-tuned variant with this "
+                                             "method-config seed (repeatable; seed 0 is the main table). The report "
+                                             "adds each scenario's spread over seeds."),
     model: str = typer.Option("shapes", help="The Shapes pipeline or a folder exported from it."),
     results: Optional[Path] = typer.Option(None, help="Cells and plots folder (default benchmarks/results/bench, "
                                            "or bench-quick)."),
@@ -541,7 +544,7 @@ def bench(
 
     whole = BenchPlan.quick() if quick else BenchPlan.full()
     try:
-        plan = whole.select(scenario, method)
+        plan = whole.select(scenario, method).with_extra_seeds(seed)
     except ValueError as err:
         _fail(str(err))
     pipe, path = _load(model, "cpu")

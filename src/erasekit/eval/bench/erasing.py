@@ -37,6 +37,8 @@ ESD_AT_KSCU = "esd@kscu"
 PREFERRED_ORDER = ("uce", "trce-t", "trce-v", "trce", "esd-x", "esd-u", ESD_AT_KSCU, "kscu", "salun", "trust", "trust-kv")
 # Closed-form K/V edits record no scope in their metrics; TRCE's stage 1 is one too.
 CLOSED_FORM_SCOPE = {"uce": "cross_attn_kv", "trce-t": "cross_attn_kv", "trce": "cross_attn_kv"}
+# Closed-form edits draw nothing at random: their config seed changes nothing.
+SEED_FREE = ("uce", "trce-t")
 ESD_DEFAULT_SCOPE = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 # What ``esd@kscu`` takes from KSCU's config (for the concept's kind) besides scope and iterations:
 # every training setting the two configs share, so only the loss and the step schedule differ.
@@ -48,6 +50,16 @@ def all_variants() -> list[str]:
     registered = list_methods()
     ordered = [v for v in PREFERRED_ORDER if v in registered or v == ESD_AT_KSCU]
     return ordered + [m for m in registered if m not in ordered]
+
+
+def seed_dependent(variant: str) -> bool:
+    """Whether a variant's result depends on its config seed (every fine-tune; not the closed forms)."""
+    return variant not in SEED_FREE
+
+
+def replicate_label(variant: str, seed: int) -> str:
+    """The stored label of ``variant`` measured with config seed ``seed`` (seed 0 keeps the plain label)."""
+    return variant if seed == 0 else f"{variant}@seed{seed}"
 
 
 def registry_method(variant: str) -> str:

@@ -2,8 +2,13 @@
 
 Full: all six scenarios, every method variant with its ``shapes`` preset,
 32 prompts per wording tier (explicit, synonym, implicit), 16 adversarial
-prompts when a source is available, 48 preservation prompts.  Estimated
-(from the quick run's timings) at 40-50 minutes on a free 2-core CPU.
+prompts when a source is available, 48 preservation prompts.  Measured at
+102.5 minutes on a free 2-core CPU (AMD EPYC, 72 cells).
+
+``--seed S`` (repeatable, either mode) adds, for every seed-dependent variant
+(`erasing.seed_dependent`: all but the closed-form UCE and TRCE-T), a cell
+measured with the method config's ``seed`` set to S; the report puts the
+spread over seeds next to each scenario's table.
 
 Quick (``--quick``) changes exactly this (`QUICK_CHANGES` is printed in the
 report):
@@ -66,6 +71,9 @@ class BenchPlan:
     overrides: dict[str, dict] = field(default_factory=dict)
     adversarial_overrides: dict = field(default_factory=dict)
     world: str = "shapes"
+    # Extra method-config seeds: each seed-dependent variant is measured again with each (seed 0 is the
+    # main table); the report gives the spread over seeds.  See `seed_dependent`.
+    extra_seeds: list[int] = field(default_factory=list)
 
     @classmethod
     def full(cls) -> "BenchPlan":
@@ -87,6 +95,18 @@ class BenchPlan:
         return replace(self,
                        scenarios=[s for s in known_s if s in scenarios] if scenarios else list(self.scenarios),
                        methods=[m for m in known_m if m in methods] if methods else list(self.methods))
+
+    def with_extra_seeds(self, seeds: list[int] | None) -> "BenchPlan":
+        """A copy that also measures every seed-dependent variant with these method-config seeds."""
+        wanted = sorted({int(s) for s in seeds or []} - {0})
+        if any(s < 0 for s in wanted):
+            raise ValueError("seeds are >= 0 (seed 0 is the main table's)")
+        return replace(self, extra_seeds=wanted)
+
+    def seeded_overrides(self, seed: int) -> dict[str, dict]:
+        """The plan's overrides with ``seed`` set in every variant's config (and KSCU's, which esd@kscu reads)."""
+        names = set(all_variants()) | set(self.overrides) | {"kscu"}
+        return {name: {**self.overrides.get(name, {}), "seed": seed} for name in names}
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -1,5 +1,10 @@
 """The benchmark loop: for each scenario, the original model, then every method variant.
 
+With extra seeds (``BenchPlan.extra_seeds``), each seed-dependent variant is
+then measured again per seed (``<variant>@seed<S>`` cells, `BenchRun.replicates`).
+Replicate cells already stored for other seeds are read back too, so a report
+shows every seed measured so far.
+
 Each finished cell is written at once (`CellStore`); a rerun skips cells whose
 fingerprint matches.  The pipeline is always back to its original weights
 between cells (methods return deltas; the bench applies and reverts them).
@@ -9,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ...generation import SamplingSettings
 from ...models.delta import apply_delta, revert_delta
 from .adversarial import AdversarialSource
-from .erasing import changed_parameters, erase_scenario, iterations_of, method_run, scope_names
+from .erasing import (changed_parameters, erase_scenario, iterations_of, method_run, replicate_label, scope_names,
+                      seed_dependent)
 from .machine import machine_line
 from .measure import compare_to_original, image_count, measure_scenario
 from .plan import BenchPlan
@@ -28,6 +34,8 @@ ORIGINAL = "original"
 class BenchRun:
     plan: BenchPlan
     results: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # scenario -> extra seed -> variant -> cell (the same variants measured with another config seed)
+    replicates: dict[str, dict[int, dict[str, dict]]] = field(default_factory=dict)
     computed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -110,7 +118,9 @@ def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSetting
         pipe.unet, pipe.text_encoder, pipe.vae), detector_fingerprint=_reader_fingerprint(reader))
     base = {"model": run.model_fingerprint, "detector": run.detector_fingerprint, "settings": vars(settings),
             "per_tier": plan.per_tier, "n_preserve": plan.n_preserve, "world": plan.world}
-    total = len(plan.scenarios) * (1 + len(plan.methods))
+    seeded_methods = [v for v in plan.methods if seed_dependent(v)]
+    seeds_of = {key: sorted(set(plan.extra_seeds) | set(store.stored_seeds(key))) for key in plan.scenarios}
+    total = sum(1 + len(plan.methods) + len(seeds_of[key]) * len(seeded_methods) for key in plan.scenarios)
     with _Bar(progress and compute, total, console) as bar:
         for key in plan.scenarios:
             scenario = get_scenario(key)
@@ -133,6 +143,18 @@ def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSetting
                                     original, features, cells, run, bar, compute)
                 if cell is not None:
                     cells[variant] = cell
+            for seed in seeds_of[key]:
+                requested = seed in plan.extra_seeds
+                seeded = replace(plan, overrides=plan.seeded_overrides(seed))
+                seed_cells: dict[str, dict] = {}
+                for variant in seeded_methods:
+                    cell = _method_cell(pipe, scenario, variant, seeded, settings, reader, adv, store, scenario_fp,
+                                        original, features, seed_cells, run, bar, compute and requested,
+                                        name=replicate_label(variant, seed), report_missing=requested)
+                    if cell is not None:
+                        seed_cells[variant] = cell
+                if seed_cells:
+                    run.replicates.setdefault(key, {})[seed] = seed_cells
     run.wall_seconds = time.perf_counter() - t0
     return run
 
@@ -163,27 +185,34 @@ def _original_cell(pipe, scenario, plan, settings, reader, adv, note, store, fin
 
 
 def _method_cell(pipe, scenario, variant, plan, settings, reader, adv, store, scenario_fp, original, features,
-                 cells, run, bar, compute):
-    label = f"{scenario.key}/{variant}"
+                 cells, run, bar, compute, name: str | None = None, report_missing: bool = True):
+    """``variant``'s cell, read back or measured; stored as ``name`` (default: the variant).
+
+    ``cells`` holds the cells measured alongside (same seed), where a twin run is looked up.
+    """
+    name = name or variant
+    label = f"{scenario.key}/{name}"
     runs = [method_run(variant, spec, plan.world, plan.overrides) for spec in scenario.specs()]
     configs = [r.config.model_dump() for r in runs]
     fingerprint = digest({**scenario_fp, "variant": variant, "methods": [r.method for r in runs],
                           "configs": [r.config.fingerprint() for r in runs]})
-    cell = store.load(scenario.key, variant, fingerprint)
+    cell = store.load(scenario.key, name, fingerprint)
     if cell is not None:
         run.reused.append(label)
         bar.cell_done()
         return cell
     if not compute:
-        run.missing.append(label)
+        if report_missing:
+            run.missing.append(label)
         return None
     same = {r.same_run_as for r in runs}
     twin = same.pop() if len(same) == 1 else None
     if twin is not None and twin in cells and twin in plan.methods:
-        cell = {**cells[twin], "label": variant, "fingerprint": fingerprint, "same_run_as": twin}
+        cell = {**cells[twin], "label": name, "fingerprint": fingerprint, "same_run_as": twin}
     else:
         cell = _measure_method(pipe, scenario, variant, plan, settings, reader, adv, original, features, bar)
-        cell.update(label=variant, fingerprint=fingerprint, same_run_as=None)
+        cell.update(label=name, fingerprint=fingerprint, same_run_as=None)
+    cell["variant"] = variant
     cell["configs"] = configs
     cell = finite(cell)
     store.save(cell)

@@ -1,7 +1,7 @@
 """Resumable storage of benchmark cells: one JSON per (scenario, method), written atomically.
 
 ``<root>/cells/<scenario>/<label>.json`` holds a cell (``original`` is the
-unerased model); ``adversarial_probes.json`` the adversarial prompts a
+unerased model; ``<variant>@seed<S>`` the variant with config seed S); ``adversarial_probes.json`` the adversarial prompts a
 searching source found for the scenario (keyed by the model and the search's
 settings, so a report rebuild does not search again);
 ``original.<fingerprint>.features.npy`` the original model's
@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ class CellStore:
         except (OSError, ValueError):
             return None
         return cell if isinstance(cell, dict) and cell.get("fingerprint") == fingerprint else None
+
+    def stored_seeds(self, scenario: str) -> list[int]:
+        """The extra method-config seeds with at least one stored cell (``<variant>@seed<S>.json``) here."""
+        found = (re.search(r"@seed(\d+)$", p.stem) for p in (self.root / "cells" / scenario).glob("*@seed*.json"))
+        return sorted({int(m.group(1)) for m in found if m})
 
     def save(self, cell: dict) -> Path:
         return atomic.write_json(self.path(cell["scenario"], cell["label"]), finite(cell))
