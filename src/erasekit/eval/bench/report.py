@@ -75,13 +75,13 @@ def scenario_table(cells: dict[str, dict]) -> str:
 SPREAD_HEADER = "| method | seeds | explicit | synonym | implicit | adversarial | preservation | erase s |"
 
 
-def _spread(values: list) -> str:
+def _spread(values: list, digits: int = 2) -> str:
     """'mean (min-max)' of the values that exist; '–' when none does."""
     xs = [float(v) for v in values if v is not None]
     if not xs:
         return "–"
     mean = sum(xs) / len(xs)
-    return f"{mean:.2f} ({min(xs):.2f}–{max(xs):.2f})" if len(xs) > 1 else f"{mean:.2f}"
+    return f"{mean:.{digits}f} ({min(xs):.{digits}f}–{max(xs):.{digits}f})" if len(xs) > 1 else f"{mean:.{digits}f}"
 
 
 def seed_spread_table(cells: dict[str, dict], replicates: dict[int, dict[str, dict]]) -> str | None:
@@ -99,7 +99,7 @@ def seed_spread_table(cells: dict[str, dict], replicates: dict[int, dict[str, di
         got = [c for _, c in seeds]
         rates = [_spread([c["target_rate"].get(t) for c in got]) for t in (*TIERS, "adversarial")]
         rows.append(f"| {label} | {', '.join(str(s) for s, _ in seeds)} | " + " | ".join(rates)
-                    + f" | {_spread([c['preservation'] for c in got])} | {_spread([c['erase_seconds'] for c in got])} |")
+                    + f" | {_spread([c['preservation'] for c in got])} | {_spread([c['erase_seconds'] for c in got], 1)} |")
     if not rows:
         return None
     return "\n".join([SPREAD_HEADER, "|" + "---|" * (SPREAD_HEADER.count("|") - 1), *rows])
