@@ -98,8 +98,9 @@ def seed_spread_table(cells: dict[str, dict], replicates: dict[int, dict[str, di
             continue
         got = [c for _, c in seeds]
         rates = [_spread([c["target_rate"].get(t) for c in got]) for t in (*TIERS, "adversarial")]
+        kept, seconds = _spread([c["preservation"] for c in got]), _spread([c["erase_seconds"] for c in got], 1)
         rows.append(f"| {label} | {', '.join(str(s) for s, _ in seeds)} | " + " | ".join(rates)
-                    + f" | {_spread([c['preservation'] for c in got])} | {_spread([c['erase_seconds'] for c in got], 1)} |")
+                    + f" | {kept} | {seconds} |")
     if not rows:
         return None
     return "\n".join([SPREAD_HEADER, "|" + "---|" * (SPREAD_HEADER.count("|") - 1), *rows])

@@ -1,14 +1,14 @@
 """Resumable storage of benchmark cells: one JSON per (scenario, method), written atomically.
 
 ``<root>/cells/<scenario>/<label>.json`` holds a cell (``original`` is the
-unerased model; ``<variant>@seed<S>`` the variant with config seed S); ``adversarial_probes.json`` the adversarial prompts a
-searching source found for the scenario (keyed by the model and the search's
-settings, so a report rebuild does not search again);
-``original.<fingerprint>.features.npy`` the original model's
-detector features of the preservation images (for Frechet distances; only the
-current original's are kept).  A cell is
-reused only when its stored ``fingerprint`` equals the one the current run
-computes (model weights, detector, sampling, prompts, method config), so a
+unerased model; ``<variant>@seed<S>`` the variant with config seed S);
+``adversarial_probes.json`` the adversarial prompts a searching source found
+for the scenario (keyed by the model and the search's settings, so a report
+rebuild does not search again); ``original.<fingerprint>.features.npy`` the
+original model's detector features of the preservation images (for Frechet
+distances; only the current original's are kept).  A cell is reused only
+when its stored ``fingerprint`` equals the one the current run computes
+(model weights, detector, sampling, prompts, method config), so a
 retrained model or a changed setting never reuses stale numbers.
 """
 
