@@ -57,11 +57,6 @@ def seed_dependent(variant: str) -> bool:
     return variant not in SEED_FREE
 
 
-def replicate_label(variant: str, seed: int) -> str:
-    """The stored label of ``variant`` measured with config seed ``seed`` (seed 0 keeps the plain label)."""
-    return variant if seed == 0 else f"{variant}@seed{seed}"
-
-
 def registry_method(variant: str) -> str:
     return "esd-x" if variant == ESD_AT_KSCU else variant
 

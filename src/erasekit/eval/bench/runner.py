@@ -19,13 +19,12 @@ from dataclasses import asdict, dataclass, field, replace
 from ...generation import SamplingSettings
 from ...models.delta import apply_delta, revert_delta
 from .adversarial import AdversarialSource
-from .erasing import (changed_parameters, erase_scenario, iterations_of, method_run, replicate_label, scope_names,
-                      seed_dependent)
+from .erasing import changed_parameters, erase_scenario, iterations_of, method_run, scope_names, seed_dependent
 from .machine import machine_line
 from .measure import compare_to_original, image_count, measure_scenario
 from .plan import BenchPlan
 from .scenarios import Probe, Scenario, get_scenario
-from .store import CellStore, digest, finite, module_fingerprint
+from .store import CellStore, digest, finite, module_fingerprint, replicate_label
 
 ORIGINAL = "original"
 

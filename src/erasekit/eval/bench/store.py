@@ -45,6 +45,14 @@ def module_fingerprint(*modules: torch.nn.Module | None) -> str:
     return h.hexdigest()[:20]
 
 
+_REPLICATE = re.compile(r"@seed(\d+)$")
+
+
+def replicate_label(variant: str, seed: int) -> str:
+    """The stored label of ``variant`` measured with config seed ``seed`` (seed 0 keeps the plain label)."""
+    return variant if seed == 0 else f"{variant}@seed{seed}"
+
+
 def finite(value: Any) -> Any:
     """``value`` with NaN/inf floats replaced by None (strict JSON; e.g. preservation over a zero baseline)."""
     if isinstance(value, float):
@@ -76,7 +84,7 @@ class CellStore:
 
     def stored_seeds(self, scenario: str) -> list[int]:
         """The extra method-config seeds with at least one stored cell (``<variant>@seed<S>.json``) here."""
-        found = (re.search(r"@seed(\d+)$", p.stem) for p in (self.root / "cells" / scenario).glob("*@seed*.json"))
+        found = (_REPLICATE.search(p.stem) for p in (self.root / "cells" / scenario).glob("*@seed*.json"))
         return sorted({int(m.group(1)) for m in found if m})
 
     def save(self, cell: dict) -> Path:
