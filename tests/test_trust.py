@@ -342,6 +342,21 @@ def test_retain_prompts_enter_the_loss(pipe, concept):
     assert plain.manifest.metrics["retain_prompts"] == 0
 
 
+def test_batch_size_draws_that_many_forget_and_retain_samples(pipe, monkeypatch):
+    from erasekit.methods import trust
+    calls = []
+    draw = trust.TrustStep.draw
+    monkeypatch.setattr(trust.TrustStep, "draw", lambda self, g, retain=False: calls.append(retain) or draw(self, g, retain))
+    one = get_method("trust").erase(pipe, COMBO, tiny_cfg(gamma=1.0))
+    per_step = (calls.count(False), calls.count(True))
+    calls.clear()
+    two = get_method("trust").erase(pipe, COMBO, tiny_cfg(gamma=1.0, batch_size=2))
+    # each of 3 iterations: one saliency sample, then batch_size forget and batch_size retain samples
+    assert per_step == (3 * 2, 3) and (calls.count(False), calls.count(True)) == (3 * 3, 3 * 2)
+    assert one.delta_id != two.delta_id
+    assert "batch_size" not in tiny_cfg().fingerprint()  # at its default it leaves earlier runs' ids alone
+
+
 def test_partial_latents_and_topk(pipe):
     delta = get_method("trust").erase(pipe, PLAIN, tiny_cfg(latents="partial", topk=0.01, iterations=2))
     m = delta.manifest.metrics

@@ -96,6 +96,16 @@ class Config(FineTuneConfig):
     0.03/0.03/0.06 at 0.95, seed 1 0.09/0.12/0.16 at 0.87.  Seed 1 stays under the bar whatever the
     weight, and 96 preservation prompts at ~0.9 carry about 0.03 of binomial noise: blue sits on the
     bar, not over it, so the preset still leaves the term off.
+    Stop 21, a narrower scope inside ESD-u's (the way esd-x's preset narrows cross-attention to its
+    K/V), registered ad hoc for the trial: the transformer blocks' feed-forward Linear layers only
+    (1.1M of the 5.1M UNet parameters).  Red, otherwise the preset: 0.16/0.16/0.12 at 0.82 (the full
+    scope: 0.16/0.19/0.12 at 0.51), lr 1e-3 -> 0.00 at 0.61, g = 2 with 300 iterations -> 0.00 at
+    0.78; every non-cross-attention layer of the transformer blocks (self-attention, feed-forward,
+    projections) -> 0.50/0.56/0.41 at 0.77.  With the retain term at weight 10 and a 32-latent pool:
+    150 iterations -> 0.19/0.16/0.22 at 0.85; **300 -> 0.19/0.16/0.06 at 0.92** on seed 0, both
+    bars, but seed 1 -> 0.00/0.00/0.03 at 0.83.  The narrower scope keeps more of the other colours
+    at the same erasure, and the retain term's cliff is still there; on circle the same setting
+    stops at 0.25/0.31/0.25 (at 1.00), under the shape bar.  So no preset takes it.
 
     ``preserve_kv_weight`` w (not in the paper, 0 in both presets) adds ``w * kv_drift`` of the
     kept prompts' tokens (`KVRetainTerm`): their cross-attention keys and values held in place,
