@@ -258,7 +258,11 @@ class Config(FineTuneConfig):
       0.16/0.19/0.19 at 0.88, 0.19/0.12/0.16 at 0.90 (about 190 s each) -- explicit+synonym falls
       4.8x, 5.6x, 6.4x.  Gamma 15 with 300 iterations (seed 1) -> 0.16/0.12/0.19 at 0.81.  So with
       a colour-only anchor and larger pools the spec's TRuST sits on both bars at once on every
-      seed, over neither; the preset keeps its pools, batch and the pack's anchor.
+      seed, over neither.  The preset with 32-latent pools (bench protocol, pack anchors): circle
+      0.09/0.12/0.12 and 0.06/0.12/0.06 at 1.00 on seeds 0 and 1 (8-latent pools: 0.00 and
+      0.19/0.16/0.16), so the seeds agree there too; red circle 0.00/0.00/0.03 at 0.56 (8: 0.44);
+      circle on dark 0.00 at 0.91 (8: 0.93).  No bar changes side, so the preset keeps its pools,
+      batch and the pack's anchor.
     """
 
     iterations: int = 200
