@@ -149,14 +149,23 @@ def erase(
     if dry_run:
         _print_estimate(info, spec, model, preset, config, seed)
         return
+    from .methods import data_parallel
+
+    dp = data_parallel.current()  # started by `accelerate launch` with several processes
+    if dp is not None and device.startswith("cuda"):
+        device = str(dp.device)  # one GPU per process
     pipe, _ = _load(model, device, family)
     prior = _apply_delta_arg(pipe, start_from)
     if prior is not None and anchor is None:
         spec = _anchor_off_erased(spec, prior)
     preset = preset or ("shapes" if is_shapes_world(pipe) else "sd")
     cfg = info.config_cls.for_world(preset, **_overrides(config, seed=seed))
-    console.print(f"erasing [bold]{spec.name}[/] with [bold]{method}[/] (preset {preset})")
+    if dp is None or dp.is_main:
+        suffix = f", data-parallel over {dp.num_processes} processes" if dp is not None else ""
+        console.print(f"erasing [bold]{spec.name}[/] with [bold]{method}[/] (preset {preset}{suffix})")
     delta = info.erase(pipe, spec, cfg)
+    if dp is not None and not dp.is_main:
+        return  # every replica holds the same delta (checked by the trainer); process 0 writes it
     delta.save(out)
     m = delta.manifest
     console.print(f"wrote {out}: {len(delta.tensors)} tensors, {m.wall_time_s:.1f}s")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,15 +53,11 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
 def distributed_state(cpu: bool = False):
     """accelerate's PartialState (rank, world size, device); a single process when not launched.
 
-    Without CUDA, processes started by ``accelerate launch --multi_gpu`` (torchrun) are
-    joined on the CPU (gloo backend): accelerate only does that when asked for ``cpu``.
+    Without CUDA, launched processes are joined on the CPU (gloo): `erasekit.methods.data_parallel.partial_state`.
     """
-    import torch
-    from accelerate import PartialState
+    from ..methods.data_parallel import partial_state
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        cpu = True
-    return PartialState(cpu=cpu)
+    return partial_state(cpu)
 
 
 def fingerprint(rows: Sequence[BenchmarkRow], settings: SamplingSettings, model: str, delta_id: str | None) -> dict:

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..concepts.spec import ConceptSpec
+from .data_parallel import average
 
 log = logging.getLogger(__name__)
 
@@ -274,10 +275,14 @@ def make_scorer(name: str, pipe, concept: ConceptSpec, **options: Any) -> tuple[
 
 # ------------------------------------------------------------------ saliency and masks
 def saliency(score: torch.Tensor, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """d score / d param for every param (zeros where the score does not reach); leaves ``.grad`` alone."""
+    """d score / d param for every param (zeros where the score does not reach); leaves ``.grad`` alone.
+
+    Under data-parallel training the gradient is averaged over processes, so every replica ranks
+    the same entries (`erasekit.methods.data_parallel.average`).
+    """
     names = list(params)
     grads = torch.autograd.grad(score, [params[n] for n in names], allow_unused=True)
-    return {n: (torch.zeros_like(params[n]) if g is None else g.detach()) for n, g in zip(names, grads)}
+    return dict(average({n: (torch.zeros_like(params[n]) if g is None else g.detach()) for n, g in zip(names, grads)}))
 
 
 def _threshold_mask(a: torch.Tensor, xi: float, topk: float | None) -> torch.Tensor:

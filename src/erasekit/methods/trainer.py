@@ -36,10 +36,11 @@ A method supplies only its loss, as ``step_fn(step, generator) -> loss``; the
 - optional **gradient checkpointing** and **autocast** (bf16/fp16, CUDA only;
   fp16 uses a gradient scaler).
 
-Multi-GPU training through ``accelerate`` is NOT implemented: every method here
-trains a single UNet with batch 1 (as the papers do), where data parallelism
-buys nothing and would complicate bit-exact resumption.  Put the pipeline on
-the GPU you want (``pipe.to("cuda:1")``); the trainer follows the UNet's device.
+- **data parallel** under ``accelerate launch --multi_gpu --num_processes N``
+  (`erasekit.methods.data_parallel`): each process draws its own samples, the
+  scope's gradients are averaged over processes before each step, checkpoints
+  hold every process's step state, and the replicas are checked equal at the
+  end.  One process (no launcher) runs exactly as without it.
 
 Prediction types.  `predict` returns the UNet output as-is, whether the model
 predicts epsilon or v.  Every loss and target here is a LINEAR combination of
@@ -74,7 +75,9 @@ from ..concepts.spec import ConceptSpec
 from ..models.conditioning import Condition, TextCondition, cat_conditions, expand_condition, uses_added_conditions
 from ..models.delta import WeightDelta
 from ..models.scopes import ParameterScope, get_scope
+from . import data_parallel
 from .base import EditSession, MethodConfig
+from .data_parallel import DataParallel
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +135,12 @@ def run_key(method: str, config: FineTuneConfig, concept: ConceptSpec | None = N
 
 
 # ------------------------------------------------------------------ small helpers
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator for step ``step`` of a run with ``seed`` (independent of any earlier step)."""
-    digest = hashlib.sha256(f"erasekit:{seed}:{step}".encode()).digest()
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """A CPU generator for step ``step`` of a run with ``seed`` (independent of any earlier step).
+
+    ``rank`` > 0 is a data-parallel process's own stream; process 0 draws what a one-process run draws.
+    """
+    digest = hashlib.sha256(f"erasekit:{seed}:{step}{f':rank{rank}' if rank else ''}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
@@ -308,12 +314,16 @@ class TrainResult:
     resumed_from: int | None = None
     checkpoint: Path | None = None
     optimizer: str = "adam"
+    processes: int = 1  # data-parallel processes (losses are their mean)
 
     def metrics(self) -> dict[str, Any]:
         tail = self.losses[-max(1, len(self.losses) // 10):] if self.losses else []
-        return {"iterations": self.steps, "final_loss": self.losses[-1] if self.losses else None,
-                "loss_last_10pct": sum(tail) / len(tail) if tail else None, "resumed_from": self.resumed_from,
-                "optimizer": self.optimizer}
+        out = {"iterations": self.steps, "final_loss": self.losses[-1] if self.losses else None,
+               "loss_last_10pct": sum(tail) / len(tail) if tail else None, "resumed_from": self.resumed_from,
+               "optimizer": self.optimizer}
+        if self.processes > 1:
+            out["data_parallel_processes"] = self.processes
+        return out
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, kind: str, device: torch.device):
@@ -435,8 +445,16 @@ class Trainer:
             h.update(self.originals[n].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:20]
 
-    def _save(self, step: int, optimizer, scaler, step_fn, losses: list[float]) -> Path:
+    def _save(self, step: int, optimizer, scaler, step_fn, losses: list[float], dp: DataParallel | None = None
+              ) -> Path:
         folder = Path(self.checkpoint_dir)
+        own = {k: torch.as_tensor(v).detach().cpu() for k, v in
+               (step_fn.state_dict() if hasattr(step_fn, "state_dict") else {}).items()}
+        per_rank = dp.gather(own) if dp is not None else [own]  # every process's step state, rank order
+        path = folder / f"step-{step:08d}.safetensors"
+        if dp is not None and not dp.is_main:
+            dp.wait()  # process 0 writes
+            return path
         folder.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
         state = optimizer.state_dict()["state"]
@@ -444,18 +462,21 @@ class Trainer:
             tensors[f"param/{n}"] = p.detach()
             for k, v in state.get(i, {}).items():
                 tensors[f"adam/{n}/{k}"] = torch.as_tensor(v)
-        for k, v in (step_fn.state_dict() if hasattr(step_fn, "state_dict") else {}).items():
-            tensors[f"state/{k}"] = torch.as_tensor(v)
+        for rank, entries in enumerate(per_rank):
+            for k, v in entries.items():
+                tensors[f"state/{k}" if rank == 0 else f"state@{rank}/{k}"] = v
         tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
         meta = {"format": CHECKPOINT_FORMAT, "step": str(step), "run": self._fingerprint(),
+                "processes": str(len(per_rank)),
                 "scaler": json.dumps(scaler.state_dict() if scaler is not None else {})}
-        path = folder / f"step-{step:08d}.safetensors"
         _atomic_save(tensors, meta, path)
         for _, old in list_checkpoints(folder)[: -max(1, self.keep_checkpoints)]:
             old.unlink(missing_ok=True)
+        if dp is not None:
+            dp.wait()
         return path
 
-    def _load_latest(self) -> tuple[int, dict[str, torch.Tensor], dict[str, str], Path] | None:
+    def _load_latest(self, processes: int = 1) -> tuple[int, dict[str, torch.Tensor], dict[str, str], Path] | None:
         run = self._fingerprint()
         for step, path in reversed(list_checkpoints(self.checkpoint_dir)):
             try:
@@ -472,10 +493,14 @@ class Trainer:
                 raise CheckpointMismatchError(
                     f"{path} belongs to another run (method, config, concept, scope or base weights differ); "
                     "use another checkpoint_dir or resume=False")
+            if int(meta.get("processes", "1")) != processes:
+                raise CheckpointMismatchError(
+                    f"{path} was written by a run on {meta.get('processes', '1')} data-parallel process(es), this one "
+                    f"has {processes}: each process draws its own samples, so resume with the same number")
             return step, tensors, meta, path
         return None
 
-    def _restore(self, tensors, meta, optimizer, scaler, step_fn) -> list[float]:
+    def _restore(self, tensors, meta, optimizer, scaler, step_fn, rank: int = 0) -> list[float]:
         names = list(self.params)
         with torch.no_grad():
             for n, p in self.params.items():
@@ -490,7 +515,8 @@ class Trainer:
         optimizer.load_state_dict({"state": state, "param_groups": opt_state["param_groups"]})
         if scaler is not None:
             scaler.load_state_dict(json.loads(meta.get("scaler", "{}")) or scaler.state_dict())
-        own = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
+        prefix = f"state@{rank}/" if rank else "state/"  # this process's own step state
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if hasattr(step_fn, "load_state_dict"):
             step_fn.load_state_dict({k: v.to(self.device) for k, v in own.items()})
         return [float(x) for x in tensors["losses"].tolist()]
@@ -512,24 +538,32 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type) if self.mixed_precision == "fp16" else None
         start, losses, resumed_from, last_ckpt = 0, [], None, None
         last_ckpt_step = None
+        dp = data_parallel.current()
+        rank = dp.rank if dp is not None else 0
         try:
             if self.resume and self.checkpoint_dir is not None:
-                found = self._load_latest()
+                found = self._load_latest(dp.num_processes if dp is not None else 1)
                 if found is not None:
                     start, tensors, meta, last_ckpt = found
-                    losses = self._restore(tensors, meta, optimizer, scaler, step_fn)
+                    losses = self._restore(tensors, meta, optimizer, scaler, step_fn, rank)
                     resumed_from = last_ckpt_step = start
             if start > self.iterations:
                 raise CheckpointMismatchError(f"checkpoint {last_ckpt} is at step {start}, past iterations={self.iterations}")
-            with _progress(self.progress, self.description, self.iterations, start) as advance:
+            show = self.progress and (dp is None or dp.is_main)
+            with _progress(show, self.description, self.iterations, start) as advance:
                 for step in range(start, self.iterations):
                     optimizer.zero_grad(set_to_none=True)
                     with self.autocast():
-                        loss = step_fn(step, step_generator(self.seed, step))
+                        loss = step_fn(step, step_generator(self.seed, step, rank))
                     value = float(loss.detach())
-                    if not math.isfinite(value):
+                    bad = not math.isfinite(value)
+                    if dp is not None and dp.any(bad):
+                        bad, value = True, value if bad else float("nan")  # another process's loss
+                    if bad:
                         raise NonFiniteLossError(step, f"loss ({value})", last_ckpt, last_ckpt_step)
                     (scaler.scale(loss) if scaler is not None else loss).backward()
+                    if dp is not None:
+                        value = self._average_gradients(dp, trainable, value)
                     if scaler is not None:
                         scaler.step(optimizer)  # skips steps whose (scaled) grads overflowed
                         scaler.update()
@@ -542,8 +576,10 @@ class Trainer:
                     done = step + 1
                     if self.checkpoint_dir is not None and (
                             done == self.iterations or (self.checkpoint_every > 0 and done % self.checkpoint_every == 0)):
-                        last_ckpt, last_ckpt_step = self._save(done, optimizer, scaler, step_fn, losses), done
+                        last_ckpt, last_ckpt_step = self._save(done, optimizer, scaler, step_fn, losses, dp), done
                     advance(value)
+            if dp is not None:
+                data_parallel.check_replicas_agree(dp, self.params)
         finally:
             optimizer.zero_grad(set_to_none=True)
             for n, p in unet.named_parameters():
@@ -551,7 +587,17 @@ class Trainer:
             if self.gradient_checkpointing and not had_gc:
                 unet.disable_gradient_checkpointing()
         return TrainResult(steps=self.iterations, losses=losses, resumed_from=resumed_from, checkpoint=last_ckpt,
-                           optimizer=self.optimizer_used)
+                           optimizer=self.optimizer_used, processes=dp.num_processes if dp is not None else 1)
+
+    @staticmethod
+    def _average_gradients(dp: DataParallel, trainable: list[nn.Parameter], loss: float) -> float:
+        """Average the scope's gradients (a missing one counts as zero) and the loss over processes."""
+        for p in trainable:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        loss_t = torch.tensor([loss], dtype=torch.float32, device=trainable[0].device)
+        dp.mean_([p.grad for p in trainable] + [loss_t])
+        return float(loss_t)
 
 
 @contextlib.contextmanager

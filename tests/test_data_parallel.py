@@ -1,0 +1,45 @@
+"""Data-parallel fine-tuning under `accelerate launch` (two gloo processes on the CPU)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+
+from erasekit.methods.trainer import list_checkpoints
+from test_eval_generation import _env, accelerate_launch
+
+SCRIPT = Path(__file__).with_name("train_dp_script.py")
+
+
+def _run(out: Path, *args: str, processes: int = 0) -> dict:
+    if processes:
+        proc = accelerate_launch(str(SCRIPT), str(out), *args, processes=processes)
+    else:
+        proc = subprocess.run([sys.executable, str(SCRIPT), str(out), *args], capture_output=True, text=True,
+                              env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_processes_average_gradients_and_stay_equal(tmp_path):
+    one = _run(tmp_path / "one.json")
+    # Both processes draw process 0's samples: the mean of two equal gradients is that gradient, so
+    # the run must equal the one-process run bit for bit (a sum instead of a mean would not).
+    same = _run(tmp_path / "same.json", "same", processes=2)
+    # Each process draws its own samples: a different result, and the trainer's end-of-run check
+    # that every replica holds the same weights passed (it raises otherwise).  For TRuST that needs
+    # the saliency averaged too: per-process masks would update different entries.
+    own = _run(tmp_path / "own.json", processes=2)
+    assert one["processes"] == 1 and same["processes"] == own["processes"] == 2
+    for method in ("esd-x", "trust"):
+        assert same[method]["checksum"] == one[method]["checksum"], method
+        assert own[method]["checksum"] != one[method]["checksum"], method
+        assert one[method]["processes_metric"] == 1 and own[method]["processes_metric"] == 2
+    # checkpoints: process 0 writes them, with every process's own step state (TRuST's loss sums)
+    for name, processes in (("one", 1), ("own", 2)):
+        (_, last), *_ = reversed(list_checkpoints(tmp_path / f"{name}.json.ckpt"))
+        with safe_open(str(last), framework="pt") as fh:
+            assert fh.metadata()["processes"] == str(processes)
+            assert any(k.startswith("state@1/") for k in fh.keys()) == (processes == 2)

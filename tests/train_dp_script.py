@@ -1,0 +1,50 @@
+"""Helper for test_data_parallel: fine-tune the tiny pipeline with esd-x and TRuST, print weight checksums.
+
+    accelerate launch --multi_gpu --num_processes 2 tests/train_dp_script.py OUT [same]
+    python tests/train_dp_script.py OUT
+
+``same`` makes every process draw process 0's samples: averaging two equal gradients must then
+give exactly the one-process run.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from erasekit.concepts.spec import ConceptSpec  # noqa: E402
+from erasekit.methods import data_parallel, trainer  # noqa: E402
+from erasekit.methods.base import get_method  # noqa: E402
+from erasekit.models.tiny import tiny_pipeline  # noqa: E402
+
+COMBO = ConceptSpec(name="red-circle", kind="object", targets=["red circle"], anchor="shape",
+                    templates=["a {}", "a picture of a {}"], combination=["red", "circle"])
+CONFIGS = {
+    "esd-x": {"iterations": 3, "n_steps": 2, "lr": 1e-2},
+    "trust": {"iterations": 3, "n_steps": 2, "lr": 1e-2, "pool_size": 2, "retain_pool_size": 2, "scorer": "forget"},
+}
+
+
+def main(out: str, same: bool) -> None:
+    if same:
+        original = trainer.step_generator
+        trainer.step_generator = lambda seed, step, rank=0: original(seed, step)
+    dp = data_parallel.current()
+    result = {"processes": dp.num_processes if dp is not None else 1}
+    for method, overrides in CONFIGS.items():
+        info = get_method(method)
+        ckpt = {"checkpoint_dir": out + ".ckpt", "checkpoint_every": 1} if method == "trust" else {}
+        delta = info.erase(tiny_pipeline(), COMBO, info.config_cls(progress=False, **overrides, **ckpt))
+        result[method] = {"checksum": data_parallel.checksum(delta.tensors),
+                          "processes_metric": delta.manifest.metrics.get("data_parallel_processes", 1)}
+    if dp is None or dp.is_main:
+        with open(out, "w") as fh:
+            json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "same")
