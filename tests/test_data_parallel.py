@@ -13,12 +13,15 @@ from test_eval_generation import _env, accelerate_launch
 SCRIPT = Path(__file__).with_name("train_dp_script.py")
 
 
-def _run(out: Path, *args: str, processes: int = 0) -> dict:
+def _launch(out: Path, *args: str, processes: int = 0) -> subprocess.CompletedProcess:
     if processes:
-        proc = accelerate_launch(str(SCRIPT), str(out), *args, processes=processes)
-    else:
-        proc = subprocess.run([sys.executable, str(SCRIPT), str(out), *args], capture_output=True, text=True,
-                              env=_env(), timeout=300)
+        return accelerate_launch(str(SCRIPT), str(out), *args, processes=processes)
+    return subprocess.run([sys.executable, str(SCRIPT), str(out), *args], capture_output=True, text=True,
+                          env=_env(), timeout=300)
+
+
+def _run(out: Path, *args: str, processes: int = 0) -> dict:
+    proc = _launch(out, *args, processes=processes)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -33,13 +36,23 @@ def test_two_processes_average_gradients_and_stay_equal(tmp_path):
     # the saliency averaged too: per-process masks would update different entries.
     own = _run(tmp_path / "own.json", processes=2)
     assert one["processes"] == 1 and same["processes"] == own["processes"] == 2
-    for method in ("esd-x", "trust"):
+    for method in ("esd-x", "trust", "kscu"):
         assert same[method]["checksum"] == one[method]["checksum"], method
         assert own[method]["checksum"] != one[method]["checksum"], method
         assert one[method]["processes_metric"] == 1 and own[method]["processes_metric"] == 2
     # checkpoints: process 0 writes them, with every process's own step state (TRuST's loss sums)
     for name, processes in (("one", 1), ("own", 2)):
-        (_, last), *_ = reversed(list_checkpoints(tmp_path / f"{name}.json.ckpt"))
+        (_, last), *_ = reversed(list_checkpoints(tmp_path / f"{name}.json.trust.ckpt"))
         with safe_open(str(last), framework="pt") as fh:
             assert fh.metadata()["processes"] == str(processes)
             assert any(k.startswith("state@1/") for k in fh.keys()) == (processes == 2)
+    # interrupted after step 2, resumed: every process gets its own step state back (KSCU's running
+    # trajectory decides what later steps train on) and draws on from its own stream, so the result
+    # is the uninterrupted run's
+    stopped = _launch(tmp_path / "cut.json", "interrupt", processes=2)
+    assert stopped.returncode != 0
+    assert "trust interrupted after step 2" in stopped.stdout and "kscu interrupted after step 2" in stopped.stdout
+    assert not (tmp_path / "cut.json").exists()
+    resumed = _run(tmp_path / "cut.json", "resume", processes=2)
+    for method in ("trust", "kscu"):
+        assert resumed[method]["checksum"] == own[method]["checksum"], method

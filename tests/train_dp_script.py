@@ -1,10 +1,11 @@
 """Helper for test_data_parallel: fine-tune the tiny pipeline with esd-x and TRuST, print weight checksums.
 
-    accelerate launch --multi_gpu --num_processes 2 tests/train_dp_script.py OUT [same]
+    accelerate launch --multi_gpu --num_processes 2 tests/train_dp_script.py OUT [same|interrupt|resume]
     python tests/train_dp_script.py OUT
 
 ``same`` makes every process draw process 0's samples: averaging two equal gradients must then
-give exactly the one-process run.
+give exactly the one-process run.  ``interrupt`` stops TRuST and KSCU right after their step-2
+checkpoint (they checkpoint every step); ``resume`` continues them from it.
 """
 
 import json
@@ -26,25 +27,54 @@ COMBO = ConceptSpec(name="red-circle", kind="object", targets=["red circle"], an
 CONFIGS = {
     "esd-x": {"iterations": 3, "n_steps": 2, "lr": 1e-2},
     "trust": {"iterations": 3, "n_steps": 2, "lr": 1e-2, "pool_size": 2, "retain_pool_size": 2, "scorer": "forget"},
+    # KSCU's step state (its running trajectory) steers which latents later steps train on
+    "kscu": {"iterations": 4, "n_steps": 6, "start_step": 3, "lr": 1e-3},
 }
+RESUMABLE = ("trust", "kscu")
 
 
-def main(out: str, same: bool) -> None:
+class Interrupt(Exception):
+    pass
+
+
+def _stop_after_checkpoint_2(save):
+    def wrapped(self, step, *args, **kwargs):
+        path = save(self, step, *args, **kwargs)
+        if step == 2:
+            raise Interrupt("simulated interruption at step 2")
+        return path
+    return wrapped
+
+
+def main(out: str, mode: str) -> None:
+    same = mode == "same"
     if same:
         original = trainer.step_generator
         trainer.step_generator = lambda seed, step, rank=0: original(seed, step)
+    if mode == "interrupt":
+        trainer.Trainer._save = _stop_after_checkpoint_2(trainer.Trainer._save)
     dp = data_parallel.current()
     result = {"processes": dp.num_processes if dp is not None else 1}
     for method, overrides in CONFIGS.items():
+        if mode in ("interrupt", "resume") and method not in RESUMABLE:
+            continue
         info = get_method(method)
-        ckpt = {"checkpoint_dir": out + ".ckpt", "checkpoint_every": 1} if method == "trust" else {}
-        delta = info.erase(tiny_pipeline(), COMBO, info.config_cls(progress=False, **overrides, **ckpt))
+        ckpt = {"checkpoint_dir": f"{out}.{method}.ckpt", "checkpoint_every": 1} if method in RESUMABLE else {}
+        if mode in ("interrupt", "resume"):
+            ckpt["resume"] = True
+        try:
+            delta = info.erase(tiny_pipeline(), COMBO, info.config_cls(progress=False, **overrides, **ckpt))
+        except Interrupt:
+            print(f"{method} interrupted after step 2", flush=True)
+            continue
         result[method] = {"checksum": data_parallel.checksum(delta.tensors),
                           "processes_metric": delta.manifest.metrics.get("data_parallel_processes", 1)}
+    if mode == "interrupt":
+        sys.exit(3)  # nothing finished: no result file
     if dp is None or dp.is_main:
         with open(out, "w") as fh:
             json.dump(result, fh)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "same")
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "")
