@@ -56,3 +56,7 @@ def test_two_processes_average_gradients_and_stay_equal(tmp_path):
     resumed = _run(tmp_path / "cut.json", "resume", processes=2)
     for method in ("trust", "kscu"):
         assert resumed[method]["checksum"] == own[method]["checksum"], method
+    # a checkpoint from two processes does not resume on one: each process drew its own samples
+    alone = _launch(tmp_path / "cut.json", "resume")
+    assert alone.returncode != 0 and "CheckpointMismatchError" in alone.stderr
+    assert "written by a run on 2 data-parallel process(es), this one has 1" in alone.stderr
