@@ -127,11 +127,11 @@ def average(grads: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
 
 
 def checksum(tensors: Mapping[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """One short digest of named tensors' raw bytes (`erasekit.models.delta.fingerprint` per tensor)."""
+    from ..models.delta import fingerprint
+
+    parts = [f"{name}:{fingerprint(tensors[name])}" for name in sorted(tensors)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def check_replicas_agree(dp: DataParallel, tensors: Mapping[str, torch.Tensor]) -> None:

@@ -282,7 +282,9 @@ def saliency(score: torch.Tensor, params: Mapping[str, torch.Tensor]) -> dict[st
     """
     names = list(params)
     grads = torch.autograd.grad(score, [params[n] for n in names], allow_unused=True)
-    return dict(average({n: (torch.zeros_like(params[n]) if g is None else g.detach()) for n, g in zip(names, grads)}))
+    out = {n: (torch.zeros_like(params[n]) if g is None else g.detach()) for n, g in zip(names, grads)}
+    average(out)
+    return out
 
 
 def _threshold_mask(a: torch.Tensor, xi: float, topk: float | None) -> torch.Tensor:
