@@ -7,7 +7,7 @@ import torch
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.trainer import (FineTuneConfig, NonFiniteLossError, Trainer, fine_tune, list_checkpoints,
-                                      partial_denoise, predict, reference_weights)
+                                      lr_factor, partial_denoise, predict, reference_weights)
 from erasekit.models.delta import snapshot
 from erasekit.models.text import encode_prompts
 
@@ -58,13 +58,14 @@ def _run(pipe, tmp, iterations=6, **kw):
     return fine_tune(pipe, CONCEPT, cfg, "test", "cross_attn", iterations, make)
 
 
-def test_resume_reaches_the_same_delta_as_an_uninterrupted_run(pipe, tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_reaches_the_same_delta_as_an_uninterrupted_run(pipe, tmp_path, schedule):
     before = _all_tensors(pipe)
-    full = _run(pipe, tmp_path / "a")
+    full = _run(pipe, tmp_path / "a", lr_schedule=schedule)
     with pytest.raises(Interrupt):
-        _run(pipe, tmp_path / "b", interrupt_at=5)
+        _run(pipe, tmp_path / "b", interrupt_at=5, lr_schedule=schedule)
     assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [2, 4]
-    resumed = _run(pipe, tmp_path / "b", resume=True)
+    resumed = _run(pipe, tmp_path / "b", resume=True, lr_schedule=schedule)
     assert resumed.manifest.metrics["resumed_from"] == 4
     assert full.names and set(full.names) == set(resumed.names)
     for n in full.names:
@@ -136,3 +137,30 @@ def test_gradient_checkpointing_gives_the_same_result(pipe, tmp_path):
 def test_mixed_precision_needs_cuda(pipe):
     with pytest.raises(ValueError, match="CUDA"):
         Trainer(pipe.unet, "cross_attn", iterations=1, mixed_precision="bf16")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lr_schedule_scales_each_step_and_decays_to_near_zero(pipe, schedule):
+    """A loss with a constant gradient makes every Adam step lr_k long, so the steps show the schedule."""
+    lr, n = 1e-3, 8
+    trainer = Trainer(pipe.unet, "cross_attn", iterations=n, lr=lr, lr_schedule=schedule, progress=False)
+    name, param = next(iter(trainer.params.items()))
+    history = [param.detach().clone()]
+
+    def step_fn(step, g):
+        if step:
+            history.append(param.detach().clone())
+        return param.sum()
+
+    trainer.run(step_fn)
+    history.append(param.detach().clone())
+    moved = [float((a - b).abs().mean()) for a, b in zip(history, history[1:])]
+    expected = [lr * lr_factor(schedule, k, n) for k in range(n)]
+    assert moved == pytest.approx(expected, rel=1e-3)
+    assert moved[-1] < 0.2 * moved[0]  # the last step is a fraction of the first: the run settles
+    assert lr_factor("constant", n - 1, n) == 1.0
+
+
+def test_an_unknown_lr_schedule_is_refused():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        FineTuneConfig(lr_schedule="step")

@@ -36,7 +36,8 @@ class MethodConfig(BaseModel):
     def fingerprint(self) -> dict[str, Any]:
         """What decides the result: every field, less the `EXTENSIONS` still at their defaults."""
         dump = self.model_dump()
-        for name in self.EXTENSIONS:
+        extensions = {n for klass in type(self).__mro__ for n in getattr(klass, "EXTENSIONS", ())}
+        for name in sorted(extensions):
             if getattr(self, name) == type(self).model_fields[name].default:
                 dump.pop(name)
         return dump

@@ -112,6 +112,7 @@ class FineTuneConfig(MethodConfig):
 
     iterations: int | None = None
     lr: float = 1e-5
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     scope: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
@@ -122,6 +123,8 @@ class FineTuneConfig(MethodConfig):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     optimizer: Literal["adam", "adam8bit"] = "adam"
 
+    # Trainer options beyond the papers (their default is the papers' constant learning rate).
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("lr_schedule",)
     # Settings that do not change the result: a checkpoint may be resumed across them.
     RUN_KEY_EXCLUDE: ClassVar[tuple[str, ...]] = ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "progress",
                        "gradient_checkpointing")
@@ -129,12 +132,28 @@ class FineTuneConfig(MethodConfig):
 
 def run_key(method: str, config: FineTuneConfig, concept: ConceptSpec | None = None, **extra: Any) -> str:
     """Identifies a run for checkpoint compatibility (method, result-relevant config, concept)."""
-    cfg = config.model_dump(exclude=set(FineTuneConfig.RUN_KEY_EXCLUDE))
+    cfg = {k: v for k, v in config.fingerprint().items() if k not in FineTuneConfig.RUN_KEY_EXCLUDE}
     payload = {"method": method, "config": cfg, "concept": concept.effective_dict() if concept else None, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 # ------------------------------------------------------------------ small helpers
+def lr_factor(schedule: str, step: int, iterations: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``iterations``, as a fraction of the configured one.
+
+    ``constant`` (every paper here); ``linear`` and ``cosine`` decay to zero over the run
+    (the last step still moves).  A pure function of the step, so nothing about it is checkpointed.
+    """
+    if schedule == "constant" or iterations <= 0:
+        return 1.0
+    frac = step / iterations
+    if schedule == "linear":
+        return 1.0 - frac
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    raise ValueError(f"unknown lr_schedule {schedule!r}: constant, linear or cosine")
+
+
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     """A CPU generator for step ``step`` of a run with ``seed`` (independent of any earlier step).
 
@@ -361,6 +380,7 @@ class Trainer:
     scope: str | ParameterScope
     iterations: int
     lr: float = 1e-5
+    lr_schedule: str = "constant"
     seed: int = 0
     run_key: str = ""
     checkpoint_dir: str | Path | None = None
@@ -380,7 +400,7 @@ class Trainer:
     def from_config(cls, unet, scope, config: FineTuneConfig, iterations: int, run_key: str = "",
                     description: str = "fine-tuning",
                     originals_from: Mapping[str, torch.Tensor] | None = None) -> "Trainer":
-        return cls(unet, scope, iterations, lr=config.lr, seed=config.seed, run_key=run_key,
+        return cls(unet, scope, iterations, lr=config.lr, lr_schedule=config.lr_schedule, seed=config.seed, run_key=run_key,
                    checkpoint_dir=config.checkpoint_dir, checkpoint_every=config.checkpoint_every,
                    keep_checkpoints=config.keep_checkpoints, resume=config.resume, progress=config.progress,
                    gradient_checkpointing=config.gradient_checkpointing,
@@ -553,6 +573,8 @@ class Trainer:
             with _progress(show, self.description, self.iterations, start) as advance:
                 for step in range(start, self.iterations):
                     optimizer.zero_grad(set_to_none=True)
+                    for group in optimizer.param_groups:
+                        group["lr"] = self.lr * lr_factor(self.lr_schedule, step, self.iterations)
                     with self.autocast():
                         loss = step_fn(step, step_generator(self.seed, step, rank))
                     value = float(loss.detach())
