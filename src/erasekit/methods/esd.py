@@ -106,6 +106,18 @@ class Config(FineTuneConfig):
     bars, but seed 1 -> 0.00/0.00/0.03 at 0.83.  The narrower scope keeps more of the other colours
     at the same erasure, and the retain term's cliff is still there; on circle the same setting
     stops at 0.25/0.31/0.25 (at 1.00), under the shape bar.  So no preset takes it.
+    Stop 22, the "cliff" above is not a cliff in iterations.  One constant-lr run (retain weight 10,
+    32-latent pool, full scope) evaluated every 25 iterations from 200 to 375 gives explicit/synonym/
+    implicit 0.03/0.06/0.03, 0.16/0.12/0.09, 0.06/0.06/0.06, 0.22/0.22/0.19, 0.31/0.31/0.25,
+    0.22/0.16/0.22, 0.06/0.06/0.03, 0.06/0.03/0.03 at 0.80-0.94 (seed 1: 0.00 to 0.22 at 0.77-0.89):
+    the weights jitter around one trade-off point, and each single run above read one draw of
+    it.  With the trainer's ``lr_schedule="cosine"`` over 300 iterations the runs settle (every 50
+    iterations, 150 to 300: 0.06 flat on seed 0).  Settled points on red: weight 10 ->
+    0.06/0.06/0.06 at 0.82 (seed 1: 0.16/0.12/0.16 at 0.82), 15 -> 0.12/0.19/0.06 at 0.82, 20 ->
+    0.31/0.34/0.28 at 0.89, 30 (400 iterations) -> 0.56/0.59/0.47 at 0.93 (seed 1: 0.69/0.72/0.66 at
+    0.92).  The feed-forward-only scope with weight 10 -> 0.16/0.16/0.19 at 0.89 on seed 0 but
+    0.31/0.34/0.34 at 0.83 on seed 1; weight 12 -> 0.22/0.28/0.31 at 0.89.  So the decay removes the
+    jitter and leaves the trade-off: no settled point erases red 5x at 0.9 of the other colours.
 
     ``preserve_kv_weight`` w (not in the paper, 0 in both presets) adds ``w * kv_drift`` of the
     kept prompts' tokens (`KVRetainTerm`): their cross-attention keys and values held in place,
