@@ -272,7 +272,8 @@ class Config(FineTuneConfig):
       again with 64 prompts per tier and 192 preservation prompts: seed 0 0.14/0.20/0.17 at 0.95
       (explicit+synonym falls 5.8x), seed 1 0.22/0.27/0.22 at 0.89 (4.0x).  So seed 1's miss is
       not measurement noise: the spec's loss meets the combination bar on seed 0 and misses it on
-      seed 1 on both counts.
+      seed 1 on both counts.  Seed 2: 0.16/0.19/0.22 at 0.90 (32/48), 0.20/0.23/0.23 at 0.91 with
+      64/192 (4.6x): one seed in three over the 5x bar.
     """
 
     iterations: int = 200
