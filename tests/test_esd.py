@@ -41,6 +41,19 @@ def test_same_seed_same_delta_and_presets(pipe):
     assert Config.preset("shapes").n_steps == 25
 
 
+def test_step_range_picks_the_sampled_ddim_steps():
+    from erasekit.methods.esd import sampled_steps
+
+    assert list(sampled_steps(25, (0.0, 1.0))) == list(range(25))
+    assert list(sampled_steps(25, (0.5, 1.0))) == list(range(12, 25))
+    assert list(sampled_steps(50, (0.0, 0.5))) == list(range(25))
+    assert list(sampled_steps(4, (0.9, 0.95))) == [3]
+    with pytest.raises(ValueError, match="step_range"):
+        sampled_steps(25, (0.6, 0.4))
+    assert "step_range" not in Config().fingerprint()
+    assert Config(step_range=(0.5, 1.0)).fingerprint() != Config().fingerprint()
+
+
 def test_negative_guidance_target():
     c, u = torch.tensor([3.0]), torch.tensor([1.0])
     assert torch.equal(esd_target(c, u, 1.0), torch.tensor([-1.0]))
