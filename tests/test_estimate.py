@@ -89,3 +89,17 @@ def test_dry_run_cli_prints_the_estimate_and_trains_nothing(tmp_path):
                                       "--out", str(out), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "esd-x on" in result.output and "peak" in result.output and not out.exists()
+
+
+def test_cli_refuses_a_preset_the_method_does_not_have(tmp_path):
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+
+    folder = tmp_path / "pipe"
+    tiny_pipeline("sd1").save_pretrained(str(folder))
+    args = ["erase", "--model", str(folder), "--method", "esd-x", "--concept", "sd/church", "--out", str(tmp_path / "run"),
+            "--dry-run", "--preset"]
+    bad = CliRunner().invoke(app, [*args, "shapez"])
+    assert bad.exit_code != 0 and "no preset 'shapez'" in bad.output and "shapes" in bad.output
+    assert CliRunner().invoke(app, [*args, "shapes"]).exit_code == 0

@@ -158,8 +158,8 @@ def erase(
     prior = _apply_delta_arg(pipe, start_from)
     if prior is not None and anchor is None:
         spec = _anchor_off_erased(spec, prior)
+    cfg = _method_config(info, preset, "shapes" if is_shapes_world(pipe) else "sd", config, seed)
     preset = preset or ("shapes" if is_shapes_world(pipe) else "sd")
-    cfg = info.config_cls.for_world(preset, **_overrides(config, seed=seed))
     if dp is None or dp.is_main:
         suffix = f", data-parallel over {dp.num_processes} processes" if dp is not None else ""
         console.print(f"erasing [bold]{spec.name}[/] with [bold]{method}[/] (preset {preset}{suffix})")
@@ -169,6 +169,17 @@ def erase(
     delta.save(out)
     m = delta.manifest
     console.print(f"wrote {out}: {len(delta.tensors)} tensors, {m.wall_time_s:.1f}s")
+
+
+def _method_config(info, preset: Optional[str], world: str, config: Optional[Path], seed: Optional[int]):
+    """The method's config: a ``--preset`` named by the user must exist; without one, the world's preset or SD's."""
+    overrides = _overrides(config, seed=seed)
+    if preset is None:
+        return info.config_cls.for_world(world, **overrides)
+    known = ("sd", *info.config_cls.PRESETS)
+    if preset not in known:
+        _fail(f"{info.name} has no preset {preset!r}; presets: {', '.join(known)}")
+    return info.config_cls.preset(preset, **overrides)
 
 
 def _anchor_off_erased(spec, prior):
@@ -189,7 +200,7 @@ def _anchor_off_erased(spec, prior):
 def _print_estimate(info, spec, model: str, preset: Optional[str], config: Optional[Path], seed: Optional[int]):
     from .models.estimate import estimate
 
-    cfg = info.config_cls.for_world(preset or ("shapes" if model == "shapes" else "sd"), **_overrides(config, seed=seed))
+    cfg = _method_config(info, preset, "shapes" if model == "shapes" else "sd", config, seed)
     try:
         result = estimate(info.name, model, cfg, kind=spec.kind)
     except (ValueError, RuntimeError) as err:
