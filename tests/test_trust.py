@@ -475,6 +475,8 @@ def test_registry_and_presets():
     s = SalUnConfig()
     assert s.static and s.regularizer == "none" and s.scorer == "forget"
     assert Config.preset("shapes").n_steps == 25 and SalUnConfig.preset("shapes").iterations == 150
+    combo = Config.preset("shapes-combination")  # the shapes preset plus what retain-carrying concepts need
+    assert (combo.n_steps, combo.lr, combo.gamma, combo.retain_mask, combo.lr_schedule) == (25, 1e-3, 20.0, True, "cosine")
     assert Config(regularizer="cip+csr", beta=0.5).betas() == {"cip": 0.5, "csr": 0.5}
     with pytest.raises(ValueError):
         Config(mask_every=-1)

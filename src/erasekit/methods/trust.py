@@ -274,6 +274,35 @@ class Config(FineTuneConfig):
       not measurement noise: the spec's loss meets the combination bar on seed 0 and misses it on
       seed 1 on both counts.  Seed 2: 0.16/0.19/0.22 at 0.90 (32/48), 0.20/0.23/0.23 at 0.91 with
       64/192 (4.6x): one seed in three over the 5x bar.
+    - Stop 23: what moves seed 1.  Same setting (cosine 480, "blue circle", B = 4, 32-latent pools),
+      seed 1, bench protocol: ``mask_contrast`` 1 -> 0.12/0.19/0.19 at 0.88 (no change);
+      ``retain_mask`` with gamma 10 -> 0.06/0.12/0.09 at 0.83, gamma 15 -> 0.09/0.12/0.16 at 0.88,
+      **gamma 20 -> 0.09/0.12/0.16 at 0.90**.  The retain mask lets the parts be corrected where they
+      drift, and the stronger retain term then uses it.  Gamma 20 with the retain mask on four seeds,
+      measured with 64 prompts per tier and 192 preservation prompts: seed 0 0.09/0.09/0.06 at 0.96
+      (explicit+synonym falls 10.6x), seed 1 0.16/0.17/0.20 at 0.90 (6.0x), seed 2 0.12/0.11/0.14 at
+      0.92 (8.5x), seed 3 0.14/0.16/0.20 at 0.92 (6.7x); at 32/48 the same runs give 0.09/0.06/0.06 at
+      0.98, 0.09/0.12/0.16 at 0.90, 0.09/0.09/0.12 at 0.90, 0.09/0.12/0.19 at 0.92.  **So the spec's
+      noise-space TRuST, with the retain mask (a reconstruction option) and an anchor that changes
+      one part, meets the combination bar on every seed tried**; seed 1 sits at the preservation bar
+      (0.903), not over it by a margin.  That setting is the ``shapes-combination`` preset (below).
+      Its cost: 281 s for 480 iterations on the 2-core CPU (``erase``, seed 0), and 93% of the
+      Q/K/V entries changed: each dynamic mask holds ~9% of the scope, but 480 of them (with the
+      retain mask's entries) cover nearly all of it.  ``saliency_momentum`` 0.9 does not shrink that
+      union (91%; seed 0 0.09/0.00/0.03 at 0.98, seed 1 0.16/0.19/0.16 at 0.94).  SalUn on the same
+      concept changes 4.9% (0.00 at 0.48, 19 s) and esd-x all of cross-attention (0.00 at 0.67,
+      67 s), both with the pack's anchor.  The same preset on "circle on a dark background" (pack
+      anchor): 0.00/0.00/0.00 at 0.93 and 0.95 on seeds 0 and 1 (the ``shapes`` preset: 0.00 at 0.93).
+
+    The ``shapes-combination`` preset (``erase --preset shapes-combination``) is the ``shapes`` preset
+    with the settings that concepts carrying retain prompts (combinations, conditional concepts)
+    need on the Shapes model: 32-latent pools (8 let the seeds disagree), 4 forget and 4 retain samples
+    per iteration, gamma 20 with ``retain_mask`` (the parts corrected on the entries where they drift),
+    480 iterations with cosine decay (at a constant lr the weights jitter between checkpoints).  Give
+    it an anchor that changes one part of the combination (``--anchor "blue circle"`` for red
+    circle): the pack's "green square" changes both, and the forgetting loss then pulls both parts
+    with the pair.  It costs about 5x the ``shapes`` preset's seconds (480 iterations of 4+4 samples
+    against 80 of 1+1) and changes most of the scope; plain concepts (no retain prompts) do not need it.
     """
 
     iterations: int = 200
@@ -308,6 +337,9 @@ class Config(FineTuneConfig):
     PRESETS: ClassVar[dict] = {
         "shapes": {"iterations": 80, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8,
                    "retain_pool_size": 8},
+        "shapes-combination": {"iterations": 480, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 32,
+                               "retain_pool_size": 32, "batch_size": 4, "gamma": 20.0, "retain_mask": True,
+                               "lr_schedule": "cosine"},
     }
 
     @field_validator("mask_every")
