@@ -149,3 +149,27 @@ def test_shapes_presets_erase_a_colour_and_keep_the_others(shapes_pipe, detector
     t0, k0, t1, k1 = rates_before_and_after(shapes_pipe, detector, delta, "red")
     assert t1 <= t0 / 5, (t0, t1)
     assert k1 >= 0.9 * k0, (k0, k1)
+
+
+def test_retain_batch_is_the_mean_of_the_same_draws_one_at_a_time(pipe):
+    from erasekit.methods.retain import RetainTerm
+    from erasekit.methods.trainer import Trainer, step_generator
+
+    trainer = Trainer(pipe.unet, "non_cross_attn", iterations=1, progress=False)
+    term = RetainTerm(pipe, trainer, KEEP.preserve, pool_size=3, n_steps=4, guidance=3.0, seed=0, batch=3)
+    saved = {n: p.detach().clone() for n, p in trainer.params.items()}
+    try:
+        with torch.no_grad():
+            for p in trainer.params.values():
+                p.add_(0.01 * torch.randn_like(p))  # the edited model drifts from the reference
+            batched = term(step_generator(0, 1))
+            term.batch = 1
+            g = step_generator(0, 1)
+            singles = [term(g) for _ in range(3)]
+    finally:
+        with torch.no_grad():
+            for n, p in trainer.params.items():
+                p.copy_(saved[n])
+    assert batched > 0 and torch.allclose(batched, torch.stack(singles).mean(), rtol=1e-4)
+    with pytest.raises(ValueError, match="retain batch"):
+        RetainTerm(pipe, trainer, KEEP.preserve, pool_size=3, n_steps=4, guidance=3.0, seed=0, batch=0)

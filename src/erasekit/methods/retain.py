@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..concepts.spec import ConceptSpec
-from ..models.conditioning import TextCondition, encode_conditions
+from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
 from ..models.scopes import get_scope
 from .trainer import DDIMSampler, Trainer, initial_latents, predict, randint, step_generator
 
@@ -71,7 +71,9 @@ class RetainTerm:
     """L_r on ``prompts`` (see the module docstring); call with the step's generator."""
 
     def __init__(self, pipe, trainer: Trainer, prompts: list[str], pool_size: int, n_steps: int, guidance: float,
-                 seed: int, salt: int = -2, latents: Literal["pool", "partial"] = "pool"):
+                 seed: int, salt: int = -2, latents: Literal["pool", "partial"] = "pool", batch: int = 1):
+        if batch < 1:
+            raise ValueError(f"the retain batch must be >= 1, got {batch}")
         if not prompts:
             raise ValueError("the retain term needs at least one prompt to keep")
         if latents not in ("pool", "partial"):
@@ -80,7 +82,7 @@ class RetainTerm:
         self.embeds = encode_conditions(pipe, prompts)
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, n_steps)
-        self.guidance = guidance
+        self.guidance, self.batch = guidance, batch
         self.pool = (LatentPool(pipe.unet, trainer, self.sampler, self.embeds, self.uncond, pool_size, guidance, seed,
                                 salt) if latents == "pool" else None)
 
@@ -90,7 +92,7 @@ class RetainTerm:
         if config.preserve_weight <= 0:
             return None
         return cls(pipe, trainer, kept_prompts(concept), config.preserve_pool_size, config.n_steps, config.guidance,
-                   config.seed, latents=config.preserve_latents)
+                   config.seed, latents=config.preserve_latents, batch=getattr(config, "preserve_batch", 1))
 
     def draw(self, g: torch.Generator) -> tuple[torch.Tensor, int, int]:
         """(x_t, t, prompt index) from the pool, or from a partial generation of the edited model."""
@@ -103,8 +105,11 @@ class RetainTerm:
         return z, self.sampler.timestep(s), j
 
     def __call__(self, g: torch.Generator) -> torch.Tensor:
-        z, t, j = self.draw(g)
-        cond = self.embeds[j : j + 1]
+        """The loss on ``batch`` draws (one batched prediction; the mean over every element)."""
+        draws = [self.draw(g) for _ in range(self.batch)]
+        z = torch.cat([d[0] for d in draws])
+        t = torch.tensor([d[1] for d in draws], device=z.device) if self.batch > 1 else draws[0][1]
+        cond = cat_conditions([self.embeds[j : j + 1] for _, _, j in draws])
         with self.trainer.reference():
             ref = predict(self.unet, z, t, cond)
         return F.mse_loss(predict(self.unet, z, t, cond).float(), ref.float())
