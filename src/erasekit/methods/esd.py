@@ -132,8 +132,10 @@ class Config(FineTuneConfig):
     with B = 8 -> **0.16/0.16/0.06 at 0.90**, B = 16 -> **0.06/0.03/0.03 at 0.90** (seed 2:
     0.12/0.09/0.09 at 0.90; seed 1: 0.00 at 0.79).  The first settings here to erase red 5x at 0.9
     of the other colours on more than one seed, but not on every seed.
-    Weight 25 with B = 16: seed 0 0.19/0.19/0.16 at 0.92, seed 1 0.00 at 0.83: seed 1 erases red with
-    orange at every weight tried, so no preset takes the term.
+    Weight 25 with B = 16: seed 0 0.19/0.19/0.16 at 0.92, seed 1 0.00 at 0.83; weight 40 with B = 16:
+    seeds 0/1/2 0.25/0.28/0.22 at 0.92, 0.12/0.09/0.12 at 0.95, 0.19/0.16/0.19 at 0.95; weight 15
+    with B = 32, seed 1: 0.00 at 0.80.  Weight 15 meets both bars on seeds 0 and 2, weight 40 on
+    seeds 1 and 2: the seeds need different weights, so no preset takes the term.
 
     ``step_range`` (lo, hi) (not in the paper, (0, 1) = every step, as ESD) samples the DDIM step
     from the fraction [lo, hi) of the ``n_steps`` steps, step 0 the noisiest.
