@@ -158,8 +158,9 @@ def erase(
     prior = _apply_delta_arg(pipe, start_from)
     if prior is not None and anchor is None:
         spec = _anchor_off_erased(spec, prior)
-    cfg = _method_config(info, preset, "shapes" if is_shapes_world(pipe) else "sd", config, seed)
-    preset = preset or ("shapes" if is_shapes_world(pipe) else "sd")
+    world = "shapes" if is_shapes_world(pipe) else "sd"
+    cfg = _method_config(info, preset, world, config, seed)
+    preset = preset or world
     if dp is None or dp.is_main:
         suffix = f", data-parallel over {dp.num_processes} processes" if dp is not None else ""
         console.print(f"erasing [bold]{spec.name}[/] with [bold]{method}[/] (preset {preset}{suffix})")
