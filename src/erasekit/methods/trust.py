@@ -117,6 +117,7 @@ from .trainer import (DDIMSampler, FineTuneConfig, Trainer, initial_latents, pre
 SCOPE = "cross_attn_qkv"
 BETA_DEFAULTS = {"cip": 1e-5, "csr": 1.0}
 MaskCallback = Callable[[int, dict[str, torch.Tensor]], None]
+SHAPES_PRESET = {"iterations": 80, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8, "retain_pool_size": 8}
 
 
 class Config(FineTuneConfig):
@@ -334,13 +335,10 @@ class Config(FineTuneConfig):
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("saliency_momentum", "mask_contrast", "retain_kv_weight", "retain_mask",
                                              "forget_loss", "batch_size")
-    PRESETS: ClassVar[dict] = {
-        "shapes": {"iterations": 80, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8,
-                   "retain_pool_size": 8},
-        "shapes-combination": {"iterations": 480, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 32,
-                               "retain_pool_size": 32, "batch_size": 4, "gamma": 20.0, "retain_mask": True,
-                               "lr_schedule": "cosine"},
-    }
+    PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET,
+                               "shapes-combination": {**SHAPES_PRESET, "iterations": 480, "pool_size": 32,
+                                                      "retain_pool_size": 32, "batch_size": 4, "gamma": 20.0,
+                                                      "retain_mask": True, "lr_schedule": "cosine"}}
 
     @field_validator("mask_every")
     @classmethod
