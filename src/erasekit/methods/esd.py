@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..concepts.spec import ConceptSpec
-from ..models.conditioning import cat_conditions, encode_conditions
+from ..models.conditioning import cat_conditions, encode_conditions, expand_condition
 from ..models.delta import WeightDelta
 from .base import MethodInfo
 from .retain import KVRetainTerm, RetainTerm
@@ -137,6 +137,11 @@ class Config(FineTuneConfig):
     with B = 32, seed 1: 0.00 at 0.80.  Weight 15 meets both bars on seeds 0 and 2, weight 40 on
     seeds 1 and 2: the seeds need different weights, so no preset takes the term.
 
+    ``sample_batch`` B (not in the paper, 1 in both presets, as ESD) draws B prompts and B initial
+    latents per iteration, generates them together to one shared DDIM step and averages the ESD loss
+    over the B rows (one batched prediction), so the erasing gradient carries less sampling noise.
+    B = 1 keeps the draws, and so the deltas, of the single-sample loop.
+
     ``step_range`` (lo, hi) (not in the paper, (0, 1) = every step, as ESD) samples the DDIM step
     from the fraction [lo, hi) of the ``n_steps`` steps, step 0 the noisiest.
 
@@ -179,9 +184,11 @@ class Config(FineTuneConfig):
     preserve_latents: Literal["pool", "partial"] = "pool"
     preserve_kv_weight: float = 0.0
     step_range: tuple[float, float] = (0.0, 1.0)
+    sample_batch: int = 1
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
-                                             "preserve_latents", "preserve_kv_weight", "step_range")
+                                             "preserve_latents", "preserve_kv_weight", "step_range",
+                                             "sample_batch")
     PRESETS: ClassVar[dict] = {
         "shapes": {"iterations": 150, "lr": 1e-4, "n_steps": 25, "negative_guidance": 3.0},
     }
@@ -227,6 +234,8 @@ class ESDStep:
 
     def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: Config):
         self.unet, self.trainer, self.config = pipe.unet, trainer, config
+        if config.sample_batch < 1:
+            raise ValueError(f"sample_batch must be >= 1, got {config.sample_batch}")
         self.prompts = concept.target_prompts(config.n_synonyms, config.n_templates)
         self.embeds = encode_conditions(pipe, self.prompts)
         self.uncond = encode_conditions(pipe, [""])
@@ -237,12 +246,15 @@ class ESDStep:
 
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
         cfg = self.config
-        i, s = randint(len(self.prompts), g), self.steps[randint(len(self.steps), g)]
-        cond = self.embeds[i : i + 1]
-        z = self.sampler.denoise(self.unet, initial_latents(self.unet, g), 0, s, cond, self.uncond, cfg.guidance)
+        picks = torch.tensor([randint(len(self.prompts), g) for _ in range(cfg.sample_batch)])
+        s = self.steps[randint(len(self.steps), g)]
+        cond = self.embeds[picks]
+        z = self.sampler.denoise(self.unet, initial_latents(self.unet, g, cfg.sample_batch), 0, s, cond,
+                                 self.uncond, cfg.guidance)
         t = self.sampler.timestep(s)
         with self.trainer.reference():
-            eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, self.uncond])).chunk(2)
+            uncond = expand_condition(self.uncond, cfg.sample_batch)
+            eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, uncond])).chunk(2)
         target = esd_target(eps_c, eps_u, cfg.negative_guidance)
         loss = F.mse_loss(predict(self.unet, z, t, cond), target)
         if self.retain is not None:
