@@ -147,12 +147,13 @@ class Config(FineTuneConfig):
     embed_noise: float = 1e-5
     preserve_weight: float = 0.0
     preserve_pool_size: int = 8
+    preserve_batch: int = 1
     preserve_latents: Literal["pool", "partial"] = "pool"
     preserve_kv_weight: float = 0.0
     by_kind: dict[str, dict[str, Any]] = {}
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_latents",
-                                             "preserve_kv_weight", "by_kind")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
+                                             "preserve_latents", "preserve_kv_weight", "by_kind")
     PRESETS: ClassVar[dict] = {
         "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0,
                    "iterations_by_kind": {"unsafe": 150, "object": 150, "attribute": 150, "style": 100,

@@ -92,7 +92,7 @@ class RetainTerm:
         if config.preserve_weight <= 0:
             return None
         return cls(pipe, trainer, kept_prompts(concept), config.preserve_pool_size, config.n_steps, config.guidance,
-                   config.seed, latents=config.preserve_latents, batch=getattr(config, "preserve_batch", 1))
+                   config.seed, latents=config.preserve_latents, batch=config.preserve_batch)
 
     def draw(self, g: torch.Generator) -> tuple[torch.Tensor, int, int]:
         """(x_t, t, prompt index) from the pool, or from a partial generation of the edited model."""

@@ -43,7 +43,7 @@ ESD_DEFAULT_SCOPE = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 # What ``esd@kscu`` takes from KSCU's config (for the concept's kind) besides scope and iterations:
 # every training setting the two configs share, so only the loss and the step schedule differ.
 KSCU_SHARED = ("lr", "n_steps", "guidance", "negative_guidance", "preserve_weight", "preserve_pool_size",
-               "preserve_latents", "preserve_kv_weight")
+               "preserve_batch", "preserve_latents", "preserve_kv_weight")
 
 
 def all_variants() -> list[str]:
