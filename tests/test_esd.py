@@ -5,7 +5,7 @@ import torch
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
-from erasekit.methods.esd import Config, esd_target
+from erasekit.methods.esd import Config, CrossAttentionConfig, esd_target
 from erasekit.models.scopes import get_scope
 from shapes_helpers import rates_before_and_after
 from tiny_helpers import snapshot_weights
@@ -39,6 +39,11 @@ def test_same_seed_same_delta_and_presets(pipe):
     assert a.delta_id == b.delta_id
     assert Config().iterations == 1000 and Config().lr == 1e-5 and Config().n_steps == 50
     assert Config.preset("shapes").n_steps == 25
+    retain = Config.preset("shapes-retain")  # esd-u's: the shapes preset plus the batched retain term
+    assert (retain.n_steps, retain.lr, retain.negative_guidance) == (25, 1e-4, 3.0)
+    assert (retain.preserve_weight, retain.preserve_batch, retain.sample_batch, retain.lr_schedule) == (12.0, 16, 4, "cosine")
+    with pytest.raises(ValueError, match="no preset 'shapes-retain'"):
+        CrossAttentionConfig.preset("shapes-retain")  # esd-x keeps its own K/V preset
 
 
 def test_step_range_picks_the_sampled_ddim_steps():
