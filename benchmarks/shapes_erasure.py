@@ -1,6 +1,9 @@
 """Erase Shapes-world concepts with each method and print a table.
 
     python benchmarks/shapes_erasure.py --methods uce trce-t --concepts circle red --per-tier 64
+    python benchmarks/shapes_erasure.py --methods esd-u esd-u:shapes-retain --concepts blue
+
+A method written ``name:preset`` runs with that named preset instead of the world's ``shapes`` preset.
 
 Columns: method, concept, target rate per tier (original -> erased), preservation
 (other values' adherence relative to the original), erase seconds, iterations, peak
@@ -57,24 +60,32 @@ def bare_step_seconds(pipe, scope: str, reps: int = 5) -> float:
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
+def method_config(method: str):
+    """The config of ``method`` or ``method:preset`` (default: the world's ``shapes`` preset)."""
+    name, _, preset = method.partition(":")
+    cls = get_method(name).config_cls
+    return cls.preset(preset) if preset else cls.for_world("shapes")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--methods", nargs="+", default=["uce", "trce-t"])
+    ap.add_argument("--methods", nargs="+", default=["uce", "trce-t"], help="method or method:preset")
     ap.add_argument("--concepts", nargs="+", default=["circle", "red"])
     ap.add_argument("--per-tier", type=int, default=64)
     ap.add_argument("--preserve", type=int, default=96)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/shapes_erasure.json"))
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
     a = ap.parse_args()
+    configs = {m: method_config(m) for m in a.methods}  # unknown methods or presets fail before any work
     pipe = load_pipeline("shapes")
     settings = SamplingSettings.for_model(resolve_model_path("shapes"))
     rows, console = [], Console()
     for concept in a.concepts:
         base = measure_erasure(pipe, concept, a.per_tier, a.preserve, settings)
         for method in a.methods:
-            info = get_method(method)
+            info = get_method(method.partition(":")[0])
             t0 = time.perf_counter()
-            delta = info.erase(pipe, get_concept(concept), info.config_cls.for_world("shapes"))
+            delta = info.erase(pipe, get_concept(concept), configs[method])
             seconds = time.perf_counter() - t0
             apply_delta(pipe, delta)
             erased = measure_erasure(pipe, concept, a.per_tier, a.preserve, settings)
