@@ -1,5 +1,7 @@
 """ESD-x / ESD-u: deltas stay in their scopes and the pipeline is left bit-exact."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -15,6 +17,21 @@ CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@contextlib.contextmanager
+def drifted(trainer):
+    """The trainer's scope moved off its reference by small noise under no_grad; restored on exit."""
+    saved = {n: p.detach().clone() for n, p in trainer.params.items()}
+    try:
+        with torch.no_grad():
+            for p in trainer.params.values():
+                p.add_(0.01 * torch.randn_like(p))  # the edited model drifts from the reference
+            yield
+    finally:
+        with torch.no_grad():
+            for n, p in trainer.params.items():
+                p.copy_(saved[n])
 
 
 
@@ -162,19 +179,11 @@ def test_retain_batch_is_the_mean_of_the_same_draws_one_at_a_time(pipe):
 
     trainer = Trainer(pipe.unet, "non_cross_attn", iterations=1, progress=False)
     term = RetainTerm(pipe, trainer, KEEP.preserve, pool_size=3, n_steps=4, guidance=3.0, seed=0, batch=3)
-    saved = {n: p.detach().clone() for n, p in trainer.params.items()}
-    try:
-        with torch.no_grad():
-            for p in trainer.params.values():
-                p.add_(0.01 * torch.randn_like(p))  # the edited model drifts from the reference
-            batched = term(step_generator(0, 1))
-            term.batch = 1
-            g = step_generator(0, 1)
-            singles = [term(g) for _ in range(3)]
-    finally:
-        with torch.no_grad():
-            for n, p in trainer.params.items():
-                p.copy_(saved[n])
+    with drifted(trainer):
+        batched = term(step_generator(0, 1))
+        term.batch = 1
+        g = step_generator(0, 1)
+        singles = [term(g) for _ in range(3)]
     assert batched > 0 and torch.allclose(batched, torch.stack(singles).mean(), rtol=1e-4)
     with pytest.raises(ValueError, match="retain batch"):
         RetainTerm(pipe, trainer, KEEP.preserve, pool_size=3, n_steps=4, guidance=3.0, seed=0, batch=0)
@@ -191,27 +200,19 @@ def test_sample_batch_is_the_mean_of_its_rows_computed_one_at_a_time(pipe):
     cfg = Config(n_steps=4, progress=False, sample_batch=3, negative_guidance=2.0)
     trainer = Trainer(pipe.unet, "non_cross_attn", iterations=1, progress=False)
     esd = ESDStep(pipe, trainer, CONCEPT, cfg)
-    saved = {n: p.detach().clone() for n, p in trainer.params.items()}
-    try:
-        with torch.no_grad():
-            for p in trainer.params.values():
-                p.add_(0.01 * torch.randn_like(p))  # the edited model drifts from the reference
-            batched = esd(0, step_generator(0, 1))
-            g = step_generator(0, 1)
-            picks = [randint(len(esd.prompts), g) for _ in range(3)]
-            s = esd.steps[randint(len(esd.steps), g)]
-            z0 = initial_latents(pipe.unet, g, 3)
-            t, rows = esd.sampler.timestep(s), []
-            for k, i in enumerate(picks):
-                cond = esd.embeds[i : i + 1]
-                z = esd.sampler.denoise(pipe.unet, z0[k : k + 1], 0, s, cond, esd.uncond, cfg.guidance)
-                with trainer.reference():
-                    c, u = predict(pipe.unet, torch.cat([z, z]), t, cat_conditions([cond, esd.uncond])).chunk(2)
-                rows.append(F.mse_loss(predict(pipe.unet, z, t, cond), esd_target(c, u, 2.0)))
-    finally:
-        with torch.no_grad():
-            for n, p in trainer.params.items():
-                p.copy_(saved[n])
+    with drifted(trainer):
+        batched = esd(0, step_generator(0, 1))
+        g = step_generator(0, 1)
+        picks = [randint(len(esd.prompts), g) for _ in range(3)]
+        s = esd.steps[randint(len(esd.steps), g)]
+        z0 = initial_latents(pipe.unet, g, 3)
+        t, rows = esd.sampler.timestep(s), []
+        for k, i in enumerate(picks):
+            cond = esd.embeds[i : i + 1]
+            z = esd.sampler.denoise(pipe.unet, z0[k : k + 1], 0, s, cond, esd.uncond, cfg.guidance)
+            with trainer.reference():
+                c, u = predict(pipe.unet, torch.cat([z, z]), t, cat_conditions([cond, esd.uncond])).chunk(2)
+            rows.append(F.mse_loss(predict(pipe.unet, z, t, cond), esd_target(c, u, 2.0)))
     assert len(set(picks)) > 1  # the rows use different prompts, so a mispairing would show
     assert batched > 0 and torch.allclose(batched, torch.stack(rows).mean(), rtol=1e-4)
     with pytest.raises(ValueError, match="sample_batch"):
