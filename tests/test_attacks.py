@@ -12,7 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from erasekit.cli import app, evaluate
+from erasekit.cli import app
+from erasekit.eval.evaluate import evaluate
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.attacks import (AttackCase, Budget, BudgetExceededError, GeneticSettings, RingABellConfig,
                                    UnlearnDiffConfig, count_calls, genetic_search, ringabell_attack, run_attack,

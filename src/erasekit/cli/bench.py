@@ -1,0 +1,56 @@
+"""`erasekit bench`: every method on every Shapes scenario."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+
+from .common import console, fail, load_model
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Smoke-test mode: 2 scenarios, 8 prompts per tier, ~1/5 of the "
+                               "iterations (see BENCHMARKS.md / erasekit.eval.bench.plan)."),
+    scenario: Optional[list[str]] = typer.Option(None, "--scenario", help="Only these scenarios (repeatable)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help="Only these method variants (repeatable)."),
+    seed: Optional[list[int]] = typer.Option(None, "--seed", help="Also measure every fine-tuned variant with this "
+                                             "method-config seed (repeatable; seed 0 is the main table). The report "
+                                             "adds each scenario's spread over seeds."),
+    model: str = typer.Option("shapes", help="The Shapes pipeline or a folder exported from it."),
+    results: Optional[Path] = typer.Option(None, help="Cells and plots folder (default benchmarks/results/bench, "
+                                           "or bench-quick)."),
+    report: Optional[Path] = typer.Option(None, help="Report path (default BENCHMARKS.md; quick: in the results folder)."),
+    adversarial_csv: Optional[Path] = typer.Option(None, help="Folder of <scenario>.csv attack prompts for the "
+                                                   "adversarial tier (default: Ring-A-Bell from erasekit.eval.attacks)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from stored cells; compute nothing."),
+):
+    """Every erasure method on every Shapes scenario: resumable cells, BENCHMARKS.md, Pareto plots.
+
+    --scenario/--method choose what to compute; the report always shows every stored cell of the mode.
+    """
+    import sys
+
+    from ..eval.bench.main import BenchPaths, NoStoredCellsError, run_benchmark
+    from ..eval.bench.plan import BenchPlan
+
+    whole = BenchPlan.quick() if quick else BenchPlan.full()
+    try:
+        plan = whole.select(scenario, method).with_extra_seeds(seed)
+    except ValueError as err:
+        fail(str(err))
+    pipe, path = load_model(model, "cpu")
+    paths = BenchPaths.default(quick, results, report)
+    command = " ".join(["erasekit", *sys.argv[1:]])
+    try:
+        run, written = run_benchmark(pipe, path, plan, paths, command, adversarial_csv=adversarial_csv,
+                                     report_only=report_only, console=console, report_plan=whole)
+    except NoStoredCellsError as err:
+        fail(str(err))
+    console.print(f"{len(run.computed)} cells computed, {len(run.reused)} reused, {len(run.missing)} missing; "
+                  f"{run.wall_seconds / 60:.1f} min; wrote {written} and plots in {paths.results}")
+

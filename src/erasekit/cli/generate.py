@@ -1,0 +1,69 @@
+"""`erasekit generate` (an image grid) and `erasekit adherence` (prompt adherence of a Shapes model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+
+from .common import console, load_model, progress_bar, apply_delta_arg, fail
+
+
+@app.command()
+def generate(
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="Prompt (repeatable)."),
+    model: str = typer.Option("shapes", help="'shapes', a local diffusers folder, or a Hub id."),
+    n: int = typer.Option(4, "-n", help="Images per prompt."),
+    seed: int = typer.Option(0, help="Seed of the first image; image k uses seed+k."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model card's)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model card's)."),
+    out: Path = typer.Option(Path("grid.png"), help="Output grid PNG."),
+    delta: Optional[Path] = typer.Option(None, help="Run folder of a weight delta to apply first."),
+    device: str = typer.Option("cpu"),
+):
+    """Generate an image grid (one row per prompt)."""
+    from ..generation import SamplingSettings, generate as run, image_grid
+
+    if any(not p.strip() for p in prompt):
+        fail("empty prompt")
+    pipe, path = load_model(model, device)
+    apply_delta_arg(pipe, delta)
+    settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance)
+    prompts = [p for p in prompt for _ in range(n)]
+    seeds = [seed + k for _ in prompt for k in range(n)]
+    with progress_bar() as bar:
+        task = bar.add_task("generating", total=len(prompts))
+        images = run(pipe, prompts, seeds, settings, progress=lambda k: bar.advance(task, k))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, cols=n).save(out)
+    console.print(f"wrote {out} ({len(images)} images, {settings.steps} steps, guidance {settings.guidance_scale})")
+
+
+
+@app.command()
+def adherence(
+    model: str = typer.Option("shapes"),
+    per_tier: int = typer.Option(64, help="Images per wording tier."),
+    seed: int = typer.Option(0),
+    steps: Optional[int] = typer.Option(None),
+    guidance: Optional[float] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, help="Write the table as JSON here."),
+):
+    """Prompt adherence of a Shapes-world model, measured by the detector, per wording tier."""
+    from ..eval.shapes_adherence import measure_adherence
+    from ..generation import SamplingSettings
+
+    pipe, path = load_model(model, "cpu")
+    settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance)
+    with progress_bar() as bar:
+        task = bar.add_task("adherence", total=per_tier * 3)
+        table = measure_adherence(pipe, per_tier=per_tier, seed=seed, settings=settings, progress=lambda k: bar.advance(task, k))
+    for tier, row in table["tiers"].items():
+        console.print(f"{tier:9s} " + "  ".join(f"{a} {v:.3f}" for a, v in row.items()))
+    if out:
+        out.write_text(json.dumps(table, indent=2))
+
