@@ -1,0 +1,185 @@
+"""Attack hardening: make an erasure hold against embeddings that bring the concept back.
+
+`harden(pipe, delta, concept, config)` takes ANY erasure delta and returns one composed delta
+(relative to the base model) whose manifest records the chain ``<method> -> harden:rece``.
+
+The ``rece`` variant follows RECE (Gong et al., ECCV 2024).  With ``W_l`` the base model's
+cross-attention key/value projections and ``W'_l`` the current (erased) ones, every epoch
+
+1. derives, in closed form, the embedding that makes the erased model reproduce what the
+   base model computed for the concept's prompt ``c`` (every token row r)::
+
+       e*_r = argmin_e  sum_l ||W'_l e - W_l c_r||^2 + gamma ||e||^2
+            = (sum_l W'_l^T W'_l + gamma I)^-1 (sum_l W'_l^T W_l) c_r
+
+2. re-applies the closed-form cross-attention edit with ``e*`` as the source rows, each mapped
+   to what the current weights give for the anchor's row r (RECE's "replace" target), with the
+   preserved prompts' rows held (weight ``preserve_scale``) and a ridge ``lamb`` toward the
+   current weights, all as sums over rows (the release's normalisation)::
+
+       W_l <- (lamb W_l + s_e sum_r W_l a_r e*_r^T + s_p sum_j W_l p_j p_j^T)
+              (lamb I  + s_e sum_r e*_r e*_r^T   + s_p sum_j p_j p_j^T)^-1
+
+Methods that never touch the K/V (ESD-u, TRCE-V) start from ``W' = W``: step 1 then returns
+the concept's own embedding and the first epoch is a K/V edit of the concept on top of them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from ..concepts.spec import ConceptSpec
+from ..models.delta import DeltaMismatchError, WeightDelta, peak_memory_bytes, resolve_tensors, snapshot
+from ..models.scopes import cross_attention_layers
+from ..models.text import encode_prompts
+from .base import MethodConfig
+from .closed_form import closed_form_edit, cross_attention_kv_names, second_moment
+
+
+class RECEConfig(MethodConfig):
+    """RECE hardening; defaults are the paper's settings for objects and styles (the release's table)."""
+
+    epochs: int = Field(1, ge=1, description="Rounds of (adversarial embedding, edit). Release: 1 for objects "
+                        "and styles, 2 for I2P categories, 3 for nudity (see `by_concept`).")
+    embedding_reg: float = Field(1e-3, ge=0, description="gamma: ridge of the adversarial embedding (release: "
+                                 "1e-3 objects/styles, 0.1 nudity/unsafe).")
+    erase_scale: float = Field(1.0, gt=0, description="s_e: weight of the adversarial rows (release default 1).")
+    preserve_scale: float = Field(0.1, ge=0, description="s_p: weight of the preserved rows (paper lambda_1 = 0.1).")
+    lamb: float = Field(0.1, gt=0, description="Ridge toward the current weights (paper lambda_2 = 0.1).")
+    anchor: Literal["empty", "concept"] = Field("empty", description="Rows the adversarial embedding is mapped "
+                                                "to: the empty prompt (release default) or the concept's anchor.")
+    preserve: Literal["empty", "concept"] = Field("empty", description="Preserved prompts: the empty prompt "
+                                                  "(release default) or the concept's preserve list.")
+    n_templates: int = Field(0, ge=0, description="Concept prompts: 0 = each target word alone (release); "
+                             "k = each target in the concept's first k templates.")
+    max_preserve: int = Field(200, ge=1, description="At most this many preserved prompts.")
+    by_concept: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"unsafe": {"epochs": 2, "embedding_reg": 0.1},
+                                 "nudity": {"epochs": 3, "embedding_reg": 0.1}},
+        description="Overrides per concept kind, then per concept name (the release's table).")
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # The Shapes model has no useful empty-prompt target (an empty prompt draws a random shape
+        # of a random colour) and its captions carry meaning in the padding rows of templated
+        # prompts, so the concept's own anchor, preserve list and templates are used.
+        "shapes": {"anchor": "concept", "preserve": "concept", "n_templates": 8, "epochs": 3,
+                   "embedding_reg": 1e-3, "preserve_scale": 1.0},
+    }
+
+    def for_concept(self, concept: ConceptSpec) -> "RECEConfig":
+        """The config with the overrides of ``concept``'s kind, then of its name."""
+        values = {**self.by_concept.get(concept.kind, {}), **self.by_concept.get(concept.name.split("/")[-1], {})}
+        return self.model_copy(update=values) if values else self
+
+
+def adversarial_embedding(current: list[torch.Tensor], base: list[torch.Tensor], rows: torch.Tensor,
+                          gamma: float) -> torch.Tensor:
+    """Rows e* minimising sum_l ||current_l e - base_l c||^2 + gamma ||e||^2 for each row c of ``rows``."""
+    d = rows.shape[-1]
+    gram = gamma * torch.eye(d, dtype=torch.float64)
+    cross = torch.zeros(d, d, dtype=torch.float64)
+    for w_new, w_old in zip(current, base):
+        a, b = w_new.detach().double().cpu(), w_old.detach().double().cpu()
+        gram += a.T @ a
+        cross += a.T @ b
+    coefficient = torch.linalg.solve(gram, cross)  # (D, D)
+    return rows.double().cpu() @ coefficient.T
+
+
+def reproduction_error(current: list[torch.Tensor], base: list[torch.Tensor], rows: torch.Tensor) -> float:
+    """sum_l ||current_l e - base_l c||^2 / sum_l ||base_l c||^2 over ``rows`` (0: the concept is fully back)."""
+    err = ref = 0.0
+    for w_new, w_old in zip(current, base):
+        a, b = w_new.detach().double().cpu(), w_old.detach().double().cpu()
+        err += float(((rows @ a.T) - (rows @ b.T)).pow(2).sum())
+        ref += float((rows @ b.T).pow(2).sum())
+    return err / max(ref, 1e-30)
+
+
+def _prompts(concept: ConceptSpec, config: RECEConfig) -> tuple[list[str], list[str]]:
+    if config.n_templates:
+        sources = concept.target_prompts(None, config.n_templates)
+        anchors = concept.anchor_prompts(None, config.n_templates)
+    else:
+        sources = list(concept.targets)
+        anchors = [concept.anchor_for(t) for t in sources]
+    if config.anchor == "empty":
+        anchors = [""] * len(sources)
+    return sources, anchors
+
+
+def _kv(unet) -> list[torch.nn.Linear]:
+    return [getattr(attn, p) for attn in cross_attention_layers(unet).values() for p in ("to_k", "to_v")]
+
+
+@torch.no_grad()
+def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anchor_rows: torch.Tensor,
+               preserve_moment: torch.Tensor | None, n_preserve_rows: int, config: RECEConfig) -> dict[str, float]:
+    """One RECE round on ``pipe``'s cross-attention K/V, in place; returns the round's measurements."""
+    projections = _kv(pipe.unet)
+    current = [p.weight for p in projections]
+    adv = adversarial_embedding(current, base_kv, source_rows, config.embedding_reg)
+    before = reproduction_error(current, base_kv, adv)
+    n = adv.shape[0]
+    # closed_form_edit normalises by counts; dividing RECE's sums by s_e * n gives its weights
+    eta = config.preserve_scale * n_preserve_rows / (config.erase_scale * n)
+    lam = config.lamb / (config.erase_scale * n)
+    for proj in projections:
+        w = proj.weight
+        values = anchor_rows.double() @ w.detach().double().cpu().T
+        w.copy_(closed_form_edit(w, adv, values, preserve_moment, eta, lam))
+    after = reproduction_error([p.weight for p in projections], base_kv, adv)
+    return {"reproduction_error_before": before, "reproduction_error_after": after}
+
+
+def harden(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: RECEConfig) -> WeightDelta:
+    """The composed delta of ``delta`` (None: the base model itself) then RECE hardening of ``concept``.
+
+    ``pipe`` must hold the base model (``delta`` not applied); it is left as it was found.
+    """
+    config = config.for_concept(concept)
+    t0 = time.perf_counter()
+    kv_names = cross_attention_kv_names(pipe.unet)
+    names = sorted(set(kv_names) | set(delta.names if delta is not None else []))
+    originals = snapshot(pipe, names)
+    base_kv = [originals[n].clone() for n in kv_names]
+    sources, anchors = _prompts(concept, config)
+    source_rows = encode_prompts(pipe, sources).reshape(-1, base_kv[0].shape[1]).double().cpu()
+    anchor_rows = encode_prompts(pipe, anchors).reshape(-1, base_kv[0].shape[1]).double().cpu()
+    preserve = [""] if config.preserve == "empty" else concept.preserve[: config.max_preserve]
+    moment, n_rows = None, 0
+    if preserve:
+        rows = encode_prompts(pipe, preserve).reshape(-1, base_kv[0].shape[1])
+        moment, n_rows = second_moment(rows), rows.shape[0]
+    if delta is not None:
+        if problems := delta.mismatches(pipe):
+            raise DeltaMismatchError(f"delta {delta.delta_id} does not fit this model: {'; '.join(problems[:3])}")
+        _copy_in(pipe, delta.tensors)
+    rounds = []
+    try:
+        for _ in range(config.epochs):
+            rounds.append(rece_epoch(pipe, base_kv, source_rows, anchor_rows, moment, n_rows, config))
+        base_cfg = delta.manifest.config if delta is not None else {}
+        chain = [{"method": delta.manifest.method, "delta_id": delta.delta_id}] if delta is not None else []
+        method = f"{delta.manifest.method}+rece" if delta is not None else "rece"
+        result = WeightDelta.from_changes(
+            pipe, originals, record=False, method=method,
+            config={"base": base_cfg, "harden": {"variant": "rece", **config.model_dump()},
+                    "concept": concept.to_dict(), "chain": chain + [{"method": "harden:rece"}]},
+            seed=config.seed, base_model=delta.manifest.base_model if delta is not None else None,
+            parent=delta.manifest.parent if delta is not None else None,
+            metrics={"rounds": rounds, "source_rows": int(source_rows.shape[0]), "preserve_prompts": len(preserve)},
+            wall_time_s=time.perf_counter() - t0, peak_memory=peak_memory_bytes())
+    finally:
+        _copy_in(pipe, originals)
+    return result
+
+
+@torch.no_grad()
+def _copy_in(pipe, values: dict[str, torch.Tensor]) -> None:
+    for name, t in resolve_tensors(pipe, values).items():
+        t.copy_(values[name])

@@ -1,0 +1,115 @@
+"""RECE hardening: the edit equals its equation, it undoes the adversarial embedding, and it composes."""
+
+import numpy as np
+import pytest
+import torch
+
+from erasekit.concepts.spec import ConceptSpec
+from erasekit.methods.base import get_method
+from erasekit.methods.closed_form import cross_attention_kv_names
+from erasekit.methods.harden import RECEConfig, adversarial_embedding, harden, reproduction_error
+from erasekit.models.delta import WeightDelta, apply_delta, fingerprint, revert_delta, snapshot
+from erasekit.models.text import encode_prompts
+from erasekit.models.tiny import tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONCEPT = ConceptSpec(name="church", kind="object", targets=["church", "chapel"], anchor="building",
+                      preserve=["a red car", "a dog in a park"])
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return tiny_pipeline("sd1")
+
+
+@pytest.fixture(scope="module")
+def uce_delta(sd1):
+    info = get_method("uce")
+    return info.erase(sd1, CONCEPT, info.config_cls.preset("sd"))
+
+
+def _kv(pipe, values=None):
+    names = cross_attention_kv_names(pipe.unet)
+    got = snapshot(pipe, names) if values is None else values
+    return names, [got[n].double().numpy() for n in names]
+
+
+def test_one_round_equals_rece_equation(sd1, uce_delta):
+    config = RECEConfig(epochs=1, preserve="concept", anchor="concept", embedding_reg=1e-2)
+    names, base = _kv(sd1)
+    apply_delta(sd1, uce_delta)
+    _, erased = _kv(sd1)
+    revert_delta(sd1, uce_delta)
+    hardened = harden(sd1, uce_delta, CONCEPT, config)
+
+    d = base[0].shape[1]
+    src = encode_prompts(sd1, list(CONCEPT.targets)).reshape(-1, d).double().numpy()
+    anc = encode_prompts(sd1, [CONCEPT.anchor] * 2).reshape(-1, d).double().numpy()
+    pre = encode_prompts(sd1, CONCEPT.preserve).reshape(-1, d).double().numpy()
+    # e* = (sum W'^T W' + gamma I)^-1 (sum W'^T W) c, written with an explicit inverse
+    gram = sum(w.T @ w for w in erased) + 1e-2 * np.eye(d)
+    cross = sum(wn.T @ wo for wn, wo in zip(erased, base))
+    adv = src @ (np.linalg.inv(gram) @ cross).T
+    for name, w in zip(names, erased):
+        lhs = 0.1 * w + 1.0 * (anc @ w.T).T @ adv + 0.1 * w @ (pre.T @ pre)
+        rhs = 0.1 * np.eye(d) + 1.0 * adv.T @ adv + 0.1 * pre.T @ pre
+        expected = lhs @ np.linalg.inv(rhs)
+        got = hardened.tensors[name].double().numpy()
+        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4, name
+
+
+def test_hardening_makes_the_adversarial_embedding_fail(sd1, uce_delta):
+    names, base = _kv(sd1)
+    base_t = [torch.from_numpy(w) for w in base]
+    rows = encode_prompts(sd1, list(CONCEPT.targets)).reshape(-1, base[0].shape[1]).double()
+
+    def best_attack_error(values):
+        current = [values[n].double() for n in names]
+        adv = adversarial_embedding(current, base_t, rows, 1e-3)
+        return reproduction_error(current, base_t, adv)
+
+    erased = {**snapshot(sd1, names), **uce_delta.tensors}
+    hardened = harden(sd1, uce_delta, CONCEPT, RECEConfig(epochs=3, anchor="concept", preserve="concept"))
+    before, after = best_attack_error(erased), best_attack_error({**erased, **hardened.tensors})
+    assert after > 2 * before, (before, after)
+    rounds = hardened.manifest.metrics["rounds"]
+    assert len(rounds) == 3 and all(r["reproduction_error_after"] > r["reproduction_error_before"] for r in rounds)
+
+
+def test_composed_delta_keeps_the_base_delta_and_records_the_chain(sd1):
+    # a base delta outside the K/V (a conv weight) must come through unchanged
+    name = "unet.conv_in.weight"
+    base = snapshot(sd1, [name])
+    edited = {name: base[name] + 0.01}
+    conv_delta = WeightDelta.from_state_dicts(base, edited, method="hand-made")
+    before = {n: fingerprint(t) for n, t in snapshot(sd1, [name, *cross_attention_kv_names(sd1.unet)]).items()}
+    composed = harden(sd1, conv_delta, CONCEPT, RECEConfig())
+    after = {n: fingerprint(t) for n, t in snapshot(sd1, list(before)).items()}
+    assert before == after  # the pipeline is left as found
+    assert torch.equal(composed.tensors[name], edited[name])
+    assert set(cross_attention_kv_names(sd1.unet)) <= set(composed.names)
+    chain = composed.manifest.config["chain"]
+    assert chain == [{"method": "hand-made", "delta_id": conv_delta.delta_id}, {"method": "harden:rece"}]
+    assert composed.manifest.method == "hand-made+rece"
+    apply_delta(sd1, composed)  # applies on the BASE model
+    revert_delta(sd1, composed)
+    assert {n: fingerprint(t) for n, t in snapshot(sd1, list(before)).items()} == before
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_other_families(family):
+    pipe = tiny_pipeline(family)
+    composed = harden(pipe, None, CONCEPT, RECEConfig(epochs=2))
+    assert composed.manifest.method == "rece"
+    assert set(composed.names) == set(cross_attention_kv_names(pipe.unet))
+    assert all(torch.isfinite(t).all() for t in composed.tensors.values())
+
+
+def test_per_concept_settings_follow_the_release():
+    from erasekit.concepts.packs import get_concept
+
+    nudity, violence = RECEConfig().for_concept(get_concept("sd/nudity")), RECEConfig().for_concept(get_concept("sd/violence"))
+    assert (nudity.epochs, nudity.embedding_reg) == (3, 0.1)
+    assert (violence.epochs, violence.embedding_reg) == (2, 0.1)
+    assert RECEConfig().for_concept(CONCEPT) == RECEConfig()
