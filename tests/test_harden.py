@@ -113,3 +113,25 @@ def test_per_concept_settings_follow_the_release():
     assert (nudity.epochs, nudity.embedding_reg) == (3, 0.1)
     assert (violence.epochs, violence.embedding_reg) == (2, 0.1)
     assert RECEConfig().for_concept(CONCEPT) == RECEConfig()
+
+
+def test_cli_hardens_a_saved_delta(tmp_path):
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+
+    runner = CliRunner()
+    base = tmp_path / "uce"
+    assert runner.invoke(app, ["erase", "--method", "uce", "--concept", "circle", "--out", str(base)]).exit_code == 0
+    before = (base / "delta.safetensors").read_bytes()
+    res = runner.invoke(app, ["harden", "--delta", str(base), "--concept", "circle", "--out", str(tmp_path / "h")])
+    assert res.exit_code == 0, res.output
+    composed = WeightDelta.load(tmp_path / "h")
+    assert composed.manifest.method == "uce+rece"
+    assert composed.manifest.config["chain"][0] == {"method": "uce", "delta_id": WeightDelta.load(base).delta_id}
+    assert composed.manifest.config["harden"]["anchor"] == "concept"  # the Shapes preset
+    assert (base / "delta.safetensors").read_bytes() == before
+    for args, needle in ((["--out", str(base)], "must differ"), (["--variant", "x", "--out", str(tmp_path / "y")], "unknown")):
+        res = runner.invoke(app, ["harden", "--delta", str(base), "--concept", "circle", *args])
+        assert res.exit_code == 2 and needle in res.output
+    assert (base / "delta.safetensors").read_bytes() == before
