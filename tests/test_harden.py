@@ -67,7 +67,7 @@ def test_hardening_makes_the_adversarial_embedding_fail(sd1, uce_delta):
     def best_attack_error(values):
         current = [values[n].double() for n in names]
         adv = adversarial_embedding(current, base_t, rows, 1e-3)
-        return reproduction_error(current, base_t, adv)
+        return reproduction_error(current, base_t, adv, rows)
 
     erased = {**snapshot(sd1, names), **uce_delta.tensors}
     hardened = harden(sd1, uce_delta, CONCEPT, RECEConfig(epochs=3, anchor="concept", preserve="concept"))

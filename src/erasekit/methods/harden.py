@@ -90,13 +90,15 @@ def adversarial_embedding(current: list[torch.Tensor], base: list[torch.Tensor],
     return rows.double().cpu() @ coefficient.T
 
 
-def reproduction_error(current: list[torch.Tensor], base: list[torch.Tensor], rows: torch.Tensor) -> float:
-    """sum_l ||current_l e - base_l c||^2 / sum_l ||base_l c||^2 over ``rows`` (0: the concept is fully back)."""
+def reproduction_error(current: list[torch.Tensor], base: list[torch.Tensor], adversarial: torch.Tensor,
+                       concept: torch.Tensor) -> float:
+    """sum_l ||current_l e_r - base_l c_r||^2 / sum_l ||base_l c_r||^2 over rows r (0: the concept is fully back)."""
     err = ref = 0.0
+    e, c = adversarial.double().cpu(), concept.double().cpu()
     for w_new, w_old in zip(current, base):
         a, b = w_new.detach().double().cpu(), w_old.detach().double().cpu()
-        err += float(((rows @ a.T) - (rows @ b.T)).pow(2).sum())
-        ref += float((rows @ b.T).pow(2).sum())
+        err += float(((e @ a.T) - (c @ b.T)).pow(2).sum())
+        ref += float((c @ b.T).pow(2).sum())
     return err / max(ref, 1e-30)
 
 
@@ -123,7 +125,7 @@ def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anc
     projections = _kv(pipe.unet)
     current = [p.weight for p in projections]
     adv = adversarial_embedding(current, base_kv, source_rows, config.embedding_reg)
-    before = reproduction_error(current, base_kv, adv)
+    before = reproduction_error(current, base_kv, adv, source_rows)
     n = adv.shape[0]
     # closed_form_edit normalises by counts; dividing RECE's sums by s_e * n gives its weights
     eta = config.preserve_scale * n_preserve_rows / (config.erase_scale * n)
@@ -132,7 +134,7 @@ def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anc
         w = proj.weight
         values = anchor_rows.double() @ w.detach().double().cpu().T
         w.copy_(closed_form_edit(w, adv, values, preserve_moment, eta, lam))
-    after = reproduction_error([p.weight for p in projections], base_kv, adv)
+    after = reproduction_error([p.weight for p in projections], base_kv, adv, source_rows)
     return {"reproduction_error_before": before, "reproduction_error_after": after}
 
 
