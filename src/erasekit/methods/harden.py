@@ -52,8 +52,10 @@ class RECEConfig(MethodConfig):
     lamb: float = Field(0.1, gt=0, description="Ridge toward the current weights (paper lambda_2 = 0.1).")
     anchor: Literal["empty", "concept"] = Field("empty", description="Rows the adversarial embedding is mapped "
                                                 "to: the empty prompt (release default) or the concept's anchor.")
-    preserve: Literal["empty", "concept"] = Field("empty", description="Preserved prompts: the empty prompt "
-                                                  "(release default) or the concept's preserve list.")
+    preserve: Literal["empty", "concept", "concept+general"] = Field(
+        "empty", description="Preserved prompts: the empty prompt (release default), the concept's preserve list, "
+        "or that list plus `n_general` general prompts (COCO on SD, random captions on Shapes).")
+    n_general: int = Field(400, ge=0, description="General prompts preserved with preserve='concept+general'.")
     n_templates: int = Field(0, ge=0, description="Concept prompts: 0 = each target word alone (release); "
                              "k = each target in the concept's first k templates.")
     max_preserve: int = Field(200, ge=1, description="At most this many preserved prompts.")
@@ -66,8 +68,10 @@ class RECEConfig(MethodConfig):
         # The Shapes model has no useful empty-prompt target (an empty prompt draws a random shape
         # of a random colour) and its captions carry meaning in the padding rows of templated
         # prompts, so the concept's own anchor, preserve list and templates are used.
-        "shapes": {"anchor": "concept", "preserve": "concept", "n_templates": 8, "epochs": 3,
-                   "embedding_reg": 1e-3, "preserve_scale": 1.0},
+        # Its 128-d text space holds every caption, so the colours (absent from a shape's preserve
+        # list) are held by general captions too.
+        "shapes": {"anchor": "concept", "preserve": "concept+general", "n_templates": 8, "epochs": 3,
+                   "preserve_scale": 1.0},
     }
 
     def for_concept(self, concept: ConceptSpec) -> "RECEConfig":
@@ -114,6 +118,17 @@ def _prompts(concept: ConceptSpec, config: RECEConfig) -> tuple[list[str], list[
     return sources, anchors
 
 
+def _preserved(pipe, concept: ConceptSpec, config: RECEConfig) -> list[str]:
+    if config.preserve == "empty":
+        return [""]
+    own = list(concept.preserve[: config.max_preserve])
+    if config.preserve == "concept":
+        return own
+    from ..models.loading import general_prompts
+
+    return own + general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
+
+
 def _kv(unet) -> list[torch.nn.Linear]:
     return [getattr(attn, p) for attn in cross_attention_layers(unet).values() for p in ("to_k", "to_v")]
 
@@ -152,7 +167,7 @@ def harden(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: RECECo
     sources, anchors = _prompts(concept, config)
     source_rows = encode_prompts(pipe, sources).reshape(-1, base_kv[0].shape[1]).double().cpu()
     anchor_rows = encode_prompts(pipe, anchors).reshape(-1, base_kv[0].shape[1]).double().cpu()
-    preserve = [""] if config.preserve == "empty" else concept.preserve[: config.max_preserve]
+    preserve = _preserved(pipe, concept, config)
     moment, n_rows = None, 0
     if preserve:
         rows = encode_prompts(pipe, preserve).reshape(-1, base_kv[0].shape[1])
