@@ -135,3 +135,15 @@ def test_cli_hardens_a_saved_delta(tmp_path):
         res = runner.invoke(app, ["harden", "--delta", str(base), "--concept", "circle", *args])
         assert res.exit_code == 2 and needle in res.output
     assert (base / "delta.safetensors").read_bytes() == before
+
+
+def test_a_closed_form_kv_edit_is_undone_by_one_embedding(sd1, uce_delta):
+    """UCE's edit is W_l M with one M for every layer, so M^-1 c restores every layer's K/V at once."""
+    names, base = _kv(sd1)
+    base_t = [torch.from_numpy(w) for w in base]
+    erased = {**snapshot(sd1, names), **uce_delta.tensors}
+    current = [erased[n].double() for n in names]
+    rows = encode_prompts(sd1, list(CONCEPT.targets)).reshape(-1, base[0].shape[1]).double()
+    adv = adversarial_embedding(current, base_t, rows, 1e-10)
+    assert reproduction_error(current, base_t, rows, rows) > 1e-3  # the edit did change the concept's K/V
+    assert reproduction_error(current, base_t, adv, rows) < 1e-8
