@@ -468,3 +468,36 @@ def test_hostile_input(case: Case, world, tmp_path):
     assert not changed, f"changed on disk: {sorted(changed)}"
     if case.check is not None:
         case.check(world, tmp_path, res)
+
+
+# ------------------------------------------------------------------ outputs
+def test_atomic_writes_respect_the_umask(tmp_path):
+    import os
+
+    from erasekit.eval import atomic
+
+    old = os.umask(0o027)
+    try:
+        path = atomic.write_text(tmp_path / "r.md", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640  # 0666 less the umask, not mkstemp's 0600
+
+
+def test_report_markdown_escapes_strings_from_the_manifest_and_benchmark():
+    from erasekit.eval.report import render_markdown
+
+    evil = "x](http://evil.example) <script>alert(1)</script> | col\n# heading"
+    results = {
+        "metrics": {"asr": {evil: 0.5}},
+        "settings": {"model": evil, "delta": {"method": evil, "delta_id": "abc"},
+                     "benchmark": {"benchmarks": [{"name": evil}], "concept": evil},
+                     "detector": {"name": "shapes"}, "sampling": {"steps": 1, "guidance_scale": 3.0}},
+        "notes": [evil],
+    }
+    md = render_markdown(results, {evil: {"original": "grids/x-original.png"}})
+    assert "<script>" not in md and "](http://evil.example)" not in md
+    import re
+
+    assert "\n# heading" not in md and not re.search(r"(?<!\\)\| col", md)  # no new heading, no extra table cell
+    assert "grids/x-original.png" in md

@@ -387,7 +387,11 @@ def apply_delta(pipe: Any, delta: WeightDelta) -> None:
     if problems:
         if delta.names and not delta.mismatches(pipe, "new"):
             raise DeltaMismatchError(f"delta {delta.delta_id} is already applied to this model")
-        _raise_mismatch(f"delta {delta.delta_id} ({delta.manifest.method}) does not fit this model; nothing was changed:", problems)
+        parent = delta.manifest.parent
+        hint = (f" it was computed on top of delta {parent}, which is not applied: apply that first;"
+                if parent is not None and parent not in applied_deltas(pipe) else "")
+        _raise_mismatch(f"delta {delta.delta_id} ({delta.manifest.method}) does not fit this model;{hint} "
+                        "nothing was changed:", problems)
     _record_originals(pipe, delta, snapshot(pipe, delta.names))
     _write(pipe, delta.tensors)
 
