@@ -333,6 +333,8 @@ CASES = [
     Case("eval-steps-negative", ev("--steps", "-2"), says="--steps must be at least 1"),
     Case("eval-guidance-nan", ev("--guidance", "nan"), says="finite"),
     Case("eval-guidance-0", ev("--guidance", "0"), says="below 1"),
+    Case("eval-threshold-nan", ev("--threshold", "nan"), says="--threshold"),
+    Case("eval-threshold-above-1", ev("--threshold", "1.5"), says="--threshold"),
     Case("eval-out-is-a-file", ev(out=lambda w, t: w.file), says="is a file"),
     Case("eval-out-under-a-file", ev(out=lambda w, t: w.file / "ev"), says="is a file"),
     Case("eval-shapes-n-1-is-1", lambda w, t: ["eval", "--benchmark", "shapes", "--concept", "circle", "-n", "1",

@@ -65,6 +65,8 @@ def eval_command(
     checks.at_least(batch_size, 1, "--batch-size")
     checks.at_least(steps, 1, "--steps")
     guidance_note = checks.guidance_value(guidance)
+    if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
+        fail(f"--threshold must be a score between 0 and 1 (got {threshold})")
     checks.out_dir(out)
     checks.input_dir(delta, "--delta")
     for path in adversarial or []:
