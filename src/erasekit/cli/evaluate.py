@@ -65,6 +65,8 @@ def eval_command(
     checks.at_least(batch_size, 1, "--batch-size")
     checks.at_least(steps, 1, "--steps")
     guidance_note = checks.guidance_value(guidance)
+    if benchmark == "shapes" and category is not None:
+        fail(f"--category {category!r}: the shapes benchmark has no categories (they filter I2P-style CSVs); drop it")
     if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
         fail(f"--threshold must be a score between 0 and 1 (got {threshold})")
     checks.out_dir(out)
