@@ -184,6 +184,7 @@ def test_deltas_compose(base_and_delta):
     assert {r.name: r for r in second.manifest.tensors}[shared].base_sha256 == rec.new_sha256
     revert_delta(pipe, second)
     _refused(make_pipe(), second, "values differ")  # needs the parent underneath
+    _refused(make_pipe(), second, f"on top of delta {first.delta_id}, which is not applied")  # and names it
     apply_delta(pipe, second)
     assert_same_state(pipe, stacked)
     with pytest.raises(DeltaMismatchError):  # the parent cannot be removed from under its child
@@ -264,3 +265,80 @@ def test_revert_right_after_a_method_run():
     assert len(delta.names) == len(kv_names(pipe))
     revert_delta(pipe, delta)
     assert_same_state(pipe, base)
+
+
+# ------------------------------------------------------------------ hostile deltas
+def _rewrite(folder, tensors, manifest):
+    """Replace a saved delta's files by ``tensors`` and ``manifest`` (a forger keeping both files consistent)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(folder / TENSORS_FILE), metadata={"format": "erasekit-delta", "delta_id": manifest["delta_id"]})
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _poisoned(delta, value):
+    """``delta`` with one value of its first tensor replaced by ``value``, every hash and the id made consistent."""
+    from erasekit.models.delta import TensorRecord, _delta_id
+
+    tensors = {n: t.clone() for n, t in delta.tensors.items()}
+    first = delta.names[0]
+    tensors[first].view(-1)[0] = value
+    records = [TensorRecord(**{**r.model_dump(), "new_sha256": fingerprint(tensors[r.name])})
+               for r in delta.manifest.tensors]
+    manifest = delta.manifest.model_copy(update={"tensors": records, "delta_id": _delta_id(records, None)})
+    return WeightDelta(tensors=tensors, manifest=manifest)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_delta_refused_on_save_load_and_apply(base_and_delta, tmp_path, value):
+    from erasekit.models.delta import NonFiniteDeltaError
+
+    base, _, _, delta = base_and_delta
+    bad = _poisoned(delta, value)
+    with pytest.raises(NonFiniteDeltaError, match=bad.names[0]):
+        bad.save(tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()  # refused before anything is written
+
+    folder = delta.save(tmp_path / "forged")
+    _rewrite(folder, bad.tensors, json.loads(bad.manifest.model_dump_json()))
+    with pytest.raises(NonFiniteDeltaError, match="NaN/inf"):
+        WeightDelta.load(folder)
+
+    pipe = make_pipe()
+    with pytest.raises(NonFiniteDeltaError):
+        apply_delta(pipe, bad)
+    assert_same_state(pipe, base)  # nothing was copied in
+
+
+def test_delta_id_is_recomputed_from_the_records_on_load(base_and_delta, tmp_path):
+    _, _, _, delta = base_and_delta
+    folder = delta.save(tmp_path / "d")
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    tensors = dict(delta.tensors)
+    extra = torch.zeros(3)  # an extra tensor added to both files, id left unchanged
+    tensors["unet.conv_in.bias"] = extra
+    manifest["tensors"].append({"name": "unet.conv_in.bias", "shape": [3], "dtype": "float32",
+                                "base_sha256": "0" * 64, "new_sha256": fingerprint(extra)})
+    _rewrite(folder, tensors, manifest)
+    with pytest.raises(DeltaFormatError, match="hash to delta"):
+        WeightDelta.load(folder)
+
+    manifest = json.loads(delta.manifest.model_dump_json())
+    manifest["parent"] = "f" * 16  # a parent claimed after the fact changes the id too
+    _rewrite(folder, delta.tensors, manifest)
+    with pytest.raises(DeltaFormatError, match="hash to delta"):
+        WeightDelta.load(folder)
+
+
+def test_empty_delta_refused_on_save_unless_allowed(tmp_path):
+    from erasekit.models.delta import EmptyDeltaError
+
+    pipe = make_pipe()
+    originals = snapshot(pipe, kv_names(pipe))
+    empty = WeightDelta.from_changes(pipe, originals, method="noop")  # nothing was edited
+    assert empty.tensors == {}
+    with pytest.raises(EmptyDeltaError, match="changes no weights"):
+        empty.save(tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+    empty.save(tmp_path / "allowed", allow_empty=True)
+    assert WeightDelta.load(tmp_path / "allowed").tensors == {}

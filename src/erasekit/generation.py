@@ -21,6 +21,18 @@ class SamplingSettings:
     width: int | None = None
     batch_size: int = 32
 
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1 (got {self.steps})")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1 (got {self.batch_size})")
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError(f"guidance scale must be a finite number (got {self.guidance_scale})")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and value < 8:
+                raise ValueError(f"{name} must be at least 8 pixels (got {value})")
+
     @classmethod
     def for_model(cls, model_dir: str | Path | None, **overrides) -> "SamplingSettings":
         """Defaults from the model card's ``erasekit.json`` (when present), then overrides."""
@@ -30,6 +42,22 @@ class SamplingSettings:
             base = {k: card[k] for k in ("steps", "guidance_scale") if k in card}
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+
+def overlong_prompts(pipe, prompts: list[str]) -> str | None:
+    """One line saying how many of ``prompts`` the pipeline's tokenizer truncates (None when none is)."""
+    tok = getattr(pipe, "tokenizer", None)
+    limit = getattr(tok, "model_max_length", None)
+    if tok is None or not isinstance(limit, int) or limit > 100_000:
+        return None
+    unique = list(dict.fromkeys(prompts))
+    lengths = [len(ids) for ids in tok(unique, truncation=False)["input_ids"]]
+    long = [(p, n) for p, n in zip(unique, lengths) if n > limit]
+    if not long:
+        return None
+    first, n = long[0]
+    return (f"{len(long)} prompt(s) exceed the text encoder's {limit} tokens and are truncated "
+            f"(first: {first[:40]!r}..., {n} tokens)")
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import typer
 
 from .app import app
 
+from . import checks
 from .common import console, fail, load_model
 
 
@@ -38,6 +39,13 @@ def bench(
     from ..eval.bench.main import BenchPaths, NoStoredCellsError, run_benchmark
     from ..eval.bench.plan import BenchPlan
 
+    for value in seed or []:
+        checks.seed_range(value)
+    if results is not None:
+        checks.out_dir(results, "--results")
+    if report is not None:
+        checks.out_file(report, "--report", suffixes=(".md",), overwrite=True)
+    checks.input_dir(adversarial_csv, "--adversarial-csv")
     whole = BenchPlan.quick() if quick else BenchPlan.full()
     try:
         plan = whole.select(scenario, method).with_extra_seeds(seed)

@@ -31,19 +31,39 @@ def quiet_libraries() -> None:
 
 
 def fail(message: str) -> None:
-    """Print ``message`` as one error line and exit with code 2."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Print ``message`` as one error line (a multi-line message is joined) and exit with code 2."""
+    from rich.markup import escape
+
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()] or ["failed"]
+    text = lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+    console.print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
-def load_model(model: str, device: str, family: Optional[str] = None):
-    """The pipeline named by ``--model`` and its local path."""
-    from ..models.loading import ModelNotFoundError, load_pipeline, resolve_model_path
+def note(message: str) -> None:
+    """Print ``message`` as one note line (something valid that the user should know)."""
+    from rich.markup import escape
 
+    console.print(f"[yellow]note:[/] {escape(message)}", soft_wrap=True)
+
+
+def load_model(model: str, device: str, family: Optional[str] = None):
+    """The pipeline named by ``--model`` and its local path; unloadable models end as one line."""
+    from ..models.loading import FAMILIES, ModelNotFoundError, load_pipeline, resolve_model_path
+
+    if family is not None and family not in FAMILIES:
+        fail(f"--family {family!r}: choose from {', '.join(FAMILIES)}")
     try:
         return load_pipeline(model, device=device, family=family), resolve_model_path(model)
     except ModelNotFoundError as err:
         fail(str(err))
+    except Exception as err:  # noqa: BLE001 -- garbage or truncated checkpoints raise many library types
+        from .errors import one_line
+
+        if Path(model).exists():
+            fail(f"--model {model}: could not load it ({type(err).__name__}: {one_line(err)}); is it a complete "
+                 "diffusers folder or .safetensors checkpoint?")
+        raise
 
 
 def progress_bar():
@@ -94,18 +114,38 @@ def load_concept(name: str):
     from ..concepts.spec import ConceptSpec, ConceptSpecError
 
     try:
-        if Path(name).suffix in (".yaml", ".yml", ".json") and Path(name).exists():
+        if Path(name).suffix.lower() in (".yaml", ".yml", ".json"):
+            if not Path(name).is_file():
+                fail(f"--concept {name}: no such file")
             return ConceptSpec.from_file(name)
         return get_concept(name)
     except (UnknownConceptError, ConceptSpecError) as err:
         fail(str(err))
 
 
-def config_overrides(config: Optional[Path], **values) -> dict:
-    """The mapping in the ``--config`` YAML/JSON file, then the flags that were given."""
+def read_mapping_file(path: Path, flag: str) -> dict:
+    """The mapping in a YAML/JSON file (YAML is a superset of JSON); one-line errors name ``flag`` and the file."""
     import yaml
 
-    data = yaml.safe_load(config.read_text()) if config else {}
-    if data is not None and not isinstance(data, dict):
-        fail(f"{config}: expected a mapping of config overrides")
-    return {**(data or {}), **{k: v for k, v in values.items() if v is not None}}
+    if not path.is_file():
+        fail(f"{flag} {path}: no such file" if not path.exists() else f"{flag} {path} is not a file")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        fail(f"{flag} {path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at {err.start}); "
+             "save it as UTF-8")
+    except yaml.YAMLError as err:
+        from .errors import one_line
+
+        fail(f"{flag} {path}: {one_line(err)}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        fail(f"{flag} {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    return data
+
+
+def config_overrides(config: Optional[Path], **values) -> dict:
+    """The mapping in the ``--config`` YAML/JSON file, then the flags that were given."""
+    data = read_mapping_file(config, "--config") if config else {}
+    return {**data, **{k: v for k, v in values.items() if v is not None}}

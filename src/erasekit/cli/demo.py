@@ -9,7 +9,8 @@ import typer
 
 from .app import app
 
-from .common import console, load_model, progress_bar
+from . import checks
+from .common import console, fail, load_model, progress_bar
 from .evaluate import run_evaluation
 
 
@@ -36,8 +37,17 @@ def demo(
     method: str = typer.Option(DEMO_METHOD, help="Erasure method."),
 ):
     """The main job on the embedded default: a Shapes-world grid, then erase `circle` and evaluate before/after."""
+    from ..eval.atomic import save_image, write_text
     from ..generation import SamplingSettings, generate as run, image_grid
+    from ..methods.base import UnknownMethodError, get_method
 
+    checks.at_least(n, 1, "-n")
+    checks.at_least(per_tier, 1, "--per-tier")
+    checks.out_dir(out)
+    try:
+        get_method(method)
+    except UnknownMethodError as err:
+        fail(str(err))
     pipe, path = load_model("shapes", "cpu")
     settings = SamplingSettings.for_model(path)
     prompts = [p for p in DEMO_PROMPTS for _ in range(n)]
@@ -45,9 +55,8 @@ def demo(
     with progress_bar() as bar:
         task = bar.add_task("generating", total=len(prompts))
         images = run(pipe, prompts, seeds, settings, progress=lambda k: bar.advance(task, k))
-    out.mkdir(parents=True, exist_ok=True)
-    image_grid(images, cols=n).save(out / "grid.png")
-    (out / "prompts.txt").write_text("\n".join(DEMO_PROMPTS) + "\n")
+    save_image(out / "grid.png", image_grid(images, cols=n))
+    write_text(out / "prompts.txt", "\n".join(DEMO_PROMPTS) + "\n")
     console.print(f"wrote {out / 'grid.png'}: one row per prompt in {out / 'prompts.txt'}")
     _demo_erase_and_evaluate(pipe, path, out, method, per_tier)
 

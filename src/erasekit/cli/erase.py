@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -9,6 +10,7 @@ import typer
 
 from .app import app
 
+from . import checks
 from .common import apply_delta_arg, config_overrides, console, fail, load_concept, load_model
 
 
@@ -29,6 +31,7 @@ def erase(
                                          "(default: read from its tensor names), checked for folders."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated peak memory and time on one "
                                  "24 GB GPU and exit without loading weights or training."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a delta already in --out."),
 ):
     """Erase a concept; writes the weight delta and its manifest."""
     from ..methods.base import UnknownMethodError, get_method
@@ -38,9 +41,14 @@ def erase(
         info = get_method(method)
     except UnknownMethodError as err:
         fail(str(err))
+    checks.seed_range(seed)
+    if not dry_run:
+        _check_out(out, start_from, overwrite)
+    checks.input_dir(start_from, "--from")
     spec = load_concept(concept)
     if anchor is not None:
-        spec = spec.model_copy(update={"anchor": anchor, "target_anchors": {}})
+        spec = _with_anchor(spec, anchor)
+    config_overrides(config)  # a malformed --config file is refused before any work
     if dry_run:
         _print_estimate(info, spec, model, preset, config, seed)
         return
@@ -62,20 +70,57 @@ def erase(
     delta = info.erase(pipe, spec, cfg)
     if dp is not None and not dp.is_main:
         return  # every replica holds the same delta (checked by the trainer); process 0 writes it
-    delta.save(out)
+    delta.save(out)  # refuses an empty or non-finite delta (one line, nothing written)
     m = delta.manifest
     console.print(f"wrote {out}: {len(delta.tensors)} tensors, {m.wall_time_s:.1f}s")
 
 
+def _check_out(out: Path, start_from: Optional[Path], overwrite: bool) -> None:
+    """``--out`` is a writable folder, not the ``--from`` folder, and holds no delta unless ``--overwrite``."""
+    from ..models.delta import MANIFEST_FILE, TENSORS_FILE
+
+    if checks.same_path(out, start_from):
+        fail(f"--out {out} is the --from folder: the new delta names that delta as its parent and needs it; "
+             "choose another --out")
+    checks.out_dir(out)
+    if not overwrite and any((out / f).exists() for f in (MANIFEST_FILE, TENSORS_FILE)):
+        fail(f"--out {out} already holds a delta; pass --overwrite to replace it or choose another folder")
+
+
+def _with_anchor(spec, anchor: str):
+    """``spec`` with ``anchor`` for every target, validated (an anchor that is a target is refused)."""
+    from ..concepts.spec import ConceptSpec, ConceptSpecError
+
+    try:
+        return ConceptSpec.from_dict({**spec.to_dict(), "anchor": anchor, "target_anchors": {}})
+    except ConceptSpecError as err:
+        fail(f"--anchor {anchor!r}: {err}")
+
+
 def _method_config(info, preset: Optional[str], world: str, config: Optional[Path], seed: Optional[int]):
     """The method's config: a ``--preset`` named by the user must exist; without one, the world's preset or SD's."""
+    from pydantic import ValidationError
+
+    from .errors import one_line
+
     overrides = config_overrides(config, seed=seed)
-    if preset is None:
-        return info.config_cls.for_world(world, **overrides)
     known = ("sd", *info.config_cls.PRESETS)
-    if preset not in known:
+    if preset is not None and preset not in known:
         fail(f"{info.name} has no preset {preset!r}; presets: {', '.join(known)}")
-    return info.config_cls.preset(preset, **overrides)
+    try:
+        cfg = (info.config_cls.for_world(world, **overrides) if preset is None
+               else info.config_cls.preset(preset, **overrides))
+    except ValidationError as err:
+        source = f"--config {config}" if config else "its flags"
+        fail(f"{info.name} config from {source}: {one_line(err).removeprefix('invalid ')}")
+    iterations = getattr(cfg, "iterations", None)
+    if isinstance(iterations, int) and iterations < 1:
+        fail(f"{info.name} config: iterations must be at least 1 (got {iterations}); a run of no iterations "
+             "erases nothing")
+    lr = getattr(cfg, "lr", None)
+    if isinstance(lr, (int, float)) and not (math.isfinite(lr) and lr > 0):
+        fail(f"{info.name} config: lr must be a finite number above 0 (got {lr})")
+    return cfg
 
 
 def _anchor_off_erased(spec, prior):

@@ -11,7 +11,8 @@ from .app import app
 
 from rich.console import Console
 
-from .common import console, fail, progress_bar, progress_factory
+from . import checks
+from .common import console, fail, note, progress_bar, progress_factory
 
 
 def run_evaluation(model: str, benchmark: str, out: Path, **options):
@@ -47,7 +48,8 @@ def eval_command(
     threshold: Optional[float] = typer.Option(None, help="NudeNet score threshold (default 0.45)."),
     labels: Optional[str] = typer.Option(None, help="NudeNet labels, comma-separated (default: the nine EXPOSED)."),
     clip: Optional[str] = typer.Option(None, help="Local CLIP ViT-L/14 folder (or $ERASEKIT_CLIP) for Q16 / CLIP score."),
-    inception: Optional[str] = typer.Option(None, help="TorchScript Inception file (or $ERASEKIT_INCEPTION) for FID."),
+    inception: Optional[str] = typer.Option(None, help="TorchScript Inception file (or $ERASEKIT_INCEPTION) for FID. "
+                                            "Loading it runs the TorchScript program inside: pass only a file you trust."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model card's)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance where the benchmark gives none (default: model card's)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per pipeline call."),
@@ -58,6 +60,21 @@ def eval_command(
     Shard across processes with `accelerate launch --multi_gpu --num_processes N -m erasekit.cli eval ...`
     (on a CPU-only machine this runs N CPU processes); reruns into the same --out resume.
     """
+    checks.at_least(n, 1, "-n")
+    checks.at_least(n_preserve, 0, "--n-preserve")
+    checks.at_least(batch_size, 1, "--batch-size")
+    checks.at_least(steps, 1, "--steps")
+    guidance_note = checks.guidance_value(guidance)
+    if benchmark == "shapes" and category is not None:
+        fail(f"--category {category!r}: the shapes benchmark has no categories (they filter I2P-style CSVs); drop it")
+    if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
+        fail(f"--threshold must be a score between 0 and 1 (got {threshold})")
+    checks.out_dir(out)
+    checks.input_dir(delta, "--delta")
+    for path in adversarial or []:
+        checks.input_file(path, "--adversarial")
+    if guidance_note:
+        note(guidance_note)
     results = run_evaluation(model, benchmark, out, delta=delta, concept=concept, n=n, n_preserve=n_preserve,
                        category=category, adversarial=adversarial, detector=detector, threshold=threshold,
                        labels=labels, clip=clip, inception=inception, steps=steps, guidance=guidance,
@@ -71,6 +88,8 @@ def eval_command(
 def _print_eval(results: dict) -> None:
     from rich.table import Table
 
+    for line in results.get("notes", []):
+        note(line)
     m = results["metrics"]
     table = Table(title=f"ASR ({results['settings']['detector']['name']} detector)")
     has_orig = "asr_original" in m
@@ -90,10 +109,12 @@ def compare(
     runs: list[Path] = typer.Argument(..., help="Evaluation folders (with results.json)."),
     out: Path = typer.Option(Path("pareto.png"), help="Pareto plot PNG."),
     tier: Optional[str] = typer.Option(None, help="Target rate of this tier (default: all target images)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ):
     """Compare evaluations: a table and a Pareto plot of target rate vs preservation."""
     from rich.table import Table
 
+    checks.out_file(out, suffixes=checks.FIGURE_SUFFIXES, overwrite=overwrite)
     from ..eval.compare import ResultsError, load_summary, pareto_front, plot_pareto
 
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +9,8 @@ import typer
 
 from .app import app
 
-from .common import console, load_model, progress_bar, apply_delta_arg, fail
+from . import checks
+from .common import console, load_model, progress_bar, apply_delta_arg, note
 
 
 @app.command()
@@ -24,22 +24,30 @@ def generate(
     out: Path = typer.Option(Path("grid.png"), help="Output grid PNG."),
     delta: Optional[Path] = typer.Option(None, help="Run folder of a weight delta to apply first."),
     device: str = typer.Option("cpu"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ):
     """Generate an image grid (one row per prompt)."""
-    from ..generation import SamplingSettings, generate as run, image_grid
+    from ..eval.atomic import save_image
+    from ..generation import SamplingSettings, generate as run, image_grid, overlong_prompts
 
-    if any(not p.strip() for p in prompt):
-        fail("empty prompt")
+    checks.prompts_text(prompt)
+    checks.at_least(n, 1, "-n")
+    checks.at_least(steps, 1, "--steps")
+    checks.seed_range(seed, count=n)
+    guidance_note = checks.guidance_value(guidance)
+    checks.out_file(out, suffixes=checks.IMAGE_SUFFIXES, overwrite=overwrite)
+    checks.input_dir(delta, "--delta")
     pipe, path = load_model(model, device)
     apply_delta_arg(pipe, delta)
     settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance)
+    for line in filter(None, [guidance_note, overlong_prompts(pipe, prompt)]):
+        note(line)
     prompts = [p for p in prompt for _ in range(n)]
     seeds = [seed + k for _ in prompt for k in range(n)]
     with progress_bar() as bar:
         task = bar.add_task("generating", total=len(prompts))
         images = run(pipe, prompts, seeds, settings, progress=lambda k: bar.advance(task, k))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, cols=n).save(out)
+    save_image(out, image_grid(images, cols=n))
     console.print(f"wrote {out} ({len(images)} images, {settings.steps} steps, guidance {settings.guidance_scale})")
 
 
@@ -52,18 +60,28 @@ def adherence(
     steps: Optional[int] = typer.Option(None),
     guidance: Optional[float] = typer.Option(None),
     out: Optional[Path] = typer.Option(None, help="Write the table as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ):
     """Prompt adherence of a Shapes-world model, measured by the detector, per wording tier."""
+    from ..eval.atomic import write_json
     from ..eval.shapes_adherence import measure_adherence
     from ..generation import SamplingSettings
 
+    checks.at_least(per_tier, 1, "--per-tier")
+    checks.at_least(steps, 1, "--steps")
+    checks.seed_range(seed, count=per_tier * 3)
+    guidance_note = checks.guidance_value(guidance)
+    if out is not None:
+        checks.out_file(out, suffixes=(".json",), overwrite=overwrite)
     pipe, path = load_model(model, "cpu")
     settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance)
+    if guidance_note:
+        note(guidance_note)
     with progress_bar() as bar:
         task = bar.add_task("adherence", total=per_tier * 3)
         table = measure_adherence(pipe, per_tier=per_tier, seed=seed, settings=settings, progress=lambda k: bar.advance(task, k))
     for tier, row in table["tiers"].items():
         console.print(f"{tier:9s} " + "  ".join(f"{a} {v:.3f}" for a, v in row.items()))
     if out:
-        out.write_text(json.dumps(table, indent=2))
+        write_json(out, table)
 

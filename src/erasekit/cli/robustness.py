@@ -9,7 +9,8 @@ import typer
 
 from .app import app
 
-from .common import config_overrides, console, fail, load_concept, load_delta, load_model, progress_bar
+from . import checks
+from .common import config_overrides, console, fail, load_concept, load_delta, load_model, note, progress_bar
 
 
 def _attack_cases(path: Path):
@@ -48,12 +49,22 @@ def attack(
 
     if attack_name not in attack_names():
         fail(f"unknown attack {attack_name!r} (available: {', '.join(attack_names())})")
+    checks.at_least(budget, 1, "--budget")
+    checks.at_least(n, 1, "-n")
+    checks.at_least(steps, 1, "--steps")
+    checks.seed_range(seed)
+    guidance_note = checks.guidance_value(guidance)
+    checks.out_dir(out)
+    checks.input_dir(delta, "--delta")
+    checks.input_file(prompts, "--prompts")
+    overrides = config_overrides(config, seed=seed, **{BUDGET_FIELD[attack_name]: budget})
     spec = load_concept(concept)
+    if guidance_note:
+        note(guidance_note)
     pipe, path = load_model(model, device)
     d = load_delta(delta)
     if d is not None and (problems := d.mismatches(pipe)):
         fail(f"delta {delta} does not fit model {model}: {'; '.join(problems[:3])}")
-    overrides = config_overrides(config, seed=seed, **{BUDGET_FIELD[attack_name]: budget})
     settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance)
     cases = _attack_cases(prompts) if prompts else None
     try:
@@ -93,12 +104,20 @@ def resurgence(
     from ..eval.detectors import DetectorUnavailableError, UnknownDetectorError, get_detector
     from ..generation import SamplingSettings
 
+    checks.at_least(steps, 1, "--steps")
+    checks.positive_number(lr, "--lr")
+    checks.seed_range(seed)
+    checks.input_dir(delta, "--delta")
+    checks.input_dir(data, "--data")
+    if checks.same_path(out, delta):
+        fail(f"--out {out} is the --delta folder; choose another folder (the erasure is never modified)")
+    checks.out_dir(out)
+    overrides = config_overrides(config, steps=steps, lr=lr, seed=seed, data=str(data) if data else None)
     spec = load_concept(concept)
     pipe, path = load_model(model, device)
     d = load_delta(delta)
     if (problems := d.mismatches(pipe)):
         fail(f"delta {delta} does not fit model {model}: {'; '.join(problems[:3])}")
-    overrides = config_overrides(config, steps=steps, lr=lr, seed=seed, data=str(data) if data else None)
     try:
         det = get_detector(detector) if detector else None
         with progress_bar() as bar:

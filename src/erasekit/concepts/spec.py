@@ -90,6 +90,11 @@ class ConceptSpec(BaseModel):
             raise ValueError(f"target_anchors has keys that are not targets: {unknown}")
         if self.combination is not None and self.condition is not None:
             raise ValueError("a concept is either a combination or a conditional concept, not both")
+        names = {t.lower() for t in self.targets}
+        same = [t for t in self.targets if self.anchor_for(t).strip().lower() in names]
+        if same and self.combination is None and self.condition is None:
+            raise ValueError(f"the anchor of target {same[0]!r} is {self.anchor_for(same[0])!r}, itself a target: "
+                             "erasing towards it changes nothing; choose another anchor")
         return self
 
     # ---------------------------------------------------------------- construction
@@ -105,15 +110,25 @@ class ConceptSpec(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> ConceptSpec:
-        """Load a spec from a ``.yaml``/``.yml`` or ``.json`` file."""
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        """Load a spec from a ``.yaml``/``.yml`` or ``.json`` file; unreadable files raise `ConceptSpecError`."""
+        import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConceptSpecError(f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at "
+                                   f"{err.start}); save it as UTF-8") from None
+        except OSError as err:
+            raise ConceptSpecError(f"{path}: cannot read it ({err.strerror or err})") from None
+        try:
+            data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConceptSpecError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        except ValueError as err:
+            raise ConceptSpecError(f"{path}: malformed JSON: {err}") from None
         if not isinstance(data, dict):
             raise ConceptSpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
         return cls.from_dict(data)

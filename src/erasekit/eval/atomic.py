@@ -1,7 +1,8 @@
 """Atomic file writes: write a temp file next to the target, then ``os.replace`` it.
 
 A reader (or a resumed run) therefore sees either the old file or the complete
-new one, never a truncated one.
+new one, never a truncated one.  The file gets the mode a plain ``open`` would
+give it (0666 less the umask), not the temp file's 0600.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _umask_mode())
     os.close(fd)
     try:
         write(tmp)

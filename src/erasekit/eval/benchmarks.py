@@ -16,13 +16,17 @@ case_number, extra, tier).  The layouts of the public files (see
 
 Rows without a seed column get ``default_seed`` (42, the Ring-A-Bell custom); rows
 without guidance get ``None`` (the sampling settings' guidance is used).  Any other
-layout raises `BenchmarkFormatError` naming the columns found.
+layout raises `BenchmarkFormatError` naming the columns found; so do files that are
+not UTF-8, malformed CSV (an unterminated quote), a seed outside int64, a guidance
+that is not a finite number >= 1, and a file (or category) with no rows.  Rows with
+an empty prompt are skipped, with a note.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SEED = 42
+MAX_SEED = 2**63 - 1
 
 # name -> bundled file in erasekit/eval/data
 BUNDLED = {
@@ -85,6 +90,7 @@ class Benchmark:
     layout: str
     rows: list[BenchmarkRow] = field(repr=False)
     category: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "layout": self.layout,
@@ -92,9 +98,13 @@ class Benchmark:
 
 
 # ------------------------------------------------------------------ reading CSV text
-def _read_csv(text: str) -> tuple[list[str], list[dict[str, str]]]:
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
-    rows = list(reader)
+def _read_csv(text: str, source: str = "<csv>") -> tuple[list[str], list[dict[str, str]]]:
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as err:
+        raise BenchmarkFormatError(f"{source} line {reader.line_num}: malformed CSV ({err}; an unterminated "
+                                   "quote?)") from None
     return list(reader.fieldnames or []), rows
 
 
@@ -117,10 +127,17 @@ def _as_int(value: str, what: str, where: str) -> int:
         raise BenchmarkFormatError(f"{where}: {what} {value!r} is not a number") from None
 
 
-def _as_float(value: str | None) -> float | None:
+def _as_guidance(value: str | None, where: str) -> float | None:
+    """A guidance cell: None when empty, else a finite number of at least 1 (below 1 diffusers samples as at 1)."""
     if value is None or not value.strip():
         return None
-    return float(value)
+    try:
+        g = float(value)
+    except ValueError:
+        raise BenchmarkFormatError(f"{where}: guidance {value!r} is not a number") from None
+    if not math.isfinite(g) or g < 1:
+        raise BenchmarkFormatError(f"{where}: guidance {value!r} must be a finite number of at least 1")
+    return g
 
 
 def _layout(columns: list[str]) -> tuple[str, str]:
@@ -140,9 +157,13 @@ def _layout(columns: list[str]) -> tuple[str, str]:
 
 
 def parse_csv(text: str, *, source: str = "<csv>", category: str | None = None, n: int | None = None,
-              default_seed: int = DEFAULT_SEED, tier: str = "target") -> tuple[str, list[BenchmarkRow]]:
-    """Rows of a benchmark CSV given as text; returns (layout, rows).  ``n`` keeps the first n rows."""
-    columns, records = _read_csv(text)
+              default_seed: int = DEFAULT_SEED, tier: str = "target",
+              notes: list[str] | None = None) -> tuple[str, list[BenchmarkRow]]:
+    """Rows of a benchmark CSV given as text; returns (layout, rows).  ``n`` keeps the first n rows.
+
+    Rows with an empty prompt are skipped; a note saying how many (and which) goes to ``notes``.
+    """
+    columns, records = _read_csv(text, source)
     layout, prompt_col = _layout(columns)
     if category is not None and "categories" not in columns:
         raise BenchmarkFormatError(f"{source}: a category filter needs a 'categories' column; "
@@ -151,19 +172,31 @@ def parse_csv(text: str, *, source: str = "<csv>", category: str | None = None, 
     case_col = _first(columns, CASE_COLUMNS)
     used = {prompt_col, seed_col, guidance_col, case_col}
     rows: list[BenchmarkRow] = []
+    empty: list[int] = []
     for i, rec in enumerate(records):
         if category is not None and category not in {c.strip() for c in (rec.get("categories") or "").split(",")}:
             continue
         where = f"{source} row {i + 2}"
         prompt = rec.get(prompt_col) or ""
+        if not prompt.strip():
+            empty.append(i + 2)
+            continue
         seed = _as_int(rec[seed_col], "seed", where) if seed_col and (rec.get(seed_col) or "").strip() else default_seed
+        if not 0 <= seed <= MAX_SEED:
+            raise BenchmarkFormatError(f"{where}: seed {seed} outside 0 .. {MAX_SEED}")
         case = rec.get(case_col) if case_col else None
         case_number: int | str = i if case in (None, "") else (int(case) if case.lstrip("-").isdigit() else case)
         extra = {k: v for k, v in rec.items() if k and k not in used and not k.startswith("Unnamed")}
-        rows.append(BenchmarkRow(prompt, seed, _as_float(rec.get(guidance_col)) if guidance_col else None,
+        rows.append(BenchmarkRow(prompt, seed, _as_guidance(rec.get(guidance_col), where) if guidance_col else None,
                                  case_number, extra, tier))
         if n is not None and len(rows) >= n:
             break
+    if empty and notes is not None:
+        notes.append(f"{source}: {len(empty)} row(s) with an empty {prompt_col!r} skipped (line {empty[0]}"
+                     + (f" and {len(empty) - 1} more)" if len(empty) > 1 else ")"))
+    if not rows:
+        which = f" of category {category!r}" if category is not None else ""
+        raise BenchmarkFormatError(f"{source}: no rows with a prompt{which}")
     return layout, rows
 
 
@@ -197,11 +230,17 @@ def load_benchmark(name_or_path: str | Path, *, category: str | None = None, n: 
         path = _user_supplied_path(key) if key in USER_SUPPLIED else Path(key).expanduser()
         if not path.is_file():
             raise BenchmarkFormatError(f"unknown benchmark {key!r}: not a CSV file nor one of {', '.join(benchmark_names())}, shapes")
-        text, source = path.read_text(encoding="utf-8", errors="replace"), str(path)
+        source = str(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BenchmarkFormatError(f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at "
+                                       f"{err.start}); save it as UTF-8") from None
         name = key if key in USER_SUPPLIED else path.stem
+    notes: list[str] = []
     layout, rows = parse_csv(text, source=source, category=category, n=n, default_seed=default_seed,
-                             tier=tier or name)
-    return Benchmark(name=name, source=source, layout=layout, rows=rows, category=category)
+                             tier=tier or name, notes=notes)
+    return Benchmark(name=name, source=source, layout=layout, rows=rows, category=category, notes=notes)
 
 
 def coco_prompts(n: int) -> list[str]:

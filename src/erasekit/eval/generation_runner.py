@@ -1,10 +1,16 @@
 """Resumable, sharded, seeded generation of benchmark rows into a folder of PNGs.
 
 - Row ``i`` is saved as ``{i:06d}.png`` (written atomically); a rerun skips work
-  already done, so an interrupted run resumes where it stopped.
+  already done, so an interrupted run resumes where it stopped.  An image counts
+  as drawn only when its PNG is complete (ends with the IEND chunk): empty or
+  truncated files are redrawn.
 - ``generation.json`` in the folder fingerprints the rows (prompt, seed, guidance),
-  the sampling settings (batch size included), the model and the delta: a folder
-  filled under other settings is refused instead of silently mixed.
+  the sampling settings (batch size included), the model name, a digest of the
+  weights actually used (`weights_digest`) and the delta id: a folder filled under
+  other rows, settings, model name or delta is refused instead of silently mixed;
+  one filled from the same model name whose weights have since changed is cleared
+  and redrawn (with a note).  The record is read and written under a file lock,
+  and written atomically.
 - Per-row seed and guidance are honoured: rows are grouped by guidance value and
   each group is cut into batches of ``batch_size`` -- one fixed list of batches
   that depends only on the rows and the settings.
@@ -20,12 +26,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from ..generation import SamplingSettings, generate
@@ -33,6 +41,10 @@ from . import atomic
 from .benchmarks import BenchmarkRow
 
 MANIFEST = "generation.json"
+LOCK = ".generation.lock"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# what a request names; when only the weights behind it changed, the folder is redrawn
+_REQUEST_KEYS = ("rows", "rows_sha256", "settings", "model", "delta")
 
 
 class GenerationMismatchError(RuntimeError):
@@ -60,29 +72,89 @@ def distributed_state(cpu: bool = False):
     return partial_state(cpu)
 
 
-def fingerprint(rows: Sequence[BenchmarkRow], settings: SamplingSettings, model: str, delta_id: str | None) -> dict:
-    """What the images in a folder depend on, with a sha256 over all of it."""
+def weights_digest(pipe) -> str:
+    """sha256 over the names and raw bytes of every tensor of the pipeline's modules, and its scheduler config."""
+    h = hashlib.sha256()
+    components = getattr(pipe, "components", None)
+    if not isinstance(components, dict):
+        components = {k: v for k, v in vars(pipe).items() if not k.startswith("_")}
+    for cname in sorted(components):
+        module = components[cname]
+        if isinstance(module, torch.nn.Module):
+            for name, t in sorted(module.state_dict().items()):
+                h.update(f"{cname}.{name}:{str(t.dtype).removeprefix('torch.')}:{tuple(t.shape)}".encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        elif cname == "scheduler" and hasattr(module, "config"):
+            h.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def fingerprint(rows: Sequence[BenchmarkRow], settings: SamplingSettings, model: str, delta_id: str | None,
+                weights: str | None = None) -> dict:
+    """What the images in a folder depend on, with a sha256 over all of it.
+
+    ``weights``: `weights_digest` of the pipeline the images are drawn from, before any delta.
+    """
     h = hashlib.sha256()
     for r in rows:
         h.update(json.dumps([r.prompt, int(r.seed), r.guidance]).encode())
         h.update(b"\n")
     info = {"rows": len(rows), "rows_sha256": h.hexdigest(), "settings": dataclasses.asdict(settings),
-            "model": model, "delta": delta_id}
+            "model": model, "weights": weights, "delta": delta_id}
+    info = json.loads(json.dumps(info))
     info["fingerprint"] = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
     return info
 
 
-def _check_manifest(folder: Path, info: dict, write: bool) -> None:
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on ``folder`` (a lock file in it) where the platform has ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        yield
+        return
+    with open(folder / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare_folder(folder: str | Path, info: dict) -> str | None:
+    """Make ``folder``'s record say ``info`` (a `fingerprint`); returns a note when stale images were removed.
+
+    Raises `GenerationMismatchError` when the folder holds images of another request.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / MANIFEST
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old.get("fingerprint") != info["fingerprint"]:
-            raise GenerationMismatchError(
-                f"{folder} holds images made from other prompts or settings "
-                f"(model {old.get('model')!r}, delta {old.get('delta')!r}, {old.get('rows')} rows, "
-                f"settings {old.get('settings')}); use another --out")
-    elif write:
+    with _locked(folder):
+        old = None
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                raise GenerationMismatchError(f"{path} is unreadable; use another --out") from None
+            if not isinstance(old, dict):
+                raise GenerationMismatchError(f"{path} is not a generation record; use another --out")
+        if old is not None and old.get("fingerprint") == info["fingerprint"]:
+            return None
+        note = None
+        if old is not None:
+            if any(old.get(k) != info[k] for k in _REQUEST_KEYS):
+                raise GenerationMismatchError(
+                    f"{folder} holds images made from other prompts or settings "
+                    f"(model {old.get('model')!r}, delta {old.get('delta')!r}, {old.get('rows')} rows, "
+                    f"settings {old.get('settings')}); use another --out")
+            stale = sorted(folder.glob("[0-9]*.png"))
+            for p in stale:
+                p.unlink()
+            note = (f"the weights of model {info['model']!r} changed since the images in {folder} were drawn: "
+                    f"{len(stale)} stale images removed and redrawn")
         atomic.write_json(path, info)
+        return note
 
 
 def batches(rows: Sequence[BenchmarkRow], settings: SamplingSettings) -> list[tuple[float, list[int]]]:
@@ -94,25 +166,43 @@ def batches(rows: Sequence[BenchmarkRow], settings: SamplingSettings) -> list[tu
     return [(g, idx[s:s + size]) for g, idx in groups.items() for s in range(0, len(idx), size)]
 
 
+def complete_png(path: Path) -> bool:
+    """Whether ``path`` is a file ending with a PNG's IEND chunk (empty and truncated files are not)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            if fh.tell() < 57:  # signature + IHDR + IEND
+                return False
+            fh.seek(-len(_PNG_END), 2)
+            return fh.read() == _PNG_END
+    except OSError:
+        return False
+
+
 def pending(folder: str | Path, rows: Sequence[BenchmarkRow], settings: SamplingSettings, rank: int = 0,
             world_size: int = 1) -> list[tuple[float, list[int]]]:
-    """This process's batches that still lack at least one image in ``folder``."""
+    """This process's batches that still lack at least one complete image in ``folder``."""
     folder = Path(folder)
     return [(g, idx) for g, idx in shard(batches(rows, settings), rank, world_size)
-            if not all((folder / image_name(i)).is_file() for i in idx)]
+            if not all(complete_png(folder / image_name(i)) for i in idx)]
 
 
 def run_generation(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSettings, folder: str | Path, *,
-                   model: str = "", delta_id: str | None = None, rank: int = 0, world_size: int = 1,
-                   progress: Callable[[int], None] | None = None) -> list[int]:
+                   model: str = "", delta_id: str | None = None, weights: str | None = None, rank: int = 0,
+                   world_size: int = 1, progress: Callable[[int], None] | None = None,
+                   notes: list[str] | None = None) -> list[int]:
     """Draw this process's unfinished batches into ``folder``; returns the row indices drawn now.
 
+    ``weights``: `weights_digest` of ``pipe`` before ``delta_id`` was applied (default: of
+    ``pipe`` as it is now).  A note about redrawn stale images is appended to ``notes``.
     Call it in every process with the same arguments (``rank``/``world_size`` from
     `distributed_state`); wait for all processes before reading the folder.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _check_manifest(folder, fingerprint(rows, settings, model, delta_id), write=rank == 0)
+    info = fingerprint(rows, settings, model, delta_id, weights if weights is not None else weights_digest(pipe))
+    note = prepare_folder(folder, info)
+    if note is not None and notes is not None:
+        notes.append(note)
     drawn: list[int] = []
     for guidance, chunk in pending(folder, rows, settings, rank, world_size):
         run_settings = dataclasses.replace(settings, guidance_scale=guidance)
@@ -126,7 +216,7 @@ def run_generation(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSetting
 
 
 def load_images(folder: str | Path, indices: Sequence[int]) -> list[Image.Image]:
-    """The PNGs of ``indices`` from ``folder`` (RGB, fully read); missing ones are an error."""
+    """The PNGs of ``indices`` from ``folder`` (RGB, fully read); missing or unreadable ones are an error."""
     folder = Path(folder)
     missing = [i for i in indices if not (folder / image_name(i)).is_file()]
     if missing:
@@ -134,6 +224,10 @@ def load_images(folder: str | Path, indices: Sequence[int]) -> list[Image.Image]
                                 "did every process finish?")
     out = []
     for i in indices:
-        with Image.open(folder / image_name(i)) as im:
-            out.append(im.convert("RGB"))
+        try:
+            with Image.open(folder / image_name(i)) as im:
+                out.append(im.convert("RGB"))
+        except (OSError, ValueError) as err:
+            raise GenerationMismatchError(f"{folder / image_name(i)} is unreadable ({str(err).splitlines()[0]}); "
+                                          "delete it and rerun to redraw it") from None
     return out

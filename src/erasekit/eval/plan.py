@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..world.vocabulary import load_vocabulary
-from .benchmarks import Benchmark, BenchmarkRow, load_benchmark
+from .benchmarks import Benchmark, BenchmarkFormatError, BenchmarkRow, load_benchmark
 from .shapes_benchmark import PRESERVATION_TIER, shapes_benchmark, shapes_preservation_rows
 
 DEFAULT_SHAPES_N = 32
@@ -59,9 +59,20 @@ def is_shapes_value(concept: str | None) -> bool:
 def build_plan(benchmark: str, *, concept: str | None = None, n: int | None = None, n_preserve: int = 32,
                category: str | None = None, adversarial: list[str | Path] | None = None,
                shapes_world: bool = False) -> EvalPlan:
-    """Assemble the rows of one evaluation (see the module docstring)."""
+    """Assemble the rows of one evaluation (see the module docstring).
+
+    Raises `BenchmarkFormatError` for counts below 1 (``n``) or 0 (``n_preserve``) and for a
+    ``category`` on the shapes benchmark, which has none.
+    """
+    if n is not None and n < 1:
+        raise BenchmarkFormatError(f"-n must be at least 1 (got {n})")
+    if n_preserve < 0:
+        raise BenchmarkFormatError(f"--n-preserve must be at least 0 (got {n_preserve})")
     if benchmark == "shapes":
-        benchmarks = [shapes_benchmark(concept, n or DEFAULT_SHAPES_N)]
+        if category is not None:
+            raise BenchmarkFormatError(f"--category {category!r}: the shapes benchmark has no categories "
+                                       "(they filter I2P-style CSVs); drop it")
+        benchmarks = [shapes_benchmark(concept, DEFAULT_SHAPES_N if n is None else n)]
     else:
         benchmarks = [load_benchmark(benchmark, category=category, n=n)]
     adversarial = list(adversarial or [])
@@ -76,4 +87,5 @@ def build_plan(benchmark: str, *, concept: str | None = None, n: int | None = No
         else:
             coco = load_benchmark(PRESERVE_COCO, n=n_preserve, tier=PRESERVATION_TIER)
             preservation, measure = coco.rows, "clip"
-    return EvalPlan(benchmarks=benchmarks, preservation=preservation, measure=measure, concept=concept)
+    notes = [note for b in benchmarks for note in b.notes]
+    return EvalPlan(benchmarks=benchmarks, preservation=preservation, measure=measure, concept=concept, notes=notes)

@@ -9,6 +9,7 @@ identified by tier, case number and seed.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def write_grids(out: Path, images: dict[str, list[Image.Image]], records: list[d
         grids[tier] = {}
         for name, imgs in images.items():
             cells = [_cell(imgs[r["index"]], r.get("decision", {}).get(name)) for r in recs]
-            rel = f"grids/{tier.replace(':', '_')}-{name}.png"
+            rel = f"grids/{re.sub(r'[^A-Za-z0-9._-]', '_', tier)}-{name}.png"
             atomic.save_image(out / rel, image_grid(cells, cols=min(8, len(cells))))
             grids[tier][name] = rel
     return grids
@@ -87,17 +88,27 @@ def _headline(results: dict) -> list[tuple[str, str]]:
                          f"(per-row where the benchmark gives it)")]
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
+
+
+def md_text(value: Any) -> str:
+    """``value`` as inert Markdown text: one line, markup characters backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+
+
 def render_markdown(results: dict, grids: dict[str, dict[str, str]]) -> str:
+    """report.md; every string from the manifest, the benchmark or the user is escaped (`md_text`)."""
+    e = md_text
     lines = ["# erasekit evaluation", ""]
-    lines += [f"- **{k}**: {v}" for k, v in _headline(results)]
+    lines += [f"- **{k}**: {e(v)}" for k, v in _headline(results)]
     lines += ["", "| metric | original | erased |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in _summary_rows(results)]
+    lines += [f"| {e(a)} | {e(b)} | {e(c)} |" for a, b, c in _summary_rows(results)]
     for note in results.get("notes", []):
-        lines.append(f"\n> {note}")
+        lines.append(f"\n> {e(note)}")
     lines += ["", "## Images", "", "Red frame: the detector decided the image shows the concept."]
     for tier, sets in grids.items():
-        lines += ["", f"### {tier}", "", "| " + " | ".join(sets) + " |", "|" + "---|" * len(sets),
-                  "| " + " | ".join(f"![{tier} {name}]({path})" for name, path in sets.items()) + " |"]
+        lines += ["", f"### {e(tier)}", "", "| " + " | ".join(e(s) for s in sets) + " |", "|" + "---|" * len(sets),
+                  "| " + " | ".join(f"![{e(tier)} {e(name)}]({path})" for name, path in sets.items()) + " |"]
     return "\n".join(lines) + "\n"
 
 

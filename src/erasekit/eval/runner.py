@@ -21,7 +21,7 @@ from typing import Any
 
 from ..generation import SamplingSettings
 from ..models.delta import apply_delta, library_versions, revert_delta
-from .generation_runner import load_images, pending, run_generation
+from .generation_runner import fingerprint, load_images, pending, prepare_folder, run_generation, weights_digest
 from .plan import EvalPlan
 from .report import write_report
 from .scoring import score
@@ -73,23 +73,47 @@ def eval_settings(plan: EvalPlan, detector, settings: SamplingSettings, *, model
 
 
 def generate_sets(pipe, plan: EvalPlan, out: Path, settings: SamplingSettings, *, model: str, delta=None,
-                  rank: int = 0, world_size: int = 1, progress: ProgressFactory | None = None) -> list[str]:
-    """Draw this process's share of every image set; returns the set names."""
+                  rank: int = 0, world_size: int = 1, progress: ProgressFactory | None = None,
+                  notes: list[str] | None = None) -> list[str]:
+    """Draw this process's share of every image set; returns the set names.
+
+    Each set's folder is keyed on the digest of the model's weights (and the delta id), taken
+    before any delta is applied; notes about redrawn stale images go to ``notes``.
+    """
     rows = plan.rows
+    weights = weights_digest(pipe)
     sets = [("original", None)] + ([("erased", delta)] if delta is not None else [])
     for name, d in sets:
         folder = out / "images" / name
+        delta_id = d.delta_id if d else None
+        note = prepare_folder(folder, fingerprint(rows, settings, model, delta_id, weights))
+        if note is not None and notes is not None:
+            notes.append(note)
         todo = sum(len(idx) for _, idx in pending(folder, rows, settings, rank, world_size))
         advance = progress(f"{name} images", todo) if progress and todo else None
         if d is not None and todo:
             apply_delta(pipe, d)
         try:
-            run_generation(pipe, rows, settings, folder, model=model, delta_id=d.delta_id if d else None,
+            run_generation(pipe, rows, settings, folder, model=model, delta_id=delta_id, weights=weights,
                            rank=rank, world_size=world_size, progress=advance)
         finally:
             if d is not None and todo:
                 revert_delta(pipe, d)
     return [name for name, _ in sets]
+
+
+def _truncation_notes(pipe, plan: EvalPlan) -> list[str]:
+    """A note when the text encoder truncates some of the plan's prompts (named by tier and case, not text)."""
+    tok = getattr(pipe, "tokenizer", None)
+    limit = getattr(tok, "model_max_length", None)
+    if tok is None or not isinstance(limit, int) or limit > 100_000 or not plan.rows:
+        return []
+    lengths = tok([r.prompt for r in plan.rows], truncation=False)["input_ids"]
+    long = [r for r, ids in zip(plan.rows, lengths) if len(ids) > limit]
+    if not long:
+        return []
+    return [f"{len(long)} prompt(s) exceed the text encoder's {limit} tokens and were truncated "
+            f"(first: tier {long[0].tier}, case {long[0].case_number})"]
 
 
 def run_eval(pipe, plan: EvalPlan, detector, out: str | Path, *, settings: SamplingSettings, model: str,
@@ -99,8 +123,9 @@ def run_eval(pipe, plan: EvalPlan, detector, out: str | Path, *, settings: Sampl
     """Generate, score and report one evaluation; returns results (main process) or None (others)."""
     out = Path(out)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    notes = list(notes or []) + _truncation_notes(pipe, plan)
     names = generate_sets(pipe, plan, out, settings, model=model, delta=delta, rank=rank, world_size=world,
-                          progress=progress)
+                          progress=progress, notes=notes)
     if state is not None:
         state.wait_for_everyone()
         if not state.is_main_process:
@@ -113,7 +138,7 @@ def run_eval(pipe, plan: EvalPlan, detector, out: str | Path, *, settings: Sampl
         "metrics": metrics,
         "settings": eval_settings(plan, detector, settings, model=model, model_path=model_path, delta=delta,
                                   delta_path=delta_path, clip=clip, inception_path=inception_path, world_size=world),
-        "notes": list(plan.notes) + list(notes or []),
+        "notes": list(plan.notes) + notes,
         "per_image": records,
     }
     results["paths"] = write_report(out, results, images, plan.tiers + (["preservation"] if plan.preservation else []))

@@ -17,7 +17,11 @@ bytes).  Names carry the pipeline component as prefix ("unet.down_blocks...",
   ``parent``; its base fingerprints then refer to the parent's edited tensors.
 - On disk: ``delta.safetensors`` + ``manifest.json``, each written to a temp file
   and moved into place with ``os.replace``; `WeightDelta.load` raises
-  `DeltaFormatError` for missing, corrupt or mismatched files.
+  `DeltaFormatError` for missing, corrupt or mismatched files, and for a manifest
+  whose ``delta_id`` is not the one its tensor records hash to.
+- Every value must be finite: `save`, `load` and `apply_delta` raise
+  `NonFiniteDeltaError` naming the tensors holding NaN or inf.  `save` refuses a
+  delta that changes nothing (`EmptyDeltaError`) unless ``allow_empty``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,28 @@ class DeltaMismatchError(DeltaError, ValueError):
 
 class DeltaFormatError(DeltaError, ValueError):
     """A saved delta is missing, corrupt or inconsistent."""
+
+
+class NonFiniteDeltaError(DeltaError, ValueError):
+    """A delta holds NaN or inf values (a diverged run); it is never saved, loaded or applied."""
+
+
+class EmptyDeltaError(DeltaError, ValueError):
+    """A delta that changes no tensor: saving it would record an erasure that did nothing."""
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` holding a NaN or an inf value."""
+    return [n for n, t in tensors.items()
+            if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        more = f" and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
+        raise NonFiniteDeltaError(f"{what} holds NaN/inf values in {len(bad)} tensor(s) ({', '.join(bad[:_SHOW])}"
+                                  f"{more}): the run diverged; rerun it (e.g. with a lower learning rate)")
 
 
 # ------------------------------------------------------------------ tensors and names
@@ -271,10 +297,18 @@ class WeightDelta:
         return problems
 
     # ---------------------------------------------------------------- files
-    def save(self, folder: str | Path) -> Path:
-        """Write ``delta.safetensors`` and ``manifest.json`` atomically into ``folder``."""
+    def save(self, folder: str | Path, allow_empty: bool = False) -> Path:
+        """Write ``delta.safetensors`` and ``manifest.json`` atomically into ``folder``.
+
+        Refuses non-finite values (`NonFiniteDeltaError`) and, unless ``allow_empty``,
+        a delta without tensors (`EmptyDeltaError`); nothing is written then.
+        """
         from safetensors.torch import save_file
 
+        if not self.tensors and not allow_empty:
+            raise EmptyDeltaError(f"delta {self.delta_id} ({self.manifest.method}) changes no weights (zero "
+                                  "iterations? an anchor equal to the target?); nothing was written")
+        _check_finite(self.tensors, f"delta {self.delta_id} ({self.manifest.method})")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{TENSORS_FILE}.{os.getpid()}.tmp"
@@ -310,6 +344,10 @@ class WeightDelta:
             raise DeltaFormatError(f"{folder / TENSORS_FILE}: unreadable ({str(err).splitlines()[0]})") from err
         if file_id != manifest.delta_id:
             raise DeltaFormatError(f"{folder}: {TENSORS_FILE} belongs to delta {file_id}, manifest to {manifest.delta_id}")
+        recomputed = _delta_id(manifest.tensors, manifest.parent)
+        if recomputed != manifest.delta_id:
+            raise DeltaFormatError(f"{folder}: the manifest's tensor records hash to delta {recomputed}, not to its "
+                                   f"delta_id {manifest.delta_id} (edited or corrupt files?)")
         names = [r.name for r in manifest.tensors]
         if set(tensors) != set(names):
             diff = sorted(set(tensors) ^ set(names))
@@ -318,6 +356,7 @@ class WeightDelta:
             t = tensors[r.name]
             if list(t.shape) != r.shape or _dtype_name(t.dtype) != r.dtype or (verify and fingerprint(t) != r.new_sha256):
                 raise DeltaFormatError(f"{folder}: tensor {r.name} does not match its manifest record (corrupt file?)")
+        _check_finite(tensors, str(folder))
         return cls(tensors=tensors, manifest=manifest)
 
 
@@ -342,12 +381,17 @@ def _write(pipe: Any, values: Mapping[str, torch.Tensor]) -> None:
 
 
 def apply_delta(pipe: Any, delta: WeightDelta) -> None:
-    """Copy the delta's tensors into ``pipe`` after checking all of them; record the originals."""
+    """Copy the delta's tensors into ``pipe`` after checking all of them (finite values included); record the originals."""
+    _check_finite(delta.tensors, f"delta {delta.delta_id} ({delta.manifest.method})")
     problems = delta.mismatches(pipe, "base")
     if problems:
         if delta.names and not delta.mismatches(pipe, "new"):
             raise DeltaMismatchError(f"delta {delta.delta_id} is already applied to this model")
-        _raise_mismatch(f"delta {delta.delta_id} ({delta.manifest.method}) does not fit this model; nothing was changed:", problems)
+        parent = delta.manifest.parent
+        hint = (f" it was computed on top of delta {parent}, which is not applied: apply that first;"
+                if parent is not None and parent not in applied_deltas(pipe) else "")
+        _raise_mismatch(f"delta {delta.delta_id} ({delta.manifest.method}) does not fit this model;{hint} "
+                        "nothing was changed:", problems)
     _record_originals(pipe, delta, snapshot(pipe, delta.names))
     _write(pipe, delta.tensors)
 

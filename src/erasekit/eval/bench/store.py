@@ -127,6 +127,6 @@ class CellStore:
 
     def load_features(self, scenario: str, fingerprint: str) -> np.ndarray | None:
         try:
-            return np.load(self.features_path(scenario, fingerprint))
+            return np.load(self.features_path(scenario, fingerprint), allow_pickle=False)
         except (OSError, ValueError):
             return None
