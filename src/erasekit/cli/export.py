@@ -31,11 +31,16 @@ def export(
 ):
     """Write the erased model as a diffusers folder, a LoRA, a kohya LoRA or a single-file checkpoint, with a model card."""
     from ..export import ExportError
-    from ..export.hub import push_to_hub as push
+    from ..export.hub import check_repo_id, push_to_hub as push
     from ..export.run import export_model
 
     if out.exists() and not overwrite:
         fail(f"{out} exists; pass --overwrite to replace it")
+    try:
+        if push_to_hub:
+            check_repo_id(push_to_hub)
+    except ExportError as err:
+        fail(str(err))
     d = load_delta(delta)
     model = model or d.manifest.base_model or "shapes"
     pipe, _ = load_model(model, "cpu")

@@ -8,6 +8,12 @@ from typing import Any
 from .output import ExportError
 
 
+def check_repo_id(repo_id: str) -> None:
+    """`ExportError` unless ``repo_id`` reads 'owner/name'."""
+    if repo_id.count("/") != 1 or any(not part.strip() for part in repo_id.split("/")):
+        raise ExportError(f"--push-to-hub needs a repository id 'owner/name', got {repo_id!r}")
+
+
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
                 api: Any = None) -> str:
     """Create the model repository ``repo_id`` (if missing) and upload ``folder``; returns the repo URL.
@@ -16,8 +22,7 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: 
     ``HfApi(token=token)`` when None.  Hub and network failures become one-line
     `ExportError`s.
     """
-    if repo_id.count("/") != 1 or any(not part for part in repo_id.split("/")):
-        raise ExportError(f"--push-to-hub needs a repository id 'owner/name', got {repo_id!r}")
+    check_repo_id(repo_id)
     if api is None:
         from huggingface_hub import HfApi
 

@@ -6,9 +6,10 @@ difference ``D = W_new - W_base`` factorised by its SVD ``D = U S V^T``:
 factorised as the matrix ``(out, in * kh * kw)``: ``A`` is a convolution with the
 layer's kernel into ``r`` channels and ``B`` a 1x1 convolution back.
 
-- exact (default): ``r`` is the numerical rank of ``D`` (singular values above
-  ``s_max * max(out, in) * eps(float32)``), so ``B A`` equals ``D`` to float
-  precision;
+- exact (default): ``r`` is the smallest rank whose dropped singular values
+  weigh no more than float32 storage of the new weight resolves,
+  ``||S_{>r}|| <= eps(float32) ||W_new||`` (Frobenius norms), so ``W + B A``
+  equals ``W_new`` to the precision the weights are stored in;
 - ``rank=r``: at most ``r`` per matrix; the relative Frobenius error
   ``||D - B A|| / ||D||`` is reported per matrix and over all of them.
 
@@ -71,13 +72,17 @@ def _owner(pipe: Any, name: str) -> nn.Module | None:
     return owner if leaf == "weight" else None
 
 
-def factorise(diff: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """(A, B, squared error, squared norm) of a Linear (2-D) or Conv (4-D) weight difference ``diff``."""
+def factorise(diff: torch.Tensor, rank: int | None = None, new_norm: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(A, B, squared error, squared norm) of a Linear (2-D) or Conv (4-D) weight difference ``diff``.
+
+    ``new_norm``: Frobenius norm of the new weight, which sets the exact rank (module docstring).
+    """
     out_ch = diff.shape[0]
     matrix = diff.reshape(out_ch, -1).double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    tol = s.max() * max(matrix.shape) * torch.finfo(torch.float32).eps if s.numel() else 0.0
-    r = max(1, int((s > tol).sum()))
+    tail = s.pow(2).flip(0).cumsum(0).flip(0).sqrt()  # tail[k] = ||s[k:]||
+    r = max(1, int((tail > torch.finfo(torch.float32).eps * new_norm).sum()))
     if rank is not None:
         r = min(r, rank)
     root = s[:r].sqrt()
@@ -104,7 +109,7 @@ def lora_factors(pipe: Any, delta: WeightDelta, rank: int | None = None) -> Lora
         diff = new.to(torch.float32) - base.to(torch.float32)
         if not torch.any(diff):
             continue
-        a, b, sq_error, sq_norm = factorise(diff, rank)
+        a, b, sq_error, sq_norm = factorise(diff, rank, float(new.double().norm()))
         module = name.removesuffix(".weight")
         result.factors[module] = (a.to(new.dtype), b.to(new.dtype))
         result.errors[module] = math.sqrt(sq_error / sq_norm) if sq_norm > 0 else 0.0

@@ -89,8 +89,10 @@ def card_text(delta: WeightDelta, fmt: str, base_model: str | None, files: dict[
         lines += [f"- concept: `{name}` ({concept.get('kind', '?')}); targets: "
                   + ", ".join(f"\"{t}\"" for t in concept.get("targets", [])),
                   f"- anchor: \"{concept.get('anchor', '')}\""]
-        if concept.get("preserve"):
-            lines.append("- preserved: " + ", ".join(f"\"{p}\"" for p in concept["preserve"]))
+        preserve = concept.get("preserve") or []
+        if preserve:
+            more = f" ... ({len(preserve)} prompts in all)" if len(preserve) > 8 else ""
+            lines.append("- preserved: " + ", ".join(f"\"{p}\"" for p in preserve[:8]) + more)
     lines += [f"- seed: {m.seed}", f"- erasekit version: {erasekit_version()}", ""]
     if eval_run is not None:
         lines += ["## Evaluation", "", "| metric | original | erased |", "|---|---|---|"]
