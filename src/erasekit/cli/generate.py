@@ -23,16 +23,25 @@ def generate(
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model card's)."),
     out: Path = typer.Option(Path("grid.png"), help="Output grid PNG."),
     delta: Optional[Path] = typer.Option(None, help="Run folder of a weight delta to apply first."),
-    device: str = typer.Option("cpu"),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What every image should not show."),
+    height: Optional[int] = typer.Option(None, help="Image height in pixels (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Image width in pixels (default: the height, else the model's)."),
+    device: str = typer.Option("auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps."),
 ):
     """Generate an image grid (one row per prompt)."""
     from ..generation import SamplingSettings, generate as run, image_grid
 
     if any(not p.strip() for p in prompt):
         fail("empty prompt")
-    pipe, path = load_model(model, device)
+    for label, px in (("--height", height), ("--width", width)):
+        if px is not None and (px < 8 or px % 8):
+            fail(f"{label} must be a positive multiple of 8, got {px}")
+    pipe, path = load_model(model, resolve_device(device))
     apply_delta_arg(pipe, delta)
-    settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance)
+    settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance,
+                                          height=height or width, width=width or height)
+    if negative_prompt is not None:
+        pipe = WithNegativePrompt(pipe, negative_prompt)
     prompts = [p for p in prompt for _ in range(n)]
     seeds = [seed + k for _ in prompt for k in range(n)]
     with progress_bar() as bar:
@@ -42,6 +51,32 @@ def generate(
     image_grid(images, cols=n).save(out)
     console.print(f"wrote {out} ({len(images)} images, {settings.steps} steps, guidance {settings.guidance_scale})")
 
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: the first of CUDA, Apple MPS and CPU that is available; other values as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+class WithNegativePrompt:
+    """A pipeline whose every call also gets ``negative_prompt`` (one per prompt); other attributes pass through."""
+
+    def __init__(self, pipe, negative_prompt: str):
+        self._pipe, self._negative = pipe, negative_prompt
+
+    def __call__(self, prompt, **kwargs):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return self._pipe(prompt=prompts, negative_prompt=[self._negative] * len(prompts), **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
 
 
 @app.command()
