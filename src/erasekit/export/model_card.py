@@ -20,7 +20,7 @@ CARD_FILE = "README.md"
 
 USAGE = {
     "diffusers": "```python\nfrom diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(\"{path}\")\n```",
-    "lora": "```python\npipe.load_lora_weights(\"{path}\")  # on the base model; pipe.set_adapters(..., adapter_weights=[s]) for partial strength\n```",
+    "lora": "```python\npipe.load_lora_weights(\"{path}\", adapter_name=\"erased\")  # on the base model\npipe.set_adapters([\"erased\"], adapter_weights=[0.5])  # partial strength, if wanted\n```",
     "kohya": "Copy `{file}` into AUTOMATIC1111's `models/Lora` (prompt `<lora:{stem}:1>`) or ComfyUI's `models/loras` "
              "(LoraLoader node) and use it on the base model.",
     "single-file": "Copy `{file}` into AUTOMATIC1111's `models/Stable-diffusion` or ComfyUI's `models/checkpoints`; "
@@ -98,7 +98,7 @@ def card_text(delta: WeightDelta, fmt: str, base_model: str | None, files: dict[
         lines += ["## Evaluation", "", "| metric | original | erased |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in eval_rows(eval_run, delta)]
         lines.append("")
-    lines += ["## Use", "", USAGE[fmt].format(path=".", file=file, stem=Path(file).stem), ""]
+    lines += ["## Use", "", USAGE[fmt].format(path="<this folder or Hub repository>", file=file, stem=Path(file).stem), ""]
     for note in notes or []:
         lines += [f"> {note}", ""]
     config = {k: v for k, v in m.config.items() if k != "concept"}
