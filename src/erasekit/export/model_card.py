@@ -4,7 +4,8 @@ The card's YAML header carries the Hub metadata (base model when it is a Hub
 id, library, tags); its body states the base model, the method, the erased
 concept (targets, anchor, kind), the method's config, the erasekit version,
 the output format with how to load it, and, when an evaluation folder is
-given, its rates (original vs erased per tier, and preservation).
+given, its rates (original vs erased per tier, with 95% intervals where the
+results carry them, and preservation).
 """
 
 from __future__ import annotations
@@ -54,12 +55,20 @@ def eval_rows(run: str | Path, delta: WeightDelta) -> list[tuple[str, str, str]]
     except ResultsError as err:
         raise ExportError(str(err)) from None
     path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
-    evaluated = (json.loads(path.read_text()).get("settings", {}).get("delta") or {}).get("delta_id")
+    data = json.loads(path.read_text())
+    evaluated = (data.get("settings", {}).get("delta") or {}).get("delta_id")
     if evaluated != delta.delta_id:
         raise ExportError(f"{run} evaluates delta {evaluated}, not the exported delta {delta.delta_id}")
-    fmt = (lambda v: "n/a" if v is None else f"{v:.3f}")
-    rows = [(f"target rate, {tier}", fmt((summary.asr_original or {}).get(tier)), fmt(value))
-            for tier, value in summary.asr.items()]
+    metrics = data.get("metrics", {})
+
+    def fmt(v, ci=None):
+        if v is None:
+            return "n/a"
+        return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    ci, ci_original = metrics.get("asr_ci95") or {}, metrics.get("asr_original_ci95") or {}
+    rows = [(f"target rate, {tier}", fmt((summary.asr_original or {}).get(tier), ci_original.get(tier)),
+             fmt(value, ci.get(tier))) for tier, value in summary.asr.items()]
     rows.append(("preservation (erased / original)", "", fmt(summary.preservation)))
     return [(f"{name} (detector {summary.detector})" if i == 0 else name, a, b) for i, (name, a, b) in enumerate(rows)]
 
