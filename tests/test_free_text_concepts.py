@@ -73,3 +73,37 @@ def test_several_concepts_erase_one_after_the_other(tmp_path):
     names = [c.name for c in erased_concepts(config)]
     assert names == ["shapes/circle", "custom/a-red-star"]
     assert json.loads((out / "manifest.json").read_text())["wall_time_s"] is not None
+
+
+def test_erasing_a_red_star_from_free_text_lowers_its_rate_and_keeps_other_stars(shapes_pipe, detector, all_threads):
+    import numpy as np
+
+    from erasekit.cli.free_text import free_text_concept, with_general_preserve
+    from erasekit.generation import SamplingSettings, generate
+    from erasekit.methods.base import get_method
+    from erasekit.models.delta import apply_delta, revert_delta
+    from erasekit.world.assets_paths import SHAPES_MODEL_DIR
+    from erasekit.world.vocabulary import load_vocabulary
+
+    templates = load_vocabulary().templates
+    rows = [(templates[i % len(templates)].replace("{np}", "a red star"), "red", i) for i in range(12)]
+    rows += [(templates[i % len(templates)].replace("{np}", f"a {c} star"), c, i)
+             for c in ("orange", "yellow", "green", "blue", "purple") for i in range(2)]
+    settings = SamplingSettings.for_model(SHAPES_MODEL_DIR)
+
+    def rates():
+        pred = detector.predict(generate(shapes_pipe, [r[0] for r in rows], [r[2] for r in rows], settings))
+        hit = np.array([c == r[1] and s == "star" for c, s, r in zip(pred["color"], pred["shape"], rows)])
+        return hit[:12].mean(), hit[12:].mean()
+
+    spec = with_general_preserve(free_text_concept("a red star", anchor="a blue star", world="shapes"), shapes_pipe)
+    info = get_method("uce")
+    delta = info.erase(shapes_pipe, spec, info.config_cls.preset("shapes"))
+    red0, others0 = rates()
+    apply_delta(shapes_pipe, delta)
+    try:
+        red1, others1 = rates()
+    finally:
+        revert_delta(shapes_pipe, delta)
+    assert red0 >= 0.75 and red1 <= 0.25
+    assert others1 >= others0 - 0.2
