@@ -98,3 +98,15 @@ def test_export_refuses_a_model_that_is_not_the_delta_base(shapes_run, tmp_path)
     assert res.exit_code == 2 and "not the base" in res.output
     assert not (tmp_path / "x").exists()
 
+
+
+def test_a_delta_on_top_of_another_is_exported_from_the_merged_parent(shapes_run, exported, tmp_path):
+    child = tmp_path / "child"
+    res = runner.invoke(app, ["erase", "--method", "uce", "--concept", "square", "--from", str(shapes_run),
+                              "--out", str(child)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", "--delta", str(child), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "computed on top of delta" in res.output and not (tmp_path / "x").exists()
+    res = runner.invoke(app, ["export", "--delta", str(child), "--model", str(exported), "--format", "lora",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output  # the exported parent is the child's base

@@ -53,6 +53,9 @@ def source_folder(pipe) -> Path | None:
 def check_base(pipe, delta) -> None:
     """`ExportError` unless ``pipe`` holds the delta's base tensors (the delta is not applied)."""
     problems = delta.mismatches(pipe, "base")
+    if problems and delta.manifest.parent:
+        raise ExportError(f"delta {delta.delta_id} was computed on top of delta {delta.manifest.parent}: export that "
+                          "one merged (--format diffusers) and pass its folder as --model")
     if problems:
         raise ExportError(f"the model is not the base of delta {delta.delta_id} ({problems[0]}); "
                           "pass --model <the model the delta was computed on>")
