@@ -30,10 +30,12 @@ def export(
     private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repository private."),
 ):
     """Write the erased model as a diffusers folder, a LoRA, a kohya LoRA or a single-file checkpoint, with a model card."""
-    from ..export import ExportError
+    from ..export import FORMATS, ExportError
     from ..export.hub import check_repo_id, push_to_hub as push
     from ..export.run import export_model
 
+    if fmt not in FORMATS:
+        fail(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if out.exists() and not overwrite:
         fail(f"{out} exists; pass --overwrite to replace it")
     try:

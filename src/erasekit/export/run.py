@@ -45,6 +45,13 @@ def export_model(pipe: Any, delta: WeightDelta, out: str | Path, fmt: str = "dif
         raise ExportError("--rank applies to the lora and kohya formats only")
     if dtype is not None and fmt != "single-file":
         raise ExportError("--dtype applies to the single-file format only")
+    if dtype is not None:
+        from ..models.loading import parse_dtype
+
+        try:
+            parse_dtype(dtype)
+        except ValueError as err:
+            raise ExportError(str(err)) from None
     out = Path(out)
     result = ExportResult(path=out)
     check_base(pipe, delta)
