@@ -1,4 +1,4 @@
-"""WeightDelta: exact apply/revert, refusal on mismatch, file format, composition, export."""
+"""WeightDelta: exact apply/revert, refusal on mismatch, file format, composition (export: tests/test_export_*.py)."""
 
 import json
 from types import SimpleNamespace
@@ -16,7 +16,6 @@ from erasekit.models.delta import (
     WeightDelta,
     apply_delta,
     bitwise_equal,
-    export_merged,
     fingerprint,
     revert_delta,
     snapshot,
@@ -229,31 +228,6 @@ def test_corrupt_or_missing_files_raise_format_error(base_and_delta, tmp_path):
     manifest.unlink()
     with pytest.raises(DeltaFormatError, match="missing manifest.json"):
         WeightDelta.load(folder)
-
-
-def test_export_merged_writes_a_pipeline(base_and_delta, tmp_path):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    _, edited, _, delta = base_and_delta
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8)
-    base = make_pipe()
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=base.text_encoder, tokenizer=None, unet=base.unet,
-                                   scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    before = full_state(pipe)
-    out = export_merged(pipe, delta, tmp_path / "merged")
-    assert_same_state(pipe, before)  # the live pipeline is left untouched
-    assert (out / "model_index.json").is_file() and (out / "erasekit_delta.json").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    unet = UNet2DConditionModel.from_pretrained(out / "unet")
-    for name in delta.names:
-        if name.startswith("unet."):
-            assert bitwise_equal(unet.state_dict()[name[5:]], edited[name])
-    with pytest.raises(FileExistsError):
-        export_merged(pipe, delta, out)
-    export_merged(pipe, delta, out, overwrite=True)
 
 
 def test_revert_right_after_a_method_run():

@@ -21,16 +21,41 @@ def methods():
 
 
 @app.command()
-def concepts(pack: Optional[str] = typer.Argument(None)):
-    """List concept packs, or the concepts of one pack."""
+def concepts(
+    pack: Optional[str] = typer.Argument(None, help="A pack name, or 'show'."),
+    name: Optional[str] = typer.Argument(None, help="With 'show': the concept to print."),
+):
+    """List concept packs, the concepts of one pack, or `concepts show NAME`: a concept as YAML.
+
+    The YAML is a concept file: edit it and pass it back with `erase --concept FILE.yaml`.
+    """
     from ..concepts.packs import list_concepts, list_packs
 
+    if pack == "show":
+        if name is None:
+            fail("usage: erasekit concepts show NAME (e.g. shapes/circle)")
+        _show(name)
+        return
+    if name is not None:
+        fail(f"unexpected argument {name!r}; did you mean `erasekit concepts show {name}`?")
     if pack is None:
         for p in list_packs():
             console.print(f"{p:8s} {len(list_concepts(p))} concepts")
         return
     if pack not in list_packs():
-        fail(f"unknown pack {pack!r} (packs: {', '.join(list_packs())})")
-    for name in list_concepts(pack):
-        console.print(name)
+        fail(f"unknown pack {pack!r} (packs: {', '.join(list_packs())}); `erasekit concepts show NAME` prints one concept")
+    from ..concepts.packs import get_concept
 
+    for qualified in list_concepts(pack):
+        spec = get_concept(qualified)
+        console.print(f"{qualified:34s} {spec.kind:9s} {spec.canonical}", soft_wrap=True)
+
+
+def _show(name: str) -> None:
+    """Print concept ``name`` (pack name or concept file) as YAML on stdout."""
+    import yaml
+
+    from .concept_args import named_concept
+
+    spec = named_concept(name)
+    typer.echo(yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True, width=1000), nl=False)

@@ -12,7 +12,7 @@ console = Console(stderr=True)
 
 
 def quiet_libraries() -> None:
-    """Library chatter (hub retries, deprecations, torchvision fallbacks) stays off the terminal."""
+    """Library chatter (hub retries, deprecations, torchvision fallbacks, progress bars) stays off the terminal."""
     import logging
     import warnings
 
@@ -26,6 +26,11 @@ def quiet_libraries() -> None:
 
         dlog.set_verbosity_error()
         tlog.set_verbosity_error()
+        dlog.disable_progress_bar()  # erasekit draws its own progress (rich)
+        tlog.disable_progress_bar()
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     except ImportError:
         pass
 

@@ -1,4 +1,4 @@
-"""`erasekit erase`: one concept, one method, one weight delta."""
+"""`erasekit erase`: one method, one or more concepts (pack names, files or free text), one weight delta."""
 
 from __future__ import annotations
 
@@ -11,16 +11,24 @@ import typer
 from .app import app
 
 from . import checks
-from .common import apply_delta_arg, config_overrides, console, fail, load_concept, load_model
+from .common import apply_delta_arg, config_overrides, console, fail, load_model
+from .concept_args import concepts_from_args, erase_in_sequence, free_text_for_model, separate_or_fail
 
 
 @app.command()
 def erase(
     method: str = typer.Option(..., help="Erasure method (see `erasekit methods`)."),
-    concept: str = typer.Option(..., help="Concept name (see `erasekit concepts`) or a YAML/JSON concept file."),
+    concept: Optional[list[str]] = typer.Option(None, help="Concept name (see `erasekit concepts`) or a YAML/JSON "
+                                                "concept file; repeat to erase several (one after the other)."),
     out: Path = typer.Option(..., help="Run folder: delta.safetensors + manifest.json."),
     anchor: Optional[str] = typer.Option(None, help="Replace the concept's anchor (safe counterpart) for every "
                                          "target, e.g. 'shape' for a neutral anchor in the Shapes world."),
+    target: Optional[list[str]] = typer.Option(None, help="Your own concept as a word or phrase, e.g. 'cowboy hat' "
+                                               "(repeat for several concepts)."),
+    synonym: Optional[list[str]] = typer.Option(None, help="With one --target: another wording of it (repeatable)."),
+    preserve: Optional[list[str]] = typer.Option(None, help="With --target: a prompt whose images must not change "
+                                                 "(repeatable; general prompts of the model are added)."),
+    kind: Optional[str] = typer.Option(None, help="With --target: object (default), style, unsafe, instance or attribute."),
     model: str = typer.Option("shapes"),
     preset: Optional[str] = typer.Option(None, help="Config preset (default: 'shapes' on the Shapes model, else 'sd')."),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file of config overrides."),
@@ -45,12 +53,12 @@ def erase(
     if not dry_run:
         _check_out(out, start_from, overwrite)
     checks.input_dir(start_from, "--from")
-    spec = load_concept(concept)
+    specs = concepts_from_args(concept, target, synonym, preserve, kind, anchor, "shapes" if model == "shapes" else "sd")
     if anchor is not None:
-        spec = _with_anchor(spec, anchor)
+        specs = [_with_anchor(s, anchor) for s in specs]
     config_overrides(config)  # a malformed --config file is refused before any work
     if dry_run:
-        _print_estimate(info, spec, model, preset, config, seed)
+        _print_estimate(info, specs[0], model, preset, config, seed)
         return
     from ..methods import data_parallel
 
@@ -59,15 +67,20 @@ def erase(
         device = str(dp.device)  # one GPU per process
     pipe, _ = load_model(model, device, family)
     prior = apply_delta_arg(pipe, start_from)
-    if prior is not None and anchor is None:
-        spec = _anchor_off_erased(spec, prior)
     world = "shapes" if is_shapes_world(pipe) else "sd"
+    if target:
+        specs = free_text_for_model(specs, concept, target, synonym, preserve, kind, anchor, world, pipe)
+    if prior is not None and anchor is None:
+        specs = [_anchor_off_erased(s, prior) for s in specs]
+    specs = separate_or_fail(specs)
+    spec = specs[0]
     cfg = _method_config(info, preset, world, config, seed)
     preset = preset or world
     if dp is None or dp.is_main:
         suffix = f", data-parallel over {dp.num_processes} processes" if dp is not None else ""
-        console.print(f"erasing [bold]{spec.name}[/] with [bold]{method}[/] (preset {preset}{suffix})")
-    delta = info.erase(pipe, spec, cfg)
+        names = ", ".join(s.name for s in specs)
+        console.print(f"erasing [bold]{names}[/] with [bold]{method}[/] (preset {preset}{suffix})", soft_wrap=True)
+    delta = info.erase(pipe, spec, cfg) if len(specs) == 1 else erase_in_sequence(pipe, info, specs, cfg)
     if dp is not None and not dp.is_main:
         return  # every replica holds the same delta (checked by the trainer); process 0 writes it
     delta.save(out)  # refuses an empty or non-finite delta (one line, nothing written)

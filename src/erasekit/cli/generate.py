@@ -10,7 +10,7 @@ import typer
 from .app import app
 
 from . import checks
-from .common import console, load_model, progress_bar, apply_delta_arg, note
+from .common import apply_delta_arg, console, fail, load_model, note, progress_bar
 
 
 @app.command()
@@ -23,7 +23,10 @@ def generate(
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model card's)."),
     out: Path = typer.Option(Path("grid.png"), help="Output grid PNG."),
     delta: Optional[Path] = typer.Option(None, help="Run folder of a weight delta to apply first."),
-    device: str = typer.Option("cpu"),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What every image should not show."),
+    height: Optional[int] = typer.Option(None, help="Image height in pixels (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Image width in pixels (default: the height, else the model's)."),
+    device: str = typer.Option("auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ):
     """Generate an image grid (one row per prompt)."""
@@ -34,14 +37,20 @@ def generate(
     checks.at_least(n, 1, "-n")
     checks.at_least(steps, 1, "--steps")
     checks.seed_range(seed, count=n)
+    for label, px in (("--height", height), ("--width", width)):
+        if px is not None and (px < 8 or px % 8):
+            fail(f"{label} must be a positive multiple of 8, got {px}")
     guidance_note = checks.guidance_value(guidance)
     checks.out_file(out, suffixes=checks.IMAGE_SUFFIXES, overwrite=overwrite)
     checks.input_dir(delta, "--delta")
-    pipe, path = load_model(model, device)
+    pipe, path = load_model(model, resolve_device(device))
     apply_delta_arg(pipe, delta)
-    settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance)
+    settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance,
+                                          height=height or width, width=width or height)
     for line in filter(None, [guidance_note, overlong_prompts(pipe, prompt)]):
         note(line)
+    if negative_prompt is not None:
+        pipe = WithNegativePrompt(pipe, negative_prompt)
     prompts = [p for p in prompt for _ in range(n)]
     seeds = [seed + k for _ in prompt for k in range(n)]
     with progress_bar() as bar:
@@ -50,6 +59,32 @@ def generate(
     save_image(out, image_grid(images, cols=n))
     console.print(f"wrote {out} ({len(images)} images, {settings.steps} steps, guidance {settings.guidance_scale})")
 
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: the first of CUDA, Apple MPS and CPU that is available; other values as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+class WithNegativePrompt:
+    """A pipeline whose every call also gets ``negative_prompt`` (one per prompt); other attributes pass through."""
+
+    def __init__(self, pipe, negative_prompt: str):
+        self._pipe, self._negative = pipe, negative_prompt
+
+    def __call__(self, prompt, **kwargs):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return self._pipe(prompt=prompts, negative_prompt=[self._negative] * len(prompts), **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
 
 
 @app.command()

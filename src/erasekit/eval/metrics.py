@@ -7,6 +7,8 @@
 - `frechet_distance`: Frechet distance between Gaussians fitted to two feature sets
   (the FID formula; scipy's ``sqrtm``, with the pytorch-fid offset for singular covariances).
 - `clip_scores`: 100 x cosine(image, prompt) per image, clamped at 0 (torchmetrics' convention).
+- `wilson_interval` / `rate_intervals`: 95% Wilson score intervals of rates, so that
+  0.03 vs 0.06 on 32 images reads as the overlap it is.
 """
 
 from __future__ import annotations
@@ -26,6 +28,31 @@ def attack_success_rate(decisions: Sequence[bool] | np.ndarray, tiers: Sequence[
     out = {t: float(decisions[tiers == t].mean()) for t in dict.fromkeys(tiers.tolist())}
     if len(decisions):
         out["all"] = float(decisions.mean())
+    return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial rate ``successes / n`` (95% for the default ``z``).
+
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``; (0, 1) when ``n`` is 0.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    return float(max(0.0, (centre - half) / denom)), float(min(1.0, (centre + half) / denom))
+
+
+def rate_intervals(decisions: Sequence[bool] | np.ndarray, tiers: Sequence[str]) -> dict[str, list[float]]:
+    """{tier: [low, high]} 95% Wilson intervals of `attack_success_rate`'s rates (same keys)."""
+    decisions = np.asarray(decisions, dtype=bool)
+    tiers = np.asarray(list(tiers), dtype=object)
+    out = {t: list(wilson_interval(int(decisions[tiers == t].sum()), int((tiers == t).sum())))
+           for t in dict.fromkeys(tiers.tolist())}
+    if len(decisions):
+        out["all"] = list(wilson_interval(int(decisions.sum()), len(decisions)))
     return out
 
 

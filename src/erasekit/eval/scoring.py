@@ -36,8 +36,10 @@ def score(plan: EvalPlan, images: dict[str, list], detector, *, clip=None, incep
     main = evaluated_set(images)
     detections = {name: detector.detect(imgs[:n_target], plan.concept) for name, imgs in images.items()}
     metrics: dict[str, Any] = {"asr": M.attack_success_rate(detections[main].decisions, tiers)}
+    metrics["asr_ci95"] = M.rate_intervals(detections[main].decisions, tiers)
     if main != "original":
         metrics["asr_original"] = M.attack_success_rate(detections["original"].decisions, tiers)
+        metrics["asr_original_ci95"] = M.rate_intervals(detections["original"].decisions, tiers)
     metrics["mean_score"] = {name: float(d.scores.mean()) if len(d) else None for name, d in detections.items()}
 
     records = []

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -430,35 +429,6 @@ def revert_delta(pipe: Any, delta: WeightDelta, base: Any = None) -> None:
     _write(pipe, originals)
     for comp in delta.components:
         vars(_component(pipe, comp)).get(_ORIGINALS_ATTR, {}).pop(delta.delta_id, None)
-
-
-def export_merged(pipe: Any, delta: WeightDelta, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Save a full diffusers pipeline folder with ``delta`` merged (``pipe`` is left as it was)."""
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-    if not hasattr(pipe, "save_pretrained"):
-        raise TypeError(f"{type(pipe).__name__} has no save_pretrained; export needs a diffusers pipeline")
-    applied_here = bool(delta.mismatches(pipe, "new"))
-    if applied_here:
-        apply_delta(pipe, delta)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        pipe.save_pretrained(str(tmp))
-        (tmp / EXPORT_MANIFEST_FILE).write_text(delta.manifest.model_dump_json(indent=2), encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".{out.name}.{os.getpid()}.old"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if applied_here:
-            revert_delta(pipe, delta)
-    return out
 
 
 def applied_deltas(pipe: Any) -> list[str]:
