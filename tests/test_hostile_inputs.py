@@ -285,7 +285,7 @@ CASES = [
     Case("concept-anchor-is-synonym", lambda w, t: erase()(w, t)[:3] + ["--concept", str(w.yaml_anchor)]
          + erase()(w, t)[5:], says="itself a target"),
     Case("concept-missing-file", lambda w, t: ["erase", "--method", "uce", "--concept", "nope.yaml", "--out",
-                                              str(t / "run")], says="no such file"),
+                                              str(t / "run")], says="does not exist"),
     Case("concept-malformed-yaml", lambda w, t: ["erase", "--method", "uce", "--concept", str(w.yaml_bad), "--out",
                                                 str(t / "run")], says="malformed YAML"),
     Case("concept-not-utf8", lambda w, t: ["erase", "--method", "uce", "--concept", str(w.yaml_latin1), "--out",
