@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-fast quality install clean-venv
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the development loop: everything but the tests marked slow (CI runs `make test`)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+# lint (the rules are in pyproject.toml's [tool.ruff]); ruff is installed with the test extra
+quality: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 

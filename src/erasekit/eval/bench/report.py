@@ -276,8 +276,8 @@ def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command
         out += [scenario_table(cells), ""]
         spread = seed_spread_table(cells, run.replicates.get(key, {}))
         if spread:
-            out += [f"Spread over method-config seeds (mean (min–max); the same prompts and image seeds for every "
-                    f"seed; `erasekit bench --seed S` adds a seed):", "", spread, ""]
+            out += ["Spread over method-config seeds (mean (min–max); the same prompts and image seeds for every "
+                    "seed; `erasekit bench --seed S` adds a seed):", "", spread, ""]
         out += [f"![Pareto plot for {key}]({_link(plot, path.parent)})", ""]
     if run.missing:
         out += ["## Missing cells", "", "Not computed yet: " + ", ".join(run.missing), ""]
