@@ -17,7 +17,7 @@ HISTORY = re.compile(
     r"|\bissues? #?\d+\b"                      # "issue 6", "issue #6"
     r"|(?<![\w&#/])#\d{1,4}\b(?![0-9a-fA-F])",  # "#12" (not "#ff0000", not "&#8212;", not URLs' anchors)
     re.IGNORECASE)
-TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".json", ".txt", ".toml", ".cfg"}
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".cfg"}
 
 
 def _python_files() -> list[Path]:
