@@ -20,6 +20,7 @@ import math
 import os
 import re
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,11 @@ def finite(value: Any) -> Any:
 
 
 class CellStore:
-    def __init__(self, root: str | Path):
+    """Cells under ``root``; ``invocation`` (the command line) is stamped, with the UTC time, on every saved cell."""
+
+    def __init__(self, root: str | Path, invocation: str | None = None):
         self.root = Path(root)
+        self.invocation = invocation
 
     def path(self, scenario: str, label: str) -> Path:
         return self.root / "cells" / scenario / f"{label}.json"
@@ -88,6 +92,9 @@ class CellStore:
         return sorted({int(m.group(1)) for m in found if m})
 
     def save(self, cell: dict) -> Path:
+        if self.invocation and "invocation" not in cell:
+            utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            cell = {**cell, "invocation": {"command": self.invocation, "utc": utc}}
         return atomic.write_json(self.path(cell["scenario"], cell["label"]), finite(cell))
 
     def save_features(self, scenario: str, fingerprint: str, features: np.ndarray) -> Path:
