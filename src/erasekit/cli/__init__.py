@@ -2,6 +2,8 @@
 
 # registration order is the order of `erasekit --help`
 from . import generate, erase, catalog, export, evaluate, demo, bench, robustness  # noqa: F401, I001
+from . import ls  # noqa: F401, E402
+from . import env  # noqa: F401, E402
 from .app import app
 
 
