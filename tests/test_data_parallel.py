@@ -10,7 +10,7 @@ from safetensors import safe_open
 from erasekit.methods.trainer import list_checkpoints
 from test_eval_generation import _env, accelerate_launch
 
-SCRIPT = Path(__file__).with_name("train_dp_script.py")
+SCRIPT = Path(__file__).parent / "scripts" / "train_dp_script.py"
 
 
 def _launch(out: Path, *args: str, processes: int = 0) -> subprocess.CompletedProcess:

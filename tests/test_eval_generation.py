@@ -14,7 +14,7 @@ from erasekit.eval.benchmarks import BenchmarkRow
 from erasekit.eval.generation_runner import GenerationMismatchError, batches, image_name, run_generation, shard
 from erasekit.generation import SamplingSettings, generate
 
-SCRIPT = Path(__file__).with_name("eval_shard_script.py")
+SCRIPT = Path(__file__).parent / "scripts" / "eval_shard_script.py"
 
 
 def _env():

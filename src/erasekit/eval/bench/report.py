@@ -201,17 +201,14 @@ def _cell_machines(run: BenchRun) -> str:
 
 
 def _cell_invocations(run: BenchRun) -> list[str]:
-    """One line per invocation that measured the shown cells: its command, date and cells per scenario."""
-    groups: dict[tuple[str, str], Counter] = {}
+    """One line per command line that measured the shown cells, with its cells per scenario."""
+    groups: dict[str, Counter] = {}
     for cell in _all_cells(run):
-        if cell.get("same_run_as"):
-            continue
-        inv = cell.get("invocation") or {}
-        key = (inv.get("command") or "", (inv.get("utc") or "")[:10])
-        groups.setdefault(key, Counter())[cell.get("scenario", "?")] += 1
+        if not cell.get("same_run_as"):
+            groups.setdefault(cell.get("invocation") or "", Counter())[cell.get("scenario", "?")] += 1
     lines = []
-    for (command, day), per_scenario in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        who = f"`{command}` ({day})" if command else "not recorded (cells measured before they recorded it)"
+    for command, per_scenario in sorted(groups.items()):
+        who = f"`{command}`" if command else "not recorded (cells measured before they recorded it)"
         scenarios = ", ".join(f"{k} {n}" for k, n in sorted(per_scenario.items()))
         lines.append(f"  - {who}: {sum(per_scenario.values())} cells ({scenarios})")
     return lines

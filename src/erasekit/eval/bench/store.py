@@ -20,7 +20,6 @@ import math
 import os
 import re
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,7 @@ def finite(value: Any) -> Any:
 
 
 class CellStore:
-    """Cells under ``root``; ``invocation`` (the command line) is stamped, with the UTC time, on every saved cell."""
+    """Cells under ``root``; ``invocation`` (the command line) is recorded in every cell this store saves."""
 
     def __init__(self, root: str | Path, invocation: str | None = None):
         self.root = Path(root)
@@ -92,9 +91,9 @@ class CellStore:
         return sorted({int(m.group(1)) for m in found if m})
 
     def save(self, cell: dict) -> Path:
-        if self.invocation and "invocation" not in cell:
-            utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            cell = {**cell, "invocation": {"command": self.invocation, "utc": utc}}
+        """Write ``cell``; a cell measured now gets ``invocation`` (the command line) set in place."""
+        if self.invocation:
+            cell.setdefault("invocation", self.invocation)
         return atomic.write_json(self.path(cell["scenario"], cell["label"]), finite(cell))
 
     def save_features(self, scenario: str, fingerprint: str, features: np.ndarray) -> Path:
