@@ -47,6 +47,7 @@ def test_shard_and_batches():
     assert [idx for _, idx in batches(rows, SamplingSettings(batch_size=1))][:2] == [[0], [2]]
 
 
+@pytest.mark.slow
 def test_two_process_run_equals_one_process_run(tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     one = subprocess.run([sys.executable, str(SCRIPT), str(single)], capture_output=True, text=True, env=_env(),
