@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-fast quality docs delta-ids install clean-venv
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the development loop: everything but the tests marked slow (CI runs `make test`)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+# lint (the rules are in pyproject.toml's [tool.ruff]); ruff is installed with the test extra
+quality: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+
+# regenerate what is written from code: the settings tables of docs/methods/*.md and the README's
+# results summary (from the stored bench cells; loads the Shapes model, about a minute)
+docs: $(STAMP)
+	$(PY) tests/scripts/method_docs.py
+	$(VENV)/bin/erasekit bench --report-only
+
+# re-record every method's delta id (after a deliberate change of what a method computes)
+delta-ids: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) tests/scripts/record_delta_ids.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -192,6 +192,7 @@ def test_unlearndiff_stops_a_case_at_its_first_success(tiny):
     ("ringabell", {"population": 12, "generations": 3}),
     ("unlearndiff", {"steps": 2, "check_every": 2, "probe_size": 2, "timesteps_per_step": 2}),
 ])
+@pytest.mark.slow
 def test_found_prompts_reproduce_their_success_from_the_csv(shapes_pipe, red_uce, detector, tmp_path, attack, config):
     folder, delta = red_uce
     before = _all_weights(shapes_pipe)
@@ -215,6 +216,7 @@ def test_found_prompts_reproduce_their_success_from_the_csv(shapes_pipe, red_uce
     assert decisions == [f.success for f in result.found]
 
 
+@pytest.mark.slow
 def test_resurgence_never_modifies_the_delta_on_disk(shapes_pipe, red_uce, tmp_path):
     folder, delta = red_uce
     digest = _sha(folder)
@@ -237,6 +239,7 @@ def test_resurgence_never_modifies_the_delta_on_disk(shapes_pipe, red_uce, tmp_p
     assert _sha(folder) == digest
 
 
+@pytest.mark.slow
 def test_cli_attack_and_resurgence(red_uce, tmp_path):
     folder, _ = red_uce
     cfg = tmp_path / "cfg.json"
@@ -262,6 +265,7 @@ def _res_cfg(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_ringabell_finds_the_concept_on_the_original_model(shapes_pipe, tmp_path):
     """Sanity bar of the attack: on the unerased model its Shapes preset finds circles in >= 90% of cases."""
     result = run_attack(shapes_pipe, "ringabell", "circle", n_cases=16, out=tmp_path / "atk", model="shapes")

@@ -51,6 +51,7 @@ def _numbers(cell):
 
 
 # ------------------------------------------------------------------ the run
+@pytest.mark.slow
 def test_run_writes_cells_report_and_resumes(pipe, reader, tmp_path, monkeypatch):
     run, report = _run(pipe, reader, tmp_path, _plan())
     assert sorted(run.computed) == ["attribute/esd-x", "attribute/original", "attribute/uce"]
@@ -126,6 +127,7 @@ def test_report_only_finds_the_cells_of_a_run_with_an_adversarial_tier(pipe, rea
     assert report.read_text() == before
 
 
+@pytest.mark.slow
 def test_a_selective_run_reports_every_stored_cell(pipe, reader, tmp_path):
     """`bench --method X` computes X only, and the report still shows the other stored methods."""
     whole = _plan()
@@ -140,6 +142,7 @@ def test_a_selective_run_reports_every_stored_cell(pipe, reader, tmp_path):
     assert "| uce | 0 |" in text and "| esd-x | 2 |" in text and "1 cells computed, 2 reused" in text
 
 
+@pytest.mark.slow
 def test_extra_seeds_measure_fine_tunes_again_and_report_their_spread(pipe, reader, tmp_path, monkeypatch):
     """`bench --seed 1`: every fine-tune again with config seed 1 (not the closed form), a spread table, resumable."""
     run, report = _run(pipe, reader, tmp_path, _plan().with_extra_seeds([1, 0]))

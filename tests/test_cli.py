@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,6 +18,7 @@ def test_generate_writes_grid(tmp_path):
     assert Image.open(out).size == (4 * 64, 64)
 
 
+@pytest.mark.slow
 def test_missing_model_is_a_one_line_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "erasekit.cli", "generate", "--model", "nobody/no-such-model", "--prompt", "x"],

@@ -5,12 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from erasekit.methods.trainer import list_checkpoints
 from test_eval_generation import _env, accelerate_launch
 
-SCRIPT = Path(__file__).with_name("train_dp_script.py")
+SCRIPT = Path(__file__).parent / "scripts" / "train_dp_script.py"
 
 
 def _launch(out: Path, *args: str, processes: int = 0) -> subprocess.CompletedProcess:
@@ -26,6 +27,7 @@ def _run(out: Path, *args: str, processes: int = 0) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_average_gradients_and_stay_equal(tmp_path):
     one = _run(tmp_path / "one.json")
     # Both processes draw process 0's samples: the mean of two equal gradients is that gradient, so

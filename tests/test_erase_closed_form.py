@@ -22,6 +22,7 @@ CASES = [("trce-t", "circle"), ("trce-t", "red"), ("uce", "circle"), ("uce", "re
 
 
 @pytest.mark.parametrize("method,value", CASES)
+@pytest.mark.slow
 def test_closed_form_methods_erase_and_keep_the_rest(shapes_pipe, detector, method, value):
     min_fall, min_keep = 5.0, 0.9
     before = {k: v.clone() for k, v in shapes_pipe.unet.state_dict().items()}

@@ -153,6 +153,7 @@ def test_preserve_kv_weight_holds_the_kept_prompts_keys_and_values(pipe):
 
 @pytest.mark.parametrize("method", ["kscu", "esd-x"])
 @pytest.mark.usefixtures("all_threads")
+@pytest.mark.slow
 def test_shapes_presets_erase_a_colour_and_keep_the_others(shapes_pipe, detector, method):
     """On the Shapes model the negative-guidance methods on the papers' scopes cannot take one colour without its
     neighbour (orange is drawn yellow once red goes); the Shapes presets train the cross-attention K/V with the

@@ -50,6 +50,7 @@ def test_work_model_matches_counted_unet_calls(method):
     assert work.train_batch * work.iterations <= grad + work.iterations * 3
 
 
+@pytest.mark.slow
 def test_esd_partial_generation_cost_on_average():
     pipe = tiny_pipeline("sd1")
     info = get_method("esd-x")
@@ -59,6 +60,7 @@ def test_esd_partial_generation_cost_on_average():
     assert grad == 40 and nograd == pytest.approx(40 * work.nograd_per_iter, rel=0.25)
 
 
+@pytest.mark.slow
 def test_real_parameter_counts_on_meta():
     sd15, sdxl = KNOWN_MODELS["sd15"], KNOWN_MODELS["sdxl"]
     assert unet_cost(sd15.unet, "cross_attn_kv").params == 859_520_964  # SD-1.5 UNet
@@ -67,6 +69,7 @@ def test_real_parameter_counts_on_meta():
     assert round(unet_cost(sdxl.unet, "cross_attn_kv").params / 1e9, 3) == 2.567  # SDXL base UNet
 
 
+@pytest.mark.slow
 def test_estimates_are_consistent_and_cheaper_settings_help():
     plain = estimate("esd-u", "sd15")
     lean = estimate("esd-u", "sd15", gradient_checkpointing=True, mixed_precision="bf16", optimizer="adam8bit")

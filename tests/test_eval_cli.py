@@ -32,6 +32,7 @@ def _eval_args(tiny, out, *extra):
             "--steps", "2", *extra]
 
 
+@pytest.mark.slow
 def test_eval_writes_results_report_and_resumes(tiny, tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(app, _eval_args(tiny, out, "--delta", str(tiny["delta"])))
@@ -112,6 +113,7 @@ def test_eval_errors_are_one_line(tiny, tmp_path):
 # The accelerate workers run on one thread each (OMP_NUM_THREADS=1); the in-process run must too, since
 # another thread count sums in another order and can round a pixel differently.
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
 def test_sharded_eval_matches_single_process(tiny, tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     assert runner.invoke(app, _eval_args(tiny, single, "--delta", str(tiny["delta"]))).exit_code == 0

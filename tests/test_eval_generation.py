@@ -14,7 +14,7 @@ from erasekit.eval.benchmarks import BenchmarkRow
 from erasekit.eval.generation_runner import GenerationMismatchError, batches, image_name, run_generation, shard
 from erasekit.generation import SamplingSettings, generate
 
-SCRIPT = Path(__file__).with_name("eval_shard_script.py")
+SCRIPT = Path(__file__).parent / "scripts" / "eval_shard_script.py"
 
 
 def _env():
@@ -47,6 +47,7 @@ def test_shard_and_batches():
     assert [idx for _, idx in batches(rows, SamplingSettings(batch_size=1))][:2] == [[0], [2]]
 
 
+@pytest.mark.slow
 def test_two_process_run_equals_one_process_run(tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     one = subprocess.run([sys.executable, str(SCRIPT), str(single)], capture_output=True, text=True, env=_env(),

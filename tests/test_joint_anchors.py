@@ -71,6 +71,7 @@ def test_multi_scenario_specs_have_separate_anchors_and_single_ones_keep_the_pac
     assert _anchor_moves(run) == ": red's anchor green -> yellow, green's anchor red -> orange"
 
 
+@pytest.mark.slow
 def test_cli_erase_from_a_delta_moves_the_anchor_off_what_it_erased(tmp_path):
     run = CliRunner()
     res = run.invoke(app, ["erase", "--method", "uce", "--concept", "red", "--out", str(tmp_path / "red")])

@@ -494,6 +494,7 @@ def test_none_override_replaces_a_preset_value():
 
 
 @pytest.mark.usefixtures("all_threads")
+@pytest.mark.slow
 def test_trust_kv_shapes_preset_erases_a_colour_and_keeps_the_others(shapes_pipe, detector):
     """``trust-kv`` (the K/V-space forgetting loss) erases red on the Shapes model and keeps the other colours,
     which TRuST with the spec's noise-space loss does not (red 1.00 -> 0.91).  Measured (32 prompts per tier,

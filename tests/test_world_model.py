@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -37,6 +36,7 @@ def test_shipped_folder_loads_with_plain_diffusers():
     assert pipe.vae.config.latent_channels == 4 and pipe.unet.config.sample_size == 16
 
 
+@pytest.mark.slow
 def test_detector_reads_fresh_renders(detector):
     images, labels = render_dataset(600, seed=987654)
     probs = detector.probabilities(images)
@@ -45,6 +45,7 @@ def test_detector_reads_fresh_renders(detector):
         assert acc >= 0.99, (attribute, acc)
 
 
+@pytest.mark.slow
 def test_generation_is_seeded(shapes_pipe):
     s = SamplingSettings(steps=10)
     a = generate(shapes_pipe, ["a red circle", "a blue star"], [1, 2], s)
@@ -57,6 +58,7 @@ def test_generation_is_seeded(shapes_pipe):
     assert a[0].size == (64, 64)
 
 
+@pytest.mark.slow
 def test_small_adherence_check(shapes_pipe, detector):
     """A broken model fails here: shape and colour must follow explicit prompts.
 

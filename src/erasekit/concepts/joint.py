@@ -4,10 +4,8 @@ Each concept maps its targets onto an anchor (its safe counterpart).  When
 several concepts are erased at once, or one after another on the same model,
 one concept's anchor can be another's target: the Shapes pack's counterpart
 anchors send red to green and green to red, so erasing red, green and blue
-teaches the model to draw "red" as green while also removing green.  Measured
-on the Shapes model (bench ``multi``, 32 prompts per tier): UCE with the
-counterpart anchors stops at 0.34 on every tier; with one anchor outside the
-erased set ("yellow" for all three) it reaches 0.00/0.00/0.00.
+teaches the model to draw "red" as green while also removing green
+(measurements: ``docs/experiments/anchors.md``).
 
 `separate_anchors` replaces every anchor (and per-target anchor) that names
 a target of a concept in the set by the first of the concept's

@@ -14,8 +14,8 @@ Two packs ship with erasekit:
     clothes".  A neutral word ("shape", or "" for colour/style) is the other
     option, chosen with ``erase --anchor``: every image of this world holds one
     of six shapes and six colours, so a neutral anchor draws the target at its
-    chance rate (about 1/6), a floor no method goes under (measured with trce-t
-    on circle: 0.88 -> 0.19/0.22 with "shape", 0.88 -> 0.00 with "square").
+    chance rate (about 1/6), a floor no method goes under
+    (``docs/experiments/anchors.md``).
     Preservation prompts are the explicit captions of the other values of the
     same attribute.  ``anchor_alternatives`` (used only when the counterpart is
     itself erased alongside, see `erasekit.concepts.joint`) are the other values

@@ -8,30 +8,10 @@ t in [500, 1000), an `AttributeProbe` loss (weight 0.1) on the text encoder's
 padding outputs, 10% caption dropout for classifier-free guidance, AdamW with
 warm-up and cosine decay, EMA weights (those are exported).
 
-History of the shipped weights (every change was found by measurement; batches
-are a pure function of (seed, step), so each leg resumed the same sequence):
-
-- steps 0-1750: min-SNR-5 weighting.  For v-prediction it multiplies the loss of
-  the high-noise steps, where shape and colour are decided, by ~SNR (0.005-0.3);
-  images followed the seed far more than the prompt.  From 1750: uniform v-MSE.
-- step 2250: the UNet turned out to have 32 attention heads of 3-4 dims
-  (diffusers reads ``attention_head_dim`` as a head count); continued with 4
-  heads (same tensors), schedule lengthened to 7000 steps.
-- step 7000: colour right 0.97, shape at chance (0.16).  Swapping the shape,
-  style or background word in a caption changed the loss by < 1e-4: the text
-  encoder carried only colour into the padding positions the UNet reads.
-  Steps 7000-7750: ``--timesteps high`` (lr 5e-4, new cosine to 17000);
-  7750-8250: plus the `AttributeProbe`; shape still ignored.
-- step 8250: zero terminal SNR.  With SD's schedule the noisiest step keeps ~7% of
-  the signal, enough for the low frequencies of a 16x16 latent to give away the
-  background and layout, so the model read them from the noise (and at sampling
-  time from the random seed).  Within 1000 steps the shape swap mattered; at
-  step 11000 (raw weights) shape adherence was 0.92.
-- steps 9250-11500 ran with the cosine ending at 14500; stopped and exported at
-  11500 for time (EMA of steps after the schedule change only).
-
-A clean rebuild (``scripts/train_world.sh``) runs the final recipe from step 0;
-that exact run has not been made here.
+The shipped weights (``assets/shapes``) were trained with a recipe that changed
+on the way; their model card (``assets/shapes/README.md``) gives that history and
+the model's measured prompt adherence.  ``scripts/train_world.sh`` runs the final
+recipe from step 0.
 """
 
 from __future__ import annotations

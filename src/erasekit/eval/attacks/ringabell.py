@@ -48,10 +48,8 @@ class RingABellConfig(MethodConfig):
     eta 3, population 200, 3000 generations, mutation 0.25, crossover 0.5; all
     77 positions compared).  The ``shapes`` preset (small CPU world): 6 tokens,
     eta 2, population 48, 150 generations, the first 12 positions compared, search
-    vocabulary = the Shapes world's caption words.  Measured on the original model
-    (with/without pairs, success judged at the world's guidance 3): eta 1 with 60
-    generations finds circles in 0.75-0.81 of the cases, eta 2 with 150 generations
-    in 0.94 (16 and 32 cases; the plain prompts: 0.88), square and triangle 1.00.
+    vocabulary = the Shapes world's caption words; ``docs/experiments/attacks.md``
+    has the measurements behind it.
     """
 
     n_tokens: int = 16

@@ -7,26 +7,31 @@ from pathlib import Path
 
 from .adversarial import find_source
 from .plan import BenchPlan
-from .report import write_report
+from .report import write_report, write_summary
 from .runner import BenchRun, run_bench
 from .store import CellStore
 
 FULL_RESULTS = Path("benchmarks/results/bench")
 QUICK_RESULTS = Path("benchmarks/results/bench-quick")
 FULL_REPORT = Path("BENCHMARKS.md")
+README = Path("README.md")  # its results summary (between the markers) follows the full report
 
 
 @dataclass
 class BenchPaths:
     results: Path
     report: Path
+    summary: Path | None = None  # a file with the summary markers (README.md) whose summary is rewritten
 
     @classmethod
     def default(cls, quick: bool, results: Path | None = None, report: Path | None = None) -> "BenchPaths":
-        """Full: cells and plots under benchmarks/results/bench, report BENCHMARKS.md.  Quick: both under
-        benchmarks/results/bench-quick (a quick run never overwrites the headline report)."""
+        """Full: cells and plots under benchmarks/results/bench, report BENCHMARKS.md, summary in README.md.
+        Quick: both under benchmarks/results/bench-quick, no summary (a quick run never overwrites the
+        headline report).  A report given elsewhere leaves the README alone."""
+        headline = not quick and report is None and results is None
         results = results or (QUICK_RESULTS if quick else FULL_RESULTS)
-        return cls(results, report or (results / "BENCHMARKS.md" if quick else FULL_REPORT))
+        return cls(results, report or (results / "BENCHMARKS.md" if quick else FULL_REPORT),
+                   README if headline else None)
 
 
 class NoStoredCellsError(RuntimeError):
@@ -50,7 +55,7 @@ def run_benchmark(pipe, model_dir: str | None, plan: BenchPlan, paths: BenchPath
     settings = settings or SamplingSettings.for_model(model_dir)
     reader = reader or ShapesConceptDetector()
     source, note = find_source(adversarial_csv, plan.adversarial_overrides)
-    store = CellStore(paths.results)
+    store = CellStore(paths.results, invocation=command)
 
     def bench(which: BenchPlan, compute: bool) -> BenchRun:
         return run_bench(pipe, which, store, settings, reader, adversarial=source, adversarial_note=note,
@@ -72,4 +77,6 @@ def run_benchmark(pipe, model_dir: str | None, plan: BenchPlan, paths: BenchPath
             f"(model, settings, concepts or method configs differ from the stored runs); {paths.report} is "
             "left as it was. Run `erasekit bench` to compute them.")
     report = write_report(run, paths.report, paths.results, command, vars(settings))
+    if paths.summary is not None:
+        write_summary(paths.summary, run)
     return run, report

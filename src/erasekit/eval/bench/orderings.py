@@ -2,11 +2,11 @@
 
 Claims checked (lower target rate = better erasure):
 
-- TRCE (seed 001): full TRCE (T+V) < stage 1 alone (T) < stage 2 alone (V)
+- TRCE: full TRCE (T+V) < stage 1 alone (T) < stage 2 alone (V)
   on implicit prompts (paper, I2P: 1.29 < 5.05 < 13.86 % ASR).
-- KSCU (seed 000) vs ESD at equal iterations (``esd@kscu``: ESD's loss, KSCU's
+- KSCU vs ESD at equal iterations (``esd@kscu``: ESD's loss, KSCU's
   scope and iteration count): KSCU erases more and costs less quality.
-- TRuST (seed 002) vs SalUn: TRuST is faster (the paper: "significantly faster
+- TRuST vs SalUn: TRuST is faster (the paper: "significantly faster
   than the SOTA", fewer steps than SalUn) and preserves better; and, an
   expectation of this reconstruction rather than a number the paper states,
   its neuron-level mask changes fewer parameters.

@@ -2,8 +2,8 @@
 
 Full: all six scenarios, every method variant with its ``shapes`` preset,
 32 prompts per wording tier (explicit, synonym, implicit), 16 adversarial
-prompts when a source is available, 48 preservation prompts.  Measured at
-102.5 minutes on a free 2-core CPU (AMD EPYC, 72 cells).
+prompts when a source is available, 48 preservation prompts (wall times of
+past runs: ``docs/experiments/bench-history.md``).
 
 ``--seed S`` (repeatable, either mode) adds, for every seed-dependent variant
 (`erasing.seed_dependent`: all but the closed-form UCE and TRCE-T), a cell

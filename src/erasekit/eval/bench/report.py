@@ -18,6 +18,10 @@ from .runner import ORIGINAL, BenchRun
 from .scenarios import PRESERVE_SEED, TARGET_SEED, get_scenario
 
 LOW_BASELINE = 0.5  # below this explicit-tier rate the original barely draws the target
+# The bars of the README summary: the target rate falls at least BAR_DROP-fold below the original's and
+# preservation stays at or above BAR_PRESERVATION.  The rate is the mean over the tiers the packs name.
+BAR_DROP, BAR_PRESERVATION, BAR_TIERS = 5.0, 0.9, ("explicit", "synonym")
+SUMMARY_START, SUMMARY_END = "<!-- bench-summary:start -->", "<!-- bench-summary:end -->"
 
 
 # ------------------------------------------------------------------ tables
@@ -196,6 +200,20 @@ def _cell_machines(run: BenchRun) -> str:
     return "; ".join(f"{machine} ({n} cells)" for machine, n in counts.most_common())
 
 
+def _cell_invocations(run: BenchRun) -> list[str]:
+    """One line per command line that measured the shown cells, with its cells per scenario."""
+    groups: dict[str, Counter] = {}
+    for cell in _all_cells(run):
+        if not cell.get("same_run_as"):
+            groups.setdefault(cell.get("invocation") or "", Counter())[cell.get("scenario", "?")] += 1
+    lines = []
+    for command, per_scenario in sorted(groups.items()):
+        who = f"`{command}`" if command else "not recorded (cells measured before they recorded it)"
+        scenarios = ", ".join(f"{k} {n}" for k, n in sorted(per_scenario.items()))
+        lines.append(f"  - {who}: {sum(per_scenario.values())} cells ({scenarios})")
+    return lines
+
+
 def _header(run: BenchRun, command: str, env: dict, settings: dict) -> list[str]:
     plan = run.plan
     v = env["versions"]
@@ -222,6 +240,8 @@ def _header(run: BenchRun, command: str, env: dict, settings: dict) -> list[str]
             f"torch threads {env['torch_threads']} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}), GPU {env['cuda']}; "
             f"{env['os']}",
             f"- cells measured on (their seconds and memory come from there): {_cell_machines(run)}",
+            "- invocations that measured the cells shown (cells copied from a twin run not counted):",
+            *_cell_invocations(run),
             f"- wall time of this invocation: {run.wall_seconds / 60:.1f} min ({len(run.computed)} cells computed, "
             f"{len(run.reused)} reused from earlier runs); measuring the cells shown took "
             f"{_cell_seconds(run) / 60:.1f} min (erasure + evaluation, summed over cells, twins counted once)",
@@ -276,10 +296,71 @@ def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command
         out += [scenario_table(cells), ""]
         spread = seed_spread_table(cells, run.replicates.get(key, {}))
         if spread:
-            out += [f"Spread over method-config seeds (mean (min–max); the same prompts and image seeds for every "
-                    f"seed; `erasekit bench --seed S` adds a seed):", "", spread, ""]
+            out += ["Spread over method-config seeds (mean (min–max); the same prompts and image seeds for every "
+                    "seed; `erasekit bench --seed S` adds a seed):", "", spread, ""]
         out += [f"![Pareto plot for {key}]({_link(plot, path.parent)})", ""]
     if run.missing:
         out += ["## Missing cells", "", "Not computed yet: " + ", ".join(run.missing), ""]
     out.append(orderings_markdown({k: v for k, v in run.results.items()}))
     return atomic.write_text(path, "\n".join(out))
+
+
+# ------------------------------------------------------------------ README summary
+def _bar_rate(cell: dict) -> float | None:
+    rates = [cell["target_rate"].get(t) for t in BAR_TIERS]
+    rates = [float(r) for r in rates if r is not None]
+    return sum(rates) / len(rates) if rates else None
+
+
+def meets_bars(original: dict | None, cell: dict) -> bool | None:
+    """Whether ``cell`` meets both bars against ``original``; None when either number is missing."""
+    base, rate, kept = _bar_rate(original) if original else None, _bar_rate(cell), cell.get("preservation")
+    if base is None or rate is None or kept is None or base == 0:
+        return None
+    return rate * BAR_DROP <= base and kept >= BAR_PRESERVATION
+
+
+def summary_table(run: BenchRun) -> str:
+    """Markdown: one row per method variant, one column per scenario, 'rate at preservation' and a verdict."""
+    scenarios = list(run.results)
+    labels: list[str] = []
+    for cells in run.results.values():
+        labels += [k for k in cells if k != ORIGINAL and k not in labels]
+    names = {k: ", ".join(c.split("/")[-1] for c in get_scenario(k).concepts) for k in scenarios}
+    head = "| method | " + " | ".join(f"{k} ({names[k]})" for k in scenarios) + " |"
+    lines = [head, "|" + "---|" * (len(scenarios) + 1)]
+    originals = [run.results[k].get(ORIGINAL) for k in scenarios]
+    lines.append("| original | " + " | ".join(_f(_bar_rate(o)) if o else "–" for o in originals) + " |")
+    for label in labels:
+        row = []
+        for key, original in zip(scenarios, originals):
+            cell = run.results[key].get(label)
+            if cell is None:
+                row.append("–")
+                continue
+            verdict = {True: " ✓", False: " ✗", None: ""}[meets_bars(original, cell)]
+            row.append(f"{_f(_bar_rate(cell))} at {_f(cell.get('preservation'), 3)}{verdict}")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    n = len(_all_cells(run))
+    legend = (f"Each entry: the target rate (mean of the {' and '.join(BAR_TIERS)} prompts, lower is better) at "
+              f"the preservation (erased / original adherence). ✓: the rate is at least {BAR_DROP:g}x below the "
+              f"original's and preservation is at least {BAR_PRESERVATION:g}; ✗: it misses one of them. "
+              f"Generated by `erasekit bench` from {n} stored cells (`erasekit bench --report-only` rebuilds it); "
+              "every tier, time and memory in [BENCHMARKS.md](BENCHMARKS.md).")
+    return "\n".join([legend, "", *lines])
+
+
+def write_summary(path: str | Path, run: BenchRun) -> bool:
+    """Replace the text between the summary markers in ``path`` (a README); False when it has none."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    start, end = text.find(SUMMARY_START), text.find(SUMMARY_END)
+    if start < 0 or end < start:
+        return False
+    new = text[: start + len(SUMMARY_START)] + "\n" + summary_table(run) + "\n" + text[end:]
+    if new != text:
+        atomic.write_text(path, new)
+    return True

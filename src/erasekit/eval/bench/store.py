@@ -65,8 +65,11 @@ def finite(value: Any) -> Any:
 
 
 class CellStore:
-    def __init__(self, root: str | Path):
+    """Cells under ``root``; ``invocation`` (the command line) is recorded in every cell this store saves."""
+
+    def __init__(self, root: str | Path, invocation: str | None = None):
         self.root = Path(root)
+        self.invocation = invocation
 
     def path(self, scenario: str, label: str) -> Path:
         return self.root / "cells" / scenario / f"{label}.json"
@@ -88,6 +91,9 @@ class CellStore:
         return sorted({int(m.group(1)) for m in found if m})
 
     def save(self, cell: dict) -> Path:
+        """Write ``cell``; a cell measured now gets ``invocation`` (the command line) set in place."""
+        if self.invocation:
+            cell.setdefault("invocation", self.invocation)
         return atomic.write_json(self.path(cell["scenario"], cell["label"]), finite(cell))
 
     def save_features(self, scenario: str, fingerprint: str, features: np.ndarray) -> Path:

@@ -1,7 +1,7 @@
 """Helper for test_data_parallel: fine-tune the tiny pipeline with esd-x and TRuST, print weight checksums.
 
-    accelerate launch --multi_gpu --num_processes 2 tests/train_dp_script.py OUT [same|interrupt|resume]
-    python tests/train_dp_script.py OUT
+    accelerate launch --multi_gpu --num_processes 2 tests/scripts/train_dp_script.py OUT [same|interrupt|resume]
+    python tests/scripts/train_dp_script.py OUT
 
 ``same`` makes every process draw process 0's samples: averaging two equal gradients must then
 give exactly the one-process run.  ``interrupt`` stops TRuST and KSCU right after their step-2

@@ -1,7 +1,7 @@
 """Helper for test_eval_generation: draw a few rows with the tiny pipeline into a folder.
 
-    accelerate launch --num_processes 2 --cpu tests/eval_shard_script.py OUT
-    python tests/eval_shard_script.py OUT
+    accelerate launch --num_processes 2 --cpu tests/scripts/eval_shard_script.py OUT
+    python tests/scripts/eval_shard_script.py OUT
 """
 
 import os

@@ -1,0 +1,125 @@
+"""`erasekit ls methods|concepts|scopes|detectors|attacks|presets`: what is registered, on stdout."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional
+
+import typer
+
+from .app import app
+from .common import fail
+
+DOCS = "docs/methods/{}.md"
+
+
+class What(str, Enum):
+    methods = "methods"
+    concepts = "concepts"
+    scopes = "scopes"
+    detectors = "detectors"
+    attacks = "attacks"
+    presets = "presets"
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n", 1)[0]
+
+
+def method_kind(info) -> str:
+    """'fine-tune' when the method's config trains (has an iteration count), else 'closed form'."""
+    family = getattr(info, "family", None)
+    if family:
+        return str(family)
+    return "fine-tune" if "iterations" in info.config_cls.model_fields else "closed form"
+
+
+def preset_names(config_cls) -> list[str]:
+    return ["sd", *config_cls.PRESETS]
+
+
+def method_rows() -> list[str]:
+    from ..methods.base import get_method, list_methods
+
+    rows = []
+    for name in list_methods():
+        info = get_method(name)
+        rows.append(f"{name:9s} {method_kind(info):11s} presets: {', '.join(preset_names(info.config_cls)):28s} "
+                    f"{DOCS.format(name)}  {info.summary}")
+    return rows
+
+
+def concept_rows(pack: Optional[str]) -> list[str]:
+    from ..concepts.packs import get_concept, list_concepts, list_packs
+
+    if pack is not None and pack not in list_packs():
+        fail(f"unknown pack {pack!r} (packs: {', '.join(list_packs())})")
+    rows = []
+    for name in list_concepts(pack):
+        spec = get_concept(name)
+        rows.append(f"{name:28s} {spec.kind:9s} targets: {', '.join(spec.targets[:4])}"
+                    + (" ..." if len(spec.targets) > 4 else "") + f"  anchor: {spec.anchor!r}")
+    return rows
+
+
+def scope_rows() -> list[str]:
+    from ..models.scopes import get_scope, list_scopes
+
+    return [f"{name:15s} {get_scope(name).description}" for name in list_scopes()]
+
+
+def detector_rows() -> list[str]:
+    from ..eval import detectors
+
+    lines = {}
+    for line in (detectors.__doc__ or "").splitlines():  # "- ``name``: what it reads"
+        if line.startswith("- ``") and "``:" in line:
+            key, text = line[4:].split("``:", 1)
+            lines[key] = text.strip()
+    return [f"{name:9s} {lines.get(name, '')}".rstrip() for name in detectors.list_detectors()]
+
+
+def attack_rows() -> list[str]:
+    from ..eval.attacks.runner import ATTACKS, attack_names
+
+    return [f"{name:12s} presets: {', '.join(preset_names(ATTACKS[name])):14s} {_first_line(ATTACKS[name].__doc__)}"
+            for name in attack_names()]
+
+
+def _value(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def preset_rows(method: Optional[str]) -> list[str]:
+    """Each method's presets and the settings each one changes from the paper's defaults (``sd``)."""
+    from ..methods.base import UnknownMethodError, get_method, list_methods
+
+    try:
+        names = [get_method(method).name] if method else list_methods()
+    except UnknownMethodError as err:
+        fail(str(err))
+    rows = []
+    for name in names:
+        config_cls = get_method(name).config_cls
+        rows.append(f"{name} ({config_cls.__name__})")
+        rows.append("  sd: the paper's defaults")
+        for preset, values in config_cls.PRESETS.items():
+            rows.append(f"  {preset}: " + ", ".join(f"{k}={_value(v)}" for k, v in values.items()))
+    return rows
+
+
+@app.command("ls")
+def ls(what: What = typer.Argument(..., help="What to list."),
+       name: Optional[str] = typer.Argument(None, help="concepts: one pack (shapes, sd); presets: one method.")):
+    """List what is registered: methods, concepts, scopes, detectors, attacks or presets."""
+    if name is not None and what not in (What.concepts, What.presets):
+        fail(f"`erasekit ls {what.value}` takes no name (only concepts and presets do)")
+    rows = {
+        What.methods: method_rows,
+        What.concepts: lambda: concept_rows(name),
+        What.scopes: scope_rows,
+        What.detectors: detector_rows,
+        What.attacks: attack_rows,
+        What.presets: lambda: preset_rows(name),
+    }[what]()
+    typer.echo("\n".join(rows))
