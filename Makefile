@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-fast quality docs delta-ids install clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch first, in its own step, so nothing pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,nudity]'
+	# then everything else at the tested versions (constraints.txt; pyproject.toml states the supported ranges)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,nudity]'
 	touch $(STAMP)
 
 install: $(STAMP)
