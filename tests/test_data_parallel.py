@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from safetensors import safe_open
-
-from erasekit.methods.trainer import list_checkpoints
 from test_eval_generation import _env, accelerate_launch
+
+from erasekit.training import list_checkpoints
 
 SCRIPT = Path(__file__).with_name("train_dp_script.py")
 

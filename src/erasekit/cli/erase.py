@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from .app import app
-
 from .common import apply_delta_arg, config_overrides, console, fail, load_concept, load_model
 
 
@@ -44,7 +43,7 @@ def erase(
     if dry_run:
         _print_estimate(info, spec, model, preset, config, seed)
         return
-    from ..methods import data_parallel
+    from ..training import data_parallel
 
     dp = data_parallel.current()  # started by `accelerate launch` with several processes
     if dp is not None and device.startswith("cuda"):

@@ -25,10 +25,12 @@ import torch.nn.functional as F
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import cat_conditions, encode_conditions, expand_condition
+from ..models.ddim import DDIMSampler
 from ..models.delta import WeightDelta
+from ..models.unet_io import initial_latents, predict, require_supported_unet
+from ..training import FineTuneConfig, Trainer, fine_tune, randint
 from .base import MethodInfo
 from .retain import KVRetainTerm, RetainTerm
-from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 

@@ -43,10 +43,12 @@ from pydantic import field_validator
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
+from ..models.ddim import DDIMSampler
 from ..models.delta import WeightDelta
+from ..models.unet_io import initial_latents, predict, require_supported_unet
+from ..training import FineTuneConfig, Trainer, fine_tune, randint
 from .base import MethodInfo
 from .retain import KVRetainTerm, RetainTerm
-from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
 KIND_DEFAULTS = {

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..concepts.spec import ConceptSpec
-from .data_parallel import average
+from ..training.data_parallel import average
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def saliency(score: torch.Tensor, params: Mapping[str, torch.Tensor]) -> dict[st
     """d score / d param for every param (zeros where the score does not reach); leaves ``.grad`` alone.
 
     Under data-parallel training the gradient is averaged over processes, so every replica ranks
-    the same entries (`erasekit.methods.data_parallel.average`).
+    the same entries (`erasekit.training.data_parallel.average`).
     """
     names = list(params)
     grads = torch.autograd.grad(score, [params[n] for n in names], allow_unused=True)

@@ -20,7 +20,8 @@ from typing import ClassVar, Literal
 from ..concepts.spec import ConceptSpec
 from ..models.delta import WeightDelta
 from ..models.loading import general_prompts
-from .base import EditSession, MethodConfig, MethodInfo
+from ..training import EditSession, MethodConfig
+from .base import MethodInfo
 from .closed_form import cross_attention_kv_names, edit_cross_attention_kv
 from .preservation import paired_eot_rows, preservation_moment
 

@@ -50,13 +50,15 @@ from safetensors import safe_open
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import cat_conditions, encode_conditions
+from ..models.ddim import DDIMSampler
 from ..models.delta import WeightDelta, fingerprint, resolve_tensors
 from ..models.scopes import get_scope
-from .base import EditSession, MethodInfo
+from ..models.unet_io import latent_shape, predict, require_supported_unet
+from ..training import EditSession, FineTuneConfig, Trainer, randint, run_key, step_generator
+from ..training.checkpoints import save_tensors_atomic
+from .base import MethodInfo
 from .closed_form import cross_attention_kv_names
 from .preservation import text_fingerprint
-from .trainer import (DDIMSampler, FineTuneConfig, Trainer, _atomic_save, latent_shape, predict, randint,
-                      require_supported_unet, run_key, step_generator)
 from .trce import TextualConfig, erase_textual
 
 log = logging.getLogger(__name__)
@@ -213,7 +215,7 @@ def load_or_sample(pipe, prompts: list[str], config: VisualConfig) -> Trajectory
         meta = {"format": CACHE_FORMAT, "key": key, "prompts": json.dumps(prompts),
                 "settings": json.dumps({k: getattr(config, k) for k in
                                         ("seed", "n_trajectories", "n_uncond", "n_steps", "max_step", "guidance")})}
-        _atomic_save(tensors, meta, path)
+        save_tensors_atomic(tensors, meta, path)
     return TrajectoryCache(tensors=tensors)
 
 

@@ -106,13 +106,14 @@ from torch import nn
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import cat_conditions, encode_conditions
+from ..models.ddim import DDIMSampler
 from ..models.delta import WeightDelta
 from ..models.scopes import get_scope
-from .base import EditSession, MethodInfo
+from ..models.unet_io import initial_latents, predict, require_supported_unet
+from ..training import EditSession, FineTuneConfig, Trainer, randint, run_key
+from .base import MethodInfo
 from .retain import KVMatchLoss, LatentPool, kept_prompts, text_kv_names
-from .saliency import DEFAULT_CLIP, ScoreSample, Scorer, make_scorer, mask_size, saliency, saliency_masks
-from .trainer import (DDIMSampler, FineTuneConfig, Trainer, initial_latents, predict, randint, require_supported_unet,
-                      run_key)
+from .saliency import DEFAULT_CLIP, Scorer, ScoreSample, make_scorer, mask_size, saliency, saliency_masks
 
 SCOPE = "cross_attn_qkv"
 BETA_DEFAULTS = {"cip": 1e-5, "csr": 1.0}

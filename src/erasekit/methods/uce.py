@@ -20,7 +20,8 @@ import torch
 from ..concepts.spec import ConceptSpec
 from ..models.delta import WeightDelta
 from ..models.text import encode_prompts, first_eot_positions
-from .base import EditSession, MethodConfig, MethodInfo
+from ..training import EditSession, MethodConfig
+from .base import MethodInfo
 from .closed_form import cross_attention_kv_names, edit_cross_attention_kv, second_moment
 from .preservation import prompt_rows
 
