@@ -5,7 +5,8 @@ import torch
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
-from erasekit.models.estimate import KNOWN_MODELS, estimate, method_work, model_spec, text_encoder_params, unet_cost, vae_params
+from erasekit.methods.estimate import estimate, method_work
+from erasekit.models.cost import KNOWN_MODELS, model_spec, text_encoder_params, unet_cost, vae_params
 from erasekit.models.tiny import tiny_pipeline
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",

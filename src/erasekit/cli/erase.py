@@ -93,7 +93,7 @@ def _anchor_off_erased(spec, prior):
 
 
 def _print_estimate(info, spec, model: str, preset: Optional[str], config: Optional[Path], seed: Optional[int]):
-    from ..models.estimate import estimate
+    from ..methods.estimate import estimate
 
     cfg = _method_config(info, preset, "shapes" if model == "shapes" else "sd", config, seed)
     try:

@@ -111,7 +111,7 @@ from ..models.delta import WeightDelta
 from ..models.scopes import get_scope
 from ..models.unet_io import initial_latents, predict, require_supported_unet
 from ..training import EditSession, FineTuneConfig, Trainer, randint, run_key
-from .base import MethodInfo
+from .base import MethodSpec, MethodWork, register
 from .retain import KVMatchLoss, LatentPool, kept_prompts, text_kv_names
 from .saliency import DEFAULT_CLIP, Scorer, ScoreSample, make_scorer, mask_size, saliency, saliency_masks
 
@@ -876,12 +876,29 @@ def erase_kv(pipe, concept: ConceptSpec, config: KVConfig, mask_callback: MaskCa
     return erase(pipe, concept, config, "trust-kv", mask_callback, scorer_options)
 
 
-METHODS = {
-    "trust": MethodInfo("trust", Config, erase,
-                        "TRuST (reconstruction): dynamic saliency-masked fine-tuning of cross-attention q/k/v + CSR/CIP"),
-    "trust-kv": MethodInfo("trust-kv", KVConfig, erase_kv,
-                           "TRuST variant (reconstruction): its forgetting loss as UCE's source term on the "
-                           "cross-attention K/V, dynamic masks, CSR"),
-    "salun": MethodInfo("salun", SalUnConfig, erase_salun,
-                        "SalUn: static saliency-masked fine-tuning of cross-attention q/k/v, forgetting loss only"),
-}
+def _work(spec: MethodSpec, config: Config, kind: str) -> MethodWork:
+    kv = config.forget_loss == "kv"  # the K/V forgetting loss itself needs no UNet pass
+    csr = "csr" in config.betas()
+    pool = config.pool_size * config.n_steps * 2 if config.needs_target_pool() else 0
+    retain = 0  # retain pools exist only for combination/conditional concepts
+    per_mask = config.saliency_samples if config.scorer_draws_sample() else 0
+    dynamic = bool(config.mask_every)
+    masks_per_iter = per_mask / config.mask_every if dynamic else 0.0
+    static = 0.0 if dynamic else per_mask  # the one mask: a reference and a gradient pass per sample
+    draws = int(config.step_draws_sample()) + masks_per_iter
+    nograd = (0 if kv else 1) + masks_per_iter + (0 if config.latents == "pool" else (config.n_steps - 1) * draws)
+    return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, nograd, draws, 1,
+                      setup_nograd=pool + retain + static, setup_grad=static, double_backward=csr,
+                      notes=("static mask from %d samples" % per_mask) if not dynamic else "")
+
+
+register(MethodSpec("trust", Config, erase,
+                    "TRuST (reconstruction): dynamic saliency-masked fine-tuning of cross-attention q/k/v + CSR/CIP",
+                    family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 16}))
+register(MethodSpec("trust-kv", KVConfig, erase_kv,
+                    "TRuST variant (reconstruction): its forgetting loss as UCE's source term on the "
+                    "cross-attention K/V, dynamic masks, CSR",
+                    family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 120}))
+register(MethodSpec("salun", SalUnConfig, erase_salun,
+                    "SalUn: static saliency-masked fine-tuning of cross-attention q/k/v, forgetting loss only",
+                    family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 30}))
