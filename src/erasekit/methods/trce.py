@@ -77,5 +77,6 @@ def _work(spec: MethodSpec, config: TextualConfig, kind: str) -> MethodWork:
                       notes="closed form: text encoding + one linear solve per K/V projection")
 
 
-register(MethodSpec("trce-t", TextualConfig, erase_textual, "TRCE stage 1: closed-form K/V edit on first-[EoT] embeddings",
+register(MethodSpec("trce-t", TextualConfig, erase_textual,
+                    "TRCE stage 1: closed-form K/V edit on first-[EoT] embeddings",
                     family="closed-form", default_scope="cross_attn_kv", work=_work))

@@ -68,7 +68,8 @@ class TRuSTConfig(FineTuneConfig):
     forget_loss: Literal["noise", "kv"] = Field(
         "noise", description="noise-space forgetting loss (spec) or UCE's source term as a K/V loss (extension)")
     batch_size: int = Field(1, description="extension: forget and retain samples per iteration")
-    regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr", description="CSR (Hessian), CIP (L1), both, none")
+    regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr",
+                                                                 description="CSR (Hessian), CIP (L1), both, none")
     beta: float | None = Field(None, description="regulariser weight; None: BETA_DEFAULTS")
     gamma: float = Field(1.0, description="weight of the retain term")
     retain_preserve: bool = Field(False, description="also keep the concept's preserve prompts in the retain term")
