@@ -17,12 +17,13 @@ from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method, list_methods
 from erasekit.methods.esd import esd_target
 from erasekit.methods.preservation import prompt_rows
-from erasekit.methods.trainer import DDIMSampler, initial_latents, predict
 from erasekit.models.conditioning import TextCondition, cat_conditions, encode_conditions
+from erasekit.models.ddim import DDIMSampler
 from erasekit.models.delta import apply_delta, bitwise_equal, revert_delta, snapshot
 from erasekit.models.scopes import get_scope
 from erasekit.models.text import first_eot_positions
 from erasekit.models.tiny import FAMILIES, tiny_pipeline
+from erasekit.models.unet_io import initial_latents, predict
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
                       templates=["a photo of {}", "{} in a garden"], preserve=["a photo of a house", "a red car"])

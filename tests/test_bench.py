@@ -356,7 +356,7 @@ def test_cli_rejects_an_unknown_scenario_before_loading_anything():
 def test_config_fingerprint_leaves_out_extensions_at_their_defaults():
     """Bench cells are keyed by `fingerprint()`: an option added later, still off, does not make them stale."""
     from erasekit.methods.esd import Config
-    from erasekit.methods.trust import Config as TrustConfig
+    from erasekit.methods.trust import TRuSTConfig as TrustConfig
 
     shapes = Config.preset("shapes")
     assert shapes.fingerprint()["lr"] == 1e-4

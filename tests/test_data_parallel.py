@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
-
-from erasekit.methods.trainer import list_checkpoints
 from test_eval_generation import _env, accelerate_launch
+
+from erasekit.training import list_checkpoints
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_dp_script.py"
 

@@ -4,13 +4,13 @@ import contextlib
 
 import pytest
 import torch
+from shapes_helpers import rates_before_and_after
+from tiny_helpers import snapshot_weights
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.esd import Config, CrossAttentionConfig, esd_target
 from erasekit.models.scopes import get_scope
-from shapes_helpers import rates_before_and_after
-from tiny_helpers import snapshot_weights
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
                       templates=["a photo of {}", "{} in a garden"])
@@ -88,7 +88,7 @@ def _drift_on_kept(pipe, delta) -> float:
     """Mean squared change of the model's prediction on the kept prompts (fixed noised latents)."""
     from erasekit.models.conditioning import encode_conditions
     from erasekit.models.delta import apply_delta, revert_delta
-    from erasekit.methods.trainer import initial_latents, predict
+    from erasekit.models.unet_io import initial_latents, predict
 
     g = torch.Generator().manual_seed(1)
     cond = encode_conditions(pipe, KEEP.preserve)
@@ -176,7 +176,7 @@ def test_shapes_presets_erase_a_colour_and_keep_the_others(shapes_pipe, detector
 
 def test_retain_batch_is_the_mean_of_the_same_draws_one_at_a_time(pipe):
     from erasekit.methods.retain import RetainTerm
-    from erasekit.methods.trainer import Trainer, step_generator
+    from erasekit.training import Trainer, step_generator
 
     trainer = Trainer(pipe.unet, "non_cross_attn", iterations=1, progress=False)
     term = RetainTerm(pipe, trainer, KEEP.preserve, pool_size=3, n_steps=4, guidance=3.0, seed=0, batch=3)
@@ -195,8 +195,9 @@ def test_sample_batch_is_the_mean_of_its_rows_computed_one_at_a_time(pipe):
     import torch.nn.functional as F
 
     from erasekit.methods.esd import ESDStep
-    from erasekit.methods.trainer import Trainer, initial_latents, predict, randint, step_generator
     from erasekit.models.conditioning import cat_conditions
+    from erasekit.models.unet_io import initial_latents, predict
+    from erasekit.training import Trainer, randint, step_generator
 
     cfg = Config(n_steps=4, progress=False, sample_batch=3, negative_guidance=2.0)
     trainer = Trainer(pipe.unet, "non_cross_attn", iterations=1, progress=False)

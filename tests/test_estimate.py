@@ -5,7 +5,8 @@ import torch
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
-from erasekit.models.estimate import KNOWN_MODELS, estimate, method_work, model_spec, text_encoder_params, unet_cost, vae_params
+from erasekit.methods.estimate import estimate, method_work
+from erasekit.models.cost import KNOWN_MODELS, model_spec, text_encoder_params, unet_cost, vae_params
 from erasekit.models.tiny import tiny_pipeline
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
@@ -106,3 +107,19 @@ def test_cli_refuses_a_preset_the_method_does_not_have(tmp_path):
     bad = CliRunner().invoke(app, [*args, "shapez"])
     assert bad.exit_code != 0 and "no preset 'shapez'" in bad.output and "shapes" in bad.output
     assert CliRunner().invoke(app, [*args, "shapes"]).exit_code == 0
+
+
+def test_every_registered_method_carries_its_facts():
+    """One MethodSpec per name: a config, a cost model on its own default scope, quick overrides its config accepts."""
+    from erasekit.methods.base import list_methods
+
+    for name in list_methods():
+        spec = get_method(name)
+        assert spec.name == name and spec.family in ("closed-form", "fine-tune")
+        config = spec.config_cls(**spec.quick)  # the quick benchmark's overrides are valid settings
+        for kind in ("object", "style"):
+            work = method_work(name, config, kind)
+            assert work.method == name and work.scope == spec.scope_for(config, kind)
+            assert work.closed_form == (spec.family == "closed-form") == (not spec.seeded)
+    assert get_method("kscu").scope_for(None, "style") != get_method("kscu").scope_for(None, "object")
+    assert get_method("trce").unrecorded_scope() == "cross_attn_kv" and get_method("esd-x").unrecorded_scope() is None

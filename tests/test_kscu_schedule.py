@@ -8,10 +8,9 @@ import torch
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.kscu import KIND_SCOPES, Config, KSCUStep, augment_prompt, key_step_schedule
-from erasekit.methods.trainer import Trainer, list_checkpoints
 from erasekit.models.delta import snapshot
 from erasekit.models.scopes import get_scope
-
+from erasekit.training import Trainer, list_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

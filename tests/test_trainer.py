@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from erasekit.concepts.spec import ConceptSpec
-from erasekit.methods.trainer import (FineTuneConfig, NonFiniteLossError, Trainer, fine_tune, list_checkpoints,
-                                      lr_factor, partial_denoise, predict, reference_weights)
+from erasekit.models.ddim import partial_denoise
 from erasekit.models.delta import snapshot
 from erasekit.models.text import encode_prompts
+from erasekit.models.unet_io import predict
+from erasekit.training import (FineTuneConfig, NonFiniteLossError, Trainer, fine_tune, list_checkpoints,
+                               reference_weights)
+from erasekit.training.optim import lr_factor
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat"], anchor="dog")
 

@@ -9,7 +9,8 @@ from erasekit.methods.base import get_method
 from erasekit.methods.saliency import (ScorerUnavailableError, ScoreSample, detector_terms, make_scorer,
                                        predicted_x0, saliency, saliency_masks)
 from erasekit.methods.retain import KVMatchLoss, kv_drift, kv_forget
-from erasekit.methods.trust import Config, MaskedUpdates, SalUnConfig, cip_penalty, contrast_saliency, csr_penalty
+from erasekit.methods.trust import (MaskedUpdates, SalUnConfig, TRuSTConfig, cip_penalty, contrast_saliency,
+                                    csr_penalty)
 from erasekit.models.scopes import get_scope
 from erasekit.models.text import encode_prompts
 from erasekit.models.tiny import tiny_pipeline
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
-def tiny_cfg(cls=Config, **kw):
+def tiny_cfg(cls=TRuSTConfig, **kw):
     base = dict(iterations=3, n_steps=2, pool_size=2, retain_pool_size=2, lr=1e-2, progress=False, scorer="forget")
     return cls(**{**base, **kw})
 
@@ -171,7 +172,7 @@ def test_saliency_momentum_keeps_the_mask_in_place(pipe):
     union_held, moved_held = union_and_moves(0.9)
     assert moved_held < moved_free and union_held < union_free
     with pytest.raises(ValueError):
-        Config(saliency_momentum=1.0)
+        TRuSTConfig(saliency_momentum=1.0)
 
 
 def test_mask_contrast_drops_entries_the_parts_rely_on(pipe):
@@ -190,7 +191,7 @@ def test_mask_contrast_drops_entries_the_parts_rely_on(pipe):
 
     assert any(not torch.equal(a, b) for a, b in zip(masks(0.0).values(), masks(1.0).values()))
     with pytest.raises(ValueError, match="mask_contrast"):
-        Config(mask_contrast=-1.0)
+        TRuSTConfig(mask_contrast=-1.0)
 
 
 def test_retain_mask_adds_the_entries_where_the_parts_drift(pipe):
@@ -469,28 +470,28 @@ def test_clip_scorer_with_a_local_tiny_clip(pipe, tmp_path):
 
 
 def test_registry_and_presets():
-    assert get_method("trust").config_cls is Config and get_method("salun").config_cls is SalUnConfig
-    c = Config()
+    assert get_method("trust").config_cls is TRuSTConfig and get_method("salun").config_cls is SalUnConfig
+    c = TRuSTConfig()
     assert (c.xi, c.mask_every, c.regularizer, c.lr, c.scope) == (2.0, 1, "csr", 1e-5, None)
     s = SalUnConfig()
     assert s.static and s.regularizer == "none" and s.scorer == "forget"
-    assert Config.preset("shapes").n_steps == 25 and SalUnConfig.preset("shapes").iterations == 150
-    combo = Config.preset("shapes-combination")  # the shapes preset plus what retain-carrying concepts need
+    assert TRuSTConfig.preset("shapes").n_steps == 25 and SalUnConfig.preset("shapes").iterations == 150
+    combo = TRuSTConfig.preset("shapes-combination")  # the shapes preset plus what retain-carrying concepts need
     assert (combo.n_steps, combo.lr, combo.gamma, combo.retain_mask, combo.lr_schedule) == (25, 1e-3, 20.0, True, "cosine")
-    assert Config(regularizer="cip+csr", beta=0.5).betas() == {"cip": 0.5, "csr": 0.5}
+    assert TRuSTConfig(regularizer="cip+csr", beta=0.5).betas() == {"cip": 0.5, "csr": 0.5}
     with pytest.raises(ValueError):
-        Config(mask_every=-1)
+        TRuSTConfig(mask_every=-1)
 
 
 def test_none_override_replaces_a_preset_value():
     """``topk=None`` over the preset's top-k mask means "use the xi threshold", not "keep the preset"."""
-    preset = dict(Config.PRESETS["shapes"])
-    Config.PRESETS["shapes"] = {**preset, "topk": 0.2}
+    preset = dict(TRuSTConfig.PRESETS["shapes"])
+    TRuSTConfig.PRESETS["shapes"] = {**preset, "topk": 0.2}
     try:
-        assert Config.for_world("shapes").topk == 0.2
-        assert Config.for_world("shapes", topk=None).topk is None
+        assert TRuSTConfig.for_world("shapes").topk == 0.2
+        assert TRuSTConfig.for_world("shapes", topk=None).topk is None
     finally:
-        Config.PRESETS["shapes"] = preset
+        TRuSTConfig.PRESETS["shapes"] = preset
 
 
 @pytest.mark.usefixtures("all_threads")

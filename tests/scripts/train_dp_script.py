@@ -18,9 +18,9 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from erasekit.concepts.spec import ConceptSpec  # noqa: E402
-from erasekit.methods import data_parallel, trainer  # noqa: E402
 from erasekit.methods.base import get_method  # noqa: E402
 from erasekit.models.tiny import tiny_pipeline  # noqa: E402
+from erasekit.training import data_parallel, trainer  # noqa: E402
 
 COMBO = ConceptSpec(name="red-circle", kind="object", targets=["red circle"], anchor="shape",
                     templates=["a {}", "a picture of a {}"], combination=["red", "circle"])
@@ -38,8 +38,8 @@ class Interrupt(Exception):
 
 
 def _stop_after_checkpoint_2(save):
-    def wrapped(self, step, *args, **kwargs):
-        path = save(self, step, *args, **kwargs)
+    def wrapped(folder, step, *args, **kwargs):
+        path = save(folder, step, *args, **kwargs)
         if step == 2:
             raise Interrupt("simulated interruption at step 2")
         return path
@@ -52,7 +52,7 @@ def main(out: str, mode: str) -> None:
         original = trainer.step_generator
         trainer.step_generator = lambda seed, step, rank=0: original(seed, step)
     if mode == "interrupt":
-        trainer.Trainer._save = _stop_after_checkpoint_2(trainer.Trainer._save)
+        trainer.save_checkpoint = _stop_after_checkpoint_2(trainer.save_checkpoint)
     dp = data_parallel.current()
     result = {"processes": dp.num_processes if dp is not None else 1}
     for method, overrides in CONFIGS.items():

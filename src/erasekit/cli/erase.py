@@ -60,7 +60,7 @@ def erase(
     if dry_run:
         _print_estimate(info, specs[0], model, preset, config, seed)
         return
-    from ..methods import data_parallel
+    from ..training import data_parallel
 
     dp = data_parallel.current()  # started by `accelerate launch` with several processes
     if dp is not None and device.startswith("cuda"):
@@ -152,7 +152,7 @@ def _anchor_off_erased(spec, prior):
 
 
 def _print_estimate(info, spec, model: str, preset: Optional[str], config: Optional[Path], seed: Optional[int]):
-    from ..models.estimate import estimate
+    from ..methods.estimate import estimate
 
     cfg = _method_config(info, preset, "shapes" if model == "shapes" else "sd", config, seed)
     try:

@@ -64,7 +64,7 @@ def free_text_concept(target: str, synonyms: Optional[list[str]] = None, anchor:
 
 def with_general_preserve(spec, pipe, n: int = GENERAL_PRESERVE):
     """``spec`` with ``n`` of the model's general prompts that name none of its targets added to ``preserve``."""
-    from ..models.loading import general_prompts
+    from ..concepts.general import general_prompts
 
     general = [p for p in general_prompts(pipe, n * 2, exclude_words=spec.targets) if not spec.names_target(p)][:n]
     return spec.model_copy(update={"preserve": [*spec.preserve, *general]})

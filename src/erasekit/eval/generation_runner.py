@@ -65,9 +65,9 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
 def distributed_state(cpu: bool = False):
     """accelerate's PartialState (rank, world size, device); a single process when not launched.
 
-    Without CUDA, launched processes are joined on the CPU (gloo): `erasekit.methods.data_parallel.partial_state`.
+    Without CUDA, launched processes are joined on the CPU (gloo): `erasekit.training.data_parallel.partial_state`.
     """
-    from ..methods.data_parallel import partial_state
+    from ..training.data_parallel import partial_state
 
     return partial_state(cpu)
 

@@ -21,7 +21,8 @@ CARD_FILE = "README.md"
 
 USAGE = {
     "diffusers": "```python\nfrom diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(\"{path}\")\n```",
-    "lora": "```python\npipe.load_lora_weights(\"{path}\", adapter_name=\"erased\")  # on the base model\npipe.set_adapters([\"erased\"], adapter_weights=[0.5])  # partial strength, if wanted\n```",
+    "lora": "```python\npipe.load_lora_weights(\"{path}\", adapter_name=\"erased\")  # on the base model\n"
+            "pipe.set_adapters([\"erased\"], adapter_weights=[0.5])  # partial strength, if wanted\n```",
     "kohya": "Copy `{file}` into AUTOMATIC1111's `models/Lora` (prompt `<lora:{stem}:1>`) or ComfyUI's `models/loras` "
              "(LoraLoader node) and use it on the base model.",
     "single-file": "Copy `{file}` into AUTOMATIC1111's `models/Stable-diffusion` or ComfyUI's `models/checkpoints`; "

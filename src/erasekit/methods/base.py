@@ -1,82 +1,29 @@
-"""What every erasure method shares: its config base class and the method registry.
+"""The method registry: every method's facts in one `MethodSpec`, loaded lazily by name.
 
-A method is one module exposing ``Config`` (a pydantic model whose defaults are
-the paper's Stable Diffusion preset, with named ``PRESETS`` for other worlds)
-and ``erase(pipe, concept, config) -> WeightDelta``.  The pipeline is edited
-only through the returned delta: ``erase`` leaves ``pipe`` as it found it.
+A method is one module that defines its config (a `MethodConfig` whose
+defaults are the paper's Stable Diffusion preset, with named ``PRESETS`` for
+other worlds) and ``erase(pipe, concept, config) -> WeightDelta``, and ends
+with one ``register(MethodSpec(...))`` per method name it serves.  The
+pipeline is edited only through the returned delta: ``erase`` leaves ``pipe``
+as it found it.
+
+`REGISTRY` maps each name to its module (one line per method); `get_method`
+imports the module on first use, so listing names costs nothing.  Adding a
+method touches its own module and one line of `REGISTRY`.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-import time
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-import torch
-from pydantic import BaseModel, ConfigDict
+from ..models.delta import WeightDelta
+from ..training.config import MethodConfig
 
-from ..concepts.spec import ConceptSpec
-from ..models.delta import WeightDelta, applied_deltas, peak_memory_bytes, revert_delta, snapshot
-
-
-class MethodConfig(BaseModel):
-    """Base of every method config; unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-    seed: int = 0
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
-    # Options beyond the paper whose default switches them off.  At that default they are
-    # left out of `fingerprint`, so adding such an option does not make results measured
-    # before it existed look stale.
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ()
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What decides the result: every field, less the `EXTENSIONS` still at their defaults."""
-        dump = self.model_dump()
-        extensions = {n for klass in type(self).__mro__ for n in getattr(klass, "EXTENSIONS", ())}
-        for name in sorted(extensions):
-            if getattr(self, name) == type(self).model_fields[name].default:
-                dump.pop(name)
-        return dump
-
-    @classmethod
-    def preset(cls, name: str | None, **overrides) -> "MethodConfig":
-        """``sd`` (the paper's defaults) or another named preset, then overrides.
-
-        An override of ``None`` is a value, not "unset": ``topk=None`` replaces a
-        preset's top-k mask by the threshold.  Callers drop their own unset flags.
-        """
-        values: dict[str, Any] = {}
-        if name and name != "sd":
-            if name not in cls.PRESETS:
-                raise ValueError(f"{cls.__name__} has no preset {name!r}; presets: sd, {', '.join(cls.PRESETS)}")
-            values.update(cls.PRESETS[name])
-        values.update(overrides)
-        return cls(**values)
-
-
-    def for_kind(self, kind: str) -> "MethodConfig":
-        """The config a concept of ``kind`` runs with; the same unless a method sets values per kind (KSCU)."""
-        return self
-
-    @classmethod
-    def for_world(cls, world: str, **overrides) -> "MethodConfig":
-        """The world's preset when the method has one (e.g. 'shapes'), else the SD defaults."""
-        return cls.preset(world if world in cls.PRESETS else "sd", **overrides)
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    name: str
-    config_cls: type[MethodConfig]
-    erase: Callable[..., WeightDelta]
-    summary: str
-
-
-_MODULES = {
+REGISTRY: dict[str, str] = {
     "uce": "erasekit.methods.uce",
     "trce-t": "erasekit.methods.trce",
     "trce-v": "erasekit.methods.trce_v",
@@ -90,65 +37,96 @@ _MODULES = {
 }
 
 
+@dataclass(frozen=True)
+class MethodWork:
+    """UNet samples a method runs: per iteration without grad / with grad, its training batch, one-off sampling.
+
+    The cost model `erasekit.methods.estimate` turns into peak memory and time.
+    """
+
+    method: str
+    scope: str
+    iterations: int
+    nograd_per_iter: float
+    grad_per_iter: float
+    train_batch: int
+    setup_nograd: float = 0.0
+    setup_grad: float = 0.0
+    double_backward: bool = False
+    closed_form: bool = False
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the library, the CLI and the benchmark need to know about one method.
+
+    - ``family``: ``closed-form`` (a solved edit, no training loop) or ``fine-tune``;
+    - ``default_scope``: the parameter scope used when ``config.scope`` is unset, one
+      name or one per concept kind (`scope_for`);
+    - ``seeded`` (from the family): whether the config seed changes the result (closed forms draw nothing);
+    - ``work``: ``(spec, config, kind) -> MethodWork``, the counts behind `erasekit.methods.estimate`;
+    - ``quick``: config overrides of the quick benchmark (fewer iterations or trajectories);
+    - ``closed_form_scope``: the K/V scope a fine-tuning method's closed-form first stage edits
+      without recording it (TRCE's stage 1).
+    """
+
+    name: str
+    config_cls: type[MethodConfig]
+    erase: Callable[..., WeightDelta]
+    summary: str
+    family: Literal["closed-form", "fine-tune"]
+    default_scope: str | Mapping[str, str]
+    work: Callable[[MethodSpec, Any, str], MethodWork]
+    quick: Mapping[str, Any] = field(default_factory=dict)
+    closed_form_scope: str | None = None
+
+    @property
+    def seeded(self) -> bool:
+        return self.family == "fine-tune"
+
+    def scope_for(self, config: Any = None, kind: str = "object") -> str:
+        """The scope ``config`` trains on a concept of ``kind``: its own ``scope`` if set, else the default."""
+        own = getattr(config, "scope", None)
+        if own:
+            return own
+        return self.default_scope if isinstance(self.default_scope, str) else self.default_scope[kind]
+
+    def unrecorded_scope(self) -> str | None:
+        """The scope this method changes without naming it in the delta's metrics (closed-form K/V edits)."""
+        if self.family == "closed-form":
+            return self.scope_for()
+        return self.closed_form_scope
+
+
+_SPECS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Record ``spec`` under its name (called once per name, at the bottom of the method's module)."""
+    if spec.name not in REGISTRY:
+        raise KeyError(f"method {spec.name!r} is not in erasekit.methods.base.REGISTRY: add its module there")
+    _SPECS[spec.name] = spec
+    return spec
+
+
 class UnknownMethodError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
 
 def list_methods() -> list[str]:
-    return sorted(_MODULES)
+    return sorted(REGISTRY)
 
 
-def get_method(name: str) -> MethodInfo:
-    if name not in _MODULES:
-        close = difflib.get_close_matches(name, list(_MODULES), n=3, cutoff=0.4)
+def get_method(name: str) -> MethodSpec:
+    """The spec of method ``name``, importing its module on first use; unknown names suggest close ones."""
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownMethodError(f"unknown method {name!r}{hint} (available: {', '.join(list_methods())})")
-    module = importlib.import_module(_MODULES[name])
-    return module.METHODS[name]
-
-
-class EditSession:
-    """Snapshot the tensors a method will change, then turn the edit into a delta and undo it.
-
-    ``with EditSession(pipe, names, ...) as s: <edit in place>``; afterwards
-    ``s.delta`` holds the result and ``pipe`` is back to its original weights.
-    """
-
-    def __init__(self, pipe, names: list[str], method: str, config: MethodConfig, concept: ConceptSpec,
-                 base_model: str | None = None):
-        from ..models.loading import SHAPES_ID, is_shapes_world
-
-        self.pipe, self.names, self.method, self.config, self.concept = pipe, names, method, config, concept
-        self.base_model = base_model or (SHAPES_ID if is_shapes_world(pipe) else
-                                         getattr(getattr(pipe, "config", None), "_name_or_path", None))
-        applied = applied_deltas(pipe)
-        self.parent = applied[-1] if applied else None
-        self.delta: WeightDelta | None = None
-        self.metrics: dict[str, Any] = {}
-
-    def __enter__(self) -> "EditSession":
-        self.originals = snapshot(self.pipe, self.names)
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            _restore(self.pipe, self.originals)
-            return
-        config = {**self.config.model_dump(), "concept": self.concept.to_dict()}
-        self.delta = WeightDelta.from_changes(
-            self.pipe, self.originals, record=True, method=self.method, config=config,
-            seed=self.config.seed, base_model=self.base_model, metrics=self.metrics, parent=self.parent,
-            wall_time_s=time.perf_counter() - self.t0, peak_memory=peak_memory_bytes(),
-        )
-        revert_delta(self.pipe, self.delta)
-
-
-@torch.no_grad()
-def _restore(pipe, originals: dict[str, torch.Tensor]) -> None:
-    from ..models.delta import resolve_tensors
-
-    for name, t in resolve_tensors(pipe, originals).items():
-        if t is not None:
-            t.copy_(originals[name])
+    if name not in _SPECS:
+        importlib.import_module(REGISTRY[name])
+        if name not in _SPECS:
+            raise KeyError(f"{REGISTRY[name]} does not register method {name!r}")
+    return _SPECS[name]

@@ -25,10 +25,12 @@ import torch.nn.functional as F
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import cat_conditions, encode_conditions, expand_condition
+from ..models.ddim import DDIMSampler
 from ..models.delta import WeightDelta
-from .base import MethodInfo
+from ..models.unet_io import initial_latents, predict, require_supported_unet
+from ..training import FineTuneConfig, Trainer, fine_tune, randint
+from .base import MethodSpec, MethodWork, register
 from .retain import KVRetainTerm, RetainTerm
-from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 
@@ -292,7 +294,12 @@ def erase(pipe, concept: ConceptSpec, config: Config, variant: str = "esd-x") ->
 erase_x = partial(erase, variant="esd-x")
 erase_u = partial(erase, variant="esd-u")
 
-METHODS = {
-    "esd-x": MethodInfo("esd-x", CrossAttentionConfig, erase_x, "ESD negative-guidance fine-tuning of cross-attention"),
-    "esd-u": MethodInfo("esd-u", Config, erase_u, "ESD negative-guidance fine-tuning outside cross-attention"),
-}
+def _work(spec: MethodSpec, config: Config, kind: str) -> MethodWork:
+    # partial generation to a uniform step s in 0..n-1 (mean (n-1)/2 CFG steps of 2), frozen reference 2
+    return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, (config.n_steps - 1) + 2, 1, 1)
+
+
+register(MethodSpec("esd-x", CrossAttentionConfig, erase_x, "ESD negative-guidance fine-tuning of cross-attention",
+                    family="fine-tune", default_scope=VARIANT_SCOPES["esd-x"], work=_work, quick={"iterations": 30}))
+register(MethodSpec("esd-u", Config, erase_u, "ESD negative-guidance fine-tuning outside cross-attention",
+                    family="fine-tune", default_scope=VARIANT_SCOPES["esd-u"], work=_work, quick={"iterations": 30}))

@@ -36,7 +36,7 @@ from ..concepts.spec import ConceptSpec
 from ..models.delta import DeltaMismatchError, WeightDelta, peak_memory_bytes, resolve_tensors, snapshot
 from ..models.scopes import cross_attention_layers
 from ..models.text import encode_prompts
-from .base import MethodConfig
+from ..training.config import MethodConfig
 from .closed_form import closed_form_edit, cross_attention_kv_names, second_moment
 
 
@@ -124,7 +124,7 @@ def _preserved(pipe, concept: ConceptSpec, config: RECEConfig) -> list[str]:
     own = list(concept.preserve[: config.max_preserve])
     if config.preserve == "concept":
         return own
-    from ..models.loading import general_prompts
+    from ..concepts.general import general_prompts
 
     return own + general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
 

@@ -43,10 +43,12 @@ from pydantic import field_validator
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
+from ..models.ddim import DDIMSampler
 from ..models.delta import WeightDelta
-from .base import MethodInfo
+from ..models.unet_io import initial_latents, predict, require_supported_unet
+from ..training import FineTuneConfig, Trainer, fine_tune, randint
+from .base import MethodSpec, MethodWork, register
 from .retain import KVRetainTerm, RetainTerm
-from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
 KIND_DEFAULTS = {
@@ -304,6 +306,18 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
                      scope_name=scope)
 
 
-METHODS = {
-    "kscu": MethodInfo("kscu", Config, erase, "KSCU: ESD-style fine-tuning at key denoising steps only"),
-}
+def _work(spec: MethodSpec, config: Config, kind: str) -> MethodWork:
+    iterations, start = config.resolved(kind)
+    cap = config.cap if config.cap is not None else default_cap(config.n_steps)
+    schedule = key_step_schedule(iterations, start, config.n_steps, config.traversals_per_raise, cap)
+    steps, prev = 0, None
+    for s in schedule:  # running trajectory: +1 step while climbing, from scratch on wrap-around
+        steps += (s - prev) if prev is not None and s > prev else s
+        prev = s
+    return MethodWork(spec.name, spec.scope_for(config, kind), iterations, 2 * steps / max(1, iterations) + 2, 2, 2)
+
+
+register(MethodSpec("kscu", Config, erase, "KSCU: ESD-style fine-tuning at key denoising steps only",
+                    family="fine-tune", default_scope=KIND_SCOPES, work=_work,
+                    quick={"iterations_by_kind": {"unsafe": 30, "object": 30, "attribute": 30, "style": 20,
+                                                  "instance": 8}}))

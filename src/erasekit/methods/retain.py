@@ -28,8 +28,10 @@ import torch.nn.functional as F
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
+from ..models.ddim import DDIMSampler
 from ..models.scopes import get_scope
-from .trainer import DDIMSampler, Trainer, initial_latents, predict, randint, step_generator
+from ..models.unet_io import initial_latents, predict
+from ..training import Trainer, randint, step_generator
 
 
 def kept_prompts(concept: ConceptSpec, include_preserve: bool = True, n_templates: int | None = None) -> list[str]:

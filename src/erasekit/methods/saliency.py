@@ -24,8 +24,7 @@ Scorers (registry `SCORERS`, add one with `register_scorer`):
     differentiable end to end: ``x0 = (x_t - sqrt(1-a) eps) / sqrt(a)`` for
     epsilon models, ``x0 = sqrt(a) x_t - sqrt(1-a) v`` for v-prediction,
     ``a = alphas_cumprod[t]`` of the pipeline's scheduler.  The decoded image is
-    not clamped (clamping would zero the gradient of saturated pixels) and is
-    resized to the detector's 64 px when needed.
+    not clamped (it would zero saturated pixels' gradient), resized to 64 px if needed.
 ``clip``
     The paper's choice: CLIP score ``100 * cos(E_img(x0_decoded), E_txt(prompt))``
     with CLIP weights loaded from the local Hugging Face cache or a local folder
@@ -37,9 +36,8 @@ Scorers (registry `SCORERS`, add one with `register_scorer`):
     ``forget``.
 
 Every scorer receives a `ScoreSample` holding the edited model's output on the
-target prompt, WITH its autograd graph, so the gradient reaches the UNet's
-weights.  Modules the scorer only reads through (VAE, detector, CLIP) have
-their ``requires_grad`` switched off for the call and restored afterwards.
+target prompt, WITH its autograd graph, so the gradient reaches the UNet's weights;
+modules it only reads through (VAE, detector, CLIP) are frozen for the call.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..concepts.spec import ConceptSpec
-from .data_parallel import average
+from ..training.data_parallel import average
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +276,7 @@ def saliency(score: torch.Tensor, params: Mapping[str, torch.Tensor]) -> dict[st
     """d score / d param for every param (zeros where the score does not reach); leaves ``.grad`` alone.
 
     Under data-parallel training the gradient is averaged over processes, so every replica ranks
-    the same entries (`erasekit.methods.data_parallel.average`).
+    the same entries (`erasekit.training.data_parallel.average`).
     """
     names = list(params)
     grads = torch.autograd.grad(score, [params[n] for n in names], allow_unused=True)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from ..concepts.general import general_prompts
 from ..concepts.spec import ConceptSpec
 from ..models.delta import WeightDelta
-from ..models.loading import general_prompts
-from .base import EditSession, MethodConfig, MethodInfo
+from ..training import EditSession, MethodConfig
+from .base import MethodSpec, MethodWork, register
 from .closed_form import cross_attention_kv_names, edit_cross_attention_kv
 from .preservation import paired_eot_rows, preservation_moment
 
@@ -71,7 +72,11 @@ def erase_textual(pipe, concept: ConceptSpec, config: TextualConfig, method: str
     return session.delta
 
 
-METHODS = {
-    "trce-t": MethodInfo("trce-t", TextualConfig, erase_textual,
-                         "TRCE stage 1: closed-form K/V edit on first-[EoT] embeddings"),
-}
+def _work(spec: MethodSpec, config: TextualConfig, kind: str) -> MethodWork:
+    return MethodWork(spec.name, spec.scope_for(config, kind), 0, 0, 0, 0, closed_form=True,
+                      notes="closed form: text encoding + one linear solve per K/V projection")
+
+
+register(MethodSpec("trce-t", TextualConfig, erase_textual,
+                    "TRCE stage 1: closed-form K/V edit on first-[EoT] embeddings",
+                    family="closed-form", default_scope="cross_attn_kv", work=_work))

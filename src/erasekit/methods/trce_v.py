@@ -50,13 +50,15 @@ from safetensors import safe_open
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import cat_conditions, encode_conditions
+from ..models.ddim import DDIMSampler
 from ..models.delta import WeightDelta, fingerprint, resolve_tensors
 from ..models.scopes import get_scope
-from .base import EditSession, MethodInfo
+from ..models.unet_io import latent_shape, predict, require_supported_unet
+from ..training import EditSession, FineTuneConfig, Trainer, randint, run_key, step_generator
+from ..training.checkpoints import save_tensors_atomic
+from .base import MethodSpec, MethodWork, register
 from .closed_form import cross_attention_kv_names
 from .preservation import text_fingerprint
-from .trainer import (DDIMSampler, FineTuneConfig, Trainer, _atomic_save, latent_shape, predict, randint,
-                      require_supported_unet, run_key, step_generator)
 from .trce import TextualConfig, erase_textual
 
 log = logging.getLogger(__name__)
@@ -213,7 +215,7 @@ def load_or_sample(pipe, prompts: list[str], config: VisualConfig) -> Trajectory
         meta = {"format": CACHE_FORMAT, "key": key, "prompts": json.dumps(prompts),
                 "settings": json.dumps({k: getattr(config, k) for k in
                                         ("seed", "n_trajectories", "n_uncond", "n_steps", "max_step", "guidance")})}
-        _atomic_save(tensors, meta, path)
+        save_tensors_atomic(tensors, meta, path)
     return TrajectoryCache(tensors=tensors)
 
 
@@ -326,9 +328,17 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     return session.delta
 
 
-METHODS = {
-    "trce-v": MethodInfo("trce-v", VisualConfig, erase_visual,
-                         "TRCE stage 2: contrastive trajectory steering of the visual parameters"),
-    "trce": MethodInfo("trce", Config, erase,
-                       "TRCE: stage 1 K/V closed form, then stage 2 visual fine-tuning; one delta"),
-}
+def _work(spec: MethodSpec, config: VisualConfig, kind: str) -> MethodWork:
+    setup = config.n_trajectories * config.max_step * 2 + config.n_uncond * (config.n_steps - 1)
+    return MethodWork(spec.name, spec.scope_for(config, kind), config.total_iterations(), 4, 3, 3,
+                      setup_nograd=setup,
+                      notes="one-off trajectory sampling (cacheable: trajectory_cache) reported separately")
+
+
+_QUICK = {"n_trajectories": 8, "n_uncond": 16}
+register(MethodSpec("trce-v", VisualConfig, erase_visual,
+                    "TRCE stage 2: contrastive trajectory steering of the visual parameters",
+                    family="fine-tune", default_scope="visual", work=_work, quick=_QUICK))
+register(MethodSpec("trce", Config, erase, "TRCE: stage 1 K/V closed form, then stage 2 visual fine-tuning; one delta",
+                    family="fine-tune", default_scope="visual", work=_work, quick=_QUICK,
+                    closed_form_scope="cross_attn_kv"))

@@ -20,7 +20,8 @@ import torch
 from ..concepts.spec import ConceptSpec
 from ..models.delta import WeightDelta
 from ..models.text import encode_prompts, first_eot_positions
-from .base import EditSession, MethodConfig, MethodInfo
+from ..training import EditSession, MethodConfig
+from .base import MethodSpec, MethodWork, register
 from .closed_form import cross_attention_kv_names, edit_cross_attention_kv, second_moment
 from .preservation import prompt_rows
 
@@ -88,4 +89,10 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     return session.delta
 
 
-METHODS = {"uce": MethodInfo("uce", Config, erase, "closed-form K/V edit on the concept's token embeddings")}
+def _work(spec: MethodSpec, config: Config, kind: str) -> MethodWork:
+    return MethodWork(spec.name, spec.scope_for(config, kind), 0, 0, 0, 0, closed_form=True,
+                      notes="closed form: text encoding + one linear solve per K/V projection")
+
+
+register(MethodSpec("uce", Config, erase, "closed-form K/V edit on the concept's token embeddings",
+                    family="closed-form", default_scope="cross_attn_kv", work=_work))

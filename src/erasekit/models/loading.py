@@ -184,14 +184,3 @@ def is_shapes_world(pipe) -> bool:
     if card is None or not card.exists():
         return False
     return json.loads(card.read_text()).get("name") == SHAPES_ID
-
-
-def general_prompts(pipe, n: int, exclude_words: list[str]) -> list[str]:
-    """Prompts standing for 'everything else' the model draws (COCO for SD, random captions for Shapes)."""
-    if is_shapes_world(pipe):
-        from ..world.prompts import general_captions
-
-        return general_captions(n, exclude_words=exclude_words)
-    from ..eval.benchmarks import coco_prompts
-
-    return coco_prompts(n)

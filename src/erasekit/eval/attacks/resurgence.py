@@ -8,7 +8,7 @@ image folder with captions -- and the target rate is measured before and after.
 
 Only the delta's UNet tensors are trained by default (``scope="delta"``; any
 registered scope name works), through the shared `Trainer`
-(`erasekit.methods.trainer`).  The delta object and its files are never
+(`erasekit.training`).  The delta object and its files are never
 changed: training runs on the pipeline's live weights, which are restored
 afterwards (the pipeline is left as found), and the delta folder's files are
 hashed before and after.  The fine-tuned weights can be saved as a new delta on
@@ -30,10 +30,10 @@ import torch
 
 from ...concepts.spec import ConceptSpec
 from ...generation import SamplingSettings
-from ...methods.base import MethodConfig
-from ...methods.trainer import Trainer, predict, randint
 from ...models.delta import MANIFEST_FILE, TENSORS_FILE, WeightDelta, resolve_tensors, snapshot
 from ...models.scopes import ParameterScope, get_scope
+from ...models.unet_io import predict
+from ...training import MethodConfig, Trainer, randint
 from .. import atomic
 from .budget import Budget, count_calls
 from .common import _generate_rows, model_state

@@ -31,10 +31,9 @@ import torch
 
 from ...concepts.spec import ConceptSpec
 from ...generation import SamplingSettings
-from ...methods.base import MethodConfig
-from ...methods.trainer import step_generator
 from ...models.delta import WeightDelta
 from ...models.text import token_ids
+from ...training import MethodConfig, step_generator
 from .budget import Budget, count_calls
 from .common import AttackCase, FoundPrompt, model_state
 from .genetic import GeneticSettings, genetic_search

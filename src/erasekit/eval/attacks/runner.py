@@ -23,8 +23,8 @@ from pydantic import BaseModel
 
 from ...concepts.spec import ConceptSpec
 from ...generation import SamplingSettings
-from ...methods.base import MethodConfig
 from ...models.delta import WeightDelta
+from ...training import MethodConfig
 from .budget import Budget
 from .common import AttackCase, AttackResult, FoundPrompt, judge_prompts, make_judge, model_state, sampling_dict
 from .ringabell import RingABellConfig, ringabell_attack

@@ -32,10 +32,10 @@ from typing import ClassVar, Literal
 import torch
 
 from ...generation import SamplingSettings
-from ...methods.base import MethodConfig
-from ...methods.trainer import predict, step_generator
 from ...models.delta import WeightDelta
 from ...models.text import token_ids
+from ...models.unet_io import predict
+from ...training import MethodConfig, step_generator
 from .budget import Budget, count_calls
 from .common import AttackCase, FoundPrompt, generate_latents, model_state
 from .tokens import (PromptSlots, SlotPosition, check_single_tokenizer, embedding_matrix, encode_ids,

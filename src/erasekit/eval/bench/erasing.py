@@ -35,11 +35,6 @@ from .scenarios import Scenario
 ESD_AT_KSCU = "esd@kscu"
 # Table order; registered methods missing here are appended after them.
 PREFERRED_ORDER = ("uce", "trce-t", "trce-v", "trce", "esd-x", "esd-u", ESD_AT_KSCU, "kscu", "salun", "trust", "trust-kv")
-# Closed-form K/V edits record no scope in their metrics; TRCE's stage 1 is one too.
-CLOSED_FORM_SCOPE = {"uce": "cross_attn_kv", "trce-t": "cross_attn_kv", "trce": "cross_attn_kv"}
-# Closed-form edits draw nothing at random: their config seed changes nothing.
-SEED_FREE = ("uce", "trce-t")
-ESD_DEFAULT_SCOPE = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 # What ``esd@kscu`` takes from KSCU's config (for the concept's kind) besides scope and iterations:
 # every training setting the two configs share, so only the loss and the step schedule differ.
 KSCU_SHARED = ("lr", "n_steps", "guidance", "negative_guidance", "preserve_weight", "preserve_pool_size",
@@ -54,7 +49,7 @@ def all_variants() -> list[str]:
 
 def seed_dependent(variant: str) -> bool:
     """Whether a variant's result depends on its config seed (every fine-tune; not the closed forms)."""
-    return variant not in SEED_FREE
+    return get_method(registry_method(variant)).seeded
 
 
 def registry_method(variant: str) -> str:
@@ -82,18 +77,16 @@ def method_run(variant: str, concept: ConceptSpec, world: str, overrides: dict[s
     if variant != ESD_AT_KSCU:
         # per-kind settings resolved: the cell records what ran
         return MethodRun(variant, variant, _config(variant, world, overrides.get(variant, {})).for_kind(concept.kind))
-    from ...methods.kscu import KIND_SCOPES
-
     kscu = _config("kscu", world, overrides.get("kscu", {})).for_kind(concept.kind)
     iterations, _ = kscu.resolved(concept.kind)
     shared = {f: getattr(kscu, f) for f in KSCU_SHARED}
-    shared.update(iterations=iterations, scope=kscu.scope or KIND_SCOPES[concept.kind])
+    shared.update(iterations=iterations, scope=get_method("kscu").scope_for(kscu, concept.kind))
     esd = {k: v for k, v in overrides.get("esd-x", {}).items() if k not in shared}
     config = _config("esd-x", world, {**esd, **shared, **overrides.get(ESD_AT_KSCU, {})})
     for plain in ("esd-x", "esd-u"):
         other = _config(plain, world, overrides.get(plain, {}))
         # compared as values: esd-x and esd-u have config classes of their own (different presets)
-        plain_config = other.model_copy(update={"scope": other.scope or ESD_DEFAULT_SCOPE[plain]})
+        plain_config = other.model_copy(update={"scope": get_method(plain).scope_for(other, concept.kind)})
         if plain_config.model_dump() == config.model_dump():
             return MethodRun(variant, "esd-x", config, same_run_as=plain)
     return MethodRun(variant, "esd-x", config)
@@ -173,9 +166,9 @@ def scope_names(pipe, variant: str, steps: list[WeightDelta]) -> tuple[list[str]
     neither is measured against the tensors it touched.
     """
     names: list[str] = []
-    method = registry_method(variant)
-    if method in CLOSED_FORM_SCOPE:
-        names.append(CLOSED_FORM_SCOPE[method])
+    unrecorded = get_method(registry_method(variant)).unrecorded_scope()
+    if unrecorded:
+        names.append(unrecorded)
     for d in steps:
         scope = d.manifest.metrics.get("scope")
         if scope and scope not in names:

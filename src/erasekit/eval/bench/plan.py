@@ -16,7 +16,7 @@ report):
 - scenarios ``attribute`` (red) and ``combination`` (red circle) only;
 - 8 prompts per tier instead of 32, 16 preservation prompts instead of 48,
   8 adversarial prompts instead of 16;
-- fewer iterations / trajectories (`QUICK_OVERRIDES`, roughly a fifth of the
+- fewer iterations / trajectories (each method's ``MethodSpec.quick``, roughly a fifth of the
   ``shapes`` presets): ESD-x/ESD-u 30 instead of 150; KSCU 30 (objects,
   attributes) / 20 (styles) instead of 150 / 100; SalUn 30 instead of 150;
   TRuST 16 instead of 80; TRuST-KV 120 instead of 600; TRCE-V and TRCE 8 cond. + 16 uncond. trajectories
@@ -33,22 +33,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from ...methods.base import get_method, list_methods
 from .erasing import all_variants
 from .scenarios import SCENARIOS
 
 QUICK_SCENARIOS = ["attribute", "combination"]
-_QUICK_TRCE_V = {"n_trajectories": 8, "n_uncond": 16}
-QUICK_OVERRIDES: dict[str, dict] = {
-    "esd-x": {"iterations": 30},
-    "esd-u": {"iterations": 30},
-    "kscu": {"iterations_by_kind": {"unsafe": 30, "object": 30, "attribute": 30, "style": 20, "instance": 8}},
-    "salun": {"iterations": 30},
-    "trust": {"iterations": 16},
-    "trust-kv": {"iterations": 120},
-    "trce-v": _QUICK_TRCE_V,
-    "trce": _QUICK_TRCE_V,
-}
 QUICK_ADVERSARIAL = {"generations": 20}
+
+
+def quick_overrides() -> dict[str, dict]:
+    """Each registered method's quick-benchmark config overrides (its ``MethodSpec.quick``), where it has any."""
+    specs = [get_method(name) for name in list_methods()]
+    return {spec.name: dict(spec.quick) for spec in specs if spec.quick}
+
+
 QUICK_CHANGES = [
     f"scenarios: {', '.join(QUICK_SCENARIOS)} only (full: {', '.join(SCENARIOS)})",
     "8 prompts per wording tier (full: 32), 16 preservation prompts (full: 48), 8 adversarial prompts (full: 16) "
@@ -82,7 +80,7 @@ class BenchPlan:
     @classmethod
     def quick(cls) -> "BenchPlan":
         return cls("quick", list(QUICK_SCENARIOS), all_variants(), per_tier=8, n_preserve=16, n_adversarial=8,
-                   overrides={k: dict(v) for k, v in QUICK_OVERRIDES.items()},
+                   overrides=quick_overrides(),
                    adversarial_overrides=dict(QUICK_ADVERSARIAL))
 
     def select(self, scenarios: list[str] | None = None, methods: list[str] | None = None) -> "BenchPlan":

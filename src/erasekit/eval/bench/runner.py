@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ...generation import SamplingSettings
 from ...models.delta import apply_delta, revert_delta
+from ...training.progress import rich_progress
 from .adversarial import AdversarialSource
 from .erasing import changed_parameters, erase_scenario, iterations_of, method_run, scope_names, seed_dependent
 from .machine import machine_line
@@ -54,11 +55,7 @@ class _Bar:
 
     def __enter__(self) -> "_Bar":
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
+            self.progress = rich_progress(console=self.console)
             self.progress.__enter__()
             self.cells = self.progress.add_task("bench cells", total=self.total)
             self.step = self.progress.add_task("", total=1)

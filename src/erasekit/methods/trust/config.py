@@ -1,0 +1,145 @@
+"""TRuST's configs: `TRuSTConfig` (the reconstruction's SD-1.5 defaults), its presets and option checks.
+
+Defaults (SD-1.5; RECONSTRUCTION where marked): lr 1e-5 (as SalUn); 200
+iterations (reconstruction: the paper only says TRuST needs fewer steps than
+SalUn, whose preset here has 1000); xi 2.0 and k = 1 (spec); DDIM 50 steps,
+CFG 7.5 for the forget set (SD's default sampling, which is how SalUn's forget
+images are made); pools of 16 + 16 latents, 1 saliency sample per
+recomputation, gamma 1.0, regulariser ``csr`` with beta 1.0, ``cip`` beta 1e-5
+(reconstructions: the per-entry CIP gradient is ``beta * sign``, so beta must
+sit near the forgetting loss's gradient scale or it freezes the masked entries).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from ...training import FineTuneConfig
+from ..saliency import DEFAULT_CLIP
+
+SCOPE = "cross_attn_qkv"
+BETA_DEFAULTS = {"cip": 1e-5, "csr": 1.0}
+SHAPES_PRESET = {"iterations": 80, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8, "retain_pool_size": 8}
+
+
+class TRuSTConfig(FineTuneConfig):
+    """TRuST (reconstruction) on SD-1.5; options beyond the spec are listed in ``EXTENSIONS`` (off by default).
+
+    ``mask_every``: 1 = dynamic (TRuST), k = every k iterations, 0/None = once
+    (static, SalUn).  ``topk`` (a fraction) replaces the ``xi`` threshold.
+    ``beta`` None takes `BETA_DEFAULTS` per regulariser (with ``cip+csr`` a
+    given beta applies to both).  ``scope`` None = ``cross_attn_qkv``.
+
+    Presets (measurements: docs/experiments/trust.md):
+
+    - ``shapes``: the shipped Shapes model, sampled with 25 DDIM steps and CFG 3;
+      lr 1e-3 (at 1e-4 the ~5% xi mask did not erase), 80 iterations (each also
+      recomputes the mask and runs CSR's double backward), pools of 8 latents;
+      ``scorer="auto"`` resolves to the Shapes detector there.
+    - ``shapes-combination``: ``shapes`` plus what concepts with retain prompts
+      (combinations, conditional concepts) need there: 32-latent pools, 4 forget
+      and 4 retain samples per iteration, gamma 20 with ``retain_mask``, 480
+      iterations with cosine decay.  Give it an anchor that changes one part of
+      the combination (``--anchor "blue circle"`` for red circle).
+    """
+
+    iterations: int = 200
+    lr: float = 1e-5
+    n_steps: int = Field(50, description="DDIM steps of the sampled latents (pools, partial generations)")
+    guidance: float = Field(7.5, description="CFG scale of the sampled latents")
+    latents: Literal["pool", "partial"] = Field(
+        "pool", description="x_t from a pool generated once (SalUn's forget set) or a fresh partial generation "
+                            "per iteration (ESD-style)")
+    pool_size: int = Field(16, description="target latents in the forget pool")
+    retain_pool_size: int = Field(16, description="latents per retain pool")
+    scorer: str = Field("auto", description="concept score whose gradient ranks entries: clip, detector, forget, auto")
+    clip_model: str | None = Field(DEFAULT_CLIP, description="CLIP checkpoint of the clip scorer")
+    saliency_samples: int = Field(1, description="samples whose saliency is summed per mask recomputation")
+    xi: float = Field(2.0, description="mask threshold: |g| >= mean + xi std per tensor (spec)")
+    topk: float | None = Field(None, description="keep this fraction of entries instead of the xi threshold")
+    mask_granularity: Literal["tensor", "global"] = Field("tensor", description="rank entries per tensor or globally")
+    mask_every: int | None = Field(1, description="recompute the mask every k iterations; 0/None: once (static)")
+    saliency_momentum: float = Field(0.0, description="extension: running mean of |g| across recomputations")
+    mask_contrast: float = Field(0.0, description="extension: subtract c x the retain prompts' scaled saliency")
+    retain_kv_weight: float = Field(0.0, description="extension: weight of the retain prompts' K/V drift loss")
+    retain_mask: bool = Field(False, description="extension: add the entries salient for the retain loss to each mask")
+    forget_loss: Literal["noise", "kv"] = Field(
+        "noise", description="noise-space forgetting loss (spec) or UCE's source term as a K/V loss (extension)")
+    batch_size: int = Field(1, description="extension: forget and retain samples per iteration")
+    regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr",
+                                                                 description="CSR (Hessian), CIP (L1), both, none")
+    beta: float | None = Field(None, description="regulariser weight; None: BETA_DEFAULTS")
+    gamma: float = Field(1.0, description="weight of the retain term")
+    retain_preserve: bool = Field(False, description="also keep the concept's preserve prompts in the retain term")
+    n_synonyms: int | None = Field(None, description="target/anchor synonyms used (None: all)")
+    n_templates: int | None = Field(None, description="prompt templates used (None: all)")
+
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("saliency_momentum", "mask_contrast", "retain_kv_weight", "retain_mask",
+                                             "forget_loss", "batch_size")
+    PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET,
+                               "shapes-combination": {**SHAPES_PRESET, "iterations": 480, "pool_size": 32,
+                                                      "retain_pool_size": 32, "batch_size": 4, "gamma": 20.0,
+                                                      "retain_mask": True, "lr_schedule": "cosine"}}
+
+    @field_validator("mask_every")
+    @classmethod
+    def _mask_every(cls, v: int | None) -> int | None:
+        if v is not None and v < 0:
+            raise ValueError("mask_every must be >= 1 (recompute every k iterations) or 0/None (static)")
+        return v
+
+    @field_validator("pool_size", "retain_pool_size", "saliency_samples", "n_steps", "batch_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("mask_contrast", "retain_kv_weight")
+    @classmethod
+    def _contrast(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("mask_contrast and retain_kv_weight are >= 0 (0 = off, the spec's TRuST)")
+        return v
+
+    @field_validator("saliency_momentum")
+    @classmethod
+    def _momentum(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("saliency_momentum is in [0, 1)")
+        return v
+
+    @field_validator("topk")
+    @classmethod
+    def _topk(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 1:
+            raise ValueError("topk is a fraction in (0, 1]")
+        return v
+
+    @property
+    def static(self) -> bool:
+        return not self.mask_every
+
+    def betas(self) -> dict[str, float]:
+        """The active regularisers and their weights."""
+        if self.regularizer == "none":
+            return {}
+        names = self.regularizer.split("+")
+        return {n: (self.beta if self.beta is not None else BETA_DEFAULTS[n]) for n in names}
+
+    def step_draws_sample(self) -> bool:
+        """Whether an iteration draws a target ``x_t``: the noise forgetting loss predicts on it and CSR
+        differentiates that prediction; the K/V forgetting loss alone needs no sample."""
+        return self.forget_loss == "noise" or "csr" in self.betas()
+
+    def scorer_draws_sample(self, scorer_name: str | None = None) -> bool:
+        """Whether a mask recomputation draws target samples: every scorer but ``forget`` with the K/V
+        forgetting loss (which is then that loss itself).  ``scorer_name`` is the resolved scorer
+        (``auto`` resolves at run time); None takes ``self.scorer``."""
+        return not (self.forget_loss == "kv" and (scorer_name or self.scorer) == "forget")
+
+    def needs_target_pool(self, scorer_name: str | None = None) -> bool:
+        """Whether a pool of target latents is generated up front (only with ``latents="pool"``)."""
+        return self.latents == "pool" and (self.step_draws_sample() or self.scorer_draws_sample(scorer_name))

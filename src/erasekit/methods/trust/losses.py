@@ -1,0 +1,65 @@
+"""TRuST's loss terms: the CIP and CSR regularisers and the saliency arithmetic of its masks.
+
+- ``cip`` (hard): ``beta * sum(m * |theta - theta_0|)``, an L1 pressure that keeps
+  the change on few masked entries;
+- ``csr`` (soft, Hessian): ``beta * || m * grad_theta f ||^2`` with
+  ``f = ||eps*(x_t, c_target)||^2`` (mean over elements), computed with
+  ``create_graph=True`` so the trainer's ``backward`` differentiates through the
+  gradient: its gradient is the Hessian-vector product ``2 H_f (m * m * grad f)``.
+  The forward that feeds it runs with the math SDPA kernel
+  (`double_backward_attention`), because fused attention kernels have no double backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+
+import torch
+
+
+def cip_penalty(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.Tensor],
+                masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """sum over masked entries of |theta - theta_0| (CIP)."""
+    terms = [(masks[n].to(p.dtype) * (p - originals[n]).abs()).sum()
+             for n, p in params.items() if n in masks and bool(masks[n].any())]
+    return torch.stack(terms).sum() if terms else next(iter(params.values())).new_zeros(())
+
+
+def csr_penalty(f: torch.Tensor, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """|| m * grad_theta f ||^2 (CSR), differentiable (create_graph): its gradient is 2 H_f (m * m * grad f)."""
+    names = [n for n in params if n in masks and bool(masks[n].any())]
+    if not names:
+        return f.new_zeros(())
+    grads = torch.autograd.grad(f, [params[n] for n in names], create_graph=True, allow_unused=True)
+    terms = [((masks[n].to(g.dtype) * g) ** 2).sum() for n, g in zip(names, grads) if g is not None]
+    return torch.stack(terms).sum() if terms else f.new_zeros(())
+
+
+def double_backward_attention():
+    """Context for a forward whose graph will be differentiated twice: the math SDPA kernel."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - older torch
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def contrast_saliency(target: Mapping[str, torch.Tensor], kept: Mapping[str, torch.Tensor],
+                      contrast: float) -> dict[str, torch.Tensor]:
+    """``max(0, |g_t| / mean|g_t| - contrast * |g_r| / mean|g_r|)`` per tensor: salient for the target, not the parts."""
+    def scaled(a: torch.Tensor) -> torch.Tensor:
+        a = a.abs().float()
+        return a / a.mean().clamp_min(torch.finfo(a.dtype).tiny)
+
+    return {n: (scaled(target[n]) - contrast * scaled(kept[n])).clamp_min(0) for n in target}
+
+
+def summed(grads: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Entry-wise sum of one or more gradient dicts (saliency over several samples)."""
+    total: dict[str, torch.Tensor] | None = None
+    for g in grads:
+        total = dict(g) if total is None else {n: total[n] + g[n] for n in g}
+    if total is None:
+        raise ValueError("no gradients to sum")
+    return total

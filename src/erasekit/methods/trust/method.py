@@ -1,0 +1,79 @@
+"""TRuST's entry points (`erase`, `erase_salun`, `erase_kv`) and their registrations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...concepts.spec import ConceptSpec
+from ...models.delta import WeightDelta
+from ...models.unet_io import require_supported_unet
+from ...training import fine_tune
+from ..base import MethodSpec, MethodWork, register
+from ..saliency import make_scorer
+from .config import SCOPE, TRuSTConfig
+from .masks import MaskedUpdates
+from .salun import SalUnConfig
+from .step import MaskCallback, TrustStep
+from .trust_kv import TRuSTKVConfig
+
+
+def erase(pipe, concept: ConceptSpec, config: TRuSTConfig, method: str = "trust",
+          mask_callback: MaskCallback | None = None, scorer_options: dict[str, Any] | None = None) -> WeightDelta:
+    """Run TRuST (or SalUn, ``method="salun"``) on ``pipe``; returns the delta, ``pipe`` is left unchanged.
+
+    ``mask_callback(step, masks)`` is called at every mask recomputation with
+    copies of the masks (by parameter name, relative to the UNet);
+    ``scorer_options`` go to the scorer factory (e.g. ``detector=...``).
+    """
+    require_supported_unet(pipe.unet, method)
+    if method == "salun" and (not config.static or config.regularizer != "none"):
+        raise ValueError("salun is the static-mask, forgetting-loss-only case (mask_every=0, regularizer='none'); "
+                         "use method 'trust' for dynamic masks or a regulariser")
+    scope = config.scope or SCOPE
+    options = {"clip_model": config.clip_model, **(scorer_options or {})}
+    scorer_name, scorer = make_scorer(config.scorer, pipe, concept, **options)
+    if config.optimizer != "adam":
+        raise ValueError(f"{method} restores Adam's moments entry by entry outside the mask, which 8-bit "
+                         "(blockwise quantised) moments do not allow; use optimizer='adam'")
+    return fine_tune(pipe, concept, config, method, scope, config.iterations,
+                     lambda trainer: TrustStep(pipe, trainer, concept, config, scorer, scorer_name, mask_callback),
+                     around_run=lambda trainer, step: MaskedUpdates(trainer.params, lambda: step.masks),
+                     scope_name=scope)
+
+
+def erase_salun(pipe, concept: ConceptSpec, config: SalUnConfig, mask_callback: MaskCallback | None = None,
+                scorer_options: dict[str, Any] | None = None) -> WeightDelta:
+    return erase(pipe, concept, config, "salun", mask_callback, scorer_options)
+
+
+def erase_kv(pipe, concept: ConceptSpec, config: TRuSTKVConfig, mask_callback: MaskCallback | None = None,
+             scorer_options: dict[str, Any] | None = None) -> WeightDelta:
+    return erase(pipe, concept, config, "trust-kv", mask_callback, scorer_options)
+
+
+def _work(spec: MethodSpec, config: TRuSTConfig, kind: str) -> MethodWork:
+    kv = config.forget_loss == "kv"  # the K/V forgetting loss itself needs no UNet pass
+    csr = "csr" in config.betas()
+    pool = config.pool_size * config.n_steps * 2 if config.needs_target_pool() else 0
+    retain = 0  # retain pools exist only for combination/conditional concepts
+    per_mask = config.saliency_samples if config.scorer_draws_sample() else 0
+    dynamic = bool(config.mask_every)
+    masks_per_iter = per_mask / config.mask_every if dynamic else 0.0
+    static = 0.0 if dynamic else per_mask  # the one mask: a reference and a gradient pass per sample
+    draws = int(config.step_draws_sample()) + masks_per_iter
+    nograd = (0 if kv else 1) + masks_per_iter + (0 if config.latents == "pool" else (config.n_steps - 1) * draws)
+    return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, nograd, draws, 1,
+                      setup_nograd=pool + retain + static, setup_grad=static, double_backward=csr,
+                      notes=("static mask from %d samples" % per_mask) if not dynamic else "")
+
+
+register(MethodSpec("trust", TRuSTConfig, erase,
+                    "TRuST (reconstruction): dynamic saliency-masked fine-tuning of cross-attention q/k/v + CSR/CIP",
+                    family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 16}))
+register(MethodSpec("trust-kv", TRuSTKVConfig, erase_kv,
+                    "TRuST variant (reconstruction): its forgetting loss as UCE's source term on the "
+                    "cross-attention K/V, dynamic masks, CSR",
+                    family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 120}))
+register(MethodSpec("salun", SalUnConfig, erase_salun,
+                    "SalUn: static saliency-masked fine-tuning of cross-attention q/k/v, forgetting loss only",
+                    family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 30}))
