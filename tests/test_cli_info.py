@@ -39,7 +39,7 @@ def test_ls_methods_lists_every_method_with_its_presets_and_an_existing_doc_page
         assert get_method(name).summary in row
         page = f"docs/methods/{name}.md"
         assert page in row and (ROOT / page).is_file()
-    assert "closed form" in rows["uce"] and "closed form" in rows["trce-t"] and "fine-tune" in rows["esd-x"]
+    assert "closed-form" in rows["uce"] and "closed-form" in rows["trce-t"] and "fine-tune" in rows["esd-x"]
 
 
 def test_ls_presets_prints_the_values_each_preset_sets():

@@ -27,11 +27,8 @@ def _first_line(text: str | None) -> str:
 
 
 def method_kind(info) -> str:
-    """'fine-tune' when the method's config trains (has an iteration count), else 'closed form'."""
-    family = getattr(info, "family", None)
-    if family:
-        return str(family)
-    return "fine-tune" if "iterations" in info.config_cls.model_fields else "closed form"
+    """The method's registered family: 'closed-form' or 'fine-tune'."""
+    return str(info.family)
 
 
 def preset_names(config_cls) -> list[str]:
