@@ -35,6 +35,7 @@ instances): set ``iterations=750`` for such concepts.
 from __future__ import annotations
 
 import math
+import string
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -46,7 +47,8 @@ from ..models.conditioning import TextCondition, cat_conditions, encode_conditio
 from ..models.delta import WeightDelta
 from .base import MethodInfo
 from .retain import KVRetainTerm, RetainTerm
-from .trainer import DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint, require_supported_unet
+from .trainer import (DDIMSampler, FineTuneConfig, Trainer, fine_tune, initial_latents, predict, randint,
+                      require_supported_unet, step_generator)
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
 KIND_DEFAULTS = {
@@ -57,6 +59,23 @@ KIND_SCOPES = {
     "unsafe": "non_cross_attn", "object": "non_cross_attn", "attribute": "non_cross_attn",
     "style": "cross_attn", "instance": "cross_attn",
 }
+# The authors' code rewords the concept over 10 templates of its kind's category (data, as released).
+RELEASE_TEMPLATES = {
+    "concept": ("an expression of {}", "a portrayal of {}", "an illustration of the concept {}",
+                "{} represented in symbolic form", "a thoughtful depiction of the idea of {}",
+                "an abstract representation of {}", "a visualization exploring the notion of {}",
+                "{} brought to life through art", "an evocative rendering of {}", "{} expressed in an artistic form"),
+    "style": ("a painting in the style of {}", "an artwork reminiscent of {}", "a piece inspired by the style of {}",
+              "a {}-inspired painting", "a vivid portrayal echoing {}", "a canvas channeling the look of {}",
+              "an imaginative work in {} style", "the unique style of {} recreated",
+              "artwork reflecting the approach of {}", "an image rendered in {} style"),
+    "object": ("a photo of {}", "an image of {}", "a detailed picture of {}", "{} captured in natural light",
+               "a high-resolution image of {}", "an artistic close-up of {}", "{} in a dynamic composition",
+               "a portrait of {} with sharp details", "a scene featuring {} with vibrant colors",
+               "a snapshot highlighting {}"),
+}
+RELEASE_CATEGORY = {"unsafe": "concept", "style": "style", "object": "object", "attribute": "object", "instance": "object"}
+ALPHANUMERIC = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 PREFIXES = ("a photo of", "an image of", "high quality", "a detailed picture of", "a close-up of", "beautiful")
 SUFFIXES = ("high quality", "detailed", "4k", "in the morning", "trending on artstation", "sharp focus")
 
@@ -151,11 +170,16 @@ class Config(FineTuneConfig):
     preserve_latents: Literal["pool", "partial"] = "pool"
     preserve_kv_weight: float = 0.0
     by_kind: dict[str, dict[str, Any]] = {}
+    # "bare": the concept string alone (the authors' code); "grid": every synonym in every template.
+    prompts: Literal["bare", "grid"] = "bare"
+    # "release": the authors' rewordings (`release_augmentations`); "erasekit": template swaps, word
+    # shuffles and deletions, and phrase affixes over the concept's own templates (`augment_prompt`).
+    augment: Literal["release", "erasekit"] = "release"
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
                                              "preserve_latents", "preserve_kv_weight", "by_kind")
     PRESETS: ClassVar[dict] = {
-        "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0,
+        "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0, "prompts": "grid", "augment": "erasekit",
                    "iterations_by_kind": {"unsafe": 150, "object": 150, "attribute": 150, "style": 100,
                                           "instance": 40},
                    "by_kind": {"attribute": {"scope": "cross_attn_kv", "lr": 1e-3, "preserve_kv_weight": 10.0}}},
@@ -214,6 +238,38 @@ def augment_prompt(concept: ConceptSpec, target: str, template: str, g: torch.Ge
     return f"{prompt}, {SUFFIXES[randint(len(SUFFIXES), g)]}"
 
 
+def kscu_targets(eps_c: torch.Tensor, eps_u: torch.Tensor, t: int, g: float,
+                 lambda1_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(erase target eps_u - g (eps_c - eps_u), anchor target eps_u - lambda1(t) (eps_c - eps_u)),
+    lambda1(t) = (1000 - t) * ``lambda1_rate``."""
+    lambda1 = (1000 - t) * lambda1_rate
+    return eps_u - g * (eps_c - eps_u), eps_u - lambda1 * (eps_c - eps_u)
+
+
+def release_augmentations(target: str, kind: str, g: torch.Generator, n: int = 10, max_noise: int = 3) -> list[str]:
+    """The authors' code's rewordings of ``target``: variant i fills template i mod 10 of the kind's
+    category, then (i mod 4) shuffles its words, deletes one non-concept word (every occurrence), or
+    adds a random 1..``max_noise`` character alphanumeric prefix or suffix."""
+    templates = RELEASE_TEMPLATES[RELEASE_CATEGORY[kind]]
+    keep = {w.strip(string.punctuation).lower() for w in target.split()}
+    out = []
+    for i in range(n):
+        words = templates[i % len(templates)].format(target).split()
+        op = i % 4
+        if op == 0 and len(words) > 1:
+            words = [words[j] for j in torch.randperm(len(words), generator=g).tolist()]
+        elif op == 1:
+            removable = [w for w in words if w.strip(string.punctuation).lower() not in keep]
+            if removable:
+                gone = removable[randint(len(removable), g)]
+                words = [w for w in words if w != gone]
+        elif op >= 2:
+            noise = "".join(ALPHANUMERIC[randint(len(ALPHANUMERIC), g)] for _ in range(1 + randint(max_noise, g)))
+            words = [noise] + words if op == 2 else words + [noise]
+        out.append(" ".join(words))
+    return out
+
+
 class KSCUStep:
     """One KSCU iteration; keeps the running trajectory (checkpointed via state_dict)."""
 
@@ -221,7 +277,14 @@ class KSCUStep:
                  schedule: list[int]):
         self.pipe, self.unet, self.trainer, self.concept, self.config = pipe, pipe.unet, trainer, concept, config
         self.schedule = schedule
-        self.pairs = [(t, tpl) for t in concept.targets for tpl in concept.templates]
+        if config.prompts == "bare":
+            self.pairs = [(concept.canonical, "{}")]
+        else:
+            self.pairs = [(t, tpl) for t in concept.targets for tpl in concept.templates]
+        self.rewordings: dict[str, list[str]] = {}
+        if config.augment == "release":
+            g = step_generator(config.seed, -7)
+            self.rewordings = {t: release_augmentations(t, concept.kind, g) for t in dict.fromkeys(t for t, _ in self.pairs)}
         self.embeds = encode_conditions(pipe, [concept.fill(tpl, t) for t, tpl in self.pairs])
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
@@ -267,7 +330,12 @@ class KSCUStep:
         if step < self.augment_from:
             return cond
         target, template = self.pairs[self.prompt]
-        emb = encode_conditions(self.pipe, [augment_prompt(self.concept, target, template, g)])
+        if self.rewordings:
+            options = self.rewordings[target]
+            prompt = options[randint(len(options), g)]
+        else:
+            prompt = augment_prompt(self.concept, target, template, g)
+        emb = encode_conditions(self.pipe, [prompt])
         e = emb.embeds
         return emb.with_embeds(e + self.config.embed_noise * torch.randn(e.shape, generator=g).to(e))
 
@@ -280,9 +348,7 @@ class KSCUStep:
         t = self.sampler.timestep(s)
         with self.trainer.reference():
             eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, self.uncond])).chunk(2)
-        lambda1 = (1000 - t) * cfg.lambda1_rate
-        erase_target = eps_u - cfg.negative_guidance * (eps_c - eps_u)
-        anchor_target = eps_u - lambda1 * (eps_c - eps_u)
+        erase_target, anchor_target = kscu_targets(eps_c, eps_u, t, cfg.negative_guidance, cfg.lambda1_rate)
         out_c, out_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([c_tilde, self.uncond])).chunk(2)
         loss = F.mse_loss(out_c, erase_target) + cfg.lambda2 * F.mse_loss(out_u, anchor_target)
         if self.retain is not None:
