@@ -1,4 +1,4 @@
-"""KSCU — Key Step Concept Unlearning (seed 000): fine-tune only at the steps that decide the concept.
+"""KSCU — Key Step Concept Unlearning (Zhang et al.): fine-tune only at the steps that decide the concept.
 
 Schedule (`key_step_schedule`): an active interval [S, n_steps - 1] is
 traversed repeatedly (S, S+1, ..., 49, S, ...); after 8 full traversals S is
@@ -8,7 +8,8 @@ unsafe/object/attribute 750 iterations from S = 14, style 500 from S = 24,
 instance 200 from S = 40.
 
 Latents: the model BEING EDITED denoises seeded noise at CFG 3 on a concept
-prompt down to the scheduled step.  While the schedule climbs (next step
+prompt (``prompts``: the concept string, or the synonym x template grid) down to
+the scheduled step.  While the schedule climbs (next step
 s + 1), the running trajectory is reused and only advanced by one DDIM step;
 when it wraps around, a new trajectory starts from fresh seeded noise (and a
 freshly sampled target prompt).  The running latent is part of the
@@ -21,9 +22,9 @@ Loss, with ``eps`` the frozen original model, g = 1, lambda2 = 1e-4 and
       + lambda2 || eps*(z_s, "", t) - [eps(z_s,"") - lambda1(t) (eps(z_s,c) - eps(z_s,""))] ||^2
 
 (squared norms are means over elements).  ``c~`` is the concept prompt's
-embedding; in the last 5% of iterations it is an augmented prompt (one of:
-template swap, word shuffle, deletion of a non-concept word, a short random
-prefix/suffix) whose embedding also gets Gaussian noise of std 1e-5.
+embedding; in the last 5% of iterations it is a reworded prompt (``augment``: the
+authors' 10 rewordings, or erasekit's template swap / shuffle / deletion / phrase
+affix) whose embedding also gets Gaussian noise of std 1e-5.
 
 Scope by kind: unsafe/object/attribute -> ``non_cross_attn`` (every
 Linear/Conv outside cross-attention); style/instance -> ``cross_attn``.
@@ -113,43 +114,21 @@ class Config(FineTuneConfig):
     ``iterations``/``start_step`` None take the kind's default; ``start_step``
     counts in ``n_steps`` units, and the kind defaults (given for 50 steps) are
     scaled by ``n_steps / 50``, as is the cap unless ``cap`` is set.
+    ``prompts``: "bare" (the concept string alone, as the authors' code) or "grid";
+    ``augment``: the authors' rewordings ("release") or erasekit's ("erasekit").
 
-    The ``shapes`` preset (the small CPU-trained Shapes model): 25 DDIM steps
-    (how that model is sampled; S and the cap scale to 7/12/20 and 22), lr 1e-4
-    (a ~10M-parameter UNet moves too little at 1e-5 in a CPU budget), a
-    fifth of the paper's iterations and negative guidance 3 (as ESD's Shapes
-    preset: at g = 1 the target only reaches the unconditional model, which
-    draws the target shape at chance).  Measured (32 prompts per tier): circle
-    0.88 -> 0.09/0.16 with other shapes' adherence 0.94 of the original's (g = 1:
-    0.31/0.28); red 1.00 -> 0.00 but other colours fall to 0.48 (g = 1: 0.12/0.09
-    at 0.65; 40 iterations at g = 3: 0.00 at 0.68, at g = 1: 0.91 at 0.90).
+    The ``shapes`` preset (the small CPU-trained Shapes model): 25 DDIM steps, lr 1e-4,
+    a fifth of the paper's iterations, negative guidance 3 (at g = 1 the target only
+    reaches the unconditional model, which draws the shape at chance), the grid with
+    erasekit's rewordings, and attributes on the cross-attention K/V at lr 1e-3 with
+    the kept prompts' keys and values held (the paper's attribute scope takes orange
+    with red).  Measurements: docs/experiments/kscu.md.
 
-    ``preserve_weight`` (not in the paper, 0 in both presets): the shared retain
-    term, as in ESD's config.  Measured on red: weight 1 -> 0.00 at 0.72 (orange
-    drawn yellow, some purple drawn red), 10 with a 32-latent pool and 300
-    iterations -> 0.12/0.09/0.06 at 0.77, 30 with a 32-latent pool -> 0.88/0.84 at 0.89;
-    ``preserve_latents="partial"`` (kept prompts on the edited model's own partial
-    generations), weight 10 -> 0.00 at 0.80 (orange lost, the rest kept).  Other
-    colours at the preset: blue 1.00 -> 0.25/0.25/0.31 at 0.82, green 1.00 -> 0.94 (no
-    erasure) at 1.00, so red is not an unlucky choice: no colour meets both bars (orange
-    0.34/0.34/0.34 at 0.81, yellow 0.00 at 0.67, purple 0.28/0.25/0.16 at 0.50).
-    ``preserve_kv_weight`` (K/V retain, as in ESD's config) needs text K/V in the scope: styles
-    and instances (``cross_attn``), or any kind with ``scope="cross_attn_kv"``.  With that scope,
-    lr 1e-3 and weight 10, KSCU erases red and keeps the other colours: 0.00/0.00/0.00 at 0.97 in
-    19 s (weight 1: 0.00 at 0.95); on circle the same settings do not erase (weight 1: 0.84/0.88
-    at 0.99; weight 0.03: 0.25/0.22/0.16 at 0.98; weight 0.01: 0.06/0.09/0.06 at 0.97, but red then
-    loses orange: weight 0.03 -> 0.00/0.00/0.12 at 0.73).  Unlike esd-x (one setting for both, see
-    ESD's `CrossAttentionConfig`), KSCU needs the split, so it is per kind, the way the paper sets
-    scopes and budgets (``by_kind``).
-
-    ``by_kind`` maps a concept kind to field values that replace this config's for concepts of
-    that kind (`for_kind`; an explicit override given with a preset wins over the preset's
-    entries).  Empty on Stable Diffusion (the paper's kind defaults are ``iterations_by_kind``
-    and `KIND_SCOPES`).  The Shapes preset puts attributes (colours, textures) on the
-    cross-attention K/V at lr 1e-3 with the kept prompts' keys and values held (weight 10):
-    measured above, red 1.00 -> 0.00/0.00/0.00 at 0.97 in 19 s, where the paper's attribute
-    scope (all but cross-attention) takes orange with red (0.00 at 0.38 of the others'
-    adherence); objects keep the paper's scope (circle 0.88 -> 0.09/0.16 at 0.94).
+    Options beyond the paper (off at their defaults): ``preserve_weight`` and its pool,
+    batch and latents (the shared retain term, as in ESD's config); ``preserve_kv_weight``
+    (K/V retain; needs text K/V in the scope); ``by_kind``: field values that replace
+    this config's for concepts of one kind (`for_kind`; an explicit override given with a
+    preset wins over the preset's entries).
     """
 
     lr: float = 1e-5
