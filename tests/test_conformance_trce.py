@@ -122,3 +122,17 @@ def test_word_count_and_token_id_positions_differ_on_split_words(pipe):
     assert by_ids == [int((ids[i] == EOS).nonzero()[0]) for i in range(3)]
     assert eot_positions(pipe, prompts, "word-count").tolist() == [5, 6, 5]
     assert by_ids[2] > 5  # "self-harm" is three tokens: the word count lands on one of them
+
+
+def test_scopes_are_the_releases(pipe):
+    """Stage 1 edits every cross-attention to_k/to_v weight; stage 2 trains every parameter named
+    'attn1', or 'attn2' and 'to_q' (the release's selection by name)."""
+    from erasekit.models.scopes import get_scope
+
+    names = [n for n, _ in pipe.unet.named_parameters()]
+    kv = {n for n in names if "attn2" in n and (".to_k." in n or ".to_v." in n)}
+    visual = {n for n in names if "attn1" in n or ("attn2" in n and "to_q" in n)}
+    assert set(get_scope("cross_attn_kv").select(pipe.unet)) == kv and len(kv) == 8
+    assert set(get_scope("visual").select(pipe.unet)) == visual
+    params = dict(pipe.unet.named_parameters())
+    assert (len(visual), sum(params[n].numel() for n in visual)) == (24, 36000)
