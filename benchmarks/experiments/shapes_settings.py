@@ -34,7 +34,8 @@ def main() -> None:
     for setting in settings:
         value, method = setting.pop("concept", "circle"), setting.pop("method", "trce-v")
         info = get_method(method)
-        config = info.config_cls.preset("shapes", progress=False, **setting)
+        extra = {"progress": False} if "progress" in info.config_cls.model_fields else {}
+        config = info.config_cls.preset("shapes", **extra, **setting)
         t0 = time.perf_counter()
         delta = info.erase(pipe, get_concept(value, "shapes"), config)
         seconds = time.perf_counter() - t0
