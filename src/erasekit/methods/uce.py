@@ -18,7 +18,7 @@ give for its anchor, while the preserved prompts' outputs keep theirs:
   paired from position 1; sums normalised to means; preservation rows taken the
   same way from the preserve list; ``eta=None`` -> 1.
 
-``lam`` is the release's regulariser (0.5 in both releases; the paper writes none).
+``lam`` is the releases' regulariser lam (W, I) (0.5 in both releases).
 The Shapes preset uses the ``erasekit`` rows over the concept's templates with every
 padded position and eta 10 (the Shapes text encoder carries a caption's content in
 its padding outputs): docs/experiments/uce.md.  Differences: docs/faithfulness.md.
