@@ -47,7 +47,7 @@ TINY_CONFIGS = {
 # The scope each method may change on an "object" concept.
 INTENDED_SCOPES = {
     "uce": ["cross_attn_kv"], "trce-t": ["cross_attn_kv"], "trce-v": ["visual"], "trce": ["cross_attn_kv", "visual"],
-    "esd-x": ["cross_attn"], "esd-u": ["non_cross_attn"], "kscu": ["non_cross_attn"],
+    "esd-x": ["cross_attn"], "esd-u": ["non_cross_attn_paper"], "kscu": ["non_cross_attn"],
     "trust": ["cross_attn_qkv"], "salun": ["cross_attn_qkv"], "trust-kv": ["cross_attn_kv"],
 }
 
@@ -187,7 +187,7 @@ def _copies_of(tensor: torch.Tensor, candidates: list[torch.Tensor]) -> int:
     return n
 
 
-@pytest.mark.parametrize("family,method,scope", [("sd1", "esd-u", "non_cross_attn"), ("sdxl", "trce", "visual")])
+@pytest.mark.parametrize("family,method,scope", [("sd1", "esd-u", "non_cross_attn_paper"), ("sdxl", "trce", "visual")])
 def test_fine_tuning_keeps_one_reference_copy_of_the_scope(family, method, scope, monkeypatch):
     """During training, each trained tensor has exactly one extra copy (the frozen reference, shared with
     the edit session's snapshot) and no frozen UNet tensor is copied at all (no second UNet)."""

@@ -87,3 +87,42 @@ def test_trce_combines_both_stages_in_one_delta(pipe):
     assert all(torch.equal(stage1.tensors[n], delta.tensors[n]) for n in stage1.names)
     after = snapshot_weights(pipe)
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+# ------------------------------------------------------------------ the anchor and the hinge's activity
+def _anchored(anchor: str) -> ConceptSpec:
+    return CONCEPT.model_copy(update={"anchor": anchor})
+
+
+@pytest.mark.parametrize("method", ["trce-v", "trce"])
+def test_an_empty_anchor_is_refused_in_one_line(pipe, method):
+    before = snapshot_weights(pipe)
+    with pytest.raises(ValueError) as err:
+        get_method(method).erase(pipe, _anchored(""), get_method(method).config_cls(**TINY))
+    msg = str(err.value)
+    assert "\n" not in msg and "empty prompt" in msg and "--anchor" in msg and "never fires" in msg
+    after = snapshot_weights(pipe)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_an_empty_anchor_leaves_no_sample_active_and_a_real_one_does(pipe, monkeypatch):
+    """With c_s = "" the hinge is -beta(beta - 2)||d||^2 + m at the conditional prediction and
+    -beta^2||d||^2 + m at the unconditional one: negative once ||d||^2 > m / (beta(beta - 2)).  The
+    tiny random pipeline's concept offsets are far smaller than SD's, so the margin is scaled down
+    with them (m = 1e-6) to put it in the regime SD is in at m = 0.01."""
+    monkeypatch.setattr(trce_v, "require_safe_anchor", lambda *a: None)
+    cfg = VisualConfig(**{**TINY, "n_trajectories": 4, "epochs": 2}, margin=1e-6)
+    empty = trce_v.erase_visual(pipe, _anchored(""), cfg).manifest.metrics["hinge"]
+    real = trce_v.erase_visual(pipe, _anchored("dog"), cfg).manifest.metrics["hinge"]
+    assert empty["samples"] == [4, 4, 4, 4] and real["samples"] == [4, 4, 4, 4]  # 8 iterations x 2 terms
+    assert empty["active_fraction"] == [0.0, 0.0, 0.0, 0.0] and min(empty["mean_margin"]) > 0
+    assert min(real["active_fraction"]) > 0 and max(real["mean_margin"]) < 0
+
+
+def test_hinge_activity_per_quarter():
+    act = trce_v.HingeActivity(8)
+    for step in range(8):  # quarter q holds steps 2q and 2q + 1
+        act.record(step, torch.tensor([0.5, -0.5]) if step < 4 else torch.tensor([-0.25, -0.75]), 0.01)
+    out = act.summary()
+    assert out["active_fraction"] == [0.5, 0.5, 0.0, 0.0] and out["samples"] == [4, 4, 4, 4]
+    assert out["mean_margin"] == pytest.approx([0.01, 0.01, 0.51, 0.51])

@@ -62,8 +62,8 @@ class MethodSpec:
     """Everything the library, the CLI and the benchmark need to know about one method.
 
     - ``family``: ``closed-form`` (a solved edit, no training loop) or ``fine-tune``;
-    - ``default_scope``: the parameter scope used when ``config.scope`` is unset, one
-      name or one per concept kind (`scope_for`);
+    - ``default_scope``: the parameter scope used when ``config.scope`` is unset: one
+      name, one per concept kind, or a function of the config (`scope_for`);
     - ``seeded`` (from the family): whether the config seed changes the result (closed forms draw nothing);
     - ``work``: ``(spec, config, kind) -> MethodWork``, the counts behind `erasekit.methods.estimate`;
     - ``quick``: config overrides of the quick benchmark (fewer iterations or trajectories);
@@ -76,7 +76,7 @@ class MethodSpec:
     erase: Callable[..., WeightDelta]
     summary: str
     family: Literal["closed-form", "fine-tune"]
-    default_scope: str | Mapping[str, str]
+    default_scope: str | Mapping[str, str] | Callable[[Any], str]
     work: Callable[[MethodSpec, Any, str], MethodWork]
     quick: Mapping[str, Any] = field(default_factory=dict)
     closed_form_scope: str | None = None
@@ -90,7 +90,11 @@ class MethodSpec:
         own = getattr(config, "scope", None)
         if own:
             return own
-        return self.default_scope if isinstance(self.default_scope, str) else self.default_scope[kind]
+        if isinstance(self.default_scope, str):
+            return self.default_scope
+        if callable(self.default_scope):
+            return self.default_scope(config if config is not None else self.config_cls())
+        return self.default_scope[kind]
 
     def unrecorded_scope(self) -> str | None:
         """The scope this method changes without naming it in the delta's metrics (closed-form K/V edits)."""

@@ -8,7 +8,8 @@ embeddings ``c_i`` mapped to target values ``v_i`` and preserved embeddings
 
 with ``S_vc = mean_i v_i c_i^T``, ``S_cc = mean_i c_i c_i^T`` and
 ``C_p = mean_j c_j c_j^T``: sums are normalised by their counts so ``eta``
-does not depend on how many prompts were used.  Solved with a linear solve in
+does not depend on how many prompts were used (``normalise=False`` keeps the
+plain sums, as UCE's released code does).  Solved with a linear solve in
 float64, never an explicit inverse.
 
 SDXL: the UNet's cross-attention reads, at every token, the concatenation of
@@ -31,25 +32,27 @@ from __future__ import annotations
 import torch
 
 
-def second_moment(embeddings: torch.Tensor) -> torch.Tensor:
-    """mean_j c_j c_j^T for embeddings (N, D), in float64."""
+def second_moment(embeddings: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """mean_j c_j c_j^T for embeddings (N, D), in float64 (``normalise=False``: the sum)."""
     c = embeddings.double()
-    return c.T @ c / max(1, c.shape[0])
+    return c.T @ c / max(1, c.shape[0]) if normalise else c.T @ c
 
 
 def closed_form_edit(weight: torch.Tensor, sources: torch.Tensor, values: torch.Tensor,
-                     preserve_moment: torch.Tensor | None, eta: float, lam: float = 0.0) -> torch.Tensor:
+                     preserve_moment: torch.Tensor | None, eta: float, lam: float = 0.0,
+                     normalise: bool = True) -> torch.Tensor:
     """Edited weight (same dtype/device as ``weight``).
 
     weight: (out, in); sources: (n, in) embeddings c_i; values: (n, out) targets v_i;
-    preserve_moment: (in, in) mean c_j c_j^T or None.
+    preserve_moment: (in, in) mean c_j c_j^T (its sum with ``normalise=False``) or None.
+    ``normalise=False`` uses the sums over the sources, as UCE's released code does.
     """
     if sources.shape[0] == 0:
         raise ValueError("closed-form edit needs at least one source embedding")
     W = weight.detach().double().cpu()
     c = sources.detach().double().cpu()
     v = values.detach().double().cpu()
-    n = c.shape[0]
+    n = c.shape[0] if normalise else 1
     lhs = v.T @ c / n  # (out, in)
     rhs = c.T @ c / n  # (in, in)
     if preserve_moment is not None and eta > 0:
@@ -66,7 +69,8 @@ def closed_form_edit(weight: torch.Tensor, sources: torch.Tensor, values: torch.
 
 @torch.no_grad()
 def edit_cross_attention_kv(unet, sources: torch.Tensor, anchors: torch.Tensor,
-                            preserve_moment: torch.Tensor | None, eta: float, lam: float) -> list[str]:
+                            preserve_moment: torch.Tensor | None, eta: float, lam: float,
+                            normalise: bool = True) -> list[str]:
     """Apply the closed form to ``to_k`` and ``to_v`` of every cross-attention layer, in place.
 
     ``sources`` (n, D) are mapped to what the ORIGINAL weights give for
@@ -82,7 +86,7 @@ def edit_cross_attention_kv(unet, sources: torch.Tensor, anchors: torch.Tensor,
             proj = getattr(attn, proj_name)
             W = proj.weight
             values = anchors.to(W.device, torch.float64) @ W.detach().double().T
-            W.copy_(closed_form_edit(W, sources, values, preserve_moment, eta, lam))
+            W.copy_(closed_form_edit(W, sources, values, preserve_moment, eta, lam, normalise))
             edited.append(f"unet.{name}.{proj_name}.weight")
     return edited
 

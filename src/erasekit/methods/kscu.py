@@ -1,4 +1,4 @@
-"""KSCU — Key Step Concept Unlearning (seed 000): fine-tune only at the steps that decide the concept.
+"""KSCU — Key Step Concept Unlearning (Zhang et al.): fine-tune only at the steps that decide the concept.
 
 Schedule (`key_step_schedule`): an active interval [S, n_steps - 1] is
 traversed repeatedly (S, S+1, ..., 49, S, ...); after 8 full traversals S is
@@ -8,7 +8,8 @@ unsafe/object/attribute 750 iterations from S = 14, style 500 from S = 24,
 instance 200 from S = 40.
 
 Latents: the model BEING EDITED denoises seeded noise at CFG 3 on a concept
-prompt down to the scheduled step.  While the schedule climbs (next step
+prompt (``prompts``: the concept string, or the synonym x template grid) down to
+the scheduled step.  While the schedule climbs (next step
 s + 1), the running trajectory is reused and only advanced by one DDIM step;
 when it wraps around, a new trajectory starts from fresh seeded noise (and a
 freshly sampled target prompt).  The running latent is part of the
@@ -21,9 +22,9 @@ Loss, with ``eps`` the frozen original model, g = 1, lambda2 = 1e-4 and
       + lambda2 || eps*(z_s, "", t) - [eps(z_s,"") - lambda1(t) (eps(z_s,c) - eps(z_s,""))] ||^2
 
 (squared norms are means over elements).  ``c~`` is the concept prompt's
-embedding; in the last 5% of iterations it is an augmented prompt (one of:
-template swap, word shuffle, deletion of a non-concept word, a short random
-prefix/suffix) whose embedding also gets Gaussian noise of std 1e-5.
+embedding; in the last 5% of iterations it is a reworded prompt (``augment``: the
+authors' 10 rewordings, or erasekit's template swap / shuffle / deletion / phrase
+affix) whose embedding also gets Gaussian noise of std 1e-5.
 
 Scope by kind: unsafe/object/attribute -> ``non_cross_attn`` (every
 Linear/Conv outside cross-attention); style/instance -> ``cross_attn``.
@@ -35,6 +36,7 @@ instances): set ``iterations=750`` for such concepts.
 from __future__ import annotations
 
 import math
+import string
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -46,7 +48,7 @@ from ..models.conditioning import TextCondition, cat_conditions, encode_conditio
 from ..models.ddim import DDIMSampler
 from ..models.delta import WeightDelta
 from ..models.unet_io import initial_latents, predict, require_supported_unet
-from ..training import FineTuneConfig, Trainer, fine_tune, randint
+from ..training import FineTuneConfig, Trainer, fine_tune, randint, step_generator
 from .base import MethodSpec, MethodWork, register
 from .retain import KVRetainTerm, RetainTerm
 
@@ -59,6 +61,23 @@ KIND_SCOPES = {
     "unsafe": "non_cross_attn", "object": "non_cross_attn", "attribute": "non_cross_attn",
     "style": "cross_attn", "instance": "cross_attn",
 }
+# The authors' code rewords the concept over 10 templates of its kind's category (data, as released).
+RELEASE_TEMPLATES = {
+    "concept": ("an expression of {}", "a portrayal of {}", "an illustration of the concept {}",
+                "{} represented in symbolic form", "a thoughtful depiction of the idea of {}",
+                "an abstract representation of {}", "a visualization exploring the notion of {}",
+                "{} brought to life through art", "an evocative rendering of {}", "{} expressed in an artistic form"),
+    "style": ("a painting in the style of {}", "an artwork reminiscent of {}", "a piece inspired by the style of {}",
+              "a {}-inspired painting", "a vivid portrayal echoing {}", "a canvas channeling the look of {}",
+              "an imaginative work in {} style", "the unique style of {} recreated",
+              "artwork reflecting the approach of {}", "an image rendered in {} style"),
+    "object": ("a photo of {}", "an image of {}", "a detailed picture of {}", "{} captured in natural light",
+               "a high-resolution image of {}", "an artistic close-up of {}", "{} in a dynamic composition",
+               "a portrait of {} with sharp details", "a scene featuring {} with vibrant colors",
+               "a snapshot highlighting {}"),
+}
+RELEASE_CATEGORY = {"unsafe": "concept", "style": "style", "object": "object", "attribute": "object", "instance": "object"}
+ALPHANUMERIC = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 PREFIXES = ("a photo of", "an image of", "high quality", "a detailed picture of", "a close-up of", "beautiful")
 SUFFIXES = ("high quality", "detailed", "4k", "in the morning", "trending on artstation", "sharp focus")
 
@@ -96,43 +115,21 @@ class Config(FineTuneConfig):
     ``iterations``/``start_step`` None take the kind's default; ``start_step``
     counts in ``n_steps`` units, and the kind defaults (given for 50 steps) are
     scaled by ``n_steps / 50``, as is the cap unless ``cap`` is set.
+    ``prompts``: "bare" (the concept string alone, as the authors' code) or "grid";
+    ``augment``: the authors' rewordings ("release") or erasekit's ("erasekit").
 
-    The ``shapes`` preset (the small CPU-trained Shapes model): 25 DDIM steps
-    (how that model is sampled; S and the cap scale to 7/12/20 and 22), lr 1e-4
-    (a ~10M-parameter UNet moves too little at 1e-5 in a CPU budget), a
-    fifth of the paper's iterations and negative guidance 3 (as ESD's Shapes
-    preset: at g = 1 the target only reaches the unconditional model, which
-    draws the target shape at chance).  Measured (32 prompts per tier): circle
-    0.88 -> 0.09/0.16 with other shapes' adherence 0.94 of the original's (g = 1:
-    0.31/0.28); red 1.00 -> 0.00 but other colours fall to 0.48 (g = 1: 0.12/0.09
-    at 0.65; 40 iterations at g = 3: 0.00 at 0.68, at g = 1: 0.91 at 0.90).
+    The ``shapes`` preset (the small CPU-trained Shapes model): 25 DDIM steps, lr 1e-4,
+    a fifth of the paper's iterations, negative guidance 3 (at g = 1 the target only
+    reaches the unconditional model, which draws the shape at chance), the grid with
+    erasekit's rewordings, and attributes on the cross-attention K/V at lr 1e-3 with
+    the kept prompts' keys and values held (the paper's attribute scope takes orange
+    with red).  Measurements: docs/experiments/kscu.md.
 
-    ``preserve_weight`` (not in the paper, 0 in both presets): the shared retain
-    term, as in ESD's config.  Measured on red: weight 1 -> 0.00 at 0.72 (orange
-    drawn yellow, some purple drawn red), 10 with a 32-latent pool and 300
-    iterations -> 0.12/0.09/0.06 at 0.77, 30 with a 32-latent pool -> 0.88/0.84 at 0.89;
-    ``preserve_latents="partial"`` (kept prompts on the edited model's own partial
-    generations), weight 10 -> 0.00 at 0.80 (orange lost, the rest kept).  Other
-    colours at the preset: blue 1.00 -> 0.25/0.25/0.31 at 0.82, green 1.00 -> 0.94 (no
-    erasure) at 1.00, so red is not an unlucky choice: no colour meets both bars (orange
-    0.34/0.34/0.34 at 0.81, yellow 0.00 at 0.67, purple 0.28/0.25/0.16 at 0.50).
-    ``preserve_kv_weight`` (K/V retain, as in ESD's config) needs text K/V in the scope: styles
-    and instances (``cross_attn``), or any kind with ``scope="cross_attn_kv"``.  With that scope,
-    lr 1e-3 and weight 10, KSCU erases red and keeps the other colours: 0.00/0.00/0.00 at 0.97 in
-    19 s (weight 1: 0.00 at 0.95); on circle the same settings do not erase (weight 1: 0.84/0.88
-    at 0.99; weight 0.03: 0.25/0.22/0.16 at 0.98; weight 0.01: 0.06/0.09/0.06 at 0.97, but red then
-    loses orange: weight 0.03 -> 0.00/0.00/0.12 at 0.73).  Unlike esd-x (one setting for both, see
-    ESD's `CrossAttentionConfig`), KSCU needs the split, so it is per kind, the way the paper sets
-    scopes and budgets (``by_kind``).
-
-    ``by_kind`` maps a concept kind to field values that replace this config's for concepts of
-    that kind (`for_kind`; an explicit override given with a preset wins over the preset's
-    entries).  Empty on Stable Diffusion (the paper's kind defaults are ``iterations_by_kind``
-    and `KIND_SCOPES`).  The Shapes preset puts attributes (colours, textures) on the
-    cross-attention K/V at lr 1e-3 with the kept prompts' keys and values held (weight 10):
-    measured above, red 1.00 -> 0.00/0.00/0.00 at 0.97 in 19 s, where the paper's attribute
-    scope (all but cross-attention) takes orange with red (0.00 at 0.38 of the others'
-    adherence); objects keep the paper's scope (circle 0.88 -> 0.09/0.16 at 0.94).
+    Options beyond the paper (off at their defaults): ``preserve_weight`` and its pool,
+    batch and latents (the shared retain term, as in ESD's config); ``preserve_kv_weight``
+    (K/V retain; needs text K/V in the scope); ``by_kind``: field values that replace
+    this config's for concepts of one kind (`for_kind`; an explicit override given with a
+    preset wins over the preset's entries).
     """
 
     lr: float = 1e-5
@@ -153,11 +150,16 @@ class Config(FineTuneConfig):
     preserve_latents: Literal["pool", "partial"] = "pool"
     preserve_kv_weight: float = 0.0
     by_kind: dict[str, dict[str, Any]] = {}
+    # "bare": the concept string alone (the authors' code); "grid": every synonym in every template.
+    prompts: Literal["bare", "grid"] = "bare"
+    # "release": the authors' rewordings (`release_augmentations`); "erasekit": template swaps, word
+    # shuffles and deletions, and phrase affixes over the concept's own templates (`augment_prompt`).
+    augment: Literal["release", "erasekit"] = "release"
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
                                              "preserve_latents", "preserve_kv_weight", "by_kind")
     PRESETS: ClassVar[dict] = {
-        "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0,
+        "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0, "prompts": "grid", "augment": "erasekit",
                    "iterations_by_kind": {"unsafe": 150, "object": 150, "attribute": 150, "style": 100,
                                           "instance": 40},
                    "by_kind": {"attribute": {"scope": "cross_attn_kv", "lr": 1e-3, "preserve_kv_weight": 10.0}}},
@@ -216,6 +218,38 @@ def augment_prompt(concept: ConceptSpec, target: str, template: str, g: torch.Ge
     return f"{prompt}, {SUFFIXES[randint(len(SUFFIXES), g)]}"
 
 
+def kscu_targets(eps_c: torch.Tensor, eps_u: torch.Tensor, t: int, g: float,
+                 lambda1_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(erase target eps_u - g (eps_c - eps_u), anchor target eps_u - lambda1(t) (eps_c - eps_u)),
+    lambda1(t) = (1000 - t) * ``lambda1_rate``."""
+    lambda1 = (1000 - t) * lambda1_rate
+    return eps_u - g * (eps_c - eps_u), eps_u - lambda1 * (eps_c - eps_u)
+
+
+def release_augmentations(target: str, kind: str, g: torch.Generator, n: int = 10, max_noise: int = 3) -> list[str]:
+    """The authors' code's rewordings of ``target``: variant i fills template i mod 10 of the kind's
+    category, then (i mod 4) shuffles its words, deletes one non-concept word (every occurrence), or
+    adds a random 1..``max_noise`` character alphanumeric prefix or suffix."""
+    templates = RELEASE_TEMPLATES[RELEASE_CATEGORY[kind]]
+    keep = {w.strip(string.punctuation).lower() for w in target.split()}
+    out = []
+    for i in range(n):
+        words = templates[i % len(templates)].format(target).split()
+        op = i % 4
+        if op == 0 and len(words) > 1:
+            words = [words[j] for j in torch.randperm(len(words), generator=g).tolist()]
+        elif op == 1:
+            removable = [w for w in words if w.strip(string.punctuation).lower() not in keep]
+            if removable:
+                gone = removable[randint(len(removable), g)]
+                words = [w for w in words if w != gone]
+        elif op >= 2:
+            noise = "".join(ALPHANUMERIC[randint(len(ALPHANUMERIC), g)] for _ in range(1 + randint(max_noise, g)))
+            words = [noise] + words if op == 2 else words + [noise]
+        out.append(" ".join(words))
+    return out
+
+
 class KSCUStep:
     """One KSCU iteration; keeps the running trajectory (checkpointed via state_dict)."""
 
@@ -223,7 +257,14 @@ class KSCUStep:
                  schedule: list[int]):
         self.pipe, self.unet, self.trainer, self.concept, self.config = pipe, pipe.unet, trainer, concept, config
         self.schedule = schedule
-        self.pairs = [(t, tpl) for t in concept.targets for tpl in concept.templates]
+        if config.prompts == "bare":
+            self.pairs = [(concept.canonical, "{}")]
+        else:
+            self.pairs = [(t, tpl) for t in concept.targets for tpl in concept.templates]
+        self.rewordings: dict[str, list[str]] = {}
+        if config.augment == "release":
+            g = step_generator(config.seed, -7)
+            self.rewordings = {t: release_augmentations(t, concept.kind, g) for t in dict.fromkeys(t for t, _ in self.pairs)}
         self.embeds = encode_conditions(pipe, [concept.fill(tpl, t) for t, tpl in self.pairs])
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
@@ -269,7 +310,12 @@ class KSCUStep:
         if step < self.augment_from:
             return cond
         target, template = self.pairs[self.prompt]
-        emb = encode_conditions(self.pipe, [augment_prompt(self.concept, target, template, g)])
+        if self.rewordings:
+            options = self.rewordings[target]
+            prompt = options[randint(len(options), g)]
+        else:
+            prompt = augment_prompt(self.concept, target, template, g)
+        emb = encode_conditions(self.pipe, [prompt])
         e = emb.embeds
         return emb.with_embeds(e + self.config.embed_noise * torch.randn(e.shape, generator=g).to(e))
 
@@ -282,9 +328,7 @@ class KSCUStep:
         t = self.sampler.timestep(s)
         with self.trainer.reference():
             eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, self.uncond])).chunk(2)
-        lambda1 = (1000 - t) * cfg.lambda1_rate
-        erase_target = eps_u - cfg.negative_guidance * (eps_c - eps_u)
-        anchor_target = eps_u - lambda1 * (eps_c - eps_u)
+        erase_target, anchor_target = kscu_targets(eps_c, eps_u, t, cfg.negative_guidance, cfg.lambda1_rate)
         out_c, out_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([c_tilde, self.uncond])).chunk(2)
         loss = F.mse_loss(out_c, erase_target) + cfg.lambda2 * F.mse_loss(out_u, anchor_target)
         if self.retain is not None:

@@ -1,13 +1,23 @@
-"""TRCE — Textual semantic erasure + denoising trajectory steering (seed 001). Stage 1 here.
+"""TRCE stage 1 ("trce-t"): textual semantic erasure, a closed-form K/V edit on [EoT] embeddings.
 
-Stage 1 ("trce-t") is the closed-form K/V edit in which every prompt
-contributes exactly ONE embedding: the text-encoder output at its FIRST
-end-of-text token, located from the token ids.  Sources are each target
-synonym in each template (20 x 15 by default, fewer when the concept has
-fewer); targets are the anchor in the same template through the original
-weights; preservation is the normalised second moment of the [EoT]
-embeddings of general prompts (COCO for Stable Diffusion, random captions
-for the Shapes world) plus the concept's own preserve list, optionally cached.
+Every prompt contributes ONE embedding: the text-encoder output at its first
+end-of-text token.  Sources are each target synonym in each template (20 x 15
+by default, fewer when the concept has fewer); their targets are the anchor in
+the same template through the original weights; preservation is the
+second moment of the [EoT] embeddings of general prompts (COCO for Stable
+Diffusion, random captions for the Shapes world) plus the concept's own
+preserve list, optionally cached.  The solve is the paper's Eq. 5 with sums
+normalised to means (`erasekit.methods.closed_form`) and no ridge term.
+
+Options that reproduce the authors' release (ddgoodgood/TRCE) one setting away:
+
+- ``eot="word-count"``: the release finds the [EoT] as word count + 1, which
+  lands on a word token whenever a word splits into several tokens;
+- ``eta_applied="twice"``: the release multiplies its preservation statistics by
+  the preservation scale twice, an effective eta of 1e-4 instead of 0.01.
+
+``lam`` (a ridge term lam * (W, I), not in the paper nor the release) is kept for
+the Shapes preset.  See docs/faithfulness.md for every difference.
 
 SDXL: see `erasekit.methods.closed_form` (concatenated rows of both encoders;
 the pooled embedding is left unedited).
@@ -27,47 +37,49 @@ from .preservation import paired_eot_rows, preservation_moment
 
 
 class TextualConfig(MethodConfig):
-    """Paper defaults (SD-1.4): 20 synonyms x 15 templates, eta 0.01, COCO statistics."""
+    """Paper defaults (SD-1.4): 20 synonyms x 15 templates, eta 0.01, no ridge, COCO statistics.
+
+    The ``shapes`` preset edits every [EoT]/padding output (the Shapes text encoder, trained
+    from scratch, spreads a prompt over all of them), uses 400 general captions and eta 10
+    (its 128-d text space makes the concept's rows overlap the preserved ones), with the
+    ridge 0.1 it was measured with: docs/experiments/trce.md.
+    """
 
     n_synonyms: int = 20
     n_templates: int = 15
     eta: float = 0.01
-    lam: float = 0.1
+    lam: float = 0.0
     n_general: int = 1000
     preserve_cache: str | None = None
     # "first": each prompt contributes its first [EoT] output only (the paper).  "all": also
     # every padding position after it (all [EoT] ids on SD-1.x), paired position by position.
     eot_rows: Literal["first", "all"] = "first"
+    # How the first [EoT] is found: from the token ids (the paper's [EoT]) or as word count + 1 (the release).
+    eot: Literal["token-id", "word-count"] = "token-id"
+    # "twice": eta multiplies the preservation statistics twice (eta^2), as the release does.
+    eta_applied: Literal["once", "twice"] = "once"
 
+    # The release's behaviours, off by default: left out of the fingerprint there.
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("eot", "eta_applied")
     PRESETS: ClassVar[dict] = {
-        # The Shapes world has a 128-d text space and far fewer distinct prompts
-        # than COCO, so 400 general captions already span it.  Its text encoder was
-        # trained from scratch with the UNet (no CLIP pre-training that concentrates a
-        # prompt's meaning in the first [EoT], CLIP's pooled output): it spreads the
-        # prompt over all padding [EoT] positions, which the UNet reads, so an edit of
-        # the first [EoT] alone leaves shapes intact there (measured: circle rate
-        # 0.92 -> 0.92).  Its preset edits every [EoT]/padding output instead.  eta is
-        # 10, not 0.01: 128 dimensions hold all of the world's captions, so the concept's
-        # rows overlap the preserved ones far more than in CLIP's 768, and the
-        # preservation term must weigh more.  Measured with the pack's counterpart anchors
-        # (circle -> square; 32 prompts per tier, 96 preservation prompts): eta 3 gives
-        # circle 0.88 -> 0.00 at other-shape adherence 0.95 of the original's, 10 -> 0.00 at
-        # 0.95 (colour 0.99), 30 -> 0.03 at 0.97; red 1.00 -> 0.00 at 1.00 with eta 10.
-        # With the neutral anchor "shape" the rate cannot go under chance (~1/6).
-        "shapes": {"n_general": 400, "eot_rows": "all", "eta": 10.0},
+        "shapes": {"n_general": 400, "eot_rows": "all", "eta": 10.0, "lam": 0.1},
     }
+
+    def effective_eta(self) -> float:
+        return self.eta * self.eta if self.eta_applied == "twice" else self.eta
 
 
 def erase_textual(pipe, concept: ConceptSpec, config: TextualConfig, method: str = "trce-t") -> WeightDelta:
     sources = concept.target_prompts(config.n_synonyms, config.n_templates)
     anchors = concept.anchor_prompts(config.n_synonyms, config.n_templates)
     padding = config.eot_rows == "all"
-    src, anc = paired_eot_rows(pipe, sources, anchors, padding)
+    src, anc = paired_eot_rows(pipe, sources, anchors, padding, config.eot)
     general = general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
     preserve = general + list(concept.preserve)
-    moment = preservation_moment(pipe, preserve, "eot+padding" if padding else "eot", cache=config.preserve_cache)
+    moment = preservation_moment(pipe, preserve, "eot+padding" if padding else "eot", cache=config.preserve_cache,
+                                 eot=config.eot)
     with EditSession(pipe, cross_attention_kv_names(pipe.unet), method, config, concept) as session:
-        edit_cross_attention_kv(pipe.unet, src, anc, moment, config.eta, config.lam)
+        edit_cross_attention_kv(pipe.unet, src, anc, moment, config.effective_eta(), config.lam)
         session.metrics.update(source_prompts=len(sources), preserve_prompts=len(preserve))
     return session.delta
 

@@ -24,11 +24,11 @@ parameters and the cross-attention ``to_q``):
   ``lambda ||eps*(z_u,"",t_u) - eps_stage1(z_u,"",t_u)||^2`` (lambda = 100) on a
   random unconditional latent at any step.
 
-Squared norms are MEANS over the latent's elements (per sample), as for every
-other loss here: the margin m = 0.01 then compares with per-element squared
-errors, which for a unit-variance prediction are O(0.01-1), so it is a
-meaningful but small gap (with sums it would be a vanishing fraction of
-errors of order 1e3-1e4 for SD's 16384-element latents).
+Squared norms are MEANS over the latent's elements (per sample), as in the
+authors' code.  An empty anchor is refused (`require_safe_anchor`: the hinge
+could never fire), and each run records its hinge activity per quarter in the
+delta's manifest (``metrics.hinge``).  Differences from the authors' code:
+docs/faithfulness.md.
 
 "trce" runs stage 1 (`erase_textual`, the closed-form K/V edit on first-[EoT]
 embeddings) and then stage 2 on top of it, with the stage-1 model as the
@@ -75,10 +75,10 @@ class VisualConfig(FineTuneConfig):
     key); None keeps the trajectories in memory only.  The SD default cache is
     large (~6.5 GB float32, almost all of it the 2000 x 50 unconditional latents).
 
-    The ``shapes`` preset (small CPU-trained Shapes model): 24 trajectories and
-    48 unconditional ones (its prompt space is small, and sampling them is the
-    dominant CPU cost), 25 DDIM steps (how the model is sampled; first half =
-    steps 0..12) and lr 3e-5 (lr 1e-6 barely moves a small UNet in 72 iterations).
+    The ``shapes`` preset (small CPU-trained Shapes model): 24 trajectories and 48
+    unconditional ones, 25 DDIM steps (first half = steps 0..12) and lr 1e-3, large
+    enough for 72 iterations to move the visual weights and erase (measurements:
+    docs/experiments/trce.md).
     """
 
     lr: float = 1e-6
@@ -95,7 +95,7 @@ class VisualConfig(FineTuneConfig):
     sample_batch: int = 8
 
     PRESETS: ClassVar[dict] = {
-        "shapes": {"n_trajectories": 24, "n_uncond": 48, "n_steps": 25, "max_step": 12, "lr": 3e-5},
+        "shapes": {"n_trajectories": 24, "n_uncond": 48, "n_steps": 25, "max_step": 12, "lr": 1e-3},
     }
 
     def total_iterations(self) -> int:
@@ -111,16 +111,59 @@ class Config(VisualConfig, TextualConfig):
 
 
 # ------------------------------------------------------------------ the loss
-def triplet_margin(x: torch.Tensor, f_safe: torch.Tensor, f_unsafe: torch.Tensor, margin: float) -> torch.Tensor:
-    """h(x) = max(0, ||x - f_safe||^2 - ||x - f_unsafe||^2 + m), squared norms as per-element means; batch mean."""
+def hinge_values(x: torch.Tensor, f_safe: torch.Tensor, f_unsafe: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per-sample ||x - f_safe||^2 - ||x - f_unsafe||^2 + m before clamping (squared norms as element means)."""
     d_safe = (x - f_safe).pow(2).flatten(1).mean(1)
     d_unsafe = (x - f_unsafe).pow(2).flatten(1).mean(1)
-    return torch.clamp(d_safe - d_unsafe + margin, min=0).mean()
+    return d_safe - d_unsafe + margin
+
+
+def triplet_margin(x: torch.Tensor, f_safe: torch.Tensor, f_unsafe: torch.Tensor, margin: float) -> torch.Tensor:
+    """h(x) = max(0, ||x - f_safe||^2 - ||x - f_unsafe||^2 + m), squared norms as per-element means; batch mean."""
+    return torch.clamp(hinge_values(x, f_safe, f_unsafe, margin), min=0).mean()
 
 
 def guided_target(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, beta: float) -> torch.Tensor:
     """eps(z,"") + beta (eps(z,c) - eps(z,""))."""
     return eps_uncond + beta * (eps_cond - eps_uncond)
+
+
+def require_safe_anchor(concept: ConceptSpec, method: str) -> None:
+    """Refuse a concept whose anchor (for any target) is empty: the triplet hinge could never fire.
+
+    With c_s = "" the safe target is eps(z,"") itself; with d = eps(z,c_m) - eps(z,"") the hinge at
+    the conditional prediction x = eps(z,"") + d is h = -beta (beta - 2) ||d||^2 + m, and at the
+    unconditional one -beta^2 ||d||^2 + m: both negative once ||d||^2 > m / (beta (beta - 2))
+    (5e-5 at beta 15, m 0.01), so no sample is ever active and the gradient of L_erase is zero.
+    """
+    empty = [t for t in concept.targets if not concept.anchor_for(t).strip()]
+    if empty:
+        raise ValueError(f"{method} needs a safe anchor: {concept.name!r} maps {empty[0]!r} to the empty prompt, "
+                         f"where stage 2's hinge never fires; give one with --anchor")
+
+
+class HingeActivity:
+    """Per-quarter record of the hinge: the fraction of active samples (h > 0) and the mean margin
+    ||x - f_unsafe||^2 - ||x - f_safe||^2 (positive: nearer the safe target), over both hinge terms."""
+
+    def __init__(self, iterations: int):
+        self.iterations = max(1, iterations)
+        self.active = [0, 0, 0, 0]
+        self.count = [0, 0, 0, 0]
+        self.margin_sum = [0.0, 0.0, 0.0, 0.0]
+
+    def record(self, step: int, values: torch.Tensor, margin: float) -> None:
+        q = min(3, step * 4 // self.iterations)
+        v = values.detach().float().cpu()
+        self.active[q] += int((v > 0).sum())
+        self.count[q] += int(v.numel())
+        self.margin_sum[q] += float((margin - v).sum())
+
+    def summary(self) -> dict:
+        quarters = [i for i in range(4) if self.count[i]]
+        return {"active_fraction": [self.active[i] / self.count[i] for i in quarters],
+                "mean_margin": [self.margin_sum[i] / self.count[i] for i in quarters],
+                "samples": [self.count[i] for i in quarters]}
 
 
 # ------------------------------------------------------------------ trajectories
@@ -237,6 +280,7 @@ class VisualStep:
         self.anchor = encode_conditions(pipe, concept.anchor_prompts())
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
+        self.activity = HingeActivity(config.total_iterations())
 
     def sample(self, step: int, g: torch.Generator):
         """(z, t, prompt index, z_u, t_u) of this iteration; epochs visit every trajectory once, reshuffled."""
@@ -270,8 +314,10 @@ class VisualStep:
         f_safe = guided_target(eps_u, eps_s, cfg.beta)
         out_m, out_u, out_pres = predict(self.unet, torch.cat([z, z, zu]), torch.tensor([t, t, tu], device=dev),
                                          cat_conditions([c_m, empty, empty])).chunk(3)
-        l_erase = (triplet_margin(out_m, f_safe, f_unsafe, cfg.margin)
-                   + triplet_margin(out_u, f_safe, f_unsafe, cfg.margin)) / 2
+        h_m = hinge_values(out_m, f_safe, f_unsafe, cfg.margin)
+        h_u = hinge_values(out_u, f_safe, f_unsafe, cfg.margin)
+        self.activity.record(step, torch.cat([h_m, h_u]), cfg.margin)
+        l_erase = (torch.clamp(h_m, min=0).mean() + torch.clamp(h_u, min=0).mean()) / 2
         return l_erase + cfg.lambda_pres * F.mse_loss(out_pres, eps_pres)
 
 
@@ -279,6 +325,7 @@ class VisualStep:
 def erase_visual(pipe, concept: ConceptSpec, config: VisualConfig) -> WeightDelta:
     """TRCE stage 2 alone, from the current model (which is also its preservation reference)."""
     require_supported_unet(pipe.unet, "trce-v")
+    require_safe_anchor(concept, "trce-v")
     cache = load_or_sample(pipe, concept.target_prompts(), config)
     scope = config.scope or "visual"
     names = list(get_scope(scope).select(pipe.unet, prefix="unet."))
@@ -286,9 +333,10 @@ def erase_visual(pipe, concept: ConceptSpec, config: VisualConfig) -> WeightDelt
         trainer = Trainer.from_config(pipe.unet, scope, config, config.total_iterations(),
                                       run_key=run_key("trce-v", config, concept, scope_name=scope),
                                       description="trce-v", originals_from=session.originals)
-        result = trainer.run(VisualStep(pipe, trainer, concept, config, cache, original=trainer.originals))
+        step_fn = VisualStep(pipe, trainer, concept, config, cache, original=trainer.originals)
+        result = trainer.run(step_fn)
         session.metrics.update(result.metrics(), scope=trainer.scope.name, trajectories=cache.n,
-                               uncond_trajectories=cache.n_uncond)
+                               uncond_trajectories=cache.n_uncond, hinge=step_fn.activity.summary())
     return session.delta
 
 
@@ -302,6 +350,7 @@ def _write_into(pipe, tensors: dict[str, torch.Tensor]) -> None:
 def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     """Full TRCE: stage 1 (K/V closed form) then stage 2 on top; one delta against the original weights."""
     require_supported_unet(pipe.unet, "trce")
+    require_safe_anchor(concept, "trce")
     cache = load_or_sample(pipe, concept.target_prompts(), config)  # with the ORIGINAL model
     scope = config.scope or "visual"
     names = sorted(set(cross_attention_kv_names(pipe.unet)) | set(get_scope(scope).select(pipe.unet, prefix="unet.")))
@@ -324,7 +373,7 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
         result = trainer.run(step_fn)
         session.metrics.update(result.metrics(), scope=trainer.scope.name, trajectories=cache.n,
                                uncond_trajectories=cache.n_uncond, stage1_delta=stage1_id,
-                               stage1=stage1_metrics)
+                               stage1=stage1_metrics, hinge=step_fn.activity.summary())
     return session.delta
 
 

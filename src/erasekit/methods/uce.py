@@ -1,11 +1,27 @@
 """UCE — Unified Concept Editing (Gandikota et al.): closed-form edit of cross-attention K/V.
 
-Each target word contributes the text-encoder outputs at its token positions
-(every position from the first word token up to and including the first
-end-of-text), paired position by position with the anchor's outputs; the
-anchor positions pass through the ORIGINAL weights to give the target values.
-Preserved prompts (the concept's ``preserve`` list) contribute their token
-embeddings to the preservation term.
+Each target word's text-encoder outputs are mapped to what the ORIGINAL weights
+give for its anchor, while the preserved prompts' outputs keep theirs:
+
+    W' = (sum_i v_i c_i^T + eta sum_j W c_j c_j^T + lam W)(sum_i c_i c_i^T + eta sum_j c_j c_j^T + lam I)^-1
+
+``rows`` picks which token rows enter and how they are weighed:
+
+- ``release-2023`` (the SD preset; the code released with the paper): from each
+  prompt's last word token to the end of the padded sequence, source and anchor
+  paired from their last word tokens on (both cut to the shorter run); plain
+  sums; the empty prompt is always preserved (all its rows) besides the concept's
+  preserve list (all their rows); ``eta=None`` -> max(0.1, 1 / (1 + #preserve)).
+- ``release-2025`` (the 2025 rewrite): the last word token only, for sources,
+  anchors and preserved prompts; plain sums; ``eta=None`` -> 1.
+- ``erasekit``: positions 1..first [EoT] (``positions="tokens+padding"``: 1..end),
+  paired from position 1; sums normalised to means; preservation rows taken the
+  same way from the preserve list; ``eta=None`` -> 1.
+
+``lam`` is the releases' regulariser lam (W, I) (0.5 in both releases).
+The Shapes preset uses the ``erasekit`` rows over the concept's templates with every
+padded position and eta 10 (the Shapes text encoder carries a caption's content in
+its padding outputs): docs/experiments/uce.md.  Differences: docs/faithfulness.md.
 
 SDXL: see `erasekit.methods.closed_form` (concatenated rows of both encoders;
 the pooled embedding is left unedited).
@@ -27,37 +43,27 @@ from .preservation import prompt_rows
 
 
 class Config(MethodConfig):
-    """Stable Diffusion defaults: preservation weight 1 on the concept's own preserve list, lam 0.1."""
+    """Stable Diffusion defaults: the 2023 release's rows and sums, lam 0.5, its preservation scale."""
 
-    eta: float = 1.0
-    lam: float = 0.1
+    rows: Literal["release-2023", "release-2025", "erasekit"] = "release-2023"
+    eta: float | None = None
+    lam: float = 0.5
     max_preserve: int = 200
-    # "tokens": positions 1..first [EoT]; "tokens+padding": also every padding position
-    # after it, position by position (the whole padded sequence).
+    # Only for rows="erasekit": "tokens": positions 1..first [EoT]; "tokens+padding": also every
+    # padding position after it, position by position (the whole padded sequence).
     positions: Literal["tokens", "tokens+padding"] = "tokens"
     # Number of the concept's templates each target word is put into (0: the bare words, as in
-    # the paper).  The authors' released code does the same for artists ("painting by {}",
-    # "art by {}", ...): the source rows then include the outputs a full prompt produces.
+    # the paper and both releases' defaults).
     n_templates: int = 0
 
     PRESETS: ClassVar[dict] = {
-        # The Shapes text encoder was trained from scratch with its UNet and puts a caption's
-        # shape/color in the padding outputs of FULL captions; the bare word's outputs differ,
-        # so the paper setting leaves shapes intact (circle 0.88 -> 0.84-0.94).  This preset
-        # follows the released code's templated sources and edits every padded position.
-        # Its preservation weight eta is 10, not 1: the concept's preserve list (for a
-        # combination or a conditional concept, the parts that must stay) spans the same
-        # 128-d text space as the sources, and at eta 1 the edit drags them along.  Measured
-        # (32 prompts per tier; 96 preservation prompts for values, 48 for scenarios) with the
-        # pack's counterpart anchors, eta 10: circle 0.88 -> 0.00/0.06/0.06 at other shapes'
-        # adherence 0.97 of the original's (eta 1: 0.97); red 1.00 -> 0.00/0.00/0.03 at other
-        # colours 0.95 (eta 1: 0.99); red circle 0.97 -> 0.00 with the parts (red other
-        # shapes, circles of other colours) at 0.90: 43/48 = 0.896, 0.903 on 192 preservation
-        # prompts, so at the bar's edge (eta 1: 0.65; eta 20: 0.03/0.00/0.03 at 0.908 on 192;
-        # eta 30: 0.12/0.03/0.03 at 0.90,
-        # 100: 0.38/0.25/0.41 at 0.98); circle on dark 0.00 at 0.88 -> 0.00/0.00/0.06 at 0.93.
-        "shapes": {"positions": "tokens+padding", "n_templates": 15, "eta": 10.0},
+        "shapes": {"rows": "erasekit", "lam": 0.1, "positions": "tokens+padding", "n_templates": 15, "eta": 10.0},
     }
+
+    def effective_eta(self, n_preserve: int) -> float:
+        if self.eta is not None:
+            return self.eta
+        return max(0.1, 1 / (1 + n_preserve)) if self.rows == "release-2023" else 1.0
 
 
 def paired_token_rows(pipe, sources: list[str], anchors: list[str], padding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +78,43 @@ def paired_token_rows(pipe, sources: list[str], anchors: list[str], padding: boo
     return torch.cat(rows_s), torch.cat(rows_a)
 
 
+def last_word_positions(pipe, prompts: list[str]) -> torch.Tensor:
+    """The releases' ``attention_mask.sum() - 2``: the last word token (0, the start token, for "")."""
+    return first_eot_positions(pipe, prompts) - 1
+
+
+def release_2023_rows(pipe, sources: list[str], anchors: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows from each prompt's last word token on, paired from there, both cut to the shorter run."""
+    emb_s, emb_a = encode_prompts(pipe, sources), encode_prompts(pipe, anchors)
+    f_s, f_a = last_word_positions(pipe, sources), last_word_positions(pipe, anchors)
+    length = emb_s.shape[1]
+    rows_s, rows_a = [], []
+    for i in range(len(sources)):
+        s, a = int(f_s[i]), int(f_a[i])
+        n = length - max(s, a)
+        rows_s.append(emb_s[i, s : s + n])
+        rows_a.append(emb_a[i, a : a + n])
+    return torch.cat(rows_s), torch.cat(rows_a)
+
+
+def last_word_rows(pipe, prompts: list[str]) -> torch.Tensor:
+    emb = encode_prompts(pipe, prompts)
+    return emb[torch.arange(len(prompts)), last_word_positions(pipe, prompts)]
+
+
+def edit_rows(pipe, sources: list[str], anchors: list[str], preserve: list[str], config: Config):
+    """(source rows, anchor rows, preservation moment or None) for ``config.rows``."""
+    if config.rows == "release-2023":
+        src, anc = release_2023_rows(pipe, sources, anchors)
+        kept = encode_prompts(pipe, [""] + preserve)
+        return src, anc, second_moment(kept.reshape(-1, kept.shape[-1]), normalise=False)
+    if config.rows == "release-2025":
+        src, anc = last_word_rows(pipe, sources), last_word_rows(pipe, anchors)
+        return src, anc, second_moment(last_word_rows(pipe, preserve), normalise=False) if preserve else None
+    src, anc = paired_token_rows(pipe, sources, anchors, config.positions == "tokens+padding")
+    return src, anc, second_moment(prompt_rows(pipe, preserve, config.positions)) if preserve else None
+
+
 def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     if config.n_templates:
         sources = concept.target_prompts(None, config.n_templates)
@@ -79,12 +122,11 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     else:
         sources = list(concept.targets)
         anchors = [concept.anchor_for(t) for t in sources]
-    padding = config.positions == "tokens+padding"
-    src, anc = paired_token_rows(pipe, sources, anchors, padding)
-    preserve = concept.preserve[: config.max_preserve]
-    moment = second_moment(prompt_rows(pipe, preserve, config.positions)) if preserve else None
+    preserve = list(concept.preserve[: config.max_preserve])
+    src, anc, moment = edit_rows(pipe, sources, anchors, preserve, config)
     with EditSession(pipe, cross_attention_kv_names(pipe.unet), "uce", config, concept) as session:
-        edit_cross_attention_kv(pipe.unet, src, anc, moment, config.eta, config.lam)
+        edit_cross_attention_kv(pipe.unet, src, anc, moment, config.effective_eta(len(preserve)), config.lam,
+                                normalise=config.rows == "erasekit")
         session.metrics.update(source_rows=int(src.shape[0]), preserve_prompts=len(preserve))
     return session.delta
 
