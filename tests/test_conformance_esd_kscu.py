@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import erasekit.methods.esd as esd
 import erasekit.methods.kscu as kscu
 from erasekit.concepts.spec import ConceptSpec
-from erasekit.methods.trainer import Trainer, step_generator
+from erasekit.training import Trainer, step_generator
 from erasekit.models.scopes import get_scope
 
 pytestmark = pytest.mark.usefixtures("one_thread")
