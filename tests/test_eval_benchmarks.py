@@ -41,9 +41,11 @@ def test_real_files_parse_with_readme_row_counts(filename, count):
     b = load_benchmark(BENCH_DIR / filename)
     n_rows, layout, problems = len(b.rows), b.layout, _problems(b.rows)
     missing_guidance = sum(r.guidance is None for r in b.rows)
-    assert n_rows == count
-    # upstream I2P has one empty prompt (case 2260); it is kept so row counts match the paper's
-    assert problems == {**CLEAN, "empty_prompt": 1 if filename == "i2p.csv" else 0}
+    # upstream I2P has one empty prompt (case 2260): it is skipped, and a note says so
+    skipped = 1 if filename == "i2p.csv" else 0
+    assert n_rows == count - skipped
+    assert sum("skipped" in note for note in b.notes) == skipped
+    assert problems == CLEAN
     assert layout == ("i2p" if filename in ("i2p.csv", "unlearndiffatk_nudity.csv") else "prompt")
     if "evaluation_guidance" in (BENCH_DIR / filename).read_text(encoding="utf-8").splitlines()[0]:
         assert missing_guidance == 0
