@@ -75,6 +75,7 @@ def test_several_concepts_erase_one_after_the_other(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["wall_time_s"] is not None
 
 
+@pytest.mark.slow
 def test_erasing_a_red_star_from_free_text_lowers_its_rate_and_keeps_other_stars(shapes_pipe, detector, all_threads):
     import numpy as np
 
