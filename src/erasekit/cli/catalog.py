@@ -55,7 +55,7 @@ def _show(name: str) -> None:
     """Print concept ``name`` (pack name or concept file) as YAML on stdout."""
     import yaml
 
-    from .concept_args import named_concept
+    from .common import load_concept
 
-    spec = named_concept(name)
+    spec = load_concept(name)
     typer.echo(yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True, width=1000), nl=False)

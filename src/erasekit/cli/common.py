@@ -114,18 +114,21 @@ def apply_delta_arg(pipe, delta: Optional[Path]):
 
 
 def load_concept(name: str):
-    """A pack concept by name, or a YAML/JSON concept file."""
+    """A pack concept by name or a YAML/JSON concept file; unknown names fail with a hint at --target."""
     from ..concepts.packs import UnknownConceptError, get_concept
     from ..concepts.spec import ConceptSpec, ConceptSpecError
 
     try:
         if Path(name).suffix.lower() in (".yaml", ".yml", ".json"):
             if not Path(name).is_file():
-                fail(f"--concept {name}: no such file")
+                fail(f"concept file {name} does not exist")
             return ConceptSpec.from_file(name)
         return get_concept(name)
-    except (UnknownConceptError, ConceptSpecError) as err:
-        fail(str(err))
+    except UnknownConceptError as err:
+        first = str(err).split("; see list_concepts()")[0]
+        fail(f"{first}; `erasekit concepts` lists the packs' concepts, and --target {name!r} erases your own wording")
+    except (ConceptSpecError, OSError, ValueError) as err:
+        fail(" ".join(line.strip() for line in str(err).splitlines() if line.strip()))
 
 
 def read_mapping_file(path: Path, flag: str) -> dict:

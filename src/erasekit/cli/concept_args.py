@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Optional
 
-from .common import fail
+from .common import fail, load_concept
 from .free_text import free_text_concept, with_general_preserve
 
 
 def _one_line(err: Exception) -> str:
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-
-
-def named_concept(name: str):
-    """A pack concept by name or a YAML/JSON concept file; unknown names fail with a hint at --target."""
-    from ..concepts.packs import UnknownConceptError, get_concept
-    from ..concepts.spec import ConceptSpec, ConceptSpecError
-
-    try:
-        if Path(name).suffix.lower() in (".yaml", ".yml", ".json"):
-            if not Path(name).is_file():
-                fail(f"concept file {name} does not exist")
-            return ConceptSpec.from_file(name)
-        return get_concept(name)
-    except UnknownConceptError as err:
-        first = str(err).split("; see list_concepts()")[0]
-        fail(f"{first}; `erasekit concepts` lists the packs' concepts, and --target {name!r} erases your own wording")
-    except (ConceptSpecError, OSError, ValueError) as err:
-        fail(_one_line(err))
 
 
 def _free_text(targets, synonym, preserve, kind, anchor, world):
@@ -51,7 +32,7 @@ def concepts_from_args(concept: Optional[list[str]], target: Optional[list[str]]
         fail("--synonym, --preserve and --kind describe a --target concept; give --target")
     if synonym and len(target) != 1:
         fail("--synonym needs exactly one --target (give several wordings of one concept in a YAML file)")
-    return [named_concept(c) for c in concept] + _free_text(target, synonym, preserve, kind, anchor, world)
+    return [load_concept(c) for c in concept] + _free_text(target, synonym, preserve, kind, anchor, world)
 
 
 def free_text_for_model(specs, concept, target, synonym, preserve, kind, anchor, world, pipe):

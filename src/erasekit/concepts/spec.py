@@ -184,6 +184,14 @@ class ConceptSpec(BaseModel):
         """The anchor in the same template, aligned one-to-one with `target_prompts`."""
         return [self.fill(tpl, self.anchor_for(t)) for t, tpl in self._grid(n_targets, n_templates)]
 
+    def prompt_pairs(self, n_templates: int = 0) -> tuple[list[str], list[str]]:
+        """Target prompts and their anchor prompts: every target in the first ``n_templates`` templates,
+        or (0) the bare target words, each with its anchor."""
+        if n_templates:
+            return self.target_prompts(None, n_templates), self.anchor_prompts(None, n_templates)
+        targets = list(self.targets)
+        return targets, [self.anchor_for(t) for t in targets]
+
     def retain_prompts(self, n_templates: int | None = None) -> list[str]:
         """Prompts that must keep working for a combination or conditional concept.
 

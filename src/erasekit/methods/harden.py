@@ -107,12 +107,7 @@ def reproduction_error(current: list[torch.Tensor], base: list[torch.Tensor], ad
 
 
 def _prompts(concept: ConceptSpec, config: RECEConfig) -> tuple[list[str], list[str]]:
-    if config.n_templates:
-        sources = concept.target_prompts(None, config.n_templates)
-        anchors = concept.anchor_prompts(None, config.n_templates)
-    else:
-        sources = list(concept.targets)
-        anchors = [concept.anchor_for(t) for t in sources]
+    sources, anchors = concept.prompt_pairs(config.n_templates)
     if config.anchor == "empty":
         anchors = [""] * len(sources)
     return sources, anchors

@@ -116,12 +116,7 @@ def edit_rows(pipe, sources: list[str], anchors: list[str], preserve: list[str],
 
 
 def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
-    if config.n_templates:
-        sources = concept.target_prompts(None, config.n_templates)
-        anchors = concept.anchor_prompts(None, config.n_templates)
-    else:
-        sources = list(concept.targets)
-        anchors = [concept.anchor_for(t) for t in sources]
+    sources, anchors = concept.prompt_pairs(config.n_templates)
     preserve = list(concept.preserve[: config.max_preserve])
     src, anc, moment = edit_rows(pipe, sources, anchors, preserve, config)
     with EditSession(pipe, cross_attention_kv_names(pipe.unet), "uce", config, concept) as session:
