@@ -55,8 +55,8 @@ def _all_tensors(pipe):
 
 
 def _run(pipe, tmp, iterations=6, **kw):
-    cfg = FineTuneConfig(lr=1e-3, progress=False, checkpoint_dir=str(tmp), checkpoint_every=2,
-                         **{k: v for k, v in kw.items() if k in FineTuneConfig.model_fields})
+    cfg = FineTuneConfig(**{"lr": 1e-3, "progress": False, "checkpoint_dir": str(tmp), "checkpoint_every": 2,
+                            **{k: v for k, v in kw.items() if k in FineTuneConfig.model_fields}})
     make = _make_step_fn(pipe, **{k: v for k, v in kw.items() if k not in FineTuneConfig.model_fields})
     return fine_tune(pipe, CONCEPT, cfg, "test", "cross_attn", iterations, make)
 
@@ -95,6 +95,77 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(pipe, tmp_path):
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()} == seen
     after = _all_tensors(pipe)
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def _files(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_a_huge_lr_diverges_keeps_a_finite_checkpoint_and_resume_new_lr_continues_it(pipe, tmp_path):
+    from safetensors.torch import load_file
+
+    from erasekit.training import CheckpointMismatchError
+
+    before = _all_tensors(pipe)
+    huge = dict(iterations=6, lr=300.0, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError) as err:
+        _run(pipe, tmp_path, **huge)
+    s = err.value.step  # Adam moves every weight by ~lr a step: a few steps blow the tiny UNet up
+    assert 2 <= s < 6 and err.value.checkpoint_step == s - 1
+    # the checkpoint of step s held the weights that gave the non-finite value: deleted; the older ones stay
+    assert [k for k, _ in list_checkpoints(tmp_path)] == [s - 2, s - 1]
+    assert f"step-{s:08d}.safetensors held the diverged weights" in str(err.value)
+    assert "resume='new-lr'" in str(err.value) and "\n" not in str(err.value)
+    kept = load_file(str(err.value.checkpoint))
+    assert all(t.isfinite().all() for k, t in kept.items() if k.startswith("param/"))
+    assert all(torch.equal(before[n], t) for n, t in _all_tensors(pipe).items())
+    files = _files(tmp_path)
+    # resume=True keeps the lr: the same steps diverge again, at the same step, nothing else changes
+    with pytest.raises(NonFiniteLossError) as again:
+        _run(pipe, tmp_path, resume=True, **huge)
+    assert again.value.step == s and _files(tmp_path) == files
+    # another lr is another run unless resume says otherwise: refused in one line, nothing touched
+    with pytest.raises(CheckpointMismatchError, match="lr=300.0.*resume to 'new-lr'"):
+        _run(pipe, tmp_path, iterations=6, checkpoint_every=1, lr=1e-3, resume=True)
+    assert _files(tmp_path) == files
+    delta = _run(pipe, tmp_path, iterations=6, checkpoint_every=1, lr=1e-3, resume="new-lr")
+    metrics = delta.manifest.metrics
+    assert metrics["resumed_from"] == s - 1
+    assert metrics["lr_history"] == [[0, 300.0, "constant"], [s - 1, 1e-3, "constant"]]
+    assert all(t.isfinite().all() for t in delta.tensors.values()) and metrics["iterations"] == 6
+    assert [k for k, _ in list_checkpoints(tmp_path)] == [5, 6]
+
+
+def test_non_finite_weights_are_never_checkpointed(pipe, tmp_path, monkeypatch):
+    import erasekit.training.trainer as trainer_module
+
+    real = trainer_module.make_optimizer
+
+    def faulty(params, *args):  # an optimiser whose second step leaves an inf weight (finite loss, finite grads)
+        opt, name = real(params, *args)
+        step, calls = opt.step, []
+
+        def broken_step(*a, **k):
+            out = step(*a, **k)
+            calls.append(1)
+            if len(calls) == 2:
+                with torch.no_grad():
+                    params[0].view(-1)[0] = float("inf")
+            return out
+
+        opt.step = broken_step
+        return opt, name
+
+    monkeypatch.setattr(trainer_module, "make_optimizer", faulty)
+    with pytest.raises(NonFiniteLossError, match="non-finite weights at step 2: training stopped;") as err:
+        _run(pipe, tmp_path, iterations=4, checkpoint_every=1)
+    assert err.value.checkpoint_step == 1 and [k for k, _ in list_checkpoints(tmp_path)] == [1]
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -1e-3, 1e39])
+def test_an_lr_the_optimiser_cannot_use_is_refused(pipe, lr):
+    with pytest.raises(ValueError, match="lr must be"):
+        Trainer(pipe.unet, "cross_attn", iterations=1, lr=lr, progress=False)
 
 
 def test_scope_freezing_and_reference_swap(pipe):

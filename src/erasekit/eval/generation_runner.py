@@ -14,6 +14,12 @@
 - Per-row seed and guidance are honoured: rows are grouped by guidance value and
   each group is cut into batches of ``batch_size`` -- one fixed list of batches
   that depends only on the rows and the settings.
+- With several processes only process 0 writes the record and removes stale images;
+  after a barrier the others check that the record is exactly their own fingerprint
+  and stop with a one-line error otherwise, so no process deletes another's images.
+  The weights digest covers tensors and the scheduler's class and public settings
+  (not diffusers' bookkeeping keys, whose order changes with the hash seed), so every
+  process, and every later run, computes the same digest for the same weights.
 - Under ``accelerate launch`` process ``rank`` of ``W`` draws batches rank, rank + W, ...
   (accelerate's `PartialState` gives rank and W); with ``batch_size=1`` that is rows
   rank, rank + W, ....  Sharding whole batches rather than single rows is deliberate:
@@ -72,8 +78,33 @@ def distributed_state(cpu: bool = False):
     return partial_state(cpu)
 
 
+def _canonical(value):
+    """``value`` with sets as sorted lists and mapping keys starting with ``_`` dropped (JSON-ready)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_canonical(v) for v in value), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def scheduler_digest_text(scheduler) -> str:
+    """The scheduler's class name and public config as sorted JSON: the same in every process.
+
+    diffusers' private keys (``_use_default_values`` is a list built from a set, so its order
+    follows the process's hash seed; ``_class_name``, ``_diffusers_version``) are left out.
+    """
+    config = _canonical(dict(scheduler.config))
+    return json.dumps({"class": type(scheduler).__name__, "config": config}, sort_keys=True, default=str)
+
+
 def weights_digest(pipe) -> str:
-    """sha256 over the names and raw bytes of every tensor of the pipeline's modules, and its scheduler config."""
+    """sha256 over the names and raw bytes of every tensor of the pipeline's modules, and its scheduler.
+
+    The scheduler enters as `scheduler_digest_text`, so the digest of the same weights is the
+    same in every process whatever its hash seed.
+    """
     h = hashlib.sha256()
     components = getattr(pipe, "components", None)
     if not isinstance(components, dict):
@@ -85,7 +116,7 @@ def weights_digest(pipe) -> str:
                 h.update(f"{cname}.{name}:{str(t.dtype).removeprefix('torch.')}:{tuple(t.shape)}".encode())
                 h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
         elif cname == "scheduler" and hasattr(module, "config"):
-            h.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+            h.update(scheduler_digest_text(module).encode())
     return h.hexdigest()
 
 
@@ -122,6 +153,20 @@ def _locked(folder: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _read_record(folder: Path) -> dict | None:
+    """The run record in ``folder`` (None when there is none); an unreadable one is an error."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise GenerationMismatchError(f"{path} is unreadable; use another --out") from None
+    if not isinstance(old, dict):
+        raise GenerationMismatchError(f"{path} is not a generation record; use another --out")
+    return old
+
+
 def prepare_folder(folder: str | Path, info: dict) -> str | None:
     """Make ``folder``'s record say ``info`` (a `fingerprint`); returns a note when stale images were removed.
 
@@ -129,16 +174,8 @@ def prepare_folder(folder: str | Path, info: dict) -> str | None:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / MANIFEST
     with _locked(folder):
-        old = None
-        if path.is_file():
-            try:
-                old = json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise GenerationMismatchError(f"{path} is unreadable; use another --out") from None
-            if not isinstance(old, dict):
-                raise GenerationMismatchError(f"{path} is not a generation record; use another --out")
+        old = _read_record(folder)
         if old is not None and old.get("fingerprint") == info["fingerprint"]:
             return None
         note = None
@@ -153,8 +190,58 @@ def prepare_folder(folder: str | Path, info: dict) -> str | None:
                 p.unlink()
             note = (f"the weights of model {info['model']!r} changed since the images in {folder} were drawn: "
                     f"{len(stale)} stale images removed and redrawn")
-        atomic.write_json(path, info)
+        atomic.write_json(folder / MANIFEST, info)
         return note
+
+
+def check_folder(folder: str | Path, info: dict, rank: int) -> None:
+    """Check that ``folder``'s record is ``info`` exactly; never writes or removes anything.
+
+    What processes other than 0 do after process 0 has prepared the folder: a record that
+    differs means this process loaded other weights (or settings) than process 0.
+    """
+    folder = Path(folder)
+    old = _read_record(folder)  # written atomically: no lock needed to read it whole
+    if old is None or old.get("fingerprint") != info["fingerprint"]:
+        differs = ("no record" if old is None else
+                   ", ".join(k for k in (*_REQUEST_KEYS, "weights") if old.get(k) != info[k]) or "fingerprint")
+        raise GenerationMismatchError(
+            f"process {rank} does not agree with process 0 on {folder / MANIFEST} ({differs} differ): "
+            "every process must load the same model, delta and settings")
+
+
+def _process_group_barrier() -> None:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("world_size > 1 needs the processes joined (accelerate launch) or a barrier")
+    dist.barrier()
+
+
+def prepare_shared(folder: str | Path, info: dict, *, rank: int = 0, world_size: int = 1,
+                   barrier: Callable[[], None] | None = None) -> str | None:
+    """`prepare_folder` in process 0, then a barrier, then `check_folder` in the others.
+
+    Call it in every process with the same arguments.  ``barrier`` waits for all processes
+    (default: the torch.distributed process group accelerate set up).  Process 0's error is
+    raised after the barrier, so the others never wait for it in vain (they then fail the check).
+    Returns process 0's note about removed stale images (None elsewhere).
+    """
+    if world_size <= 1:
+        return prepare_folder(folder, info)
+    wait = barrier or _process_group_barrier
+    note, error = None, None
+    if rank == 0:
+        try:
+            note = prepare_folder(folder, info)
+        except Exception as err:  # re-raised once every process has passed the barrier
+            error = err
+    wait()
+    if error is not None:
+        raise error
+    if rank != 0:
+        check_folder(folder, info, rank)
+    return note
 
 
 def batches(rows: Sequence[BenchmarkRow], settings: SamplingSettings) -> list[tuple[float, list[int]]]:
@@ -187,22 +274,10 @@ def pending(folder: str | Path, rows: Sequence[BenchmarkRow], settings: Sampling
             if not all(complete_png(folder / image_name(i)) for i in idx)]
 
 
-def run_generation(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSettings, folder: str | Path, *,
-                   model: str = "", delta_id: str | None = None, weights: str | None = None, rank: int = 0,
-                   world_size: int = 1, progress: Callable[[int], None] | None = None,
-                   notes: list[str] | None = None) -> list[int]:
-    """Draw this process's unfinished batches into ``folder``; returns the row indices drawn now.
-
-    ``weights``: `weights_digest` of ``pipe`` before ``delta_id`` was applied (default: of
-    ``pipe`` as it is now).  A note about redrawn stale images is appended to ``notes``.
-    Call it in every process with the same arguments (``rank``/``world_size`` from
-    `distributed_state`); wait for all processes before reading the folder.
-    """
+def draw_pending(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSettings, folder: str | Path, *,
+                 rank: int = 0, world_size: int = 1, progress: Callable[[int], None] | None = None) -> list[int]:
+    """Draw this process's batches that lack an image into a prepared ``folder``; returns the rows drawn."""
     folder = Path(folder)
-    info = fingerprint(rows, settings, model, delta_id, weights if weights is not None else weights_digest(pipe))
-    note = prepare_folder(folder, info)
-    if note is not None and notes is not None:
-        notes.append(note)
     drawn: list[int] = []
     for guidance, chunk in pending(folder, rows, settings, rank, world_size):
         run_settings = dataclasses.replace(settings, guidance_scale=guidance)
@@ -213,6 +288,25 @@ def run_generation(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSetting
         if progress is not None:
             progress(len(chunk))
     return drawn
+
+
+def run_generation(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSettings, folder: str | Path, *,
+                   model: str = "", delta_id: str | None = None, weights: str | None = None, rank: int = 0,
+                   world_size: int = 1, progress: Callable[[int], None] | None = None,
+                   notes: list[str] | None = None, barrier: Callable[[], None] | None = None) -> list[int]:
+    """Prepare ``folder`` (`prepare_shared`) and draw this process's unfinished batches; returns rows drawn.
+
+    ``weights``: `weights_digest` of ``pipe`` before ``delta_id`` was applied (default: of
+    ``pipe`` as it is now).  A note about redrawn stale images is appended to ``notes``.
+    Call it in every process with the same arguments (``rank``/``world_size`` from
+    `distributed_state`); wait for all processes before reading the folder.
+    """
+    folder = Path(folder)
+    info = fingerprint(rows, settings, model, delta_id, weights if weights is not None else weights_digest(pipe))
+    note = prepare_shared(folder, info, rank=rank, world_size=world_size, barrier=barrier)
+    if note is not None and notes is not None:
+        notes.append(note)
+    return draw_pending(pipe, rows, settings, folder, rank=rank, world_size=world_size, progress=progress)
 
 
 def load_images(folder: str | Path, indices: Sequence[int]) -> list[Image.Image]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..generation import SamplingSettings
 from ..models.delta import apply_delta, library_versions, revert_delta
-from .generation_runner import fingerprint, load_images, pending, prepare_folder, run_generation, weights_digest
+from .generation_runner import draw_pending, fingerprint, load_images, pending, prepare_shared, weights_digest
 from .plan import EvalPlan
 from .report import write_report
 from .scoring import score
@@ -74,11 +74,13 @@ def eval_settings(plan: EvalPlan, detector, settings: SamplingSettings, *, model
 
 def generate_sets(pipe, plan: EvalPlan, out: Path, settings: SamplingSettings, *, model: str, delta=None,
                   rank: int = 0, world_size: int = 1, progress: ProgressFactory | None = None,
-                  notes: list[str] | None = None) -> list[str]:
+                  notes: list[str] | None = None, barrier: Callable[[], None] | None = None) -> list[str]:
     """Draw this process's share of every image set; returns the set names.
 
     Each set's folder is keyed on the digest of the model's weights (and the delta id), taken
-    before any delta is applied; notes about redrawn stale images go to ``notes``.
+    before any delta is applied; notes about redrawn stale images go to ``notes``.  With several
+    processes only process 0 prepares a folder; ``barrier`` waits for all of them
+    (`generation_runner.prepare_shared`).
     """
     rows = plan.rows
     weights = weights_digest(pipe)
@@ -86,7 +88,8 @@ def generate_sets(pipe, plan: EvalPlan, out: Path, settings: SamplingSettings, *
     for name, d in sets:
         folder = out / "images" / name
         delta_id = d.delta_id if d else None
-        note = prepare_folder(folder, fingerprint(rows, settings, model, delta_id, weights))
+        note = prepare_shared(folder, fingerprint(rows, settings, model, delta_id, weights), rank=rank,
+                              world_size=world_size, barrier=barrier)
         if note is not None and notes is not None:
             notes.append(note)
         todo = sum(len(idx) for _, idx in pending(folder, rows, settings, rank, world_size))
@@ -94,8 +97,7 @@ def generate_sets(pipe, plan: EvalPlan, out: Path, settings: SamplingSettings, *
         if d is not None and todo:
             apply_delta(pipe, d)
         try:
-            run_generation(pipe, rows, settings, folder, model=model, delta_id=delta_id, weights=weights,
-                           rank=rank, world_size=world_size, progress=advance)
+            draw_pending(pipe, rows, settings, folder, rank=rank, world_size=world_size, progress=advance)
         finally:
             if d is not None and todo:
                 revert_delta(pipe, d)
@@ -125,7 +127,8 @@ def run_eval(pipe, plan: EvalPlan, detector, out: str | Path, *, settings: Sampl
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     notes = list(notes or []) + _truncation_notes(pipe, plan)
     names = generate_sets(pipe, plan, out, settings, model=model, delta=delta, rank=rank, world_size=world,
-                          progress=progress, notes=notes)
+                          progress=progress, notes=notes,
+                          barrier=state.wait_for_everyone if state is not None and world > 1 else None)
     if state is not None:
         state.wait_for_everyone()
         if not state.is_main_process:

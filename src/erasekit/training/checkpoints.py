@@ -7,6 +7,11 @@ data parallelism every process's).  It is written to a temp file and moved
 into place with ``os.replace``.  `load_latest` returns the newest readable one
 of the same run (its fingerprint covers the run key and the frozen reference
 weights); an unreadable file is skipped, another run's is an error.
+
+The learning rate and its schedule are not part of the run key: a checkpoint
+records them (with the steps where they changed, ``lr_history``) and
+`resume_lr_history` refuses a resume under another learning rate unless the
+caller allows it explicitly, then appends the change to the history.
 """
 
 from __future__ import annotations
@@ -67,8 +72,12 @@ def run_fingerprint(run_key: str, originals: Mapping[str, torch.Tensor]) -> str:
 
 
 def save_checkpoint(folder: str | Path, step: int, run: str, params: Mapping[str, nn.Parameter], optimizer, scaler,
-                    step_fn, losses: list[float], keep: int, dp: DataParallel | None = None) -> Path:
-    """Write the checkpoint of ``step`` (process 0 writes; all gather), keeping the newest ``keep`` files."""
+                    step_fn, losses: list[float], keep: int, dp: DataParallel | None = None,
+                    lr_history: list[list] | None = None) -> Path:
+    """Write the checkpoint of ``step`` (process 0 writes; all gather), keeping the newest ``keep`` files.
+
+    ``lr_history``: ``[first step, lr, schedule]`` entries of the run so far (`resume_lr_history`).
+    """
     folder = Path(folder)
     own = {k: torch.as_tensor(v).detach().cpu() for k, v in
            (step_fn.state_dict() if hasattr(step_fn, "state_dict") else {}).items()}
@@ -90,13 +99,56 @@ def save_checkpoint(folder: str | Path, step: int, run: str, params: Mapping[str
     tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
     meta = {"format": CHECKPOINT_FORMAT, "step": str(step), "run": run,
             "processes": str(len(per_rank)),
-            "scaler": json.dumps(scaler.state_dict() if scaler is not None else {})}
+            "scaler": json.dumps(scaler.state_dict() if scaler is not None else {}),
+            "lr_history": json.dumps(lr_history or [])}
     save_tensors_atomic(tensors, meta, path)
-    for _, old in list_checkpoints(folder)[: -max(1, keep)]:
-        old.unlink(missing_ok=True)
+    prune_checkpoints(folder, keep)
     if dp is not None:
         dp.wait()
     return path
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` (at least 1) checkpoint files of ``folder``."""
+    for _, old in list_checkpoints(folder)[: -max(1, keep)]:
+        old.unlink(missing_ok=True)
+
+
+def newest_before(folder: str | Path | None, step: int, run: str) -> tuple[Path, int] | tuple[None, None]:
+    """(path, step) of the newest readable checkpoint of run ``run`` in ``folder`` before ``step``, else (None, None)."""
+    for found, path in reversed(list_checkpoints(folder) if folder is not None else []):
+        if found >= step:
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                if (fh.metadata() or {}).get("run") == run:
+                    return path, found
+        except Exception:  # unreadable: not one to resume from
+            continue
+    return None, None
+
+
+def resume_lr_history(meta: Mapping[str, str], path: Path, step: int, lr: float, schedule: str,
+                      allow_change: bool) -> list[list]:
+    """The learning-rate history a resume from checkpoint ``path`` (at ``step``) continues.
+
+    Each entry is ``[first step, lr, schedule]``.  When ``lr``/``schedule`` differ from the
+    checkpoint's last entry the resume is refused unless ``allow_change``; then the new
+    entry starts at ``step``.
+    """
+    history = json.loads(meta.get("lr_history") or "[]")
+    if not history:
+        raise CheckpointMismatchError(f"{path} records no learning rate (written by an older version); "
+                                      "use another checkpoint_dir or resume=False")
+    _, old_lr, old_schedule = history[-1]
+    if (float(old_lr), old_schedule) == (float(lr), schedule):
+        return history
+    if not allow_change:
+        raise CheckpointMismatchError(
+            f"{path} was written with lr={old_lr} ({old_schedule}), this run has lr={lr} ({schedule}): "
+            f"set resume to 'new-lr' to continue it from step {step} with the new lr, "
+            "or resume=False (or another checkpoint_dir) to start over")
+    return [*history, [step, lr, schedule]]
 
 
 def load_latest(folder: str | Path, run: str, processes: int = 1

@@ -69,6 +69,10 @@ class FineTuneConfig(MethodConfig):
 
     ``iterations=None`` lets the method derive its budget (KSCU: by concept
     kind; TRCE: epochs x trajectories).  ``scope=None`` lets it choose its scope.
+    ``resume``: False starts over; True continues the newest checkpoint of the same
+    run with the same lr; ``'new-lr'`` also continues one written under another lr
+    or lr schedule (the steps after it use this config's; the delta's metrics
+    record ``lr_history``).
     """
 
     iterations: int | None = None
@@ -78,7 +82,7 @@ class FineTuneConfig(MethodConfig):
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    resume: bool = False
+    resume: bool | Literal["new-lr"] = False
     progress: bool = True
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -86,9 +90,11 @@ class FineTuneConfig(MethodConfig):
 
     # Trainer options beyond the papers (their default is the papers' constant learning rate).
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("lr_schedule",)
-    # Settings that do not change the result: a checkpoint may be resumed across them.
+    # Settings a checkpoint may be resumed across: those that do not change the result, and the
+    # learning rate and its schedule, which the checkpoint records and the trainer checks itself
+    # (another lr resumes only with resume='new-lr').
     RUN_KEY_EXCLUDE: ClassVar[tuple[str, ...]] = ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "progress",
-                       "gradient_checkpointing")
+                       "gradient_checkpointing", "lr", "lr_schedule")
 
 
 def run_key(method: str, config: FineTuneConfig, concept: ConceptSpec | None = None, **extra: Any) -> str:

@@ -19,12 +19,18 @@ trainer does the rest:
   given (``originals_from``); frozen parameters are never copied;
 - **determinism**: step ``k`` draws from `rng.step_generator` ``(seed, k)``;
 - a progress bar with the loss (``progress=False`` disables it);
-- a **NaN/inf guard**: a non-finite loss (or gradient) raises
-  `NonFiniteLossError` before the optimiser touches the weights; no checkpoint
-  is written after it, so the last good one stays as it was;
+- a **NaN/inf guard**: a non-finite loss or gradient at step ``s`` raises
+  `NonFiniteLossError` before the optimiser touches the weights.  The weights
+  that gave it are those after step ``s`` - 1, so a checkpoint of step ``s``
+  holds diverged weights and is deleted; the older ones stay: a checkpoint's
+  predecessor is pruned only once the checkpoint's own weights gave a finite
+  loss and gradient.  Non-finite weights are refused before every checkpoint
+  and at the end.  The error names the checkpoint kept;
 - **checkpoints** (`checkpoints`) every ``checkpoint_every`` steps and at the
   end; ``resume=True`` continues from the newest readable one and ends at the
-  same weights as an uninterrupted run (bit-exact on the same device);
+  same weights as an uninterrupted run (bit-exact on the same device).  A
+  checkpoint written under another lr (or schedule) is refused unless
+  ``resume='new-lr'``; the lr history then goes to the metrics;
 - optional **gradient checkpointing** and **autocast** (bf16/fp16, CUDA only;
   fp16 uses a gradient scaler);
 - **data parallel** under ``accelerate launch`` (`data_parallel`): gradients
@@ -49,7 +55,10 @@ from . import data_parallel
 from .checkpoints import (
     CheckpointMismatchError,
     load_latest,
+    newest_before,
+    prune_checkpoints,
     restore_checkpoint,
+    resume_lr_history,
     run_fingerprint,
     save_checkpoint,
 )
@@ -63,14 +72,19 @@ from .rng import step_generator
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss or gradient; the weights of that step were not updated."""
 
-    def __init__(self, step: int, what: str, checkpoint: Path | None, checkpoint_step: int | None):
+    def __init__(self, step: int, what: str, checkpoint: Path | None, checkpoint_step: int | None,
+                 removed: Path | None = None):
         self.step, self.checkpoint, self.checkpoint_step = step, checkpoint, checkpoint_step
+        stop = "training stopped" + (" before updating the weights" if what != "weights" else "")
+        dropped = f"; {removed.name} held the diverged weights and was deleted" if removed is not None else ""
         if checkpoint is not None:
-            kept = (f"the last good checkpoint is kept unchanged at {checkpoint} ({checkpoint_step} steps done); "
-                    "fix the cause (e.g. a lower lr) and rerun with resume=True")
+            kept = (f"the last good checkpoint is {checkpoint} ({checkpoint_step} steps done{dropped}): to continue "
+                    "from it, lower lr and rerun with resume='new-lr' (resume=True keeps the lr, which diverges "
+                    "again); resume=False starts over")
         else:
-            kept = "no checkpoint was written (set checkpoint_dir/checkpoint_every to keep progress)"
-        super().__init__(f"non-finite {what} at step {step}: training stopped before updating the weights; {kept}")
+            kept = (f"no checkpoint with finite weights before it{dropped}: lower lr and rerun "
+                    "(set checkpoint_dir/checkpoint_every to keep progress)")
+        super().__init__(f"non-finite {what} at step {step}: {stop}; {kept}")
 
 
 
@@ -110,6 +124,7 @@ class TrainResult:
     checkpoint: Path | None = None
     optimizer: str = "adam"
     processes: int = 1  # data-parallel processes (losses are their mean)
+    lr_history: list[list] = field(default_factory=list)  # [first step, lr, schedule] entries
 
     def metrics(self) -> dict[str, Any]:
         tail = self.losses[-max(1, len(self.losses) // 10):] if self.losses else []
@@ -118,6 +133,8 @@ class TrainResult:
                "optimizer": self.optimizer}
         if self.processes > 1:
             out["data_parallel_processes"] = self.processes
+        if len(self.lr_history) > 1:  # a resume changed the learning rate
+            out["lr_history"] = self.lr_history
         return out
 
 
@@ -173,6 +190,9 @@ class Trainer:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} needs a CUDA device (the UNet is on {self.device})")
         if self.iterations < 0:
             raise ValueError("iterations must be >= 0")
+        if not (math.isfinite(self.lr) and 0 <= self.lr <= torch.finfo(torch.float32).max):
+            raise ValueError(f"lr must be a finite number from 0 to {torch.finfo(torch.float32).max:.3g} "
+                             f"(got {self.lr})")
         self.originals = self._reference_copy(self.originals_from or {})
         self.originals_from = None  # only needed here; do not keep a second handle on the snapshot
 
@@ -225,18 +245,32 @@ class Trainer:
         optimizer, self.optimizer_used = make_optimizer(trainable, self.lr, self.optimizer, self.device)
         scaler = torch.amp.GradScaler(self.device.type) if self.mixed_precision == "fp16" else None
         start, losses, resumed_from, last_ckpt = 0, [], None, None
-        last_ckpt_step = None
+        pending = None  # pending: a checkpoint step whose weights have not yet given a finite loss
+        lr_history: list[list] = [[0, self.lr, self.lr_schedule]]
         dp = data_parallel.current()
         rank = dp.rank if dp is not None else 0
+        run_id = run_fingerprint(self.run_key, self.originals)
+        main = dp is None or dp.is_main
+
+        def diverged(step: int, what: str) -> NonFiniteLossError:
+            removed = None
+            if pending == step and last_ckpt is not None:  # it holds the weights that just diverged
+                removed = last_ckpt
+                if main:
+                    last_ckpt.unlink(missing_ok=True)
+            kept, kept_step = newest_before(self.checkpoint_dir, step, run_id)
+            return NonFiniteLossError(step, what, kept, kept_step, removed)
+
         try:
             if self.resume and self.checkpoint_dir is not None:
-                found = load_latest(self.checkpoint_dir, run_fingerprint(self.run_key, self.originals),
-                                    dp.num_processes if dp is not None else 1)
+                found = load_latest(self.checkpoint_dir, run_id, dp.num_processes if dp is not None else 1)
                 if found is not None:
                     start, tensors, meta, last_ckpt = found
+                    lr_history = resume_lr_history(meta, last_ckpt, start, self.lr, self.lr_schedule,
+                                                   allow_change=self.resume == "new-lr")
                     losses = restore_checkpoint(tensors, meta, self.params, self.device, optimizer, scaler, step_fn,
                                                 rank)
-                    resumed_from = last_ckpt_step = start
+                    resumed_from = pending = start
             if start > self.iterations:
                 raise CheckpointMismatchError(f"checkpoint {last_ckpt} is at step {start}, past iterations={self.iterations}")
             show = self.progress and (dp is None or dp.is_main)
@@ -252,7 +286,7 @@ class Trainer:
                     if dp is not None and dp.any(bad):
                         bad, value = True, value if bad else float("nan")  # another process's loss
                     if bad:
-                        raise NonFiniteLossError(step, f"loss ({value})", last_ckpt, last_ckpt_step)
+                        raise diverged(step, f"loss ({value})")
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                     if dp is not None:
                         value = self._average_gradients(dp, trainable, value)
@@ -262,17 +296,26 @@ class Trainer:
                     else:
                         grads = [p.grad for p in trainable if p.grad is not None]
                         if grads and not bool(torch.stack([g.float().norm() for g in grads]).isfinite().all()):
-                            raise NonFiniteLossError(step, "gradient", last_ckpt, last_ckpt_step)
+                            raise diverged(step, "gradient")
                         optimizer.step()
+                    if pending == step:  # its weights gave a finite loss and gradient: older ones may go
+                        if main:
+                            prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
+                        pending = None
                     losses.append(value)
                     done = step + 1
                     if self.checkpoint_dir is not None and (
                             done == self.iterations or (self.checkpoint_every > 0 and done % self.checkpoint_every == 0)):
-                        path = save_checkpoint(self.checkpoint_dir, done, run_fingerprint(self.run_key, self.originals),
-                                               self.params, optimizer, scaler, step_fn, losses, self.keep_checkpoints,
-                                               dp)
-                        last_ckpt, last_ckpt_step = path, done
+                        if not self._weights_finite():
+                            raise diverged(done, "weights")
+                        final = done == self.iterations
+                        path = save_checkpoint(self.checkpoint_dir, done, run_id, self.params, optimizer, scaler,
+                                               step_fn, losses, self.keep_checkpoints + (0 if final else 1), dp,
+                                               lr_history)
+                        last_ckpt, pending = path, None if final else done
                     advance(value)
+            if self.iterations > start and not self._weights_finite():
+                raise diverged(self.iterations, "weights")
             if dp is not None:
                 data_parallel.check_replicas_agree(dp, self.params)
         finally:
@@ -282,7 +325,11 @@ class Trainer:
             if self.gradient_checkpointing and not had_gc:
                 unet.disable_gradient_checkpointing()
         return TrainResult(steps=self.iterations, losses=losses, resumed_from=resumed_from, checkpoint=last_ckpt,
-                           optimizer=self.optimizer_used, processes=dp.num_processes if dp is not None else 1)
+                           optimizer=self.optimizer_used, processes=dp.num_processes if dp is not None else 1,
+                           lr_history=lr_history)
+
+    def _weights_finite(self) -> bool:
+        return all(bool(p.detach().isfinite().all()) for p in self.params.values())
 
     @staticmethod
     def _average_gradients(dp: DataParallel, trainable: list[nn.Parameter], loss: float) -> float:
