@@ -99,18 +99,46 @@ def load_delta(path: Optional[Path]):
         fail(str(err))
 
 
-def apply_delta_arg(pipe, delta: Optional[Path]):
-    """Load the delta of ``--delta``/``--from`` and apply it to ``pipe``; returns it (or None)."""
-    if delta is None:
-        return None
+def load_deltas(paths: Optional[Path | list[Path]]) -> list:
+    """The deltas of one ``--delta``/``--from`` folder or of several, in order ([] when none is given)."""
+    if paths is None:
+        return []
+    return [load_delta(p) for p in ([paths] if isinstance(paths, Path) else paths)]
+
+
+def apply_delta_arg(pipe, delta: Optional[Path | list[Path]]):
+    """Load the delta(s) of ``--delta``/``--from`` and apply them to ``pipe`` in order; returns the last (or None).
+
+    Each is checked against the model it expects (the model, then the deltas before it); a delta
+    computed on top of another (``erase --from``) that is not applied before it is refused with
+    that parent's id.
+    """
     from ..models.delta import DeltaError, apply_delta
 
-    d = load_delta(delta)
+    deltas = load_deltas(delta)
+    for d in deltas:
+        try:
+            apply_delta(pipe, d)
+        except DeltaError as err:
+            fail(str(err))
+    return deltas[-1] if deltas else None
+
+
+def chain_arg(pipe, delta: Optional[Path | list[Path]]):
+    """The one delta equal to the ``--delta`` folders applied to ``pipe`` in order (None when none is given).
+
+    `erasekit.models.delta.chain_delta`: each is checked as `apply_delta_arg` does; ``pipe`` is
+    left as it was.
+    """
+    from ..models.delta import DeltaError, chain_delta
+
+    deltas = load_deltas(delta)
+    if not deltas:
+        return None
     try:
-        apply_delta(pipe, d)
+        return chain_delta(pipe, deltas)
     except DeltaError as err:
         fail(str(err))
-    return d
 
 
 def load_concept(name: str):

@@ -38,7 +38,8 @@ def eval_command(
                                             "imagenet, unlearndiffatk-church, ...; i2p etc. via $ERASEKIT_BENCHMARKS) or a CSV path."),
     out: Path = typer.Option(..., help="Output folder (images, results.json, report.md/html); reruns resume."),
     model: str = typer.Option("shapes", help="'shapes', a local diffusers folder, or a Hub id."),
-    delta: Optional[Path] = typer.Option(None, help="Run folder of a weight delta: evaluates original and erased."),
+    delta: Optional[list[Path]] = typer.Option(None, help="Run folder of a weight delta: evaluates original and "
+                                               "erased; repeat to evaluate a chain applied in order."),
     concept: Optional[str] = typer.Option(None, help="Target concept (a Shapes value for the shapes benchmark/detector)."),
     n: Optional[int] = typer.Option(None, "--n", "-n", help="Images per tier (shapes, default 32) / first N rows of a CSV."),
     n_preserve: int = typer.Option(32, help="Preservation prompts (Shapes prompts or COCO); 0: none."),
@@ -70,12 +71,13 @@ def eval_command(
     if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
         fail(f"--threshold must be a score between 0 and 1 (got {threshold})")
     checks.out_dir(out)
-    checks.input_dir(delta, "--delta")
+    for path in delta or []:
+        checks.input_dir(path, "--delta")
     for path in adversarial or []:
         checks.input_file(path, "--adversarial")
     if guidance_note:
         note(guidance_note)
-    results = run_evaluation(model, benchmark, out, delta=delta, concept=concept, n=n, n_preserve=n_preserve,
+    results = run_evaluation(model, benchmark, out, delta=delta or None, concept=concept, n=n, n_preserve=n_preserve,
                        category=category, adversarial=adversarial, detector=detector, threshold=threshold,
                        labels=labels, clip=clip, inception=inception, steps=steps, guidance=guidance,
                        batch_size=batch_size, device=device)

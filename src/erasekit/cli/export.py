@@ -9,12 +9,13 @@ import typer
 
 from .app import app
 
-from .common import console, fail, load_delta, load_model
+from .common import chain_arg, console, fail, load_deltas, load_model
 
 
 @app.command()
 def export(
-    delta: Path = typer.Option(..., help="Run folder with delta.safetensors + manifest.json."),
+    delta: list[Path] = typer.Option(..., help="Run folder with delta.safetensors + manifest.json; repeat to export "
+                                     "a chain applied in order (a child after its --from parent) as one model."),
     out: Path = typer.Option(..., help="Output folder (the weights file inside it is named after it)."),
     fmt: str = typer.Option("diffusers", "--format", help="diffusers (pipeline folder), lora (diffusers/peft "
                             "load_lora_weights), kohya (A1111/ComfyUI LoRA) or single-file (A1111/ComfyUI checkpoint)."),
@@ -43,9 +44,10 @@ def export(
             check_repo_id(push_to_hub)
     except ExportError as err:
         fail(str(err))
-    d = load_delta(delta)
-    model = model or d.manifest.base_model or "shapes"
+    first = load_deltas(delta)[0]  # every folder is read (and refused in one line) before the model loads
+    model = model or first.manifest.base_model or "shapes"
     pipe, _ = load_model(model, "cpu")
+    d = chain_arg(pipe, delta)
     try:
         result = export_model(pipe, d, out, fmt, overwrite=overwrite, rank=rank, dtype=dtype, base_model=model,
                               eval_run=eval_run)

@@ -22,7 +22,8 @@ def generate(
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model card's)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model card's)."),
     out: Path = typer.Option(Path("grid.png"), help="Output grid PNG."),
-    delta: Optional[Path] = typer.Option(None, help="Run folder of a weight delta to apply first."),
+    delta: Optional[list[Path]] = typer.Option(None, help="Run folder of a weight delta to apply first; repeat "
+                                               "to apply a chain in order (a child after its --from parent)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What every image should not show."),
     height: Optional[int] = typer.Option(None, help="Image height in pixels (default: the model's)."),
     width: Optional[int] = typer.Option(None, help="Image width in pixels (default: the height, else the model's)."),
@@ -42,7 +43,8 @@ def generate(
             fail(f"{label} must be a positive multiple of 8, got {px}")
     guidance_note = checks.guidance_value(guidance)
     checks.out_file(out, suffixes=checks.IMAGE_SUFFIXES, overwrite=overwrite)
-    checks.input_dir(delta, "--delta")
+    for path in delta or []:
+        checks.input_dir(path, "--delta")
     pipe, path = load_model(model, resolve_device(device))
     apply_delta_arg(pipe, delta)
     settings = SamplingSettings.for_model(path, steps=steps, guidance_scale=guidance,

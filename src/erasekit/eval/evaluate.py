@@ -46,7 +46,7 @@ def detector_options(name: str, threshold: Optional[float], labels: Optional[str
     return {}
 
 
-def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path] = None, concept: Optional[str] = None,
+def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path | list[Path]] = None, concept: Optional[str] = None,
              n: Optional[int] = None, n_preserve: int = 32, category: Optional[str] = None,
              adversarial: Optional[list[Path]] = None, detector: Optional[str] = None,
              threshold: Optional[float] = None, labels: Optional[str] = None, clip: Optional[str] = None,
@@ -55,11 +55,12 @@ def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path] = N
              progress: ProgressFactory | None = None):
     """Generate, score and report one evaluation; the results dict on the main process, else None.
 
-    ``pipe``/``model_path`` reuse a loaded pipeline instead of loading ``model``.  Failures the
-    user can fix raise `EvaluationError` (or the loader's/detector's own one-line errors).
+    ``pipe``/``model_path`` reuse a loaded pipeline instead of loading ``model``.  ``delta``: one
+    delta folder, or several applied in order and evaluated as one (`models.delta.chain_delta`).
+    Failures the user can fix raise `EvaluationError` (or the loader's/detector's own one-line errors).
     """
     from ..generation import SamplingSettings
-    from ..models.delta import WeightDelta
+    from ..models.delta import DeltaMismatchError, WeightDelta, chain_delta
     from ..models.loading import is_shapes_world, load_pipeline, resolve_model_path
     from .benchmarks import BenchmarkFormatError
     from .clip import ClipEncoder, ClipUnavailableError
@@ -68,14 +69,17 @@ def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path] = N
     from .plan import build_plan
     from .runner import run_eval
 
+    paths = [delta] if isinstance(delta, (str, Path)) else list(delta or [])
+    deltas = [WeightDelta.load(p) for p in paths]  # unreadable or non-finite: refused before the model loads
     state = distributed_state()
     if pipe is None:
         pipe = load_pipeline(model, device=device or str(state.device))
         model_path = resolve_model_path(model)
     shapes_world = is_shapes_world(pipe)
-    d = WeightDelta.load(delta) if delta is not None else None
-    if d is not None and (problems := d.mismatches(pipe)):
-        raise EvaluationError(f"delta {delta} does not fit model {model}: {'; '.join(problems[:3])}")
+    try:
+        d = chain_delta(pipe, deltas) if deltas else None
+    except DeltaMismatchError as err:
+        raise EvaluationError(f"{' '.join(str(err).split())} (model {model})") from None
     notes: list[str] = []
     try:
         plan = build_plan(benchmark, concept=concept, n=n, n_preserve=n_preserve, category=category,
@@ -107,7 +111,8 @@ def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path] = N
             plan.preservation, plan.measure = [], None  # nothing could read them: do not draw them
         settings = SamplingSettings.for_model(model_path, steps=steps, guidance_scale=guidance, batch_size=batch_size)
         return run_eval(pipe, plan, det, out, settings=settings, model=model, model_path=model_path, delta=d,
-                        delta_path=delta, clip=encoder, inception=inception_model, inception_path=inception_file,
+                        delta_path=paths[0] if len(paths) == 1 else paths or None,
+                        clip=encoder, inception=inception_model, inception_path=inception_file,
                         shapes=shapes, notes=notes, state=state, progress=progress)
     except (BenchmarkFormatError, DetectorUnavailableError, UnknownDetectorError, GenerationMismatchError) as err:
         raise EvaluationError(str(err)) from err

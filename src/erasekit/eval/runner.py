@@ -56,8 +56,11 @@ def eval_settings(plan: EvalPlan, detector, settings: SamplingSettings, *, model
     delta_info = None
     if delta is not None:
         m = delta.manifest
-        delta_info = {"path": str(delta_path) if delta_path else None, "delta_id": m.delta_id, "method": m.method,
-                      "base_model": m.base_model, "parent": m.parent, "seed": m.seed}
+        path = [str(p) for p in delta_path] if isinstance(delta_path, (list, tuple)) else delta_path
+        delta_info = {"path": str(path) if isinstance(path, Path) else path, "delta_id": m.delta_id,
+                      "method": m.method, "base_model": m.base_model, "parent": m.parent, "seed": m.seed}
+        if "chain" in m.metrics:  # several deltas applied in order
+            delta_info["chain"] = m.metrics["chain"]
     return {
         "model": model, "model_path": model_path, "delta": delta_info,
         "benchmark": plan.describe(), "detector": detector.settings(),

@@ -15,6 +15,7 @@ bytes).  Names carry the pipeline component as prefix ("unet.down_blocks...",
   model after checking their fingerprints.
 - Deltas compose: a delta computed on an already-edited model names its
   ``parent``; its base fingerprints then refer to the parent's edited tensors.
+  `chain_delta` turns deltas applied in order into one delta against the model.
 - On disk: ``delta.safetensors`` + ``manifest.json``, each written to a temp file
   and moved into place with ``os.replace``; `WeightDelta.load` raises
   `DeltaFormatError` for missing, corrupt or mismatched files, and for a manifest
@@ -32,7 +33,7 @@ import os
 import platform
 import resource
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -387,7 +388,8 @@ def apply_delta(pipe: Any, delta: WeightDelta) -> None:
         if delta.names and not delta.mismatches(pipe, "new"):
             raise DeltaMismatchError(f"delta {delta.delta_id} is already applied to this model")
         parent = delta.manifest.parent
-        hint = (f" it was computed on top of delta {parent}, which is not applied: apply that first;"
+        hint = (f" it was computed on top of delta {parent} (its parent), which is not applied: apply that one "
+                "first (on the command line: the parent's folder as an earlier --delta);"
                 if parent is not None and parent not in applied_deltas(pipe) else "")
         _raise_mismatch(f"delta {delta.delta_id} ({delta.manifest.method}) does not fit this model;{hint} "
                         "nothing was changed:", problems)
@@ -440,3 +442,38 @@ def applied_deltas(pipe: Any) -> list[str]:
             if delta_id not in seen:
                 seen.append(delta_id)
     return seen
+
+
+def chain_delta(pipe: Any, deltas: Sequence[WeightDelta]) -> WeightDelta:
+    """The one delta equal to applying ``deltas`` to ``pipe`` in order (the delta itself when there is one).
+
+    Each is applied with `apply_delta` (even a lone one), so each is checked against the model it expects (``pipe``
+    as given, then the earlier deltas; an error names a parent that is not applied before it);
+    then all are reverted and ``pipe`` is as it was.  The result runs from ``pipe``'s tensors to
+    the last delta's: method ``a+b``, the first delta's parent and base model, and config
+    ``chain`` (each delta's id, method, parent and concept) and ``concept`` (names and targets joined).
+    """
+    if not deltas:
+        raise ValueError("an empty chain of deltas")
+    names = sorted({n for d in deltas for n in d.names})
+    base, applied = snapshot(pipe, names), []
+    try:
+        for d in deltas:
+            apply_delta(pipe, d)
+            applied.append(d)
+        if len(deltas) == 1:
+            return deltas[0]
+        chain = [{"delta_id": d.delta_id, "method": d.manifest.method, "parent": d.manifest.parent,
+                  "concept": d.manifest.config.get("concept")} for d in deltas]
+        concepts = [c["concept"] for c in chain if isinstance(c["concept"], dict)]
+        concept = {"name": " + ".join(dict.fromkeys(str(c.get("name")) for c in concepts)),
+                   "kind": "/".join(dict.fromkeys(str(c.get("kind")) for c in concepts)),
+                   "targets": list(dict.fromkeys(t for c in concepts for t in c.get("targets") or []))}
+        return WeightDelta.from_changes(
+            pipe, base, record=False, method="+".join(d.manifest.method for d in deltas),
+            config={"chain": chain, **({"concept": concept} if concepts else {})},
+            base_model=deltas[0].manifest.base_model, parent=deltas[0].manifest.parent,
+            metrics={"chain": [d.delta_id for d in deltas]})
+    finally:
+        for d in reversed(applied):
+            revert_delta(pipe, d)
