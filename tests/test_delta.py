@@ -183,7 +183,7 @@ def test_deltas_compose(base_and_delta):
     assert {r.name: r for r in second.manifest.tensors}[shared].base_sha256 == rec.new_sha256
     revert_delta(pipe, second)
     _refused(make_pipe(), second, "values differ")  # needs the parent underneath
-    _refused(make_pipe(), second, f"on top of delta {first.delta_id}, which is not applied")  # and names it
+    _refused(make_pipe(), second, f"on top of delta {first.delta_id} \\(its parent\\), which is not applied")  # and names it
     apply_delta(pipe, second)
     assert_same_state(pipe, stacked)
     with pytest.raises(DeltaMismatchError):  # the parent cannot be removed from under its child

@@ -80,6 +80,7 @@ def world(tmp_path_factory):
     w.tiny_delta = save_tiny_delta(root / "tiny-delta", w.tiny)
     w.tiny_nan = _forge(w.tiny_delta, root / "tiny-nan", _poison)
     w.tiny_extra = _forge(w.tiny_delta, root / "tiny-extra", _add_tensor)
+    w.tiny_child = _child_delta(w)
     uce = get_method("uce")
     w.shapes_delta = root / "shapes-delta"
     uce.erase(load_pipeline("shapes"), get_concept("circle"), uce.config_cls.preset("shapes")).save(w.shapes_delta)
@@ -111,6 +112,7 @@ def world(tmp_path_factory):
     w.cfg_zero = put("zero.yaml", "iterations: 0\n")
     w.cfg_neg_lr = put("neglr.yaml", "lr: -0.001\n")
     w.cfg_nan_lr = put("nanlr.yaml", "lr: .nan\n")
+    w.cfg_huge_lr = put("hugelr.yaml", "lr: 1.0e+20\niterations: 3\n")
     w.cfg_empty = put("empty.yaml", "")
     head = "prompt,evaluation_seed,case_number,evaluation_guidance\n"
     w.csv = put("ok.csv", head + "a red circle,1,0,\na blue circle,2,1,5\n")
@@ -215,6 +217,37 @@ def _replaced(w, t, res):
     assert WeightDelta.load(t / "run").manifest.method == "esd-x"
 
 
+def _child_delta(w) -> Path:
+    """A delta made on the tiny model + w.tiny_delta (its parent)."""
+    from erasekit.models.delta import apply_delta, snapshot
+    from erasekit.models.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    parent = WeightDelta.load(w.tiny_delta)
+    apply_delta(pipe, parent)
+    on_parent = snapshot(pipe, ["unet.conv_out.weight"])
+    WeightDelta.from_state_dicts(on_parent, {k: v * 0.5 for k, v in on_parent.items()}, method="test-child",
+                                 base_model=str(w.tiny), parent=parent).save(w.root / "tiny-child")
+    return w.root / "tiny-child"
+
+
+def _checkpointed_run(w, t):
+    """An esd-x run of 2 iterations with its checkpoints in t/ck (the default lr)."""
+    (t / "ck.yaml").write_text(f"iterations: 2\ncheckpoint_dir: {t / 'ck'}\ncheckpoint_every: 1\n")
+    res = runner.invoke(app, ["erase", "--method", "esd-x", "--concept", "circle", "--out", str(t / "run"),
+                              "--config", str(t / "ck.yaml")])
+    assert res.exit_code == 0, res.output
+    (t / "lr.yaml").write_text((t / "ck.yaml").read_text() + "lr: 2.0e-5\n")
+
+
+def _resume(value):
+    def args(w, t):
+        (t / "resume.yaml").write_text((t / "lr.yaml").read_text() + f"resume: {value}\n")
+        return ["erase", "--method", "esd-x", "--concept", "circle", "--out", str(t / "run2"), "--config",
+                str(t / "resume.yaml")]
+    return args
+
+
 def _one_row_per_tier(w, t, res):
     data = json.loads((t / "ev" / "results.json").read_text())
     assert data["settings"]["benchmark"]["rows_per_tier"] == {"explicit": 1, "synonym": 1, "implicit": 1}
@@ -280,6 +313,14 @@ CASES = [
          check=_replaced, changes={"run/delta.safetensors", "run/manifest.json"}),
     Case("erase-from-missing", erase("--from", "/no/such/delta"), says="no such folder"),
     Case("erase-from-nan", erase("--from", lambda w, t: str(w.shapes_nan)), says="NaN/inf"),
+    # erase: the NaN guard and resuming under another lr
+    Case("erase-diverges-one-line", lambda w, t: ["erase", "--method", "esd-x", "--concept", "circle", "--out",
+                                                 str(t / "run"), "--config", str(w.cfg_huge_lr)],
+         says="non-finite", check=lambda w, t, r: not (t / "run" / "delta.safetensors").exists() or pytest.fail("kept")),
+    Case("erase-resume-other-lr-refused", _resume("true"), setup=_checkpointed_run, says="new-lr"),
+    Case("erase-resume-new-lr-accepted", _resume("new-lr"), code=0, setup=_checkpointed_run, says="wrote",
+         check=lambda w, t, r: WeightDelta.load(t / "run2").manifest.metrics["lr_history"][-1][1] == 2e-5
+         or pytest.fail("lr history")),
     # erase: the concept
     Case("erase-anchor-is-target", erase("--anchor", "circle"), says="itself a target"),
     Case("erase-anchor-is-target-case", erase("--anchor", "CIRCLE"), says="itself a target"),
@@ -344,6 +385,17 @@ CASES = [
     Case("eval-shapes-n-1-is-1", lambda w, t: ["eval", "--benchmark", "shapes", "--concept", "circle", "-n", "1",
                                               "--n-preserve", "0", "--steps", "1", "--out", str(t / "ev")],
          code=0, check=_one_row_per_tier),
+    # generate / eval / export: a chain of deltas (--delta repeated)
+    Case("gen-delta-chain-accepted", lambda w, t: gen("--delta", str(w.tiny_delta), "--delta", str(w.tiny_child))(w, t),
+         code=0, says="wrote"),
+    Case("gen-delta-child-alone", lambda w, t: gen("--delta", str(w.tiny_child))(w, t),
+         says="earlier --delta"),
+    Case("gen-delta-chain-reversed", lambda w, t: gen("--delta", str(w.tiny_child), "--delta", str(w.tiny_delta))(w, t),
+         says="earlier --delta"),
+    Case("eval-delta-child-alone", lambda w, t: ev("--delta", str(w.tiny_child))(w, t),
+         says="earlier --delta"),
+    Case("export-delta-child-alone", lambda w, t: ["export", "--model", str(w.tiny), "--delta", str(w.tiny_child),
+                                                  "--out", str(t / "x")], says="earlier --delta"),
     # eval: deltas
     Case("eval-delta-nan", ev("--delta", lambda w, t: str(w.tiny_nan)), says="NaN/inf",
          check=lambda w, t, r: not (t / "ev").exists() or pytest.fail("output written")),

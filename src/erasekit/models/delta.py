@@ -455,25 +455,26 @@ def chain_delta(pipe: Any, deltas: Sequence[WeightDelta]) -> WeightDelta:
     """
     if not deltas:
         raise ValueError("an empty chain of deltas")
-    names = sorted({n for d in deltas for n in d.names})
-    base, applied = snapshot(pipe, names), []
+    applied: list[WeightDelta] = []
     try:
         for d in deltas:
             apply_delta(pipe, d)
             applied.append(d)
         if len(deltas) == 1:
             return deltas[0]
-        chain = [{"delta_id": d.delta_id, "method": d.manifest.method, "parent": d.manifest.parent,
-                  "concept": d.manifest.config.get("concept")} for d in deltas]
-        concepts = [c["concept"] for c in chain if isinstance(c["concept"], dict)]
-        concept = {"name": " + ".join(dict.fromkeys(str(c.get("name")) for c in concepts)),
-                   "kind": "/".join(dict.fromkeys(str(c.get("kind")) for c in concepts)),
-                   "targets": list(dict.fromkeys(t for c in concepts for t in c.get("targets") or []))}
-        return WeightDelta.from_changes(
-            pipe, base, record=False, method="+".join(d.manifest.method for d in deltas),
-            config={"chain": chain, **({"concept": concept} if concepts else {})},
-            base_model=deltas[0].manifest.base_model, parent=deltas[0].manifest.parent,
-            metrics={"chain": [d.delta_id for d in deltas]})
+        names = sorted({n for d in deltas for n in d.names})
+        edited = snapshot(pipe, names)
     finally:
         for d in reversed(applied):
             revert_delta(pipe, d)
+    chain = [{"delta_id": d.delta_id, "method": d.manifest.method, "parent": d.manifest.parent,
+              "concept": d.manifest.config.get("concept")} for d in deltas]
+    concepts = [c["concept"] for c in chain if isinstance(c["concept"], dict)]
+    concept = {"name": " + ".join(dict.fromkeys(str(c.get("name")) for c in concepts)),
+               "kind": "/".join(dict.fromkeys(str(c.get("kind")) for c in concepts)),
+               "targets": list(dict.fromkeys(t for c in concepts for t in c.get("targets") or []))}
+    return WeightDelta.from_state_dicts(
+        snapshot(pipe, names), edited, method="+".join(d.manifest.method for d in deltas),
+        config={"chain": chain, **({"concept": concept} if concepts else {})},
+        base_model=deltas[0].manifest.base_model, parent=deltas[0].manifest.parent,
+        metrics={"chain": [d.delta_id for d in deltas]})

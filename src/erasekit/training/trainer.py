@@ -73,7 +73,7 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss or gradient; the weights of that step were not updated."""
 
     def __init__(self, step: int, what: str, checkpoint: Path | None, checkpoint_step: int | None,
-                 removed: Path | None = None):
+                 removed: Path | None = None, checkpointing: bool = True):
         self.step, self.checkpoint, self.checkpoint_step = step, checkpoint, checkpoint_step
         stop = "training stopped" + (" before updating the weights" if what != "weights" else "")
         dropped = f"; {removed.name} held the diverged weights and was deleted" if removed is not None else ""
@@ -81,9 +81,10 @@ class NonFiniteLossError(FloatingPointError):
             kept = (f"the last good checkpoint is {checkpoint} ({checkpoint_step} steps done{dropped}): to continue "
                     "from it, lower lr and rerun with resume='new-lr' (resume=True keeps the lr, which diverges "
                     "again); resume=False starts over")
+        elif checkpointing:
+            kept = f"no checkpoint with finite weights before it{dropped}: lower lr and rerun"
         else:
-            kept = (f"no checkpoint with finite weights before it{dropped}: lower lr and rerun "
-                    "(set checkpoint_dir/checkpoint_every to keep progress)")
+            kept = "no checkpoint was written (set checkpoint_dir/checkpoint_every to keep progress): lower lr and rerun"
         super().__init__(f"non-finite {what} at step {step}: {stop}; {kept}")
 
 
@@ -259,7 +260,7 @@ class Trainer:
                 if main:
                     last_ckpt.unlink(missing_ok=True)
             kept, kept_step = newest_before(self.checkpoint_dir, step, run_id)
-            return NonFiniteLossError(step, what, kept, kept_step, removed)
+            return NonFiniteLossError(step, what, kept, kept_step, removed, self.checkpoint_dir is not None)
 
         try:
             if self.resume and self.checkpoint_dir is not None:
