@@ -395,7 +395,7 @@ CASES = [
     Case("eval-delta-child-alone", lambda w, t: ev("--delta", str(w.tiny_child))(w, t),
          says="earlier --delta"),
     Case("export-delta-child-alone", lambda w, t: ["export", "--model", str(w.tiny), "--delta", str(w.tiny_child),
-                                                  "--out", str(t / "x")], says="earlier --delta"),
+                                                  "--out", str(t / "x")], says="computed on top of delta"),
     # eval: deltas
     Case("eval-delta-nan", ev("--delta", lambda w, t: str(w.tiny_nan)), says="NaN/inf",
          check=lambda w, t, r: not (t / "ev").exists() or pytest.fail("output written")),

@@ -124,15 +124,14 @@ def apply_delta_arg(pipe, delta: Optional[Path | list[Path]]):
     return deltas[-1] if deltas else None
 
 
-def chain_arg(pipe, delta: Optional[Path | list[Path]]):
-    """The one delta equal to the ``--delta`` folders applied to ``pipe`` in order (None when none is given).
+def chain_arg(pipe, deltas: list):
+    """The one delta equal to ``deltas`` (`load_deltas`) applied to ``pipe`` in order (None for none).
 
     `erasekit.models.delta.chain_delta`: each is checked as `apply_delta_arg` does; ``pipe`` is
     left as it was.
     """
     from ..models.delta import DeltaError, chain_delta
 
-    deltas = load_deltas(delta)
     if not deltas:
         return None
     try:

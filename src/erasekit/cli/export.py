@@ -44,10 +44,10 @@ def export(
             check_repo_id(push_to_hub)
     except ExportError as err:
         fail(str(err))
-    first = load_deltas(delta)[0]  # every folder is read (and refused in one line) before the model loads
-    model = model or first.manifest.base_model or "shapes"
+    deltas = load_deltas(delta)  # every folder is read (and refused in one line) before the model loads
+    model = model or deltas[0].manifest.base_model or "shapes"
     pipe, _ = load_model(model, "cpu")
-    d = chain_arg(pipe, delta)
+    d = chain_arg(pipe, deltas) if len(deltas) > 1 else deltas[0]  # one delta: export_model checks its base
     try:
         result = export_model(pipe, d, out, fmt, overwrite=overwrite, rank=rank, dtype=dtype, base_model=model,
                               eval_run=eval_run)
