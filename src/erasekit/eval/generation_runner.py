@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from PIL import Image
 
 from ..generation import SamplingSettings, generate
+from ..models.digest import json_sha256, new_hash, update_tensor
 from . import atomic
 from .benchmarks import BenchmarkRow
 
@@ -105,7 +105,7 @@ def weights_digest(pipe) -> str:
     The scheduler enters as `scheduler_digest_text`, so the digest of the same weights is the
     same in every process whatever its hash seed.
     """
-    h = hashlib.sha256()
+    h = new_hash()
     components = getattr(pipe, "components", None)
     if not isinstance(components, dict):
         components = {k: v for k, v in vars(pipe).items() if not k.startswith("_")}
@@ -114,7 +114,7 @@ def weights_digest(pipe) -> str:
         if isinstance(module, torch.nn.Module):
             for name, t in sorted(module.state_dict().items()):
                 h.update(f"{cname}.{name}:{str(t.dtype).removeprefix('torch.')}:{tuple(t.shape)}".encode())
-                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+                update_tensor(h, t)
         elif cname == "scheduler" and hasattr(module, "config"):
             h.update(scheduler_digest_text(module).encode())
     return h.hexdigest()
@@ -126,14 +126,14 @@ def fingerprint(rows: Sequence[BenchmarkRow], settings: SamplingSettings, model:
 
     ``weights``: `weights_digest` of the pipeline the images are drawn from, before any delta.
     """
-    h = hashlib.sha256()
+    h = new_hash()
     for r in rows:
         h.update(json.dumps([r.prompt, int(r.seed), r.guidance]).encode())
         h.update(b"\n")
     info = {"rows": len(rows), "rows_sha256": h.hexdigest(), "settings": dataclasses.asdict(settings),
             "model": model, "weights": weights, "delta": delta_id}
     info = json.loads(json.dumps(info))
-    info["fingerprint"] = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
+    info["fingerprint"] = json_sha256(info)
     return info
 
 

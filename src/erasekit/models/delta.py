@@ -27,9 +27,7 @@ bytes).  Names carry the pipeline component as prefix ("unet.down_blocks...",
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import resource
 import sys
@@ -42,6 +40,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
+
+from ..world.atomic import save_safetensors, write_text
+from .digest import tensor_bytes, tensor_sha256, text_sha256
 
 TENSORS_FILE = "delta.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -85,17 +86,13 @@ def _check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
 
 
 # ------------------------------------------------------------------ tensors and names
-def _raw_bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-
-
 def fingerprint(t: torch.Tensor) -> str:
     """sha256 of a tensor's raw bytes (any dtype, any device)."""
-    return hashlib.sha256(_raw_bytes(t).numpy().tobytes()).hexdigest()
+    return tensor_sha256(t)
 
 
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(_raw_bytes(a), _raw_bytes(b))
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(tensor_bytes(a), tensor_bytes(b))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -189,7 +186,7 @@ class DeltaManifest(BaseModel):
 
 def _delta_id(records: list[TensorRecord], parent: str | None) -> str:
     lines = [f"{r.name}:{r.base_sha256}:{r.new_sha256}" for r in sorted(records, key=lambda r: r.name)]
-    return hashlib.sha256("\n".join([parent or ""] + lines).encode()).hexdigest()[:16]
+    return text_sha256("\n".join([parent or ""] + lines), 16)
 
 
 def _jsonable(value: Any) -> Any:
@@ -303,21 +300,13 @@ class WeightDelta:
         Refuses non-finite values (`NonFiniteDeltaError`) and, unless ``allow_empty``,
         a delta without tensors (`EmptyDeltaError`); nothing is written then.
         """
-        from safetensors.torch import save_file
-
         if not self.tensors and not allow_empty:
             raise EmptyDeltaError(f"delta {self.delta_id} ({self.manifest.method}) changes no weights (zero "
                                   "iterations? an anchor equal to the target?); nothing was written")
         _check_finite(self.tensors, f"delta {self.delta_id} ({self.manifest.method})")
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{TENSORS_FILE}.{os.getpid()}.tmp"
-        save_file({n: t.contiguous() for n, t in self.tensors.items()}, str(tmp),
-                  metadata={"format": "erasekit-delta", "delta_id": self.delta_id})
-        os.replace(tmp, folder / TENSORS_FILE)
-        tmp = folder / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(self.manifest.model_dump_json(indent=2), encoding="utf-8")
-        os.replace(tmp, folder / MANIFEST_FILE)
+        save_safetensors(folder / TENSORS_FILE, self.tensors, {"format": "erasekit-delta", "delta_id": self.delta_id})
+        write_text(folder / MANIFEST_FILE, self.manifest.model_dump_json(indent=2))
         return folder
 
     @classmethod

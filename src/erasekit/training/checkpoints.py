@@ -16,10 +16,8 @@ caller allows it explicitly, then appends the change to the history.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,8 +25,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from ..models.digest import new_hash, update_tensor
+from ..world.atomic import save_safetensors
 
 from .data_parallel import DataParallel
 
@@ -43,13 +43,8 @@ class CheckpointMismatchError(ValueError):
 
 
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    """Write ``tensors`` (moved to CPU) and ``metadata`` to ``path`` as safetensors, via a temp file."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``tensors`` (moved to CPU) and ``metadata`` to ``path`` as safetensors (`world.atomic`)."""
+    save_safetensors(path, tensors, metadata)
 
 
 def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -63,11 +58,11 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
 
 def run_fingerprint(run_key: str, originals: Mapping[str, torch.Tensor]) -> str:
     """The run key plus the names, shapes, dtypes and a few tensors' bytes of the frozen reference."""
-    h = hashlib.sha256(run_key.encode())
+    h = new_hash(run_key)
     for n, t in originals.items():
         h.update(f"{n}:{tuple(t.shape)}:{t.dtype}".encode())
     for n in list(originals)[:: max(1, len(originals) // 8)]:  # a few tensors' bytes
-        h.update(originals[n].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        update_tensor(h, originals[n])
     return h.hexdigest()[:20]
 
 

@@ -7,13 +7,12 @@ identifies a fine-tuning run for checkpoint compatibility.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from ..concepts.spec import ConceptSpec
+from ..models.digest import json_sha256
 
 
 class MethodConfig(BaseModel):
@@ -101,5 +100,5 @@ def run_key(method: str, config: FineTuneConfig, concept: ConceptSpec | None = N
     """Identifies a run for checkpoint compatibility (method, result-relevant config, concept)."""
     cfg = {k: v for k, v in config.fingerprint().items() if k not in FineTuneConfig.RUN_KEY_EXCLUDE}
     payload = {"method": method, "config": cfg, "concept": concept.effective_dict() if concept else None, **extra}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return json_sha256(payload, 20)
 

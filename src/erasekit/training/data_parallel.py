@@ -27,7 +27,6 @@ Without ``accelerate launch`` (one process) `current` returns None and the
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -129,9 +128,10 @@ def average(grads: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
 def checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     """One short digest of named tensors' raw bytes (`erasekit.models.delta.fingerprint` per tensor)."""
     from ..models.delta import fingerprint
+    from ..models.digest import text_sha256
 
     parts = [f"{name}:{fingerprint(tensors[name])}" for name in sorted(tensors)]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return text_sha256("\n".join(parts), 16)
 
 
 def check_replicas_agree(dp: DataParallel, tensors: Mapping[str, torch.Tensor]) -> None:

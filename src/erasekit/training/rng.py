@@ -5,9 +5,9 @@ Nothing about the RNG has to be checkpointed: a resumed run draws what an uninte
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
+
+from ..models.digest import text_sha256_bytes
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -15,7 +15,7 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 
     ``rank`` > 0 is a data-parallel process's own stream; process 0 draws what a one-process run draws.
     """
-    digest = hashlib.sha256(f"erasekit:{seed}:{step}{f':rank{rank}' if rank else ''}".encode()).digest()
+    digest = text_sha256_bytes(f"erasekit:{seed}:{step}{f':rank{rank}' if rank else ''}")
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 

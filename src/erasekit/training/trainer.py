@@ -70,7 +70,10 @@ from .rng import step_generator
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/inf loss or gradient; the weights of that step were not updated."""
+    """Training produced a NaN/inf loss or gradient (that step's update not applied) or NaN/inf weights.
+
+    ``checkpoint``/``checkpoint_step``: the checkpoint kept (finite weights that gave a finite loss), or None.
+    """
 
     def __init__(self, step: int, what: str, checkpoint: Path | None, checkpoint_step: int | None,
                  removed: Path | None = None, checkpointing: bool = True):
