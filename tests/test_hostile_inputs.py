@@ -24,7 +24,7 @@ from erasekit.cli import app
 from erasekit.models.delta import MANIFEST_FILE, TENSORS_FILE, WeightDelta
 from eval_helpers import save_tiny_delta, save_tiny_pipeline
 
-# 144 CLI runs (about 2.5 min here): the acceptance suite runs in `make test`, not in the `make test-fast` loop
+# 152 CLI runs (about 2.5 min here): the acceptance suite runs in `make test`, not in the `make test-fast` loop
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 runner = CliRunner()
 BIG = str(2**63)

@@ -160,7 +160,7 @@ class Trainer:
     checkpoint_dir: str | Path | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    resume: bool = False
+    resume: bool | str = False  # True, False or "new-lr" (`FineTuneConfig.resume`)
     progress: bool = True
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"
