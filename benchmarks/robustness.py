@@ -26,7 +26,9 @@ tokens (UnlearnDiffAtk-style) or evolve token sequences from a text-encoder conc
 (Ring-A-Bell-style) with ``--attack-seed`` and their own budgets, so they are independent draws;
 each ``adv`` row also records the training attack's last rounds (``train_attack``).
 
-``--seed`` seeds the base erasure and the hardening; rows are written to
+``--harden-config JSON`` overrides the hardening preset (rows then carry ``--harden-tag`` and the
+overrides); ``--reuse-deltas`` starts hardened rows from the unhardened row's saved delta of the
+same seed instead of erasing again.  ``--seed`` seeds the base erasure and the hardening; rows are written to
 ``OUT/<method>.json`` (``OUT`` defaults to ``benchmarks/results/robustness/<concept>``).
 
 ``--summary ROOT`` reads every row under ``ROOT/<concept>[/<seed dir>]/*.json`` and writes
@@ -85,23 +87,33 @@ def _tiers_and_preservation(pipe, delta, concept: str, settings, per_tier: int, 
 
 def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_steps: int, out: Path,
             settings: SamplingSettings, detector, detector_concept: str, hardening: str | None = None,
-            per_tier: int = 32, n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None) -> dict:
+            per_tier: int = 32, n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None,
+            harden_overrides: dict | None = None, tag: str = "", reuse: bool = False) -> dict:
     spec = get_concept(concept)
     cases = concept_cases(spec, n_cases, True)
-    label = method if hardening is None else f"{method}+{hardening}"
+    label = method if hardening is None else f"{method}+{hardening}{tag}"
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
                  "attack_seed": attack_seed}
+    if harden_overrides and hardening is not None:
+        row["harden_overrides"] = harden_overrides
     delta, delta_dir = None, None
     if method is not None:
         info = get_method(method)
         t0 = time.perf_counter()
-        delta = info.erase(pipe, spec, info.config_cls.for_world("shapes", seed=seed, **_quiet(info.config_cls)))
-        row["erase_seconds"] = time.perf_counter() - t0
+        stored = out / "deltas" / method
+        if reuse and (stored / "manifest.json").exists() and WeightDelta.load(stored).manifest.seed == seed:
+            delta = WeightDelta.load(stored)  # the same method, preset and seed: the unhardened row's delta
+            row["erase_reused"] = True
+            row["erase_seconds"] = delta.manifest.wall_time_s
+        else:
+            delta = info.erase(pipe, spec, info.config_cls.for_world("shapes", seed=seed, **_quiet(info.config_cls)))
+            row["erase_seconds"] = time.perf_counter() - t0
         row["erase_iterations"] = delta.manifest.metrics.get("iterations")
         if hardening is not None:
             cfg_cls = variant_config(hardening)
             t0 = time.perf_counter()
-            delta = harden(pipe, delta, spec, cfg_cls.for_world("shapes", seed=seed, **_quiet(cfg_cls)))
+            delta = harden(pipe, delta, spec, cfg_cls.for_world("shapes", seed=seed, **_quiet(cfg_cls),
+                                                                **(harden_overrides or {})))
             row["harden_seconds"] = time.perf_counter() - t0
             row.update(_harden_cost(delta.manifest.metrics))
         delta_dir = out / "deltas" / label
@@ -219,11 +231,13 @@ def summary(root: Path) -> str:
         for name, r in sorted(rows.items(), key=lambda kv: (kv[0] != "original", kv[0].split("+")[0], kv[0])):
             n = r["n_cases"]
             pres = r["adherence"] / original["adherence"] if original and "adherence" in r else None
-            base = rows.get(name.split("+")[0]) if "+" in name else None
+            base = rows.get(name.split("+")[0]) if "+" in name else None  # the unhardened erasure
             train = r.get("train_attack")
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base and "adherence" in base else ""
+            shown = name + (" (" + ", ".join(f"{k}={v}" for k, v in r["harden_overrides"].items()) + ")"
+                            if r.get("harden_overrides") else "")
             lines.append(
-                f"| {folder.relative_to(root)} | {name} | {_rate(r['plain'], n)} | {_rate(r['unlearndiff'], n)} "
+                f"| {folder.relative_to(root)} | {shown} | {_rate(r['plain'], n)} | {_rate(r['unlearndiff'], n)} "
                 f"| {_rate(r['ringabell'], n)} | {_rate(r['resurgence'], 3 * 16) if 'resurgence' in r else '-'} "
                 f"| {f'{pres:.2f}' if pres is not None else '-'}{own} | {_cost(r, 'erase')} | {_cost(r, 'harden')} "
                 f"| {_train(train)} "
@@ -242,6 +256,11 @@ def main() -> None:
                     help="also measure each method hardened by these variants")
     ap.add_argument("--seed", type=int, default=0, help="seed of the base erasures and the hardening")
     ap.add_argument("--attack-seed", type=int, default=None, help="seed of the measuring attacks (default: theirs)")
+    ap.add_argument("--harden-config", type=json.loads, default=None,
+                    help="JSON overrides of the hardening's shapes preset (rows are labelled with --harden-tag)")
+    ap.add_argument("--harden-tag", default="", help="suffix of the hardened rows' labels, e.g. '-short'")
+    ap.add_argument("--reuse-deltas", action="store_true",
+                    help="hardened rows start from OUT/deltas/<method> when it holds the same seed's delta")
     ap.add_argument("--no-original", action="store_true", help="skip the original model's row")
     ap.add_argument("--tier-prompts", type=int, default=32)
     ap.add_argument("--preservation-prompts", type=int, default=48)
@@ -261,14 +280,15 @@ def main() -> None:
     variants = ([] if a.no_original else [(None, None)]) + [(m, None) for m in methods]
     variants += [(m, h) for h in a.harden or [] for m in methods]
     for method, hardening in variants:
-        label = method if hardening is None else f"{method}+{hardening}"
+        label = method if hardening is None else f"{method}+{hardening}{a.harden_tag}"
         path = out / f"{label or 'original'}.json"
         if path.exists() and "adherence" in (stored := json.loads(path.read_text())):
             rows.append(stored)
             continue
         console.print(f"[bold]{label or 'original'}[/bold] ...")
         row = measure(pipe, method, a.concept, a.cases, a.resurgence_steps, out, settings, detector, detector_concept,
-                      hardening, a.tier_prompts, a.preservation_prompts, a.seed, a.attack_seed)
+                      hardening, a.tier_prompts, a.preservation_prompts, a.seed, a.attack_seed, a.harden_config,
+                      a.harden_tag, a.reuse_deltas)
         write_json(path, row)
         rows.append(row)
     table = Table(title=f"robustness: {a.concept}")
