@@ -40,6 +40,8 @@ def erase(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated peak memory and time on one "
                                  "24 GB GPU and exit without loading weights or training."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a delta already in --out."),
+    harden: Optional[str] = typer.Option(None, "--harden", help="Then harden the erasure against attacks: rece "
+                                         "(closed form) or adv (adversarial training); one delta is written."),
 ):
     """Erase a concept; writes the weight delta and its manifest."""
     from ..methods.base import UnknownMethodError, get_method
@@ -50,6 +52,10 @@ def erase(
     except UnknownMethodError as err:
         fail(str(err))
     checks.seed_range(seed)
+    if harden is not None and harden not in ("rece", "adv"):
+        fail(f"unknown hardening variant {harden!r} (available: rece, adv)")
+    if harden is not None and len(concept or []) + len(target or []) > 1:
+        fail("--harden hardens one concept: erase several, then run `erasekit harden` per concept")
     if not dry_run:
         _check_out(out, start_from, overwrite)
     checks.input_dir(start_from, "--from")
@@ -81,11 +87,25 @@ def erase(
         names = ", ".join(s.name for s in specs)
         console.print(f"erasing [bold]{names}[/] with [bold]{method}[/] (preset {preset}{suffix})", soft_wrap=True)
     delta = info.erase(pipe, spec, cfg) if len(specs) == 1 else erase_in_sequence(pipe, info, specs, cfg)
+    if harden is not None:
+        delta = _harden(pipe, delta, spec, harden, world, seed)
     if dp is not None and not dp.is_main:
         return  # every replica holds the same delta (checked by the trainer); process 0 writes it
     delta.save(out)  # refuses an empty or non-finite delta (one line, nothing written)
     m = delta.manifest
     console.print(f"wrote {out}: {len(delta.tensors)} tensors, {m.wall_time_s:.1f}s")
+
+
+def _harden(pipe, delta, spec, variant: str, world: str, seed: Optional[int]):
+    """``delta`` hardened by ``variant`` (the world's preset), as one delta on the same base."""
+    from ..methods.harden import harden, variant_config
+
+    cfg = variant_config(variant).for_world(world, **({"seed": seed} if seed is not None else {}))
+    console.print(f"hardening with [bold]{variant}[/]")
+    try:
+        return harden(pipe, delta, spec, cfg)
+    except (ValueError, NotImplementedError) as err:
+        fail(str(err).splitlines()[0])
 
 
 def _check_out(out: Path, start_from: Optional[Path], overwrite: bool) -> None:

@@ -1,6 +1,6 @@
 """Attack hardening: make an erasure hold against embeddings that bring the concept back.
 
-`harden(pipe, delta, concept, config)` takes ANY erasure delta and returns one composed delta
+`harden_rece(pipe, delta, concept, config)` takes ANY erasure delta and returns one composed delta
 (relative to the base model) whose manifest records the chain ``<method> -> harden:rece``.
 
 The ``rece`` variant follows RECE (Gong et al., ECCV 2024).  With ``W_l`` the base model's
@@ -32,12 +32,13 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from ..concepts.spec import ConceptSpec
-from ..models.delta import DeltaMismatchError, WeightDelta, peak_memory_bytes, resolve_tensors, snapshot
-from ..models.scopes import cross_attention_layers
-from ..models.text import encode_prompts
-from ..training.config import MethodConfig
-from .closed_form import closed_form_edit, cross_attention_kv_names, second_moment
+from ...concepts.spec import ConceptSpec
+from ...models.delta import WeightDelta, snapshot
+from ...models.scopes import cross_attention_layers
+from ...models.text import encode_prompts
+from ...training.config import MethodConfig
+from ..closed_form import closed_form_edit, cross_attention_kv_names, second_moment
+from .common import check_fits, composed_delta, copy_in
 
 
 class RECEConfig(MethodConfig):
@@ -119,7 +120,7 @@ def _preserved(pipe, concept: ConceptSpec, config: RECEConfig) -> list[str]:
     own = list(concept.preserve[: config.max_preserve])
     if config.preserve == "concept":
         return own
-    from ..concepts.general import general_prompts
+    from ...concepts.general import general_prompts
 
     return own + general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
 
@@ -148,7 +149,7 @@ def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anc
     return {"reproduction_error_before": before, "reproduction_error_after": after}
 
 
-def harden(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: RECEConfig) -> WeightDelta:
+def harden_rece(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: RECEConfig) -> WeightDelta:
     """The composed delta of ``delta`` (None: the base model itself) then RECE hardening of ``concept``.
 
     ``pipe`` must hold the base model (``delta`` not applied); it is left as it was found.
@@ -167,31 +168,15 @@ def harden(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: RECECo
     if preserve:
         rows = encode_prompts(pipe, preserve).reshape(-1, base_kv[0].shape[1])
         moment, n_rows = second_moment(rows), rows.shape[0]
+    check_fits(pipe, delta)
     if delta is not None:
-        if problems := delta.mismatches(pipe):
-            raise DeltaMismatchError(f"delta {delta.delta_id} does not fit this model: {'; '.join(problems[:3])}")
-        _copy_in(pipe, delta.tensors)
+        copy_in(pipe, delta.tensors)
     rounds = []
     try:
         for _ in range(config.epochs):
             rounds.append(rece_epoch(pipe, base_kv, source_rows, anchor_rows, moment, n_rows, config))
-        base_cfg = delta.manifest.config if delta is not None else {}
-        chain = [{"method": delta.manifest.method, "delta_id": delta.delta_id}] if delta is not None else []
-        method = f"{delta.manifest.method}+rece" if delta is not None else "rece"
-        result = WeightDelta.from_changes(
-            pipe, originals, record=False, method=method,
-            config={"base": base_cfg, "harden": {"variant": "rece", **config.model_dump()},
-                    "concept": concept.to_dict(), "chain": chain + [{"method": "harden:rece"}]},
-            seed=config.seed, base_model=delta.manifest.base_model if delta is not None else None,
-            parent=delta.manifest.parent if delta is not None else None,
-            metrics={"rounds": rounds, "source_rows": int(source_rows.shape[0]), "preserve_prompts": len(preserve)},
-            wall_time_s=time.perf_counter() - t0, peak_memory=peak_memory_bytes())
+        metrics = {"rounds": rounds, "source_rows": int(source_rows.shape[0]), "preserve_prompts": len(preserve)}
+        result = composed_delta(pipe, originals, delta, "rece", concept, config, metrics, t0)
     finally:
-        _copy_in(pipe, originals)
+        copy_in(pipe, originals)
     return result
-
-
-@torch.no_grad()
-def _copy_in(pipe, values: dict[str, torch.Tensor]) -> None:
-    for name, t in resolve_tensors(pipe, values).items():
-        t.copy_(values[name])

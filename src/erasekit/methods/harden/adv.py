@@ -1,0 +1,267 @@
+"""AdvUnlearn-style hardening: adversarial training of an erasure (after Zhang et al., NeurIPS 2024).
+
+`harden_adv(pipe, delta, concept, config)` starts from the base model with ``delta`` copied in
+and alternates, on the shared `Trainer` loop:
+
+1. **attack** (every ``attack_every`` iterations after ``warmup``): ``attack_tokens`` soft token
+   embeddings prepended to a concept prompt (after the start token) are optimised for
+   ``attack_steps`` steps (Adam at ``attack_lr``; ``fast_at``: signed gradients) so that the
+   CURRENT model, on latents ``z_s`` it generated for the prompt, predicts what the BASE model
+   predicts for the prompt::
+
+       min_adv || eps_cur(z_s, t, text_cur([adv] + c)) - eps_base(z_s, t, c) ||^2
+
+2. **defence** (one optimiser step of the trained module): ESD's negative-guidance loss on the
+   adversarial prompt, plus ``retain_weight`` times the utility-retaining term on
+   ``retain_batch`` retain prompts r::
+
+       L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
+         + w || eps_cur(z_r, t, text_cur(r)) - eps_base(z_r, t, r) ||^2
+
+``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the
+release's ``text_encoder_full``), ``module="unet"`` the UNet parameters of ``unet_scope``.
+"Base" is the model before ``delta``: base conditioning is encoded before ``delta`` is copied in,
+and the base UNet is swapped in for the reference passes (`reference_weights`).  The result is
+one delta relative to the base model (`common.composed_delta`); ``metrics.attack_rounds`` holds
+each round's first and last attack loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ...concepts.spec import ConceptSpec
+from ...models.conditioning import encode_conditions
+from ...models.ddim import DDIMSampler
+from ...models.delta import WeightDelta, snapshot
+from ...models.scopes import ParameterScope, get_scope, list_scopes, register_scope
+from ...models.text import token_ids
+from ...models.unet_io import initial_latents, predict, require_supported_unet
+from ...training import FineTuneConfig, Trainer, randint
+from ...training.config import run_key
+from ...training.trainer import reference_weights
+from ..esd import esd_target, sampled_steps, training_prompts
+from .common import check_fits, composed_delta, copy_in
+
+TEXT_SCOPE = "text_encoder_full"
+if TEXT_SCOPE not in list_scopes():
+    register_scope(ParameterScope(
+        TEXT_SCOPE, lambda s: s.name.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm.")),
+        "a CLIP text encoder's transformer layers and final norm, not its embeddings (AdvUnlearn)"))
+PLACEHOLDER_ID = 0  # token id at the adversarial positions; its embedding is replaced
+
+
+class AdvConfig(FineTuneConfig):
+    """AdvUnlearn hardening; defaults follow the release's documented run (SD-1.4).
+
+    Text encoder (``text_encoder_full``), Adam lr 1e-5, 1000 iterations, 200 warm-up iterations
+    of plain ESD, then a 30-step PGD attack (Adam, lr 1e-3, one prepended token, random start)
+    before every iteration; ESD with generation CFG 3, g = 1, 50 DDIM steps; utility-retaining
+    regularisation on 5 retain prompts at weight 0.3.
+
+    ``shapes`` preset: the text encoder at lr 1e-4 for 120 iterations (20 warm-up), 6 attack
+    steps at lr 0.05 on 3 prepended tokens starting from the previous round's, negative
+    guidance 3, 25 DDIM steps, the synonym x template grid, and the concept's preserve list
+    among the retain prompts at weight 1 -- because the 10M-parameter Shapes model is sampled
+    in 25 steps, its 128-d token space needs larger attack steps than SD's 768-d one, and at
+    g = 1 the target only reaches the unconditional model, which draws the concept at chance.
+    """
+
+    iterations: int = 1000
+    lr: float = 1e-5
+    module: Literal["text_encoder", "unet"] = "text_encoder"
+    unet_scope: str = "cross_attn"
+    n_steps: int = 50
+    guidance: float = 3.0
+    negative_guidance: float = 1.0
+    prompts: Literal["bare", "grid"] = "bare"
+    n_synonyms: int | None = None
+    n_templates: int | None = None
+    warmup: int = 200
+    attack_every: int = 1
+    attack_steps: int = 30
+    attack_lr: float = 1e-3
+    attack_tokens: int = 1
+    attack_init: Literal["random", "latest"] = "random"
+    attack_method: Literal["pgd", "fast_at"] = "pgd"
+    attack_latents: Literal["per_step", "per_round"] = "per_step"
+    retain_weight: float = 0.3
+    retain_batch: int = 5
+    retain_pool: int = 400
+    retain: Literal["general", "concept+general"] = "general"
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
+                   "attack_latents": "per_round",
+                   "attack_tokens": 3, "attack_init": "latest", "n_steps": 25, "negative_guidance": 3.0,
+                   "prompts": "grid", "retain": "concept+general", "retain_weight": 1.0, "retain_pool": 200},
+    }
+
+
+@contextlib.contextmanager
+def prefix_embeddings(text_encoder, values: torch.Tensor) -> Iterator[None]:
+    """Inside the block the text encoder reads ``values`` (B or 1, k, D) at token positions 1..k."""
+    k = values.shape[1]
+
+    def hook(module, inputs, output):
+        out = output.clone()
+        out[:, 1:1 + k] = values.to(dtype=out.dtype, device=out.device).expand(out.shape[0], -1, -1)
+        return out
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def prefixed_ids(ids: torch.Tensor, k: int) -> torch.Tensor:
+    """``ids`` with ``k`` placeholder tokens inserted after the start token (the tail truncated)."""
+    fill = torch.full((ids.shape[0], k), PLACEHOLDER_ID, dtype=ids.dtype)
+    return torch.cat([ids[:, :1], fill, ids[:, 1:ids.shape[1] - k]], dim=1)
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module) -> Iterator[None]:
+    flags = {n: p.requires_grad for n, p in module.named_parameters()}
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for n, p in module.named_parameters():
+            p.requires_grad_(flags[n])
+
+
+class AdvStep:
+    """One AdvUnlearn iteration (attack when due, then the defence loss); see the module docstring."""
+
+    def __init__(self, pipe, concept: ConceptSpec, config: AdvConfig, base_unet: dict[str, torch.Tensor],
+                 base: dict[str, Any]):
+        self.pipe, self.unet, self.te, self.config, self.base_unet = pipe, pipe.unet, pipe.text_encoder, config, base_unet
+        self.ids, self.retain_ids = base["ids"], base["retain_ids"]
+        self.cond, self.uncond, self.retain_cond = base["cond"], base["uncond"], base["retain_cond"]
+        self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
+        self.steps = sampled_steps(config.n_steps, (0.0, 1.0))
+        self.table = self.te.get_input_embeddings().weight
+        self.adv: torch.Tensor | None = None
+        self.adv_prompt = 0
+        self.rounds: list[dict[str, float]] = []
+
+    def _encode(self, ids: torch.Tensor, adv: torch.Tensor | None) -> torch.Tensor:
+        device = self.table.device
+        if adv is None:
+            return self.te(ids.to(device))[0]
+        with prefix_embeddings(self.te, adv):
+            return self.te(prefixed_ids(ids, adv.shape[1]).to(device))[0]
+
+    def _latent(self, idx: torch.Tensor, cond, g: torch.Generator) -> tuple[torch.Tensor, int]:
+        s = self.steps[randint(len(self.steps), g)]
+        with torch.no_grad():
+            z = self.sampler.denoise(self.unet, initial_latents(self.unet, g, len(idx)), 0, s, cond[idx],
+                                     self.uncond, self.config.guidance)
+        return z, self.sampler.timestep(s)
+
+    def _base(self):
+        return reference_weights(self.unet, self.base_unet) if self.base_unet else torch.no_grad()
+
+    def attack(self, step: int, g: torch.Generator) -> None:
+        cfg = self.config
+        idx = torch.tensor([randint(len(self.ids), g)])
+        if cfg.attack_init == "latest" and self.adv is not None:
+            adv = self.adv.detach().clone()
+        else:
+            picks = torch.tensor([randint(self.table.shape[0], g) for _ in range(cfg.attack_tokens)])
+            adv = self.table[picks].detach().clone().unsqueeze(0)
+        adv.requires_grad_(True)
+        opt = torch.optim.Adam([adv], lr=cfg.attack_lr)
+        losses = []
+        with _frozen(self.te), _frozen(self.unet):
+            for a in range(cfg.attack_steps):
+                if a == 0 or cfg.attack_latents == "per_step":
+                    z, t = self._latent(idx, self.cond, g)
+                    with self._base():
+                        target = predict(self.unet, z, t, self.cond[idx])
+                loss = F.mse_loss(predict(self.unet, z, t, self._encode(self.ids[idx], adv)), target)
+                (grad,) = torch.autograd.grad(loss, [adv])
+                adv.grad = grad.sign() if cfg.attack_method == "fast_at" else grad
+                opt.step()
+                losses.append(float(loss.detach()))
+        self.adv, self.adv_prompt = adv.detach(), int(idx)
+        self.rounds.append({"step": step, "loss_first": losses[0] if losses else float("nan"),
+                            "loss_last": losses[-1] if losses else float("nan")})
+
+    def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
+        cfg = self.config
+        attacking = step >= cfg.warmup and cfg.attack_steps > 0
+        if attacking and ((step - cfg.warmup) % cfg.attack_every == 0 or self.adv is None):
+            self.attack(step, g)
+        idx = torch.tensor([self.adv_prompt if attacking else randint(len(self.ids), g)])
+        z, t = self._latent(idx, self.cond, g)
+        with self._base():
+            both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, self.uncond.embeds]))
+            eps_c, eps_u = both.chunk(2)
+        target = esd_target(eps_c, eps_u, cfg.negative_guidance)
+        loss = F.mse_loss(predict(self.unet, z, t, self._encode(self.ids[idx], self.adv if attacking else None)), target)
+        if cfg.retain_weight > 0 and self.retain_ids is not None:
+            pick = torch.tensor([randint(len(self.retain_ids), g) for _ in range(cfg.retain_batch)])
+            rz, rt = self._latent(pick, self.retain_cond, g)
+            with self._base():
+                keep = predict(self.unet, rz, rt, self.retain_cond[pick])
+            loss = loss + cfg.retain_weight * F.mse_loss(predict(self.unet, rz, rt, self._encode(self.retain_ids[pick], None)), keep)
+        return loss
+
+
+def _retain_prompts(pipe, concept: ConceptSpec, config: AdvConfig) -> list[str]:
+    from ...concepts.general import general_prompts
+
+    own = list(concept.preserve) if config.retain == "concept+general" else []
+    return own + general_prompts(pipe, config.retain_pool, exclude_words=list(concept.targets))
+
+
+def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: AdvConfig) -> WeightDelta:
+    """The composed delta of ``delta`` (None: the base model) then AdvUnlearn hardening of ``concept``.
+
+    ``pipe`` must hold the base model (``delta`` not applied); it is left as it was found.
+    """
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise NotImplementedError("adv hardening encodes adversarial prompts with one CLIP text encoder (SD-1.x/2.x), not SDXL")
+    require_supported_unet(pipe.unet, "adv")
+    t0 = time.perf_counter()
+    trained_module = pipe.text_encoder if config.module == "text_encoder" else pipe.unet
+    prefix = "text_encoder." if config.module == "text_encoder" else "unet."
+    scope = get_scope(TEXT_SCOPE if config.module == "text_encoder" else config.unet_scope)
+    trained = list(scope.select(trained_module, prefix=prefix))
+    names = sorted(set(trained) | set(delta.names if delta is not None else []))
+    originals = snapshot(pipe, names)
+    base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
+    prompts = training_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
+    retain = _retain_prompts(pipe, concept, config) if config.retain_weight > 0 else []
+    base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
+            "uncond": encode_conditions(pipe, [""]),
+            "retain_ids": token_ids(pipe, retain) if retain else None,
+            "retain_cond": encode_conditions(pipe, retain) if retain else None}
+    check_fits(pipe, delta)
+    if delta is not None:
+        copy_in(pipe, delta.tensors)
+    other = pipe.unet if config.module == "text_encoder" else pipe.text_encoder
+    try:
+        with _frozen(other):
+            trainer = Trainer.from_config(trained_module, scope, config, config.iterations,
+                                          run_key=run_key("harden:adv", config, concept,
+                                                          base=delta.delta_id if delta is not None else None),
+                                          description="harden:adv")
+            step_fn = AdvStep(pipe, concept, config, base_unet, base)
+            result = trainer.run(step_fn)
+        metrics = {**result.metrics(), "scope": scope.name, "module": config.module, "attack_rounds": step_fn.rounds,
+                   "attack_iterations": len(step_fn.rounds) * config.attack_steps,
+                   "training_prompts": len(prompts), "retain_prompts": len(retain)}
+        delta_out = composed_delta(pipe, originals, delta, "adv", concept, config, metrics, t0)
+    finally:
+        copy_in(pipe, originals)
+    return delta_out

@@ -1,0 +1,46 @@
+"""What every hardening variant shares: load a base delta onto the base model, and compose the result.
+
+A hardening run starts from the base model with the erasure ``delta`` copied in, edits the live
+weights, and returns ONE delta relative to the base model: the base delta's tensors, replaced
+where the hardening changed them, plus the hardening's own.  Its manifest's ``config.chain`` is
+``[{method, delta_id}, {method: "harden:<variant>"}]`` and its method ``<method>+<variant>``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ...concepts.spec import ConceptSpec
+from ...models.delta import DeltaMismatchError, WeightDelta, peak_memory_bytes, resolve_tensors
+from ...training.config import MethodConfig
+
+
+def check_fits(pipe, delta: WeightDelta | None) -> None:
+    """Raise `DeltaMismatchError` unless ``pipe`` holds the base tensors ``delta`` expects."""
+    if delta is not None and (problems := delta.mismatches(pipe)):
+        raise DeltaMismatchError(f"delta {delta.delta_id} does not fit this model: {'; '.join(problems[:3])}")
+
+
+@torch.no_grad()
+def copy_in(pipe, values: dict[str, torch.Tensor]) -> None:
+    """Copy ``values`` (qualified names) into ``pipe``'s live tensors."""
+    for name, t in resolve_tensors(pipe, values).items():
+        t.copy_(values[name])
+
+
+def composed_delta(pipe, originals: dict[str, torch.Tensor], delta: WeightDelta | None, variant: str,
+                   concept: ConceptSpec, config: MethodConfig, metrics: dict[str, Any], t0: float) -> WeightDelta:
+    """The delta from ``originals`` (base-model snapshot) to ``pipe`` now, recording the chain."""
+    chain = [{"method": delta.manifest.method, "delta_id": delta.delta_id}] if delta is not None else []
+    return WeightDelta.from_changes(
+        pipe, originals, record=False,
+        method=f"{delta.manifest.method}+{variant}" if delta is not None else variant,
+        config={"base": delta.manifest.config if delta is not None else {},
+                "harden": {"variant": variant, **config.model_dump()},
+                "concept": concept.to_dict(), "chain": chain + [{"method": f"harden:{variant}"}]},
+        seed=config.seed, base_model=delta.manifest.base_model if delta is not None else None,
+        parent=delta.manifest.parent if delta is not None else None, metrics=metrics,
+        wall_time_s=time.perf_counter() - t0, peak_memory=peak_memory_bytes())

@@ -1,0 +1,123 @@
+"""AdvUnlearn-style hardening: the soft prefix is the prompt with words prepended, the attack finds
+what restores the concept, training defends against it, and the result composes with its base."""
+
+import json
+
+import pytest
+import torch
+
+from erasekit.concepts.spec import ConceptSpec
+from erasekit.methods.closed_form import cross_attention_kv_names
+from erasekit.methods.harden import AdvConfig, RECEConfig, harden, variant_config
+from erasekit.methods.harden.adv import prefix_embeddings, prefixed_ids
+from erasekit.models.delta import WeightDelta, apply_delta, fingerprint, revert_delta, snapshot
+from erasekit.models.text import token_ids
+from erasekit.models.tiny import tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONCEPT = ConceptSpec(name="church", kind="object", targets=["church", "chapel"], anchor="building",
+                      preserve=["a red car", "a dog in a park"])
+TINY = dict(iterations=6, warmup=2, attack_steps=3, attack_lr=0.05, attack_tokens=2, n_steps=4, lr=1e-3,
+            retain_pool=8, retain_batch=2, progress=False, attack_latents="per_round", attack_init="latest")
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return tiny_pipeline("sd1")
+
+
+def test_soft_prefix_equals_prompt_with_words_prepended(sd1):
+    te = sd1.text_encoder
+    ids = token_ids(sd1, ["a church"])
+    words = token_ids(sd1, ["red dog"])[:, 1:3]  # the two word tokens after the start token
+    with torch.no_grad(), prefix_embeddings(te, te.get_input_embeddings()(words)):
+        soft = te(prefixed_ids(ids, 2))[0]
+        plain = te(token_ids(sd1, ["red dog a church"]))[0]
+    assert torch.allclose(soft, plain, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_adv_composes_with_its_base_and_records_the_chain(sd1):
+    name = "unet.conv_in.weight"
+    base = snapshot(sd1, [name])
+    edited = {name: base[name] + 0.01}
+    conv_delta = WeightDelta.from_state_dicts(base, edited, method="hand-made")
+    watched = [name, *cross_attention_kv_names(sd1.unet)]
+    before = {n: fingerprint(t) for n, t in snapshot(sd1, watched).items()}
+    te_before = {n: fingerprint(p) for n, p in sd1.text_encoder.named_parameters()}
+    composed = harden(sd1, conv_delta, CONCEPT, AdvConfig(**{**TINY, "iterations": 4, "attack_steps": 2}))
+    assert {n: fingerprint(t) for n, t in snapshot(sd1, watched).items()} == before  # left as found
+    assert {n: fingerprint(p) for n, p in sd1.text_encoder.named_parameters()} == te_before
+    assert torch.equal(composed.tensors[name], edited[name])
+    trained = [n for n in composed.names if n != name]
+    assert trained and all(n.startswith("text_encoder.") and "embeddings" not in n for n in trained)
+    m = composed.manifest
+    assert m.method == "hand-made+adv"
+    assert m.config["chain"] == [{"method": "hand-made", "delta_id": conv_delta.delta_id}, {"method": "harden:adv"}]
+    assert [r["step"] for r in m.metrics["attack_rounds"]] == [2, 3]
+    assert m.metrics["iterations"] == 4
+    apply_delta(sd1, composed)  # on the BASE model
+    revert_delta(sd1, composed)
+    assert {n: fingerprint(t) for n, t in snapshot(sd1, watched).items()} == before
+
+
+@pytest.mark.slow
+def test_attack_lowers_its_loss_and_unet_mode_trains_only_its_scope(sd1):
+    cfg = AdvConfig(**{**TINY, "module": "unet", "unet_scope": "cross_attn_kv", "attack_steps": 8, "iterations": 5,
+                       "warmup": 0})
+    hardened = harden(sd1, None, CONCEPT, cfg)
+    assert set(hardened.names) <= set(cross_attention_kv_names(sd1.unet)) and hardened.names
+    rounds = hardened.manifest.metrics["attack_rounds"]
+    assert len(rounds) == 5
+    # on fixed latents per round, 8 Adam steps of the soft prefix bring the base prediction closer
+    assert sum(r["loss_last"] for r in rounds) < sum(r["loss_first"] for r in rounds)
+
+
+def test_presets_and_variant_lookup():
+    sd, shapes = AdvConfig.preset("sd"), AdvConfig.preset("shapes")
+    assert (sd.module, sd.iterations, sd.lr, sd.warmup, sd.attack_steps, sd.attack_lr, sd.attack_tokens,
+            sd.retain_weight, sd.retain_batch) == ("text_encoder", 1000, 1e-5, 200, 30, 1e-3, 1, 0.3, 5)
+    assert shapes.module == "text_encoder" and shapes.iterations < sd.iterations
+    assert variant_config("adv") is AdvConfig and variant_config("rece") is RECEConfig
+    with pytest.raises(ValueError, match="unknown hardening variant"):
+        variant_config("x")
+
+
+def test_sdxl_is_refused_with_a_reason():
+    from types import SimpleNamespace
+
+    with pytest.raises(NotImplementedError, match="SDXL"):
+        harden(SimpleNamespace(text_encoder_2=torch.nn.Linear(1, 1)), None, CONCEPT, AdvConfig(**TINY))
+
+
+@pytest.mark.slow
+def test_cli_erase_then_harden_adv_and_erase_with_harden(tmp_path):
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+
+    runner = CliRunner()
+    base = tmp_path / "uce"
+    assert runner.invoke(app, ["erase", "--method", "uce", "--concept", "circle", "--out", str(base)]).exit_code == 0
+    before = (base / "delta.safetensors").read_bytes()
+    cfg = tmp_path / "adv.json"
+    cfg.write_text(json.dumps({k: v for k, v in TINY.items() if k not in ("retain_pool", "retain_batch")}))
+    res = runner.invoke(app, ["harden", "--variant", "adv", "--delta", str(base), "--concept", "circle",
+                              "--config", str(cfg), "--out", str(tmp_path / "h")])
+    assert res.exit_code == 0, res.output
+    composed = WeightDelta.load(tmp_path / "h")
+    assert composed.manifest.method == "uce+adv"
+    assert composed.manifest.config["harden"]["negative_guidance"] == 3.0  # the Shapes preset under the overrides
+    assert any(n.startswith("text_encoder.") for n in composed.names)
+    assert (base / "delta.safetensors").read_bytes() == before
+
+    res = runner.invoke(app, ["erase", "--method", "uce", "--concept", "circle", "--harden", "rece",
+                              "--out", str(tmp_path / "one")])
+    assert res.exit_code == 0, res.output
+    one = WeightDelta.load(tmp_path / "one")
+    assert one.manifest.method == "uce+rece" and one.manifest.config["chain"][0]["method"] == "uce"
+    res = runner.invoke(app, ["erase", "--method", "uce", "--concept", "circle", "--harden", "x",
+                              "--out", str(tmp_path / "two")])
+    assert res.exit_code == 2 and "unknown hardening variant" in res.output
+    assert not (tmp_path / "two" / "manifest.json").exists()
