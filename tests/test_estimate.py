@@ -80,6 +80,7 @@ def test_estimates_are_consistent_and_cheaper_settings_help():
     assert estimate("uce", "sdxl").train_seconds < 60
 
 
+@pytest.mark.slow  # saves a tiny SDXL folder and counts the UNet's operations on the meta device: ~6 s
 def test_dry_run_cli_prints_the_estimate_and_trains_nothing(tmp_path):
     from typer.testing import CliRunner
 
