@@ -12,6 +12,9 @@ from erasekit.models.delta import apply_delta, revert_delta
 from erasekit.models.loading import checkpoint_family
 from erasekit.models.tiny import TINY_SDXL_TEXT_CONFIG_2, TINY_TEXT_CONFIG, tiny_pipeline
 
+# tiny pipelines run fastest on one thread (two crawl on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
