@@ -5,8 +5,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# the suite's thread count: OMP_NUM_THREADS when set, else every core up to two
-SUITE_THREADS = int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1)))
+# The suite's thread count: OMP_NUM_THREADS when set, else one.  On a machine shared with other jobs,
+# two threads on small tensors spin and crawl (the tiny-pipeline and Shapes CLI modules took 3-4x the
+# CPU seconds of one thread); the Shapes-model erasure tests take every core up to two (`all_threads`).
+SUITE_THREADS = int(os.environ.get("OMP_NUM_THREADS", 1))
+ALL_THREADS = int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1)))
 torch.set_num_threads(SUITE_THREADS)
 
 
@@ -29,7 +32,7 @@ def all_threads():
     """The Shapes-model erasure tests (a ~10M-parameter UNet, hundreds of iterations) run on every core,
     undoing their module's ``one_thread`` (meant for the tiny pipelines) for the test's duration."""
     before = torch.get_num_threads()
-    torch.set_num_threads(SUITE_THREADS)
+    torch.set_num_threads(ALL_THREADS)
     yield
     torch.set_num_threads(before)
 

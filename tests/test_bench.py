@@ -355,14 +355,14 @@ def test_cli_rejects_an_unknown_scenario_before_loading_anything():
 
 def test_config_fingerprint_leaves_out_extensions_at_their_defaults():
     """Bench cells are keyed by `fingerprint()`: an option added later, still off, does not make them stale."""
-    from erasekit.methods.esd import Config
+    from erasekit.methods.esd import ESDConfig
     from erasekit.methods.trust import TRuSTConfig as TrustConfig
 
-    shapes = Config.preset("shapes")
+    shapes = ESDConfig.preset("shapes")
     assert shapes.fingerprint()["lr"] == 1e-4
     assert not {"preserve_weight", "preserve_pool_size", "preserve_latents"} & set(shapes.fingerprint())
-    assert Config.preset("shapes", preserve_weight=10.0).fingerprint()["preserve_weight"] == 10.0
-    assert shapes.fingerprint() != Config.preset("shapes", preserve_latents="partial").fingerprint()
+    assert ESDConfig.preset("shapes", preserve_weight=10.0).fingerprint()["preserve_weight"] == 10.0
+    assert shapes.fingerprint() != ESDConfig.preset("shapes", preserve_latents="partial").fingerprint()
     assert "mask_contrast" not in TrustConfig().fingerprint()
     assert TrustConfig(mask_contrast=1.0).fingerprint()["mask_contrast"] == 1.0
 

@@ -51,17 +51,17 @@ def _counts(pipe, names):
 
 
 def test_esd_u_scope_is_the_papers_by_default_and_the_ports_as_an_option(pipe):
-    paper = _selected(pipe, esd.variant_scope(esd.Config(), "esd-u"))
-    port = _selected(pipe, esd.variant_scope(esd.Config(u_scope="port"), "esd-u"))
+    paper = _selected(pipe, esd.variant_scope(esd.ESDConfig(), "esd-u"))
+    port = _selected(pipe, esd.variant_scope(esd.ESDConfig(u_scope="port"), "esd-u"))
     assert paper == paper_esd_u(pipe.unet) and port == port_modules(pipe.unet, inside_attn2=False)
     # the two differ: the paper's has the norms, the port's the time embedding and conv_out
     assert any("norm" in n for n in paper - port) and any(n.startswith("time_embedding") for n in port - paper)
     assert _counts(pipe, paper) != _counts(pipe, port)
-    assert esd.variant_scope(esd.Config.preset("shapes"), "esd-u") == "non_cross_attn"  # Shapes keeps the port's
+    assert esd.variant_scope(esd.ESDConfig.preset("shapes"), "esd-u") == "non_cross_attn"  # Shapes keeps the port's
 
 
 def test_esd_x_scope_is_both_releases(pipe):
-    x = _selected(pipe, esd.variant_scope(esd.Config(), "esd-x"))
+    x = _selected(pipe, esd.variant_scope(esd.ESDConfig(), "esd-x"))
     assert x == paper_esd_x(pipe.unet) == port_modules(pipe.unet, inside_attn2=True)
 
 
@@ -89,7 +89,7 @@ def _recording(monkeypatch, module):
 
 def test_esd_loss_is_the_releases(pipe, monkeypatch):
     """loss = MSE(e_n, e_0 - g (e_p - e_0)) of the frozen model's e_0, e_p and the edited model's e_n."""
-    cfg = esd.Config(n_steps=4, negative_guidance=2.0, progress=False)
+    cfg = esd.ESDConfig(n_steps=4, negative_guidance=2.0, progress=False)
     trainer = Trainer(pipe.unet, "cross_attn", iterations=1, progress=False)
     step = esd.ESDStep(pipe, trainer, CONCEPT, cfg)
     calls = _recording(monkeypatch, esd)
@@ -102,7 +102,7 @@ def test_esd_loss_is_the_releases(pipe, monkeypatch):
 def test_kscu_loss_is_the_releases(pipe, monkeypatch):
     """loss = MSE(negative, neutral - g (positive - neutral))
             + lambda2 MSE(negative_neutral, neutral - (1000 - t) alpha (positive - neutral))."""
-    cfg = kscu.Config(n_steps=4, negative_guidance=1.0, progress=False)
+    cfg = kscu.KSCUConfig(n_steps=4, negative_guidance=1.0, progress=False)
     trainer = Trainer(pipe.unet, "non_cross_attn", iterations=2, progress=False)
     schedule = kscu.key_step_schedule(2, 1, 4)
     step = kscu.KSCUStep(pipe, trainer, CONCEPT, cfg, 2, schedule)
@@ -140,7 +140,7 @@ KIND_OF = {"nudity": "unsafe", "class": "object", "style": "style", "instance": 
 def test_kind_defaults_are_the_releases_table(mode):
     iterations, start = RELEASE_TABLE[mode]
     assert kscu.KIND_DEFAULTS[KIND_OF[mode]] == (iterations, start)
-    assert kscu.Config().resolved(KIND_OF[mode]) == (iterations, start)
+    assert kscu.KSCUConfig().resolved(KIND_OF[mode]) == (iterations, start)
     assert kscu.key_step_schedule(iterations, start, 50) == release_schedule(iterations, start, 50)
 
 
@@ -154,12 +154,12 @@ def test_schedule_equals_the_releases_rule(iterations, start, steps, loops):
 # ------------------------------------------------------------------ prompts and rewordings
 def test_sd_defaults_train_on_the_bare_concept_and_shapes_on_the_grid(pipe):
     trainer = Trainer(pipe.unet, "cross_attn", iterations=1, progress=False)
-    assert esd.ESDStep(pipe, trainer, CONCEPT, esd.Config(n_steps=4)).prompts == ["cat"]
-    grid = esd.ESDStep(pipe, trainer, CONCEPT, esd.Config.preset("shapes")).prompts
+    assert esd.ESDStep(pipe, trainer, CONCEPT, esd.ESDConfig(n_steps=4)).prompts == ["cat"]
+    grid = esd.ESDStep(pipe, trainer, CONCEPT, esd.ESDConfig.preset("shapes")).prompts
     assert grid == CONCEPT.target_prompts()
-    k = kscu.KSCUStep(pipe, trainer, CONCEPT, kscu.Config(n_steps=4), 2, [1, 2])
+    k = kscu.KSCUStep(pipe, trainer, CONCEPT, kscu.KSCUConfig(n_steps=4), 2, [1, 2])
     assert k.pairs == [("cat", "{}")] and len(k.rewordings["cat"]) == 10
-    k = kscu.KSCUStep(pipe, trainer, CONCEPT, kscu.Config.preset("shapes"), 2, [1, 2])
+    k = kscu.KSCUStep(pipe, trainer, CONCEPT, kscu.KSCUConfig.preset("shapes"), 2, [1, 2])
     assert len(k.pairs) == 4 and k.rewordings == {}
 
 

@@ -18,7 +18,7 @@ import torch
 
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.benchmarks import coco_prompts
-from erasekit.methods.trce import TextualConfig, erase_textual
+from erasekit.methods.trce import TRCETextualConfig, erase_textual
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,7 +96,7 @@ def _relative_error(pipe, delta, reference):
 
 def test_sd_preset_is_the_paper_equation_with_the_released_rows(pipe):
     concept = get_concept("sd/nudity")
-    cfg = TextualConfig.preset("sd")
+    cfg = TRCETextualConfig.preset("sd")
     assert cfg.lam == 0.0 and cfg.eta == 0.01 and cfg.eot == "token-id" and cfg.n_general == 1000
     delta = erase_textual(pipe, concept, cfg)
     assert _relative_error(pipe, delta, _reference_edit(pipe, concept, 1000, 0.01, "token-id")) < 1e-4
@@ -104,12 +104,12 @@ def test_sd_preset_is_the_paper_equation_with_the_released_rows(pipe):
 
 def test_release_options_word_count_eot_and_twice_applied_scale(pipe):
     concept = get_concept("sd/nudity")
-    cfg = TextualConfig.preset("sd", eot="word-count", eta_applied="twice", n_general=200)
+    cfg = TRCETextualConfig.preset("sd", eot="word-count", eta_applied="twice", n_general=200)
     delta = erase_textual(pipe, concept, cfg)
     reference = _reference_edit(pipe, concept, 200, 0.01 ** 2, "word-count")
     assert _relative_error(pipe, delta, reference) < 1e-4
     # ...and they are different edits: word counts miss the [EoT] of prompts with multi-token words.
-    paper = erase_textual(pipe, concept, TextualConfig.preset("sd", n_general=200))
+    paper = erase_textual(pipe, concept, TRCETextualConfig.preset("sd", n_general=200))
     assert _relative_error(pipe, paper, reference) > 1e-2
 
 

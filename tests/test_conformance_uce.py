@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from erasekit.concepts.spec import ConceptSpec
-from erasekit.methods.uce import Config, erase
+from erasekit.methods.uce import UCEConfig, erase
 from test_conformance_trce import conditioned_sd1
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,7 +84,7 @@ def _relative_error(delta, reference):
 
 
 def test_sd_preset_is_the_2023_release():
-    cfg = Config.preset("sd")
+    cfg = UCEConfig.preset("sd")
     assert cfg.rows == "release-2023" and cfg.lam == 0.5 and cfg.n_templates == 0
     assert cfg.effective_eta(3) == 0.25
 
@@ -92,17 +92,17 @@ def test_sd_preset_is_the_2023_release():
 def test_sd_preset_edit_equals_the_equation_with_the_2023_rows(pipe):
     sources = list(CONCEPT.targets)
     pairs, kept = _rows_2023(pipe, sources, ["art"] * len(sources))
-    delta = erase(pipe, CONCEPT, Config.preset("sd"))
+    delta = erase(pipe, CONCEPT, UCEConfig.preset("sd"))
     assert _relative_error(delta, _reference(pipe, pairs, kept, eta=max(0.1, 1 / 4), lam=0.5)) < 1e-4
 
 
 def test_release_2025_rows_equal_the_equation_with_its_rows(pipe):
     sources = list(CONCEPT.targets)
     pairs, kept = _rows_2025(pipe, sources, ["art"] * len(sources))
-    delta = erase(pipe, CONCEPT, Config.preset("sd", rows="release-2025"))
+    delta = erase(pipe, CONCEPT, UCEConfig.preset("sd", rows="release-2025"))
     reference = _reference(pipe, pairs, kept, eta=1.0, lam=0.5)
     assert _relative_error(delta, reference) < 1e-4
     # the three row selections are three different edits
-    other = erase(pipe, CONCEPT, Config.preset("sd"))
-    ours = erase(pipe, CONCEPT, Config.preset("sd", rows="erasekit"))
+    other = erase(pipe, CONCEPT, UCEConfig.preset("sd"))
+    ours = erase(pipe, CONCEPT, UCEConfig.preset("sd", rows="erasekit"))
     assert _relative_error(other, reference) > 1e-2 and _relative_error(ours, reference) > 1e-2

@@ -23,6 +23,9 @@ from erasekit.models.delta import (
 from erasekit.models.scopes import get_scope
 from erasekit.models.tiny import tiny_unet
 
+# tiny pipelines run fastest on one thread (two crawl on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _text_encoder(seed=0):
     torch.manual_seed(seed)

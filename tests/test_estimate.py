@@ -80,6 +80,7 @@ def test_estimates_are_consistent_and_cheaper_settings_help():
     assert estimate("uce", "sdxl").train_seconds < 60
 
 
+@pytest.mark.slow  # saves a tiny SDXL folder and counts the UNet's operations on the meta device: ~6 s
 def test_dry_run_cli_prints_the_estimate_and_trains_nothing(tmp_path):
     from typer.testing import CliRunner
 
@@ -95,6 +96,7 @@ def test_dry_run_cli_prints_the_estimate_and_trains_nothing(tmp_path):
     assert "esd-x on" in result.output and "peak" in result.output and not out.exists()
 
 
+@pytest.mark.slow  # the first --dry-run of a session counts the UNet on the meta device: ~7 s
 def test_cli_refuses_a_preset_the_method_does_not_have(tmp_path):
     from typer.testing import CliRunner
 

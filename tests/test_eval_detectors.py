@@ -11,6 +11,9 @@ from erasekit.eval.detectors.q16 import Q16Detector, load_q16_prompts, q16_logit
 from erasekit.world.render import Scene, render
 from eval_helpers import save_tiny_clip
 
+# tiny pipelines run fastest on one thread (two crawl on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _scene(shape: str, color: str = "red") -> Image.Image:
     return render(Scene(shape=shape, color=color, style="solid", background="light", cx=32.0, cy=32.0,

@@ -13,6 +13,9 @@ from erasekit.concepts.packs import get_concept
 from erasekit.methods.base import get_method
 from erasekit.models.tiny import tiny_pipeline
 
+# tiny pipelines run fastest on one thread (two crawl on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 runner = CliRunner()
 
 

@@ -3,6 +3,7 @@ down from the original LDM/SGM module paths (SD-1.5 and SDXL), and on exported t
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -12,6 +13,9 @@ from erasekit.export.run import export_model
 from erasekit.methods.base import get_method
 from erasekit.models.delta import WeightDelta, resolve_tensors, revert_delta, snapshot
 from erasekit.models.tiny import tiny_pipeline
+
+# tiny pipelines run fastest on one thread (two crawl on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SD15_UNET = {"layers_per_block": 2,
              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}

@@ -14,6 +14,9 @@ from erasekit.methods.base import get_method
 from erasekit.models.delta import WeightDelta, apply_delta, resolve_tensors, revert_delta, snapshot
 from erasekit.models.tiny import tiny_pipeline
 
+# tiny pipelines run fastest on one thread (two crawl on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPTS = ["a red circle", "a blue square on a green background"]
 SEEDS = [0, 1]
 

@@ -12,6 +12,9 @@ from erasekit.models.delta import apply_delta, revert_delta
 from erasekit.models.loading import checkpoint_family
 from erasekit.models.tiny import TINY_SDXL_TEXT_CONFIG_2, TINY_TEXT_CONFIG, tiny_pipeline
 
+# tiny pipelines run fastest on one thread (two crawl on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
@@ -34,7 +37,9 @@ def states(pipe):
             for c in COMPONENTS if getattr(pipe, c, None) is not None}
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+# sd2 (OpenCLIP text layout) and sdxl (two encoders) take 4-6 s each; sd1 stays in `make test-fast`
+@pytest.mark.parametrize("family", ["sd1", pytest.param("sd2", marks=pytest.mark.slow),
+                                    pytest.param("sdxl", marks=pytest.mark.slow)])
 def test_from_single_file_loads_the_erased_weights_back(family, tmp_path):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 

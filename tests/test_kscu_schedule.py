@@ -7,7 +7,7 @@ import torch
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
-from erasekit.methods.kscu import KIND_SCOPES, Config, KSCUStep, augment_prompt, key_step_schedule
+from erasekit.methods.kscu import KIND_SCOPES, KSCUConfig, KSCUStep, augment_prompt, key_step_schedule
 from erasekit.models.delta import snapshot
 from erasekit.models.scopes import get_scope
 from erasekit.training import Trainer, list_checkpoints
@@ -23,8 +23,8 @@ def _concept(kind):
 
 # ------------------------------------------------------------------ schedule
 def test_nudity_object_schedule_matches_the_spec():
-    iters, start = Config().resolved("unsafe")
-    assert (iters, start) == (750, 14) and Config().resolved("object") == (750, 14)
+    iters, start = KSCUConfig().resolved("unsafe")
+    assert (iters, start) == (750, 14) and KSCUConfig().resolved("object") == (750, 14)
     sched = key_step_schedule(iters, start)
     assert len(sched) == 750
     assert sched[:36] == list(range(14, 50)) and sched[36] == 14
@@ -43,9 +43,9 @@ def test_cap_and_truncation():
 
 
 def test_style_and_instance_defaults():
-    assert Config().resolved("style") == (500, 24) and key_step_schedule(500, 24)[:3] == [24, 25, 26]
-    assert Config().resolved("instance") == (200, 40) and key_step_schedule(200, 40)[:11] == [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 40]
-    shapes = Config.preset("shapes")
+    assert KSCUConfig().resolved("style") == (500, 24) and key_step_schedule(500, 24)[:3] == [24, 25, 26]
+    assert KSCUConfig().resolved("instance") == (200, 40) and key_step_schedule(200, 40)[:11] == [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 40]
+    shapes = KSCUConfig.preset("shapes")
     assert shapes.resolved("object") == (150, 7) and shapes.resolved("style")[1] == 12
     assert key_step_schedule(5000, 7, n_steps=25)[-1] <= 24 and min(key_step_schedule(5000, 7, n_steps=25)[-50:]) == 22
 
@@ -59,7 +59,7 @@ def test_augmented_prompts_keep_the_concept():
 
 # ------------------------------------------------------------------ the method
 def _erase(pipe, kind, **kw):
-    cfg = Config(iterations=4, n_steps=6, start_step=3, lr=1e-3, progress=False, **kw)
+    cfg = KSCUConfig(iterations=4, n_steps=6, start_step=3, lr=1e-3, progress=False, **kw)
     return get_method("kscu").erase(pipe, _concept(kind), cfg)
 
 
@@ -86,17 +86,17 @@ def test_by_kind_settings_apply_to_their_kind_only_and_explicit_overrides_win(pi
     assert delta.manifest.config["lr"] == 1e-2 and delta.manifest.config["by_kind"] == {}
     assert not any(".attn2." in n for n in _erase(pipe, "object", by_kind=by_kind).names)
     # a field given explicitly with a preset wins over the preset's per-kind value
-    shapes = Config.preset("shapes")
+    shapes = KSCUConfig.preset("shapes")
     assert shapes.for_kind("attribute").lr == 1e-3 and shapes.for_kind("object").lr == 1e-4
-    assert Config.preset("shapes", lr=5e-4).for_kind("attribute").lr == 5e-4
+    assert KSCUConfig.preset("shapes", lr=5e-4).for_kind("attribute").lr == 5e-4
     with pytest.raises(ValueError, match="unknown concept kind"):
-        Config(by_kind={"colour": {"lr": 1.0}})
+        KSCUConfig(by_kind={"colour": {"lr": 1.0}})
     with pytest.raises(ValueError, match="cannot be set per kind"):
-        Config(by_kind={"object": {"learning_rate": 1.0}})
+        KSCUConfig(by_kind={"object": {"learning_rate": 1.0}})
 
 
 def test_running_trajectory_is_reused_then_restarted(pipe):
-    cfg = Config(iterations=4, n_steps=6, start_step=3, progress=False)
+    cfg = KSCUConfig(iterations=4, n_steps=6, start_step=3, progress=False)
     trainer = Trainer(pipe.unet, "cross_attn", iterations=4, progress=False)
     step = KSCUStep(pipe, trainer, _concept("style"), cfg, 4, key_step_schedule(4, 3, 6))
     g = torch.Generator().manual_seed(0)

@@ -10,6 +10,9 @@ from erasekit.models.loading import (ModelNotFoundError, UnsupportedModelError, 
                                      load_pipeline)
 from erasekit.models.tiny import FAMILIES, tiny_pipeline
 
+# tiny pipelines run fastest on one thread (two crawl on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):

@@ -6,8 +6,8 @@ import torch
 import erasekit.methods.trce_v as trce_v
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
-from erasekit.methods.trce import TextualConfig, erase_textual
-from erasekit.methods.trce_v import Config, VisualConfig, load_or_sample, triplet_margin
+from erasekit.methods.trce import TRCETextualConfig, erase_textual
+from erasekit.methods.trce_v import TRCEConfig, TRCEVisualConfig, load_or_sample, triplet_margin
 from erasekit.models.scopes import get_scope
 from tiny_helpers import snapshot_weights
 
@@ -37,7 +37,7 @@ def test_margin_loss_zero_when_closer_to_safe_by_the_margin():
 
 # ------------------------------------------------------------------ the cache
 def test_trajectory_cache_is_reused_and_keyed(pipe, tmp_path, monkeypatch):
-    cfg = VisualConfig(**TINY, trajectory_cache=str(tmp_path))
+    cfg = TRCEVisualConfig(**TINY, trajectory_cache=str(tmp_path))
     prompts = CONCEPT.target_prompts()
     first = load_or_sample(pipe, prompts, cfg)
     files = list(tmp_path.glob("*.safetensors"))
@@ -51,13 +51,13 @@ def test_trajectory_cache_is_reused_and_keyed(pipe, tmp_path, monkeypatch):
     # Another seed is another key; a file path with a stale key is resampled in place.
     load_or_sample(pipe, prompts, cfg.model_copy(update={"seed": 1}))
     assert len(calls) == 1 and len(list(tmp_path.glob("*.safetensors"))) == 2
-    fixed = VisualConfig(**TINY, trajectory_cache=str(files[0]))
+    fixed = TRCEVisualConfig(**TINY, trajectory_cache=str(files[0]))
     load_or_sample(pipe, prompts, fixed.model_copy(update={"seed": 2}))
     assert len(calls) == 2
 
 
 def test_trajectories_shapes(pipe):
-    t = trce_v.sample_trajectories(pipe, CONCEPT.target_prompts(), VisualConfig(**TINY))
+    t = trce_v.sample_trajectories(pipe, CONCEPT.target_prompts(), TRCEVisualConfig(**TINY))
     assert t["cond"].shape == (2, 2, 4, 8, 8) and t["uncond"].shape == (2, 4, 4, 8, 8)
     assert t["prompt_index"].tolist() != [] and max(t["prompt_index"].tolist()) < 4
 
@@ -65,7 +65,7 @@ def test_trajectories_shapes(pipe):
 # ------------------------------------------------------------------ the methods
 def test_trce_v_delta_in_visual_scope_and_pipe_unchanged(pipe):
     before = snapshot_weights(pipe)
-    delta = get_method("trce-v").erase(pipe, CONCEPT, VisualConfig(**TINY))
+    delta = get_method("trce-v").erase(pipe, CONCEPT, TRCEVisualConfig(**TINY))
     visual = set(get_scope("visual").select(pipe.unet, prefix="unet."))
     assert delta.names and set(delta.names) <= visual
     assert any(".attn1." in n for n in delta.names) and any(".attn2.to_q" in n for n in delta.names)
@@ -76,13 +76,13 @@ def test_trce_v_delta_in_visual_scope_and_pipe_unchanged(pipe):
 
 def test_trce_combines_both_stages_in_one_delta(pipe):
     before = snapshot_weights(pipe)
-    cfg = Config(**TINY, n_general=8)
+    cfg = TRCEConfig(**TINY, n_general=8)
     delta = get_method("trce").erase(pipe, CONCEPT, cfg)
     kv = set(get_scope("cross_attn_kv").select(pipe.unet, prefix="unet."))
     visual = set(get_scope("visual").select(pipe.unet, prefix="unet."))
     names = set(delta.names)
     assert names & kv and names & visual and names <= kv | visual
-    stage1 = erase_textual(pipe, CONCEPT, TextualConfig(**{k: getattr(cfg, k) for k in TextualConfig.model_fields}))
+    stage1 = erase_textual(pipe, CONCEPT, TRCETextualConfig(**{k: getattr(cfg, k) for k in TRCETextualConfig.model_fields}))
     assert set(stage1.names) == names & kv
     assert all(torch.equal(stage1.tensors[n], delta.tensors[n]) for n in stage1.names)
     after = snapshot_weights(pipe)
@@ -111,7 +111,7 @@ def test_an_empty_anchor_leaves_no_sample_active_and_a_real_one_does(pipe, monke
     tiny random pipeline's concept offsets are far smaller than SD's, so the margin is scaled down
     with them (m = 1e-6) to put it in the regime SD is in at m = 0.01."""
     monkeypatch.setattr(trce_v, "require_safe_anchor", lambda *a: None)
-    cfg = VisualConfig(**{**TINY, "n_trajectories": 4, "epochs": 2}, margin=1e-6)
+    cfg = TRCEVisualConfig(**{**TINY, "n_trajectories": 4, "epochs": 2}, margin=1e-6)
     empty = trce_v.erase_visual(pipe, _anchored(""), cfg).manifest.metrics["hinge"]
     real = trce_v.erase_visual(pipe, _anchored("dog"), cfg).manifest.metrics["hinge"]
     assert empty["samples"] == [4, 4, 4, 4] and real["samples"] == [4, 4, 4, 4]  # 8 iterations x 2 terms

@@ -1,11 +1,14 @@
-"""Helper for test_data_parallel: fine-tune the tiny pipeline with esd-x and TRuST, print weight checksums.
+"""Helper for test_data_parallel: fine-tune the tiny pipeline with esd-x, TRuST and KSCU, write weight checksums.
 
-    accelerate launch --multi_gpu --num_processes 2 tests/scripts/train_dp_script.py OUT [same|interrupt|resume]
-    python tests/scripts/train_dp_script.py OUT
+    accelerate launch --multi_gpu --num_processes 2 tests/scripts/train_dp_script.py OUT[:MODE] ...
+    python tests/scripts/train_dp_script.py OUT[:MODE] ...
 
-``same`` makes every process draw process 0's samples: averaging two equal gradients must then
-give exactly the one-process run.  ``interrupt`` stops TRuST and KSCU right after their step-2
-checkpoint (they checkpoint every step); ``resume`` continues them from it.
+Each ``OUT:MODE`` is one run, in order, in the same process(es) (one launch pays the start-up
+once); a run that finishes writes its checksums to OUT.  MODE: empty (plain), ``same``,
+``interrupt`` or ``resume``.  ``same`` makes every process draw process 0's samples: averaging two
+equal gradients must then give exactly the one-process run.  ``interrupt`` stops TRuST and KSCU
+right after their step-2 checkpoint (they checkpoint every step), says so on stdout and writes
+nothing.  ``resume`` continues them from it.
 """
 
 import json
@@ -46,13 +49,23 @@ def _stop_after_checkpoint_2(save):
     return wrapped
 
 
-def main(out: str, mode: str) -> None:
-    same = mode == "same"
-    if same:
-        original = trainer.step_generator
-        trainer.step_generator = lambda seed, step, rank=0: original(seed, step)
+def run(out: str, mode: str) -> None:
+    original_generator, original_save = trainer.step_generator, trainer.save_checkpoint
+    if mode == "same":
+        trainer.step_generator = lambda seed, step, rank=0: original_generator(seed, step)
     if mode == "interrupt":
-        trainer.save_checkpoint = _stop_after_checkpoint_2(trainer.save_checkpoint)
+        trainer.save_checkpoint = _stop_after_checkpoint_2(original_save)
+    try:
+        result = train(out, mode)
+    finally:
+        trainer.step_generator, trainer.save_checkpoint = original_generator, original_save
+    dp = data_parallel.current()
+    if mode != "interrupt" and (dp is None or dp.is_main):
+        with open(out, "w") as fh:
+            json.dump(result, fh)
+
+
+def train(out: str, mode: str) -> dict:
     dp = data_parallel.current()
     result = {"processes": dp.num_processes if dp is not None else 1}
     for method, overrides in CONFIGS.items():
@@ -65,16 +78,14 @@ def main(out: str, mode: str) -> None:
         try:
             delta = info.erase(tiny_pipeline(), COMBO, info.config_cls(progress=False, **overrides, **ckpt))
         except Interrupt:
-            print(f"{method} interrupted after step 2", flush=True)
+            print(f"{out}: {method} interrupted after step 2", flush=True)
             continue
         result[method] = {"checksum": data_parallel.checksum(delta.tensors),
                           "processes_metric": delta.manifest.metrics.get("data_parallel_processes", 1)}
-    if mode == "interrupt":
-        sys.exit(3)  # nothing finished: no result file
-    if dp is None or dp.is_main:
-        with open(out, "w") as fh:
-            json.dump(result, fh)
+    return result
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "")
+    runs = [arg.partition(":")[::2] for arg in sys.argv[1:]]
+    for out, mode in runs:
+        run(out, mode)

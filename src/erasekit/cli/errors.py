@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 # RuntimeError/KeyError subclasses whose message is meant for the user
 USER_ERROR_NAMES = frozenset({
     "ModelNotFoundError", "UnsupportedModelError", "GenerationMismatchError", "DetectorUnavailableError",
-    "UnknownConceptError", "UnknownMethodError", "UnknownScopeError", "UnknownDetectorError", "UnknownAttackError",
+    "UnknownNameError", "UnknownConceptError", "UnknownMethodError", "UnknownScopeError", "UnknownDetectorError", "UnknownAttackError",
     "NonFiniteLossError", "ScorerUnavailableError", "BudgetExceededError", "NoStoredCellsError",
     "SafetensorError", "YAMLError", "ValidationError", "UserInputError",
 })

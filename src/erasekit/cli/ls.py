@@ -47,10 +47,10 @@ def method_rows() -> list[str]:
 
 
 def concept_rows(pack: Optional[str]) -> list[str]:
-    from ..concepts.packs import get_concept, list_concepts, list_packs
+    from ..concepts.packs import PACKS, get_concept, list_concepts
 
-    if pack is not None and pack not in list_packs():
-        fail(f"unknown pack {pack!r} (packs: {', '.join(list_packs())})")
+    if pack is not None and pack not in PACKS:
+        fail(str(PACKS.unknown(pack)))
     rows = []
     for name in list_concepts(pack):
         spec = get_concept(name)
@@ -79,8 +79,11 @@ def detector_rows() -> list[str]:
 def attack_rows() -> list[str]:
     from ..eval.attacks.runner import ATTACKS, attack_names
 
-    return [f"{name:12s} presets: {', '.join(preset_names(ATTACKS[name])):14s} {_first_line(ATTACKS[name].__doc__)}"
-            for name in attack_names()]
+    rows = []
+    for name in attack_names():
+        config_cls = ATTACKS.get(name).config_cls
+        rows.append(f"{name:12s} presets: {', '.join(preset_names(config_cls)):14s} {_first_line(config_cls.__doc__)}")
+    return rows
 
 
 def _value(v: Any) -> str:

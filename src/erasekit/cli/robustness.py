@@ -42,13 +42,13 @@ def attack(
     device: str = typer.Option("cpu"),
 ):
     """Adversarial prompt attack on an erased model; success = the detector finds the concept."""
-    from ..eval.attacks import UnknownAttackError, attack_names, run_attack
-    from ..eval.attacks.runner import BUDGET_FIELD
+    from ..eval.attacks import UnknownAttackError, run_attack
+    from ..eval.attacks.runner import ATTACKS
     from ..eval.detectors import DetectorUnavailableError, UnknownDetectorError, get_detector
     from ..generation import SamplingSettings
 
-    if attack_name not in attack_names():
-        fail(f"unknown attack {attack_name!r} (available: {', '.join(attack_names())})")
+    if attack_name not in ATTACKS:
+        fail(str(ATTACKS.unknown(attack_name)))
     checks.at_least(budget, 1, "--budget")
     checks.at_least(n, 1, "-n")
     checks.at_least(steps, 1, "--steps")
@@ -57,7 +57,7 @@ def attack(
     checks.out_dir(out)
     checks.input_dir(delta, "--delta")
     checks.input_file(prompts, "--prompts")
-    overrides = config_overrides(config, seed=seed, **{BUDGET_FIELD[attack_name]: budget})
+    overrides = config_overrides(config, seed=seed, **{ATTACKS.get(attack_name).budget_field: budget})
     spec = load_concept(concept)
     if guidance_note:
         note(guidance_note)

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from typing import Any
 
 import yaml
 
+from ..models.registry import Registry, UnknownNameError
 from ..world.captions import describe
 from ..world.vocabulary import load_vocabulary
 from .spec import ConceptSpec
@@ -53,14 +54,12 @@ SHAPES_COUNTERPARTS = {**dict(_PAIRS), **{b: a for a, b in _PAIRS}}
 SHAPES_KINDS = {"shape": "object", "color": "attribute", "style": "style"}
 # Where the concept word sits inside the world's "{np}" noun phrase.
 _NOUN_PHRASE = {"shape": "a {}", "color": "a {} shape", "style": "a {} shape"}
-_SD_FILES = ("sd_unsafe.yaml", "sd_artists.yaml", "sd_objects.yaml")
+# The data-file packs: each pack's YAML files in ``concepts/data`` (their ``pack:`` key names it).
+PACK_FILES = {"sd": ("sd_unsafe.yaml", "sd_artists.yaml", "sd_objects.yaml")}
 
 
-class UnknownConceptError(KeyError):
-    """No concept has this name (or a bare name is ambiguous); lists close matches."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
+class UnknownConceptError(UnknownNameError):
+    """No concept (or pack) has this name, or a bare name is ambiguous; lists close matches."""
 
 
 def normalize_name(name: str) -> str:
@@ -164,35 +163,38 @@ def _group_specs(pack: str, group: dict[str, Any]) -> list[ConceptSpec]:
     return specs
 
 
-@lru_cache(maxsize=1)
-def _file_packs() -> dict[str, dict[str, ConceptSpec]]:
-    packs: dict[str, dict[str, ConceptSpec]] = {}
+def _file_pack(pack: str) -> dict[str, ConceptSpec]:
+    specs: dict[str, ConceptSpec] = {}
     root = resources.files("erasekit.concepts").joinpath("data")
-    for filename in _SD_FILES:
+    for filename in PACK_FILES[pack]:
         data = yaml.safe_load(root.joinpath(filename).read_text(encoding="utf-8"))
-        pack = data["pack"]
+        if data["pack"] != pack:
+            raise ValueError(f"concepts/data/{filename} belongs to pack {data['pack']!r}, listed under {pack!r}")
         for group in data["groups"]:
-            for spec in _group_specs(pack, group):
-                packs.setdefault(pack, {})[spec.name] = spec
-    return packs
+            specs.update({spec.name: spec for spec in _group_specs(pack, group)})
+    return specs
+
+
+# pack name -> its concepts by qualified name, built on first use
+PACKS: Registry[dict[str, ConceptSpec]] = Registry("pack", UnknownConceptError)
+PACKS.lazy("shapes", _shapes_pack)
+for _pack in PACK_FILES:
+    PACKS.lazy(_pack, partial(_file_pack, _pack))
 
 
 def _all_packs() -> dict[str, dict[str, ConceptSpec]]:
-    return {"shapes": _shapes_pack(), **_file_packs()}
+    return {name: PACKS.get(name) for name in PACKS.names()}
 
 
 # ------------------------------------------------------------------ public API
 def list_packs() -> list[str]:
     """Names of the built-in packs, e.g. ['sd', 'shapes']."""
-    return sorted(_all_packs())
+    return PACKS.names()
 
 
 def list_concepts(pack: str | None = None) -> list[str]:
     """Qualified concept names ('shapes/circle', ...), of one pack or of all."""
-    packs = _all_packs()
-    if pack is not None and pack not in packs:
-        raise UnknownConceptError(f"unknown pack {pack!r}; packs: {', '.join(sorted(packs))}")
-    chosen = [packs[pack]] if pack is not None else packs.values()
+    chosen = [PACKS.get(pack)] if pack is not None else _all_packs().values()
     return sorted(name for p in chosen for name in p)
 
 

@@ -7,23 +7,22 @@ with one ``register(MethodSpec(...))`` per method name it serves.  The
 pipeline is edited only through the returned delta: ``erase`` leaves ``pipe``
 as it found it.
 
-`REGISTRY` maps each name to its module (one line per method); `get_method`
-imports the module on first use, so listing names costs nothing.  Adding a
-method touches its own module and one line of `REGISTRY`.
+`METHODS` (a `Registry`) maps each name to its module (one line per method);
+`get_method` imports the module on first use, so listing names costs nothing.
+Adding a method touches its own module and one line of `METHOD_MODULES`.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..models.delta import WeightDelta
+from ..models.registry import Registry, UnknownNameError
 from ..training.config import MethodConfig
 
-REGISTRY: dict[str, str] = {
+METHOD_MODULES: dict[str, str] = {
     "uce": "erasekit.methods.uce",
     "trce-t": "erasekit.methods.trce",
     "trce-v": "erasekit.methods.trce_v",
@@ -103,34 +102,26 @@ class MethodSpec:
         return self.closed_form_scope
 
 
-_SPECS: dict[str, MethodSpec] = {}
+class UnknownMethodError(UnknownNameError):
+    """No method has this name."""
+
+
+METHODS: Registry[MethodSpec] = Registry("method", UnknownMethodError)
+for _name, _module in METHOD_MODULES.items():
+    METHODS.lazy(_name, _module)
 
 
 def register(spec: MethodSpec) -> MethodSpec:
     """Record ``spec`` under its name (called once per name, at the bottom of the method's module)."""
-    if spec.name not in REGISTRY:
-        raise KeyError(f"method {spec.name!r} is not in erasekit.methods.base.REGISTRY: add its module there")
-    _SPECS[spec.name] = spec
-    return spec
-
-
-class UnknownMethodError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+    if spec.name not in METHODS:
+        raise KeyError(f"method {spec.name!r} is not in erasekit.methods.base.METHOD_MODULES: add its module there")
+    return METHODS.add(spec.name, spec, overwrite=True)
 
 
 def list_methods() -> list[str]:
-    return sorted(REGISTRY)
+    return METHODS.names()
 
 
 def get_method(name: str) -> MethodSpec:
     """The spec of method ``name``, importing its module on first use; unknown names suggest close ones."""
-    if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UnknownMethodError(f"unknown method {name!r}{hint} (available: {', '.join(list_methods())})")
-    if name not in _SPECS:
-        importlib.import_module(REGISTRY[name])
-        if name not in _SPECS:
-            raise KeyError(f"{REGISTRY[name]} does not register method {name!r}")
-    return _SPECS[name]
+    return METHODS.get(name)

@@ -11,7 +11,7 @@ negatively guided output of the frozen original model:
 (mean over elements).  Variants differ only in the parameter scope:
 ``esd-x`` trains cross-attention (``cross_attn``), ``esd-u`` everything else
 (``non_cross_attn_paper`` as the paper's code, or the diffusers port's
-``non_cross_attn``; `Config.u_scope`).  Defaults are the paper's: Adam lr 1e-5,
+``non_cross_attn``; `ESDConfig.u_scope`).  Defaults are the paper's: Adam lr 1e-5,
 1000 iterations, DDIM 50 steps, generation CFG 3.  Differences from the
 authors' code: docs/faithfulness.md.
 """
@@ -24,6 +24,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import cat_conditions, encode_conditions, expand_condition
@@ -45,7 +46,7 @@ if PAPER_U_SCOPE not in list_scopes():
         "every parameter outside cross-attention, the time embedding and the output layers (ESD-u, paper)"))
 
 
-def variant_scope(config: "Config", variant: str) -> str:
+def variant_scope(config: "ESDConfig", variant: str) -> str:
     """The scope a variant trains: ``config.scope``, else esd-x's cross-attention or esd-u's ``u_scope``."""
     if config.scope:
         return config.scope
@@ -65,12 +66,12 @@ def training_prompts(concept: ConceptSpec, prompts: str, n_synonyms: int | None,
 
 SHAPES_PRESET = {"iterations": 150, "lr": 1e-4, "n_steps": 25, "negative_guidance": 3.0, "prompts": "grid",
                  "u_scope": "port"}
-# esd-u's ``shapes-retain`` preset adds these to the shapes preset (see `Config`'s docstring).
+# esd-u's ``shapes-retain`` preset adds these to the shapes preset (see `ESDConfig`'s docstring).
 SHAPES_RETAIN = {"iterations": 300, "lr_schedule": "cosine", "preserve_weight": 12.0, "preserve_pool_size": 32,
                  "preserve_batch": 16, "sample_batch": 4}
 
 
-class Config(FineTuneConfig):
+class ESDConfig(FineTuneConfig):
     """Paper defaults (SD-1.4): 1000 iterations, Adam lr 1e-5, DDIM 50 steps, CFG 3, g = 1.
 
     ``prompts``: "bare" (the SD default, as the authors' code: the concept string alone)
@@ -102,20 +103,25 @@ class Config(FineTuneConfig):
 
     iterations: int = 1000
     lr: float = 1e-5
-    n_steps: int = 50
-    guidance: float = 3.0
-    negative_guidance: float = 1.0
-    prompts: Literal["bare", "grid"] = "bare"
-    u_scope: Literal["paper", "port"] = "paper"
-    n_synonyms: int | None = None
-    n_templates: int | None = None
-    preserve_weight: float = 0.0
-    preserve_pool_size: int = 8
-    preserve_batch: int = 1
-    preserve_latents: Literal["pool", "partial"] = "pool"
-    preserve_kv_weight: float = 0.0
-    step_range: tuple[float, float] = (0.0, 1.0)
-    sample_batch: int = 1
+    n_steps: int = Field(50, description="DDIM steps of the sampled trajectory; the training step is drawn among them")
+    guidance: float = Field(3.0, description="CFG scale the edited model generates the training latent with")
+    negative_guidance: float = Field(1.0, description="g in the target eps(z,'') - g (eps(z,c) - eps(z,''))")
+    prompts: Literal["bare", "grid"] = Field(
+        "bare", description="'bare': the concept string alone (authors' code); 'grid': synonyms x templates")
+    u_scope: Literal["paper", "port"] = Field(
+        "paper", description="esd-u's scope: 'paper' (CompVis code) or 'port' (the diffusers port's)")
+    n_synonyms: int | None = Field(None, description="grid prompts: synonyms used (None: all)")
+    n_templates: int | None = Field(None, description="grid prompts: templates used (None: all)")
+    preserve_weight: float = Field(0.0, description="weight of the retain term on the kept prompts (noise space)")
+    preserve_pool_size: int = Field(8, description="retain term: kept-prompt latents pooled")
+    preserve_batch: int = Field(1, description="retain term: pooled latents per iteration")
+    preserve_latents: Literal["pool", "partial"] = Field(
+        "pool", description="retain latents: the original model's pooled ones, or partial generations of the edited model")
+    preserve_kv_weight: float = Field(
+        0.0, description="weight holding the kept prompts' cross-attention K/V in place (needs K/V in scope)")
+    step_range: tuple[float, float] = Field(
+        (0.0, 1.0), description="the fraction [lo, hi) of the DDIM steps the training step is drawn from")
+    sample_batch: int = Field(1, description="prompts and latents per iteration at one shared step")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
                                              "preserve_latents", "preserve_kv_weight", "step_range",
@@ -123,7 +129,7 @@ class Config(FineTuneConfig):
     PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET, "shapes-retain": {**SHAPES_PRESET, **SHAPES_RETAIN}}
 
 
-class CrossAttentionConfig(Config):
+class ESDXConfig(ESDConfig):
     """esd-x's config: ESD's fields and SD defaults; its own Shapes preset.
 
     The ``shapes`` preset trains only the cross-attention keys and values at lr 1e-3 with
@@ -154,7 +160,7 @@ def sampled_steps(n_steps: int, step_range: tuple[float, float]) -> range:
 class ESDStep:
     """One ESD iteration: partial generation with the edited model, frozen targets, MSE."""
 
-    def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: Config):
+    def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: ESDConfig):
         self.unet, self.trainer, self.config = pipe.unet, trainer, config
         if config.sample_batch < 1:
             raise ValueError(f"sample_batch must be >= 1, got {config.sample_batch}")
@@ -186,7 +192,7 @@ class ESDStep:
         return loss
 
 
-def erase(pipe, concept: ConceptSpec, config: Config, variant: str = "esd-x") -> WeightDelta:
+def erase(pipe, concept: ConceptSpec, config: ESDConfig, variant: str = "esd-x") -> WeightDelta:
     require_supported_unet(pipe.unet, variant)
     scope = variant_scope(config, variant)
     return fine_tune(pipe, concept, config, variant, scope, config.iterations,
@@ -196,12 +202,12 @@ def erase(pipe, concept: ConceptSpec, config: Config, variant: str = "esd-x") ->
 erase_x = partial(erase, variant="esd-x")
 erase_u = partial(erase, variant="esd-u")
 
-def _work(spec: MethodSpec, config: Config, kind: str) -> MethodWork:
+def _work(spec: MethodSpec, config: ESDConfig, kind: str) -> MethodWork:
     # partial generation to a uniform step s in 0..n-1 (mean (n-1)/2 CFG steps of 2), frozen reference 2
     return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, (config.n_steps - 1) + 2, 1, 1)
 
 
-register(MethodSpec("esd-x", CrossAttentionConfig, erase_x, "ESD negative-guidance fine-tuning of cross-attention",
+register(MethodSpec("esd-x", ESDXConfig, erase_x, "ESD negative-guidance fine-tuning of cross-attention",
                     family="fine-tune", default_scope=VARIANT_SCOPES["esd-x"], work=_work, quick={"iterations": 30}))
-register(MethodSpec("esd-u", Config, erase_u, "ESD negative-guidance fine-tuning outside cross-attention",
+register(MethodSpec("esd-u", ESDConfig, erase_u, "ESD negative-guidance fine-tuning outside cross-attention",
                     family="fine-tune", default_scope=lambda c: variant_scope(c, "esd-u"), work=_work, quick={"iterations": 30}))

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
@@ -109,7 +109,7 @@ def key_step_schedule(iterations: int, start: int, n_steps: int = 50, traversals
     return out[:iterations]
 
 
-class Config(FineTuneConfig):
+class KSCUConfig(FineTuneConfig):
     """Paper defaults (SD-1.4): budgets/start steps by kind, DDIM 50, CFG 3, g 1, lambda2 1e-4, Adam lr 1e-5.
 
     ``iterations``/``start_step`` None take the kind's default; ``start_step``
@@ -133,28 +133,31 @@ class Config(FineTuneConfig):
     """
 
     lr: float = 1e-5
-    start_step: int | None = None
-    n_steps: int = 50
-    traversals_per_raise: int = 8
-    cap: int | None = None
-    iterations_by_kind: dict[str, int] = {k: v[0] for k, v in KIND_DEFAULTS.items()}
-    guidance: float = 3.0
-    negative_guidance: float = 1.0
-    lambda2: float = 1e-4
-    lambda1_rate: float = 2e-5
-    augment_fraction: float = 0.05
-    embed_noise: float = 1e-5
-    preserve_weight: float = 0.0
-    preserve_pool_size: int = 8
-    preserve_batch: int = 1
-    preserve_latents: Literal["pool", "partial"] = "pool"
-    preserve_kv_weight: float = 0.0
-    by_kind: dict[str, dict[str, Any]] = {}
-    # "bare": the concept string alone (the authors' code); "grid": every synonym in every template.
-    prompts: Literal["bare", "grid"] = "bare"
-    # "release": the authors' rewordings (`release_augmentations`); "erasekit": template swaps, word
-    # shuffles and deletions, and phrase affixes over the concept's own templates (`augment_prompt`).
-    augment: Literal["release", "erasekit"] = "release"
+    start_step: int | None = Field(None, description="first key step S in n_steps units (None: the kind's default)")
+    n_steps: int = Field(50, description="DDIM steps of the trajectory the key steps index")
+    traversals_per_raise: int = Field(8, description="full traversals of [S, n_steps-1] before S is raised by one")
+    cap: int | None = Field(None, description="highest S (None: ceil(0.9 n_steps) - 1)")
+    iterations_by_kind: dict[str, int] = Field(
+        {k: v[0] for k, v in KIND_DEFAULTS.items()}, description="iteration budget per concept kind (iterations=None)")
+    guidance: float = Field(3.0, description="CFG scale the edited model generates the training latent with")
+    negative_guidance: float = Field(1.0, description="g in the erase target eps_u - g (eps_c - eps_u)")
+    lambda2: float = Field(1e-4, description="weight of the unconditional anchor loss")
+    lambda1_rate: float = Field(2e-5, description="lambda1(t) = (1000 - t) * lambda1_rate in the anchor target")
+    augment_fraction: float = Field(0.05, description="last fraction of iterations trained on reworded prompts")
+    embed_noise: float = Field(1e-5, description="std of the Gaussian noise on a reworded prompt's embedding")
+    preserve_weight: float = Field(0.0, description="weight of the retain term on the kept prompts (noise space)")
+    preserve_pool_size: int = Field(8, description="retain term: kept-prompt latents pooled")
+    preserve_batch: int = Field(1, description="retain term: pooled latents per iteration")
+    preserve_latents: Literal["pool", "partial"] = Field(
+        "pool", description="retain latents: the original model's pooled ones, or partial generations of the edited model")
+    preserve_kv_weight: float = Field(
+        0.0, description="weight holding the kept prompts' cross-attention K/V in place (needs K/V in scope)")
+    by_kind: dict[str, dict[str, Any]] = Field(
+        {}, description="field values replacing this config's for concepts of one kind")
+    prompts: Literal["bare", "grid"] = Field(
+        "bare", description="'bare': the concept string alone (authors' code); 'grid': synonyms x templates")
+    augment: Literal["release", "erasekit"] = Field(
+        "release", description="rewordings: the authors' 10 templates, or erasekit's swaps, shuffles and affixes")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
                                              "preserve_latents", "preserve_kv_weight", "by_kind")
@@ -177,7 +180,7 @@ class Config(FineTuneConfig):
         return v
 
     @classmethod
-    def preset(cls, name: str | None, **overrides) -> "Config":
+    def preset(cls, name: str | None, **overrides) -> "KSCUConfig":
         """As `MethodConfig.preset`; a field given in ``overrides`` also replaces the preset's per-kind values."""
         config = super().preset(name, **overrides)
         if "by_kind" in overrides or not config.by_kind:
@@ -185,7 +188,7 @@ class Config(FineTuneConfig):
         by_kind = {k: {f: x for f, x in values.items() if f not in overrides} for k, values in config.by_kind.items()}
         return config.model_copy(update={"by_kind": {k: x for k, x in by_kind.items() if x}})
 
-    def for_kind(self, kind: str) -> "Config":
+    def for_kind(self, kind: str) -> "KSCUConfig":
         """This config with ``by_kind[kind]`` applied (and ``by_kind`` emptied): what a concept of ``kind`` runs."""
         if not self.by_kind:
             return self
@@ -253,7 +256,7 @@ def release_augmentations(target: str, kind: str, g: torch.Generator, n: int = 1
 class KSCUStep:
     """One KSCU iteration; keeps the running trajectory (checkpointed via state_dict)."""
 
-    def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: Config, iterations: int,
+    def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: KSCUConfig, iterations: int,
                  schedule: list[int]):
         self.pipe, self.unet, self.trainer, self.concept, self.config = pipe, pipe.unet, trainer, concept, config
         self.schedule = schedule
@@ -338,7 +341,7 @@ class KSCUStep:
         return loss
 
 
-def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
+def erase(pipe, concept: ConceptSpec, config: KSCUConfig) -> WeightDelta:
     require_supported_unet(pipe.unet, "kscu")
     config = config.for_kind(concept.kind)
     iterations, start = config.resolved(concept.kind)
@@ -350,7 +353,7 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
                      scope_name=scope)
 
 
-def _work(spec: MethodSpec, config: Config, kind: str) -> MethodWork:
+def _work(spec: MethodSpec, config: KSCUConfig, kind: str) -> MethodWork:
     iterations, start = config.resolved(kind)
     cap = config.cap if config.cap is not None else default_cap(config.n_steps)
     schedule = key_step_schedule(iterations, start, config.n_steps, config.traversals_per_raise, cap)
@@ -361,7 +364,7 @@ def _work(spec: MethodSpec, config: Config, kind: str) -> MethodWork:
     return MethodWork(spec.name, spec.scope_for(config, kind), iterations, 2 * steps / max(1, iterations) + 2, 2, 2)
 
 
-register(MethodSpec("kscu", Config, erase, "KSCU: ESD-style fine-tuning at key denoising steps only",
+register(MethodSpec("kscu", KSCUConfig, erase, "KSCU: ESD-style fine-tuning at key denoising steps only",
                     family="fine-tune", default_scope=KIND_SCOPES, work=_work,
                     quick={"iterations_by_kind": {"unsafe": 30, "object": 30, "attribute": 30, "style": 20,
                                                   "instance": 8}}))

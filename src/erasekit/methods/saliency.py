@@ -11,7 +11,7 @@ or, with ``topk``, the ``topk`` fraction of entries with the largest ``|g|``
 is how SalUn's released code ranks them).  Entries with ``g == 0`` are never
 selected, so a tensor the score does not reach gets an empty mask.
 
-Scorers (registry `SCORERS`, add one with `register_scorer`):
+Scorers (the `Registry` `SCORERS`, add one with `register_scorer`):
 
 ``forget``
     The forgetting loss itself, ``||eps*(x_t, c_target) - eps(x_t, c_anchor)||^2``
@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..concepts.spec import ConceptSpec
+from ..models.registry import Registry, UnknownNameError
 from ..training.data_parallel import average
 
 log = logging.getLogger(__name__)
@@ -243,14 +244,20 @@ def clip_scorer(pipe, concept: ConceptSpec, clip_model: str | None = DEFAULT_CLI
 
 
 ScorerFactory = Callable[..., Scorer]
-SCORERS: dict[str, ScorerFactory] = {"forget": forget_scorer, "detector": detector_scorer, "clip": clip_scorer}
+
+
+class UnknownScorerError(UnknownNameError, ValueError):
+    """No saliency scorer has this name."""
+
+
+SCORERS: Registry[ScorerFactory] = Registry("saliency scorer", UnknownScorerError, also=("auto",))
+for _name, _factory in {"forget": forget_scorer, "detector": detector_scorer, "clip": clip_scorer}.items():
+    SCORERS.add(_name, _factory)
 
 
 def register_scorer(name: str, factory: ScorerFactory, overwrite: bool = False) -> None:
     """Add a scorer: ``factory(pipe, concept, **options) -> (ScoreSample -> scalar tensor)``."""
-    if name in SCORERS and not overwrite:
-        raise ValueError(f"scorer {name!r} is already registered")
-    SCORERS[name] = factory
+    SCORERS.add(name, factory, overwrite=overwrite)
 
 
 def make_scorer(name: str, pipe, concept: ConceptSpec, **options: Any) -> tuple[str, Scorer]:
@@ -261,14 +268,12 @@ def make_scorer(name: str, pipe, concept: ConceptSpec, **options: Any) -> tuple[
         candidates = (["detector"] if is_shapes_world(pipe) else []) + ["clip"]
         for cand in candidates:
             try:
-                return cand, SCORERS[cand](pipe, concept, **options)
+                return cand, SCORERS.get(cand)(pipe, concept, **options)
             except ScorerUnavailableError as err:
                 log.info("saliency scorer %s unavailable (%s)", cand, err)
         log.info("saliency scorer: falling back to the forgetting loss")
         return "forget", forget_scorer(pipe, concept)
-    if name not in SCORERS:
-        raise ValueError(f"unknown saliency scorer {name!r} (available: auto, {', '.join(SCORERS)})")
-    return name, SCORERS[name](pipe, concept, **options)
+    return name, SCORERS.get(name)(pipe, concept, **options)
 
 
 # ------------------------------------------------------------------ saliency and masks

@@ -36,7 +36,7 @@ from .closed_form import cross_attention_kv_names, edit_cross_attention_kv
 from .preservation import paired_eot_rows, preservation_moment
 
 
-class TextualConfig(MethodConfig):
+class TRCETextualConfig(MethodConfig):
     """Paper defaults (SD-1.4): 20 synonyms x 15 templates, eta 0.01, no ridge, COCO statistics.
 
     The ``shapes`` preset edits every [EoT]/padding output (the Shapes text encoder, trained
@@ -69,7 +69,7 @@ class TextualConfig(MethodConfig):
         return self.eta * self.eta if self.eta_applied == "twice" else self.eta
 
 
-def erase_textual(pipe, concept: ConceptSpec, config: TextualConfig, method: str = "trce-t") -> WeightDelta:
+def erase_textual(pipe, concept: ConceptSpec, config: TRCETextualConfig, method: str = "trce-t") -> WeightDelta:
     sources = concept.target_prompts(config.n_synonyms, config.n_templates)
     anchors = concept.anchor_prompts(config.n_synonyms, config.n_templates)
     padding = config.eot_rows == "all"
@@ -84,11 +84,11 @@ def erase_textual(pipe, concept: ConceptSpec, config: TextualConfig, method: str
     return session.delta
 
 
-def _work(spec: MethodSpec, config: TextualConfig, kind: str) -> MethodWork:
+def _work(spec: MethodSpec, config: TRCETextualConfig, kind: str) -> MethodWork:
     return MethodWork(spec.name, spec.scope_for(config, kind), 0, 0, 0, 0, closed_form=True,
                       notes="closed form: text encoding + one linear solve per K/V projection")
 
 
-register(MethodSpec("trce-t", TextualConfig, erase_textual,
+register(MethodSpec("trce-t", TRCETextualConfig, erase_textual,
                     "TRCE stage 1: closed-form K/V edit on first-[EoT] embeddings",
                     family="closed-form", default_scope="cross_attn_kv", work=_work))

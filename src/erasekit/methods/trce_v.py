@@ -59,14 +59,14 @@ from ..training.checkpoints import save_tensors_atomic
 from .base import MethodSpec, MethodWork, register
 from .closed_form import cross_attention_kv_names
 from .preservation import text_fingerprint
-from .trce import TextualConfig, erase_textual
+from .trce import TRCETextualConfig, erase_textual
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "erasekit-trce-trajectories"
 
 
-class VisualConfig(FineTuneConfig):
+class TRCEVisualConfig(FineTuneConfig):
     """Paper defaults (SD-1.4): 100 trajectories, 2000 unconditional, DDIM 50, CFG 3, steps 0..25,
     beta 15, margin 0.01, lambda 100, Adam lr 1e-6, 3 epochs (300 iterations).
 
@@ -102,11 +102,11 @@ class VisualConfig(FineTuneConfig):
         return self.iterations if self.iterations is not None else self.epochs * self.n_trajectories
 
 
-class Config(VisualConfig, TextualConfig):
-    """Both stages' settings (stage 1: TextualConfig's fields; stage 2: VisualConfig's)."""
+class TRCEConfig(TRCEVisualConfig, TRCETextualConfig):
+    """Both stages' settings (stage 1: TRCETextualConfig's fields; stage 2: TRCEVisualConfig's)."""
 
     PRESETS: ClassVar[dict] = {
-        "shapes": {**TextualConfig.PRESETS["shapes"], **VisualConfig.PRESETS["shapes"]},
+        "shapes": {**TRCETextualConfig.PRESETS["shapes"], **TRCEVisualConfig.PRESETS["shapes"]},
     }
 
 
@@ -199,7 +199,7 @@ def unet_fingerprint(unet) -> str:
     return h.hexdigest()
 
 
-def cache_key(pipe, prompts: list[str], config: VisualConfig) -> str:
+def cache_key(pipe, prompts: list[str], config: TRCEVisualConfig) -> str:
     payload = {
         "format": CACHE_FORMAT, "unet": unet_fingerprint(pipe.unet), "text": text_fingerprint(pipe),
         "prompts": prompts, "seed": config.seed, "n": config.n_trajectories, "n_uncond": config.n_uncond,
@@ -210,7 +210,7 @@ def cache_key(pipe, prompts: list[str], config: VisualConfig) -> str:
 
 
 @torch.no_grad()
-def sample_trajectories(pipe, prompts: list[str], config: VisualConfig) -> dict[str, torch.Tensor]:
+def sample_trajectories(pipe, prompts: list[str], config: TRCEVisualConfig) -> dict[str, torch.Tensor]:
     """Sample the trajectories with the pipeline's CURRENT (original) UNet; every kept latent, on CPU."""
     unet, bs = pipe.unet, max(1, config.sample_batch)
     sampler = DDIMSampler(pipe.scheduler, config.n_steps)
@@ -232,7 +232,7 @@ def sample_trajectories(pipe, prompts: list[str], config: VisualConfig) -> dict[
     return {"cond": torch.cat(cond), "uncond": torch.cat(unc), "prompt_index": index}
 
 
-def load_or_sample(pipe, prompts: list[str], config: VisualConfig) -> TrajectoryCache:
+def load_or_sample(pipe, prompts: list[str], config: TRCEVisualConfig) -> TrajectoryCache:
     """Reuse the cache named by ``config.trajectory_cache`` when its key matches, else sample (and store)."""
     if config.n_trajectories < 1 or config.n_uncond < 1:
         raise ValueError("TRCE stage 2 needs n_trajectories >= 1 and n_uncond >= 1")
@@ -271,7 +271,7 @@ class VisualStep:
     (None: the same as ``original``).
     """
 
-    def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: VisualConfig, cache: TrajectoryCache,
+    def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: TRCEVisualConfig, cache: TrajectoryCache,
                  original: dict[str, torch.Tensor], stage1: dict[str, torch.Tensor] | None = None):
         self.unet, self.trainer, self.config, self.cache = pipe.unet, trainer, config, cache
         self.original, self.stage1 = original, stage1
@@ -322,7 +322,7 @@ class VisualStep:
 
 
 # ------------------------------------------------------------------ methods
-def erase_visual(pipe, concept: ConceptSpec, config: VisualConfig) -> WeightDelta:
+def erase_visual(pipe, concept: ConceptSpec, config: TRCEVisualConfig) -> WeightDelta:
     """TRCE stage 2 alone, from the current model (which is also its preservation reference)."""
     require_supported_unet(pipe.unet, "trce-v")
     require_safe_anchor(concept, "trce-v")
@@ -347,14 +347,14 @@ def _write_into(pipe, tensors: dict[str, torch.Tensor]) -> None:
         live[n].copy_(v)
 
 
-def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
+def erase(pipe, concept: ConceptSpec, config: TRCEConfig) -> WeightDelta:
     """Full TRCE: stage 1 (K/V closed form) then stage 2 on top; one delta against the original weights."""
     require_supported_unet(pipe.unet, "trce")
     require_safe_anchor(concept, "trce")
     cache = load_or_sample(pipe, concept.target_prompts(), config)  # with the ORIGINAL model
     scope = config.scope or "visual"
     names = sorted(set(cross_attention_kv_names(pipe.unet)) | set(get_scope(scope).select(pipe.unet, prefix="unet.")))
-    textual = TextualConfig(**{k: getattr(config, k) for k in TextualConfig.model_fields})
+    textual = TRCETextualConfig(**{k: getattr(config, k) for k in TRCETextualConfig.model_fields})
     with EditSession(pipe, names, "trce", config, concept) as session:
         stage1 = erase_textual(pipe, concept, textual)  # leaves pipe unchanged
         _write_into(pipe, stage1.tensors)
@@ -377,7 +377,7 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     return session.delta
 
 
-def _work(spec: MethodSpec, config: VisualConfig, kind: str) -> MethodWork:
+def _work(spec: MethodSpec, config: TRCEVisualConfig, kind: str) -> MethodWork:
     setup = config.n_trajectories * config.max_step * 2 + config.n_uncond * (config.n_steps - 1)
     return MethodWork(spec.name, spec.scope_for(config, kind), config.total_iterations(), 4, 3, 3,
                       setup_nograd=setup,
@@ -385,9 +385,9 @@ def _work(spec: MethodSpec, config: VisualConfig, kind: str) -> MethodWork:
 
 
 _QUICK = {"n_trajectories": 8, "n_uncond": 16}
-register(MethodSpec("trce-v", VisualConfig, erase_visual,
+register(MethodSpec("trce-v", TRCEVisualConfig, erase_visual,
                     "TRCE stage 2: contrastive trajectory steering of the visual parameters",
                     family="fine-tune", default_scope="visual", work=_work, quick=_QUICK))
-register(MethodSpec("trce", Config, erase, "TRCE: stage 1 K/V closed form, then stage 2 visual fine-tuning; one delta",
+register(MethodSpec("trce", TRCEConfig, erase, "TRCE: stage 1 K/V closed form, then stage 2 visual fine-tuning; one delta",
                     family="fine-tune", default_scope="visual", work=_work, quick=_QUICK,
                     closed_form_scope="cross_attn_kv"))

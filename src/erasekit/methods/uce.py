@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 
 from ..concepts.spec import ConceptSpec
 from ..models.delta import WeightDelta
@@ -42,19 +43,18 @@ from .closed_form import cross_attention_kv_names, edit_cross_attention_kv, seco
 from .preservation import prompt_rows
 
 
-class Config(MethodConfig):
+class UCEConfig(MethodConfig):
     """Stable Diffusion defaults: the 2023 release's rows and sums, lam 0.5, its preservation scale."""
 
-    rows: Literal["release-2023", "release-2025", "erasekit"] = "release-2023"
-    eta: float | None = None
-    lam: float = 0.5
-    max_preserve: int = 200
-    # Only for rows="erasekit": "tokens": positions 1..first [EoT]; "tokens+padding": also every
-    # padding position after it, position by position (the whole padded sequence).
-    positions: Literal["tokens", "tokens+padding"] = "tokens"
-    # Number of the concept's templates each target word is put into (0: the bare words, as in
-    # the paper and both releases' defaults).
-    n_templates: int = 0
+    rows: Literal["release-2023", "release-2025", "erasekit"] = Field(
+        "release-2023", description="which token rows enter the edit and how they are weighed (module docstring)")
+    eta: float | None = Field(None, description="preservation scale (None: the rows setting's rule)")
+    lam: float = Field(0.5, description="regulariser lam (W, I)")
+    max_preserve: int = Field(200, description="preserved prompts used at most")
+    positions: Literal["tokens", "tokens+padding"] = Field(
+        "tokens", description="rows='erasekit': positions 1..first [EoT], or every position to the end")
+    n_templates: int = Field(
+        0, description="templates each target word is put into (0: the bare words, as the paper)")
 
     PRESETS: ClassVar[dict] = {
         "shapes": {"rows": "erasekit", "lam": 0.1, "positions": "tokens+padding", "n_templates": 15, "eta": 10.0},
@@ -102,7 +102,7 @@ def last_word_rows(pipe, prompts: list[str]) -> torch.Tensor:
     return emb[torch.arange(len(prompts)), last_word_positions(pipe, prompts)]
 
 
-def edit_rows(pipe, sources: list[str], anchors: list[str], preserve: list[str], config: Config):
+def edit_rows(pipe, sources: list[str], anchors: list[str], preserve: list[str], config: UCEConfig):
     """(source rows, anchor rows, preservation moment or None) for ``config.rows``."""
     if config.rows == "release-2023":
         src, anc = release_2023_rows(pipe, sources, anchors)
@@ -115,7 +115,7 @@ def edit_rows(pipe, sources: list[str], anchors: list[str], preserve: list[str],
     return src, anc, second_moment(prompt_rows(pipe, preserve, config.positions)) if preserve else None
 
 
-def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
+def erase(pipe, concept: ConceptSpec, config: UCEConfig) -> WeightDelta:
     sources, anchors = concept.prompt_pairs(config.n_templates)
     preserve = list(concept.preserve[: config.max_preserve])
     src, anc, moment = edit_rows(pipe, sources, anchors, preserve, config)
@@ -126,10 +126,10 @@ def erase(pipe, concept: ConceptSpec, config: Config) -> WeightDelta:
     return session.delta
 
 
-def _work(spec: MethodSpec, config: Config, kind: str) -> MethodWork:
+def _work(spec: MethodSpec, config: UCEConfig, kind: str) -> MethodWork:
     return MethodWork(spec.name, spec.scope_for(config, kind), 0, 0, 0, 0, closed_form=True,
                       notes="closed form: text encoding + one linear solve per K/V projection")
 
 
-register(MethodSpec("uce", Config, erase, "closed-form K/V edit on the concept's token embeddings",
+register(MethodSpec("uce", UCEConfig, erase, "closed-form K/V edit on the concept's token embeddings",
                     family="closed-form", default_scope="cross_attn_kv", work=_work))

@@ -20,20 +20,18 @@ and ``all``.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
+from .registry import Registry, UnknownNameError
+
 _LINEAR_CONV = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class UnknownScopeError(KeyError):
+class UnknownScopeError(UnknownNameError):
     """No scope has this name; the message lists close matches."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 # ------------------------------------------------------------------ structure
@@ -130,14 +128,11 @@ def _cross(children: set[str] | None = None, weights_only: bool = True):
     return rule
 
 
-_SCOPES: dict[str, ParameterScope] = {}
+SCOPES: Registry[ParameterScope] = Registry("parameter scope", UnknownScopeError)
 
 
 def register_scope(scope: ParameterScope, overwrite: bool = False) -> ParameterScope:
-    if scope.name in _SCOPES and not overwrite:
-        raise ValueError(f"scope {scope.name!r} is already registered")
-    _SCOPES[scope.name] = scope
-    return scope
+    return SCOPES.add(scope.name, scope, overwrite=overwrite)
 
 
 for _scope in (
@@ -162,15 +157,11 @@ for _scope in (
 
 
 def list_scopes() -> list[str]:
-    return sorted(_SCOPES)
+    return SCOPES.names()
 
 
 def get_scope(name: str | ParameterScope) -> ParameterScope:
     """A registered scope by name (a `ParameterScope` passes through)."""
     if isinstance(name, ParameterScope):
         return name
-    if name in _SCOPES:
-        return _SCOPES[name]
-    close = difflib.get_close_matches(name, list(_SCOPES), n=3, cutoff=0.4)
-    hint = f"did you mean: {', '.join(close)}? " if close else ""
-    raise UnknownScopeError(f"unknown parameter scope {name!r}; {hint}known scopes: {', '.join(list_scopes())}")
+    return SCOPES.get(name)

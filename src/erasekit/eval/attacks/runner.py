@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +25,40 @@ from pydantic import BaseModel
 from ...concepts.spec import ConceptSpec
 from ...generation import SamplingSettings
 from ...models.delta import WeightDelta
+from ...models.registry import Registry, UnknownNameError
 from ...training import MethodConfig
 from .budget import Budget
 from .common import AttackCase, AttackResult, FoundPrompt, judge_prompts, make_judge, model_state, sampling_dict
 from .ringabell import RingABellConfig, ringabell_attack
 from .unlearndiff import UnlearnDiffConfig, unlearndiff_attack
 
-ATTACKS: dict[str, type[MethodConfig]] = {"unlearndiff": UnlearnDiffConfig, "ringabell": RingABellConfig}
-BUDGET_FIELD = {"unlearndiff": "steps", "ringabell": "generations"}
-BUDGET_UNIT = {"unlearndiff": "optimisation steps", "ringabell": "generations"}
 
 
-class UnknownAttackError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+class UnknownAttackError(UnknownNameError):
+    """No attack has this name."""
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack's config class and the config field that bounds its search (with the field's unit)."""
+
+    config_cls: type[MethodConfig]
+    budget_field: str
+    budget_unit: str
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack", UnknownAttackError)
+ATTACKS.add("unlearndiff", AttackSpec(UnlearnDiffConfig, "steps", "optimisation steps"))
+ATTACKS.add("ringabell", AttackSpec(RingABellConfig, "generations", "generations"))
 
 
 def attack_names() -> list[str]:
-    return sorted(ATTACKS)
+    return ATTACKS.names()
 
 
 def attack_config(attack: str, world: str = "sd", **overrides: Any) -> MethodConfig:
     """The attack's config: the world's preset (``shapes``) or the paper's defaults, then overrides."""
-    if attack not in ATTACKS:
-        raise UnknownAttackError(f"unknown attack {attack!r} (available: {', '.join(attack_names())})")
-    return ATTACKS[attack].for_world(world, **overrides)
+    return ATTACKS.get(attack).config_cls.for_world(world, **overrides)
 
 
 def _concept(concept: ConceptSpec | str) -> ConceptSpec:
@@ -119,7 +129,7 @@ def run_attack(pipe, attack: str, concept: ConceptSpec | str, *, delta: WeightDe
     shapes_world = is_shapes_world(pipe)
     if not isinstance(config, BaseModel):
         config = attack_config(attack, "shapes" if shapes_world else "sd", **(config or {}))
-    elif attack not in ATTACKS or not isinstance(config, ATTACKS[attack]):
+    elif attack not in ATTACKS or not isinstance(config, ATTACKS.get(attack).config_cls):
         raise UnknownAttackError(f"config {type(config).__name__} does not belong to attack {attack!r}")
     settings = settings or SamplingSettings()
     cases = cases if cases is not None else concept_cases(spec, n_cases, shapes_world)
@@ -127,7 +137,8 @@ def run_attack(pipe, attack: str, concept: ConceptSpec | str, *, delta: WeightDe
         detector, auto_concept = default_detector(spec, shapes_world)
         detector_concept = detector_concept or auto_concept
     detector_concept = detector_concept or shapes_value(spec) or spec.canonical
-    budget = Budget(getattr(config, BUDGET_FIELD[attack]), unit=BUDGET_UNIT[attack])
+    spec_attack = ATTACKS.get(attack)
+    budget = Budget(getattr(config, spec_attack.budget_field), unit=spec_attack.budget_unit)
 
     t0 = time.perf_counter()
     if attack == "unlearndiff":

@@ -7,54 +7,35 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable
 
+from ...models.registry import Registry, UnknownNameError
 from .base import ConceptDetector, Detection, DetectorUnavailableError
 
 
-def _shapes(**options) -> ConceptDetector:
-    from .shapes import ShapesConceptDetector
-
-    return ShapesConceptDetector(**options)
+class UnknownDetectorError(UnknownNameError):
+    """No detector has this name."""
 
 
-def _nudenet(**options) -> ConceptDetector:
-    from .nudenet import NudeNetDetector
-
-    return NudeNetDetector(**options)
-
-
-def _q16(**options) -> ConceptDetector:
-    from .q16 import Q16Detector
-
-    return Q16Detector(**options)
-
-
-_REGISTRY: dict[str, Callable[..., ConceptDetector]] = {"shapes": _shapes, "nudenet": _nudenet, "q16": _q16}
-
-
-class UnknownDetectorError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+# name -> a factory (keyword options -> detector), imported on first use
+DETECTORS: Registry[Callable[..., ConceptDetector]] = Registry("detector", UnknownDetectorError)
+DETECTORS.lazy("shapes", "erasekit.eval.detectors.shapes:ShapesConceptDetector")
+DETECTORS.lazy("nudenet", "erasekit.eval.detectors.nudenet:NudeNetDetector")
+DETECTORS.lazy("q16", "erasekit.eval.detectors.q16:Q16Detector")
 
 
 def register_detector(name: str, factory: Callable[..., ConceptDetector]) -> None:
     """Add a detector factory (keyword options -> detector) under ``name``."""
-    _REGISTRY[name] = factory
+    DETECTORS.add(name, factory, overwrite=True)
 
 
 def list_detectors() -> list[str]:
-    return sorted(_REGISTRY)
+    return DETECTORS.names()
 
 
 def get_detector(name: str, **options: Any) -> ConceptDetector:
     """Build the detector ``name`` with its options (e.g. ``threshold=``, ``labels=``, ``clip_path=``)."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=2, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UnknownDetectorError(f"unknown detector {name!r}{hint} (available: {', '.join(list_detectors())})")
-    return _REGISTRY[name](**options)
+    return DETECTORS.get(name)(**options)
 
 
 __all__ = ["ConceptDetector", "Detection", "DetectorUnavailableError", "UnknownDetectorError",
