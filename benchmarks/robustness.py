@@ -75,7 +75,8 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
     spec = get_concept(concept)
     cases = concept_cases(spec, n_cases, True)
     label = method if hardening is None else f"{method}+{hardening}"
-    row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases}
+    row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "per_tier": per_tier,
+                 "n_preserve": n_preserve}
     delta, delta_dir = None, None
     if method is not None:
         info = get_method(method)
@@ -98,7 +99,7 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
                             detector_concept=detector_concept, settings=settings, out=out / "attacks" / f"{row['method']}-{attack}")
         row[attack] = result.success_rate
         row[f"{attack}_seconds"] = time.perf_counter() - t0
-    if delta is not None:
+    if delta is not None and resurgence_steps > 0:
         res = run_resurgence(pipe, delta, spec, {"steps": resurgence_steps, "save_delta": False},
                              detector=detector, detector_concept=detector_concept, settings=settings,
                              out=out / "resurgence" / method, delta_path=delta_dir)
@@ -140,7 +141,7 @@ def main() -> None:
     ap.add_argument("--concept", default="circle")
     ap.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     ap.add_argument("--cases", type=int, default=16)
-    ap.add_argument("--resurgence-steps", type=int, default=40)
+    ap.add_argument("--resurgence-steps", type=int, default=40, help="0: no resurgence column")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--harden", choices=["rece"], default=None, help="also measure each method hardened")
     ap.add_argument("--tier-prompts", type=int, default=32)
