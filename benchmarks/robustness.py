@@ -93,7 +93,7 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
     cases = concept_cases(spec, n_cases, True)
     label = method if hardening is None else f"{method}+{hardening}{tag}"
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
-                 "attack_seed": attack_seed}
+                 "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve}
     if harden_overrides and hardening is not None:
         row["harden_overrides"] = harden_overrides
     delta, delta_dir = None, None
@@ -128,7 +128,7 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
                             detector_concept=detector_concept, settings=settings, out=out / "attacks" / f"{row['method']}-{attack}")
         row[attack] = result.success_rate
         row[f"{attack}_seconds"] = time.perf_counter() - t0
-    if delta is not None:
+    if delta is not None and resurgence_steps > 0:
         res = run_resurgence(pipe, delta, spec, {"steps": resurgence_steps, "save_delta": False},
                              detector=detector, detector_concept=detector_concept, settings=settings,
                              out=out / "resurgence" / label, delta_path=delta_dir)
@@ -250,7 +250,7 @@ def main() -> None:
     ap.add_argument("--concept", default="circle")
     ap.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     ap.add_argument("--cases", type=int, default=16)
-    ap.add_argument("--resurgence-steps", type=int, default=40)
+    ap.add_argument("--resurgence-steps", type=int, default=40, help="0: no resurgence column")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--harden", nargs="+", choices=["rece", "adv"], default=None,
                     help="also measure each method hardened by these variants")

@@ -21,18 +21,20 @@ parameters and the cross-attention ``to_q``):
   with ``c_s`` the anchor prompt aligned with the malicious prompt ``c_m``.
 - Loss: ``h(x) = max(0, ||x - f_safe||^2 - ||x - f_unsafe||^2 + m)``, m = 0.01,
   ``L_erase = (h(eps*(z,c_m,t)) + h(eps*(z,"",t))) / 2``, plus
-  ``lambda ||eps*(z_u,"",t_u) - eps_stage1(z_u,"",t_u)||^2`` (lambda = 100) on a
-  random unconditional latent at any step.
+  ``lambda ||eps*(z_u,"",t_u) - eps_ref(z_u,"",t_u)||^2`` (lambda = 100) on a random
+  unconditional latent at any step, the reference being the original model (the paper's eps_theta).
 
 Squared norms are MEANS over the latent's elements (per sample), as in the
 authors' code.  An empty anchor is refused (`require_safe_anchor`: the hinge
 could never fire), and each run records its hinge activity per quarter in the
-delta's manifest (``metrics.hinge``).  Differences from the authors' code:
-docs/faithfulness.md.
+delta's manifest (``metrics.hinge``; ``inert`` when no sample was ever active).  The authors'
+release is one setting away per difference (``targets``, ``pairing``, ``pres_batch``,
+``pres_pick``, ``order``, ``grad_reset``, ``pres_reference``, ``optimizer="adamw"``):
+docs/methods/trce-v.md.
 
 "trce" runs stage 1 (`erase_textual`, the closed-form K/V edit on first-[EoT]
-embeddings) and then stage 2 on top of it, with the stage-1 model as the
-preservation reference, and returns ONE delta against the original weights
+embeddings) and then stage 2 on top of it (preservation reference: ``pres_reference``,
+the original model or the stage-1 one), and returns ONE delta against the original weights
 holding both the K/V edit and the visual edit.  The pipeline is left as it was.
 """
 
@@ -42,7 +44,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +95,22 @@ class TRCEVisualConfig(FineTuneConfig):
     epochs: int = 3
     trajectory_cache: str | None = None
     sample_batch: int = 8
+    # The authors' release, one setting away each (docs/methods/trce-v.md):
+    # "release": f = eps(z,c) + beta (eps(z,c) - eps(z,"")), the guidance taken from the conditional output.
+    targets: Literal["paper", "release"] = "paper"
+    # "release": the latent AFTER step s with step s's timestep; the preservation latent likewise, with a
+    # timestep drawn uniformly within its step's interval of the training timesteps.
+    pairing: Literal["paper", "release"] = "paper"
+    pres_batch: int = 1  # unconditional latents per iteration in the preservation term (release: 4)
+    # "sequential": iteration i of an epoch takes unconditional latents i*pres_batch .. (i+1)*pres_batch - 1.
+    pres_pick: Literal["random", "sequential"] = "random"
+    order: Literal["shuffled", "sequential"] = "shuffled"  # trajectories per epoch (release: file order)
+    grad_reset: Literal["step", "never"] = "step"  # "never": gradients add up over the run (release)
+    # Preservation reference of full TRCE: the original model (the paper's eps_theta) or the stage-1 model.
+    pres_reference: Literal["original", "stage1"] = "original"
 
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("targets", "pairing", "pres_batch", "pres_pick", "order", "grad_reset",
+                                             "pres_reference")
     PRESETS: ClassVar[dict] = {
         "shapes": {"n_trajectories": 24, "n_uncond": 48, "n_steps": 25, "max_step": 12, "lr": 1e-3},
     }
@@ -123,9 +140,10 @@ def triplet_margin(x: torch.Tensor, f_safe: torch.Tensor, f_unsafe: torch.Tensor
     return torch.clamp(hinge_values(x, f_safe, f_unsafe, margin), min=0).mean()
 
 
-def guided_target(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, beta: float) -> torch.Tensor:
-    """eps(z,"") + beta (eps(z,c) - eps(z,""))."""
-    return eps_uncond + beta * (eps_cond - eps_uncond)
+def guided_target(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, beta: float, form: str = "paper") -> torch.Tensor:
+    """eps(z,"") + beta (eps(z,c) - eps(z,"")) (paper); ``form="release"``: eps(z,c) + beta (eps(z,c) - eps(z,""))."""
+    base = eps_cond if form == "release" else eps_uncond
+    return base + beta * (eps_cond - eps_uncond)
 
 
 def require_safe_anchor(concept: ConceptSpec, method: str) -> None:
@@ -140,6 +158,28 @@ def require_safe_anchor(concept: ConceptSpec, method: str) -> None:
     if empty:
         raise ValueError(f"{method} needs a safe anchor: {concept.name!r} maps {empty[0]!r} to the empty prompt, "
                          f"where stage 2's hinge never fires; give one with --anchor")
+
+
+def require_live_stage2(concept: ConceptSpec, config: TRCEVisualConfig, method: str) -> None:
+    """Refuse settings under which stage 2 cannot move a weight: an empty anchor (`require_safe_anchor`),
+    an anchor equal to its target or ``beta = 0`` (the safe and unsafe targets coincide, so the hinge is
+    the constant m and has no gradient), ``lr <= 0`` or no iteration."""
+    require_safe_anchor(concept, method)
+    same = [t for t in concept.targets if concept.anchor_for(t).strip().lower() == t.strip().lower()]
+    why = (f"{concept.name!r} anchors {same[0]!r} to itself" if same else "beta=0" if config.beta == 0
+           else f"lr={config.lr}" if config.lr <= 0 else "0 iterations" if config.total_iterations() < 1 else None)
+    if why:
+        raise ValueError(f"{method}: with {why} stage 2 moves no weight (its safe and unsafe targets coincide or "
+                         "nothing is trained); give another --anchor or setting")
+
+
+def warn_if_inert(activity: "HingeActivity", method: str) -> dict:
+    """The activity summary; a run whose hinge fired on no sample is logged as a warning and marked ``inert``."""
+    summary = activity.summary()
+    if summary["samples"] and summary["inert"]:
+        log.warning("%s: the stage-2 hinge was active on no sample of the run, so only the preservation term "
+                    "moved the visual weights (metrics.hinge.inert)", method)
+    return summary
 
 
 class HingeActivity:
@@ -163,7 +203,7 @@ class HingeActivity:
         quarters = [i for i in range(4) if self.count[i]]
         return {"active_fraction": [self.active[i] / self.count[i] for i in quarters],
                 "mean_margin": [self.margin_sum[i] / self.count[i] for i in quarters],
-                "samples": [self.count[i] for i in quarters]}
+                "samples": [self.count[i] for i in quarters], "inert": sum(self.active) == 0}
 
 
 # ------------------------------------------------------------------ trajectories
@@ -206,6 +246,8 @@ def cache_key(pipe, prompts: list[str], config: TRCEVisualConfig) -> str:
         "n_steps": config.n_steps, "max_step": config.max_step, "guidance": config.guidance,
         "scheduler": dict(pipe.scheduler.config), "shape": list(latent_shape(pipe.unet)),
     }
+    if config.pairing == "release":  # one more latent per trajectory (the one after the last step used)
+        payload["pairing"] = "release"
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -216,6 +258,7 @@ def sample_trajectories(pipe, prompts: list[str], config: TRCEVisualConfig) -> d
     sampler = DDIMSampler(pipe.scheduler, config.n_steps)
     if not 0 <= config.max_step < config.n_steps:
         raise ValueError(f"max_step {config.max_step} must lie in 0..{config.n_steps - 1}")
+    after = int(config.pairing == "release")  # also keep the latent after the last step a sample may use
     g = step_generator(config.seed, -1)  # a stream of its own, apart from the training steps
     order = torch.randperm(len(prompts), generator=g)
     index = torch.stack([order[i % len(prompts)] for i in range(config.n_trajectories)])
@@ -224,18 +267,18 @@ def sample_trajectories(pipe, prompts: list[str], config: TRCEVisualConfig) -> d
     for lo in range(0, config.n_trajectories, bs):
         idx = index[lo : lo + bs]
         z = torch.randn(latent_shape(unet, len(idx)), generator=g).to(unet.device, unet.dtype)
-        cond.append(sampler.denoise(unet, z, 0, config.max_step, embeds[idx.to(embeds.device)], uncond,
+        cond.append(sampler.denoise(unet, z, 0, config.max_step + after, embeds[idx.to(embeds.device)], uncond,
                                     config.guidance, keep_all=True)[1].cpu())
     for lo in range(0, config.n_uncond, bs):
         z = torch.randn(latent_shape(unet, min(bs, config.n_uncond - lo)), generator=g).to(unet.device, unet.dtype)
-        unc.append(sampler.denoise(unet, z, 0, config.n_steps - 1, None, uncond, 1.0, keep_all=True)[1].cpu())
+        unc.append(sampler.denoise(unet, z, 0, config.n_steps - 1 + after, None, uncond, 1.0, keep_all=True)[1].cpu())
     return {"cond": torch.cat(cond), "uncond": torch.cat(unc), "prompt_index": index}
 
 
 def load_or_sample(pipe, prompts: list[str], config: TRCEVisualConfig) -> TrajectoryCache:
     """Reuse the cache named by ``config.trajectory_cache`` when its key matches, else sample (and store)."""
-    if config.n_trajectories < 1 or config.n_uncond < 1:
-        raise ValueError("TRCE stage 2 needs n_trajectories >= 1 and n_uncond >= 1")
+    if config.n_trajectories < 1 or config.n_uncond < 1 or config.pres_batch < 1:
+        raise ValueError("TRCE stage 2 needs n_trajectories, n_uncond and pres_batch >= 1")
     key = cache_key(pipe, prompts, config)
     path = None
     if config.trajectory_cache:
@@ -281,51 +324,84 @@ class VisualStep:
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.activity = HingeActivity(config.total_iterations())
+        self.grad_sum: dict[int, torch.Tensor] = {}  # grad_reset="never": every iteration's gradient, summed
+
+    def _timestep(self, s: int, g: torch.Generator, drawn: bool) -> int:
+        """Step s's DDIM timestep, or (``drawn``) one uniform in the step's interval of training timesteps."""
+        if not drawn:
+            return self.sampler.timestep(s)
+        width = self.sampler.scheduler.config.num_train_timesteps // self.config.n_steps
+        return (self.config.n_steps - 1 - s) * width + randint(width, g)
 
     def sample(self, step: int, g: torch.Generator):
-        """(z, t, prompt index, z_u, t_u) of this iteration; epochs visit every trajectory once, reshuffled."""
+        """(z, t, prompt index, z_u, t_u) of this iteration; epochs visit every trajectory once.
+
+        ``z_u`` holds ``pres_batch`` latents and ``t_u`` their timesteps.  With ``pairing="release"``
+        a latent is the one after its step, and the preservation timesteps are drawn in their steps' intervals.
+        """
         cfg, n = self.config, self.cache.n
         epoch, pos = divmod(step, n)
-        j = int(torch.randperm(n, generator=step_generator(cfg.seed, -(epoch + 2)))[pos])
+        j = pos if cfg.order == "sequential" else int(torch.randperm(n, generator=step_generator(cfg.seed, -(epoch + 2)))[pos])
+        after = int(cfg.pairing == "release")
         s = randint(cfg.max_step + 1, g)
-        u, su = randint(self.cache.n_uncond, g), randint(cfg.n_steps, g)
         dev = self.unet.device
-        z = self.cache.latent("cond", j, s).to(dev, self.unet.dtype)
-        zu = self.cache.latent("uncond", u, su).to(dev, self.unet.dtype)
-        return z, self.sampler.timestep(s), int(self.cache.prompt_index[j]), zu, self.sampler.timestep(su)
+        z = self.cache.latent("cond", j, s + after).to(dev, self.unet.dtype)
+        zu, tu = [], []
+        for k in range(cfg.pres_batch):
+            u = (pos * cfg.pres_batch + k) % self.cache.n_uncond if cfg.pres_pick == "sequential" \
+                else randint(self.cache.n_uncond, g)
+            su = randint(cfg.n_steps, g)
+            zu.append(self.cache.latent("uncond", u, su + after))
+            tu.append(self._timestep(su, g, drawn=bool(after)))
+        zu = torch.cat(zu).to(dev, self.unet.dtype)
+        return z, self.sampler.timestep(s), int(self.cache.prompt_index[j]), zu, tu
 
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
         cfg = self.config
         z, t, p, zu, tu = self.sample(step, g)
         c_m, c_s, empty = self.cond[p : p + 1], self.anchor[p : p + 1], self.uncond
-        dev = z.device
-        if self.stage1 is None:  # stage-1 model == original: one reference pass of 4
+        dev, b = z.device, zu.shape[0]
+        times = torch.tensor([t, t, t, *tu], device=dev)
+        if self.stage1 is None:  # the preservation reference is the original model: one reference pass
             with self.trainer.reference(self.original):
-                ref = predict(self.unet, torch.cat([z, z, z, zu]), torch.tensor([t, t, t, tu], device=dev),
-                              cat_conditions([empty, c_m, c_s, empty]))
-            eps_u, eps_m, eps_s, eps_pres = ref.chunk(4)
+                ref = predict(self.unet, torch.cat([z, z, z, zu]), times, cat_conditions([empty, c_m, c_s] + [empty] * b))
+            eps_u, eps_m, eps_s, eps_pres = ref[0:1], ref[1:2], ref[2:3], ref[3:]
         else:
             with self.trainer.reference(self.original):
                 eps_u, eps_m, eps_s = predict(self.unet, torch.cat([z, z, z]), t,
                                               cat_conditions([empty, c_m, c_s])).chunk(3)
             with self.trainer.reference(self.stage1):
-                eps_pres = predict(self.unet, zu, tu, empty)
-        f_unsafe = guided_target(eps_u, eps_m, cfg.beta)
-        f_safe = guided_target(eps_u, eps_s, cfg.beta)
-        out_m, out_u, out_pres = predict(self.unet, torch.cat([z, z, zu]), torch.tensor([t, t, tu], device=dev),
-                                         cat_conditions([c_m, empty, empty])).chunk(3)
+                eps_pres = predict(self.unet, zu, times[3:], cat_conditions([empty] * b))
+        f_unsafe = guided_target(eps_u, eps_m, cfg.beta, cfg.targets)
+        f_safe = guided_target(eps_u, eps_s, cfg.beta, cfg.targets)
+        out = predict(self.unet, torch.cat([z, z, zu]), torch.cat([times[:2], times[3:]]),
+                      cat_conditions([c_m, empty] + [empty] * b))
+        out_m, out_u, out_pres = out[0:1], out[1:2], out[2:]
         h_m = hinge_values(out_m, f_safe, f_unsafe, cfg.margin)
         h_u = hinge_values(out_u, f_safe, f_unsafe, cfg.margin)
         self.activity.record(step, torch.cat([h_m, h_u]), cfg.margin)
         l_erase = (torch.clamp(h_m, min=0).mean() + torch.clamp(h_u, min=0).mean()) / 2
-        return l_erase + cfg.lambda_pres * F.mse_loss(out_pres, eps_pres)
+        loss = l_erase + cfg.lambda_pres * F.mse_loss(out_pres, eps_pres)
+        return self._accumulated(loss) if cfg.grad_reset == "never" else loss
+
+    def _accumulated(self, loss: torch.Tensor) -> torch.Tensor:
+        """A loss of the same value whose gradient is the sum of every iteration's so far (no reset)."""
+        params = list(self.trainer.params.values())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        total = loss.detach()
+        for p, grad in zip(params, grads):
+            if grad is not None:
+                self.grad_sum[id(p)] = self.grad_sum.get(id(p), 0) + grad.detach()
+            if id(p) in self.grad_sum:
+                total = total + (self.grad_sum[id(p)] * (p - p.detach())).sum()
+        return total
 
 
 # ------------------------------------------------------------------ methods
 def erase_visual(pipe, concept: ConceptSpec, config: TRCEVisualConfig) -> WeightDelta:
     """TRCE stage 2 alone, from the current model (which is also its preservation reference)."""
     require_supported_unet(pipe.unet, "trce-v")
-    require_safe_anchor(concept, "trce-v")
+    require_live_stage2(concept, config, "trce-v")
     cache = load_or_sample(pipe, concept.target_prompts(), config)
     scope = config.scope or "visual"
     names = list(get_scope(scope).select(pipe.unet, prefix="unet."))
@@ -336,7 +412,7 @@ def erase_visual(pipe, concept: ConceptSpec, config: TRCEVisualConfig) -> Weight
         step_fn = VisualStep(pipe, trainer, concept, config, cache, original=trainer.originals)
         result = trainer.run(step_fn)
         session.metrics.update(result.metrics(), scope=trainer.scope.name, trajectories=cache.n,
-                               uncond_trajectories=cache.n_uncond, hinge=step_fn.activity.summary())
+                               uncond_trajectories=cache.n_uncond, hinge=warn_if_inert(step_fn.activity, "trce-v"))
     return session.delta
 
 
@@ -350,7 +426,7 @@ def _write_into(pipe, tensors: dict[str, torch.Tensor]) -> None:
 def erase(pipe, concept: ConceptSpec, config: TRCEConfig) -> WeightDelta:
     """Full TRCE: stage 1 (K/V closed form) then stage 2 on top; one delta against the original weights."""
     require_supported_unet(pipe.unet, "trce")
-    require_safe_anchor(concept, "trce")
+    require_live_stage2(concept, config, "trce")
     cache = load_or_sample(pipe, concept.target_prompts(), config)  # with the ORIGINAL model
     scope = config.scope or "visual"
     names = sorted(set(cross_attention_kv_names(pipe.unet)) | set(get_scope(scope).select(pipe.unet, prefix="unet.")))
@@ -369,11 +445,12 @@ def erase(pipe, concept: ConceptSpec, config: TRCEConfig) -> WeightDelta:
         dev = trainer.device
         original = {**trainer.originals,
                     **{n[len("unet."):]: session.originals[n].to(dev) for n in stage1_names if n.startswith("unet.")}}
-        step_fn = VisualStep(pipe, trainer, concept, config, cache, original=original, stage1=trainer.originals)
+        stage1_ref = trainer.originals if config.pres_reference == "stage1" else None
+        step_fn = VisualStep(pipe, trainer, concept, config, cache, original=original, stage1=stage1_ref)
         result = trainer.run(step_fn)
         session.metrics.update(result.metrics(), scope=trainer.scope.name, trajectories=cache.n,
                                uncond_trajectories=cache.n_uncond, stage1_delta=stage1_id,
-                               stage1=stage1_metrics, hinge=step_fn.activity.summary())
+                               stage1=stage1_metrics, hinge=warn_if_inert(step_fn.activity, "trce"))
     return session.delta
 
 

@@ -85,7 +85,7 @@ class FineTuneConfig(MethodConfig):
     progress: bool = True
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    optimizer: Literal["adam", "adam8bit"] = "adam"
+    optimizer: Literal["adam", "adamw", "adam8bit"] = "adam"
 
     # Trainer options beyond the papers (their default is the papers' constant learning rate).
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("lr_schedule",)

@@ -28,7 +28,7 @@ def lr_factor(schedule: str, step: int, iterations: int) -> float:
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, kind: str, device: torch.device):
-    """(optimizer, name actually used): torch Adam, or bitsandbytes' 8-bit Adam for ``kind='adam8bit'``.
+    """(optimizer, name actually used): torch Adam, AdamW (``kind='adamw'``), or bitsandbytes' 8-bit Adam (``'adam8bit'``).
 
     8-bit Adam keeps both moments in 8 bits (blockwise quantised), a quarter of
     Adam's 8 bytes per trained parameter.  It needs bitsandbytes and a CUDA
@@ -46,7 +46,9 @@ def make_optimizer(params: list[nn.Parameter], lr: float, kind: str, device: tor
             else:
                 return bnb.optim.Adam8bit(params, lr=lr), "adam8bit"
         log.warning("optimizer='adam8bit' unavailable: %s; using torch.optim.Adam", reason)
+    elif kind == "adamw":  # decoupled weight decay 0.01 (torch's default; the TRCE release's setting)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.01), "adamw"
     elif kind != "adam":
-        raise ValueError(f"unknown optimizer {kind!r} (adam or adam8bit)")
+        raise ValueError(f"unknown optimizer {kind!r} (adam, adamw or adam8bit)")
     return torch.optim.Adam(params, lr=lr), "adam"
 
