@@ -33,6 +33,7 @@ REGISTRY: dict[str, str] = {
     "kscu": "erasekit.methods.kscu",
     "trust": "erasekit.methods.trust",
     "salun": "erasekit.methods.trust",
+    "salun++": "erasekit.methods.trust",
     "trust-kv": "erasekit.methods.trust",
 }
 

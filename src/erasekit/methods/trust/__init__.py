@@ -39,11 +39,11 @@ presets: docs/experiments/trust.md.
 from .config import BETA_DEFAULTS, SCOPE, TRuSTConfig
 from .losses import cip_penalty, contrast_saliency, csr_penalty, double_backward_attention, summed
 from .masks import MaskedUpdates
-from .method import erase, erase_kv, erase_salun
-from .salun import SalUnConfig
+from .method import erase, erase_kv, erase_salun, erase_salun_pp
+from .salun import SalUnConfig, SalUnPlusPlusConfig
 from .step import MaskCallback, TrustStep, retain_prompt_list
 from .trust_kv import TRuSTKVConfig
 
-__all__ = ["BETA_DEFAULTS", "SCOPE", "MaskCallback", "MaskedUpdates", "SalUnConfig", "TRuSTConfig", "TRuSTKVConfig",
+__all__ = ["BETA_DEFAULTS", "SCOPE", "MaskCallback", "MaskedUpdates", "SalUnConfig", "SalUnPlusPlusConfig", "TRuSTConfig", "TRuSTKVConfig",
            "TrustStep", "cip_penalty", "contrast_saliency", "csr_penalty", "double_backward_attention", "erase",
-           "erase_kv", "erase_salun", "retain_prompt_list", "summed"]
+           "erase_kv", "erase_salun", "erase_salun_pp", "retain_prompt_list", "summed"]

@@ -21,7 +21,8 @@ from ..saliency import DEFAULT_CLIP
 
 SCOPE = "cross_attn_qkv"
 BETA_DEFAULTS = {"cip": 1e-5, "csr": 1.0}
-SHAPES_PRESET = {"iterations": 80, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8, "retain_pool_size": 8}
+SHAPES_PRESET = {"iterations": 200, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8, "retain_pool_size": 8,
+                 "stop_ratio": 0.1}
 
 
 class TRuSTConfig(FineTuneConfig):
@@ -61,7 +62,12 @@ class TRuSTConfig(FineTuneConfig):
     topk: float | None = Field(None, description="keep this fraction of entries instead of the xi threshold")
     mask_granularity: Literal["tensor", "global"] = Field("tensor", description="rank entries per tensor or globally")
     mask_every: int | None = Field(1, description="recompute the mask every k iterations; 0/None: once (static)")
-    saliency_momentum: float = Field(0.0, description="extension: running mean of |g| across recomputations")
+    mask_unit: Literal["neuron", "entry"] = Field(
+        "neuron", description="what a mask selects: whole output rows of q/k/v (neurons) or single entries")
+    xi_keep: float | None = Field(1.0, description="hysteresis: a selected neuron stays while its score >= mean + "
+                                                   "xi_keep std (None: re-threshold from scratch)")
+    saliency_momentum: float = Field(0.9, description="running mean of the saliency across recomputations "
+                                                      "(aggregates samples and timesteps)")
     mask_contrast: float = Field(0.0, description="extension: subtract c x the retain prompts' scaled saliency")
     retain_kv_weight: float = Field(0.0, description="extension: weight of the retain prompts' K/V drift loss")
     retain_mask: bool = Field(False, description="extension: add the entries salient for the retain loss to each mask")
@@ -70,18 +76,22 @@ class TRuSTConfig(FineTuneConfig):
     batch_size: int = Field(1, description="extension: forget and retain samples per iteration")
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr",
                                                                  description="CSR (Hessian), CIP (L1), both, none")
+    cip_toward: Literal["zero", "original"] = Field(
+        "zero", description="CIP's L1 pulls the masked weights to zero (removal) or their change to zero")
+    stop_ratio: float | None = Field(None, description="stop once the concept's measured presence <= this x its "
+                                                       "value before training (None: run every iteration)")
+    stop_every: int = Field(10, description="iterations between presence measurements")
+    stop_probes: int = Field(8, description="images generated per presence measurement")
+    stop_steps: int = Field(10, description="DDIM steps of those images")
     beta: float | None = Field(None, description="regulariser weight; None: BETA_DEFAULTS")
     gamma: float = Field(1.0, description="weight of the retain term")
     retain_preserve: bool = Field(False, description="also keep the concept's preserve prompts in the retain term")
     n_synonyms: int | None = Field(None, description="target/anchor synonyms used (None: all)")
     n_templates: int | None = Field(None, description="prompt templates used (None: all)")
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("saliency_momentum", "mask_contrast", "retain_kv_weight", "retain_mask",
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("mask_contrast", "retain_kv_weight", "retain_mask",
                                              "forget_loss", "batch_size")
-    PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET,
-                               "shapes-combination": {**SHAPES_PRESET, "iterations": 480, "pool_size": 32,
-                                                      "retain_pool_size": 32, "batch_size": 4, "gamma": 20.0,
-                                                      "retain_mask": True, "lr_schedule": "cosine"}}
+    PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET}
 
     @field_validator("mask_every")
     @classmethod
@@ -90,7 +100,15 @@ class TRuSTConfig(FineTuneConfig):
             raise ValueError("mask_every must be >= 1 (recompute every k iterations) or 0/None (static)")
         return v
 
-    @field_validator("pool_size", "retain_pool_size", "saliency_samples", "n_steps", "batch_size")
+    @field_validator("stop_ratio")
+    @classmethod
+    def _stop_ratio(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v < 1:
+            raise ValueError("stop_ratio is a fraction in (0, 1) or None (no stopping rule)")
+        return v
+
+    @field_validator("pool_size", "retain_pool_size", "saliency_samples", "n_steps", "batch_size", "stop_every",
+                     "stop_probes", "stop_steps")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
