@@ -16,6 +16,7 @@ sums are the step's checkpointed state.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,6 +48,7 @@ class TrustStep:
 
     def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: TRuSTConfig, scorer: Scorer,
                  scorer_name: str = "forget", mask_callback: MaskCallback | None = None):
+        self._cpu0 = time.process_time()
         self.pipe, self.unet, self.trainer, self.config = pipe, pipe.unet, trainer, config
         self.scorer, self.scorer_name, self.mask_callback = scorer, scorer_name, mask_callback
         self.params = trainer.params
@@ -316,6 +318,7 @@ class TrustStep:
             "mask_fraction_mean": (sum(self.mask_sizes) / len(self.mask_sizes) / numel) if self.mask_sizes else 0.0,
             "mask_union_fraction": union / numel,
             "mask_unit": self.config.mask_unit,
+            "cpu_seconds": time.process_time() - self._cpu0,
             "mask_jaccard_mean": (sum(self.jaccards) / len(self.jaccards)) if self.jaccards else None,
             "mask_jaccard_min": min(self.jaccards) if self.jaccards else None,
             **change_summary(self.params, self.trainer.originals),
