@@ -1,13 +1,12 @@
-"""TRuST's configs: `TRuSTConfig` (the reconstruction's SD-1.5 defaults), its presets and option checks.
+"""TRuST's configs: `TRuSTConfig` (the reconstruction's SD-1.5 defaults), its Shapes preset and option checks.
 
-Defaults (SD-1.5; RECONSTRUCTION where marked): lr 1e-5 (as SalUn); 200
-iterations (reconstruction: the paper only says TRuST needs fewer steps than
-SalUn, whose preset here has 1000); xi 2.0 and k = 1 (spec); DDIM 50 steps,
-CFG 7.5 for the forget set (SD's default sampling, which is how SalUn's forget
-images are made); pools of 16 + 16 latents, 1 saliency sample per
-recomputation, gamma 1.0, regulariser ``csr`` with beta 1.0, ``cip`` beta 1e-5
-(reconstructions: the per-entry CIP gradient is ``beta * sign``, so beta must
-sit near the forgetting loss's gradient scale or it freezes the masked entries).
+Defaults (SD-1.5; interpretations listed in docs/methods/trust.md): lr 1e-5 (as
+SalUn); 200 iterations; neuron masks (output rows of attn2 q/k/v) from a running
+mean (0.9) of the row saliency, xi 2.0 to enter, xi_keep 1.0 to stay, recomputed
+every iteration; DDIM 50 steps, CFG 7.5 for the forget pool of 16 latents (SalUn's
+forget set); 1 saliency sample per recomputation; gamma 1.0 (SalUn's retain term,
+active only for concepts with retain prompts); regulariser ``csr`` with beta 1.0,
+``cip`` beta 1e-5 toward zero; no stopping rule.
 """
 
 from __future__ import annotations
@@ -33,17 +32,10 @@ class TRuSTConfig(FineTuneConfig):
     ``beta`` None takes `BETA_DEFAULTS` per regulariser (with ``cip+csr`` a
     given beta applies to both).  ``scope`` None = ``cross_attn_qkv``.
 
-    Presets (measurements: docs/experiments/trust.md):
-
-    - ``shapes``: the shipped Shapes model, sampled with 25 DDIM steps and CFG 3;
-      lr 1e-3 (at 1e-4 the ~5% xi mask did not erase), 80 iterations (each also
-      recomputes the mask and runs CSR's double backward), pools of 8 latents;
-      ``scorer="auto"`` resolves to the Shapes detector there.
-    - ``shapes-combination``: ``shapes`` plus what concepts with retain prompts
-      (combinations, conditional concepts) need there: 32-latent pools, 4 forget
-      and 4 retain samples per iteration, gamma 20 with ``retain_mask``, 480
-      iterations with cosine decay.  Give it an anchor that changes one part of
-      the combination (``--anchor "blue circle"`` for red circle).
+    Preset ``shapes``: the Shapes model's sampling (25 DDIM steps, CFG 3), lr 1e-3,
+    pools of 8 latents, and the stopping rule at a tenfold fall of the detector's
+    measured presence within a 200-iteration budget (``scorer="auto"`` resolves to
+    the Shapes detector there).
     """
 
     iterations: int = 200
