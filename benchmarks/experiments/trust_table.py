@@ -40,21 +40,23 @@ def rows(cells: Path, methods: list[str], seeds: list[int]) -> list[list[str]]:
         for method in methods:
             for seed in seeds:
                 cell = _load(cells / scen / (f"{method}.json" if seed == 0 else f"{method}@seed{seed}.json"))
-                if cell is None:
-                    continue
+                if cell is None or (method == "trust" and "mask_unit" not in cell["configs"][0]):
+                    continue  # missing, or a cell of the entry-mask TRuST that preceded the neuron masks
                 rate, keep = cell["target_rate_mean"], cell["preservation"]
                 fall = (base / rate if rate > 0 else float("inf")) if base is not None else None
                 ok = fall is not None and fall >= 5 and keep >= 0.9
                 mm = (cell.get("method_metrics") or [{}])[0]
                 extra = _load(CHANGES / scen / f"{method}.json") if seed == 0 and not mm else None
-                if extra is not None and extra["delta_id"] in cell.get("delta_ids", []):
-                    mm = extra["method_metrics"]  # the same delta, erased again without evaluation
+                mark = ""
+                if extra is not None:
+                    mm = extra["method_metrics"]  # the same config erased again without evaluation
+                    mark = "" if extra["delta_id"] in cell.get("delta_ids", []) else "*"
                 entries, e90 = mm.get("entries_changed"), mm.get("entries_90")
                 share = e90 / entries if entries else None
                 out.append([scen, method, str(seed), _fmt(rate, ".2f"), _fmt(fall, ".1f"), _fmt(keep, ".2f"),
-                            "yes" if ok else "no", _fmt(cell["erase_seconds"], ".1f"), _fmt(mm.get("cpu_seconds"), ".1f"),
+                            "yes" if ok else "no", _fmt(cell["erase_seconds"], ".1f"), _fmt(mm.get("cpu_seconds"), ".1f") + mark,
                             str(cell["iterations"]),
-                            _fmt(mm.get("neurons_changed")), _fmt(entries), _fmt(share, ".1%"),
+                            _fmt(mm.get("neurons_changed")) + mark, _fmt(entries) + mark, _fmt(share, ".1%") + mark,
                             _fmt(mm.get("mask_jaccard_mean"), ".2f")])
     return out
 
@@ -71,6 +73,8 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for r in rows(args.cells, args.methods, args.seeds):
         print("| " + " | ".join(r) + " |")
+    print("\n*: from a change-only rerun of the same config (trust_changes.py, one thread); the cell's delta was "
+          "made on two threads, so its floats, and these counts, can differ slightly.")
 
 
 if __name__ == "__main__":
