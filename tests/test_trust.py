@@ -359,7 +359,8 @@ def test_batch_size_draws_that_many_forget_and_retain_samples(pipe, monkeypatch)
 
 
 def test_partial_latents_and_topk(pipe):
-    delta = get_method("trust").erase(pipe, PLAIN, tiny_cfg(latents="partial", topk=0.01, iterations=2))
+    delta = get_method("trust").erase(pipe, PLAIN, tiny_cfg(latents="partial", topk=0.01, iterations=2,
+                                                                mask_unit="entry"))
     m = delta.manifest.metrics
     assert m["latents"] == "partial" and m["mask_recomputations"] == 2
     qkv = get_scope("cross_attn_qkv").select(pipe.unet)
@@ -476,8 +477,12 @@ def test_registry_and_presets():
     s = SalUnConfig()
     assert s.static and s.regularizer == "none" and s.scorer == "forget"
     assert TRuSTConfig.preset("shapes").n_steps == 25 and SalUnConfig.preset("shapes").iterations == 150
-    combo = TRuSTConfig.preset("shapes-combination")  # the shapes preset plus what retain-carrying concepts need
-    assert (combo.n_steps, combo.lr, combo.gamma, combo.retain_mask, combo.lr_schedule) == (25, 1e-3, 20.0, True, "cosine")
+    shapes = TRuSTConfig.preset("shapes")  # one Shapes preset: sampling, lr and the stopping rule
+    assert (shapes.n_steps, shapes.lr, shapes.stop_ratio, shapes.gamma) == (25, 1e-3, 0.1, 1.0)
+    assert (c.mask_unit, c.stop_ratio, c.cip_toward) == ("neuron", None, "zero")
+    pp = get_method("salun++").config_cls()
+    assert (pp.mask_every, pp.saliency_samples, pp.mask_unit, pp.regularizer) == (1, 1, "entry", "none")
+    assert SalUnConfig().mask_unit == "entry" and SalUnConfig().saliency_momentum == 0.0
     assert TRuSTConfig(regularizer="cip+csr", beta=0.5).betas() == {"cip": 0.5, "csr": 0.5}
     with pytest.raises(ValueError):
         TRuSTConfig(mask_every=-1)

@@ -47,6 +47,7 @@ TINY_OVERRIDES: dict[str, dict] = {
     "kscu": dict(**_FAST, iterations=2, n_steps=4),
     "trust": dict(**_FAST, **_TRUST, scorer="forget"),
     "salun": dict(**_FAST, **_TRUST, saliency_samples=2),
+    "salun++": dict(**_FAST, **_TRUST),
     "trust-kv": dict(**_FAST, **_TRUST),
 }
 
@@ -65,10 +66,10 @@ SHAPES_CASES: list[tuple[str, str, str, dict]] = [
     ("kscu", "shapes", "shapes/blue", dict(**_SHAPES_FAST, iterations_by_kind={"attribute": 3})),
     ("kscu", "shapes", "shapes/circle", dict(**_SHAPES_FAST, iterations_by_kind={"object": 3})),
     ("trust", "shapes", "shapes/blue", dict(**_SHAPES_FAST, iterations=2, pool_size=2, retain_pool_size=2)),
-    ("trust", "shapes-combination", "shapes/red-circle",
-     dict(**_SHAPES_FAST, iterations=2, pool_size=4, retain_pool_size=4, batch_size=2)),
+    ("trust", "shapes", "shapes/red-circle", dict(**_SHAPES_FAST, iterations=2, pool_size=2, retain_pool_size=2)),
     ("salun", "shapes", "shapes/blue",
      dict(**_SHAPES_FAST, iterations=2, pool_size=2, retain_pool_size=2, saliency_samples=2)),
+    ("salun++", "shapes", "shapes/blue", dict(**_SHAPES_FAST, iterations=2, pool_size=2, retain_pool_size=2)),
     ("trust-kv", "shapes", "shapes/blue", dict(**_SHAPES_FAST, iterations=2, pool_size=2, retain_pool_size=2)),
 ]
 

@@ -32,6 +32,7 @@ METHOD_MODULES: dict[str, str] = {
     "kscu": "erasekit.methods.kscu",
     "trust": "erasekit.methods.trust",
     "salun": "erasekit.methods.trust",
+    "salun++": "erasekit.methods.trust",
     "trust-kv": "erasekit.methods.trust",
 }
 

@@ -74,15 +74,17 @@ class ScoreSample:
     """One saliency sample: noised latent, timestep, prompts and model outputs.
 
     ``output`` is eps*(z, t, cond) of the model being edited, with grad;
-    ``reference`` is the frozen original model's eps(z, t, c_anchor), no grad.
+    ``reference`` is the frozen original model's eps(z, t, c_anchor), no grad;
+    ``x0``, when set, is a finished latent that image scorers decode directly.
     """
 
     z: torch.Tensor
     t: int
     cond: Any  # TextCondition of the target prompt (or a plain embedding tensor)
     prompt: str
-    output: torch.Tensor
-    reference: torch.Tensor
+    output: torch.Tensor | None
+    reference: torch.Tensor | None
+    x0: torch.Tensor | None = None  # a finished latent to score as is (presence probes); None: from output
 
 
 Scorer = Callable[[ScoreSample], torch.Tensor]
@@ -117,6 +119,11 @@ def predicted_x0(output: torch.Tensor, z: torch.Tensor, t: int | torch.Tensor, s
     else:
         raise ValueError(f"unsupported prediction_type {kind!r}")
     return x0.to(output.dtype)
+
+
+def sample_x0(s: "ScoreSample", scheduler) -> torch.Tensor:
+    """The latent an image scorer decodes: ``s.x0`` when given, else the one-step estimate from ``s.output``."""
+    return s.x0 if s.x0 is not None else predicted_x0(s.output, s.z, s.t, scheduler)
 
 
 def decode(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
@@ -186,7 +193,7 @@ def detector_scorer(pipe, concept: ConceptSpec, detector: nn.Module | None = Non
     index = [(a, VALUES[a].index(v)) for a, v in terms]
 
     def score(s: ScoreSample) -> torch.Tensor:
-        img = decode(pipe.vae, predicted_x0(s.output, s.z, s.t, pipe.scheduler)).float()
+        img = decode(pipe.vae, sample_x0(s, pipe.scheduler)).float()
         if img.shape[-2:] != (64, 64):
             img = F.interpolate(img, size=(64, 64), mode="bilinear", align_corners=False)
         logits = det(img)
@@ -234,7 +241,7 @@ def clip_scorer(pipe, concept: ConceptSpec, clip_model: str | None = DEFAULT_CLI
         return text_cache[prompt]
 
     def score(s: ScoreSample) -> torch.Tensor:
-        img = decode(pipe.vae, predicted_x0(s.output, s.z, s.t, pipe.scheduler)).float()
+        img = decode(pipe.vae, sample_x0(s, pipe.scheduler)).float()
         img = F.interpolate((img + 1) / 2, size=(size, size), mode="bilinear", align_corners=False)
         e = features(model.get_image_features(pixel_values=((img - mean) / std).to(model.dtype))).float()
         e = e / e.norm(dim=-1, keepdim=True)
@@ -324,3 +331,40 @@ def saliency_masks(grads: Mapping[str, torch.Tensor], xi: float = 2.0, topk: flo
 
 def mask_size(masks: Iterable[torch.Tensor]) -> int:
     return int(sum(int(m.sum()) for m in masks))
+
+
+# ------------------------------------------------------------------ neurons (output rows)
+def neuron_scores(grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Saliency per neuron: ``sum_j |g[r, j]|`` for every output row ``r`` of each weight (a 1-D tensor: per entry)."""
+    return {n: g.abs().float().reshape(g.shape[0], -1).sum(dim=1) for n, g in grads.items()}
+
+
+def neuron_masks(scores: Mapping[str, torch.Tensor], xi: float = 2.0, topk: float | None = None,
+                 previous: Mapping[str, torch.Tensor] | None = None,
+                 xi_keep: float | None = None) -> dict[str, torch.Tensor]:
+    """Boolean row masks per tensor: ``score >= mean + xi std`` over its rows (or the top ``topk`` fraction).
+
+    Hysteresis: with ``previous`` row masks and ``xi_keep``, a row already selected
+    stays while its score is ``>= mean + xi_keep std``, so the mask changes only
+    where a neuron crosses the outer band.  Rows with a zero score are never kept.
+    """
+    out = {}
+    for n, s in scores.items():
+        keep = _threshold_mask(s, xi, topk)
+        if previous is not None and xi_keep is not None and n in previous:
+            stay = (s >= s.mean() + xi_keep * s.std(correction=0)) & (s > 0)
+            keep = keep | (previous[n].to(keep.device) & stay)
+        out[n] = keep
+    return out
+
+
+def rows_to_entries(rows: Mapping[str, torch.Tensor], like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Entry masks of the shapes in ``like`` that select whole output rows."""
+    return {n: rows[n].reshape((-1,) + (1,) * (like[n].dim() - 1)).expand_as(like[n]).clone() for n in rows}
+
+
+def jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """|a & b| / |a | b| over every tensor of two boolean mask dicts (1.0 when both are empty)."""
+    inter = sum(int((a[n] & b[n]).sum()) for n in a)
+    union = sum(int((a[n] | b[n]).sum()) for n in a)
+    return inter / union if union else 1.0

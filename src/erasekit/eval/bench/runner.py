@@ -238,6 +238,8 @@ def _measure_method(pipe, scenario, variant, plan, settings, reader, adv, origin
                        f"sequential: {len(outcome.steps)} erasures, each on top of the previous, composed into one delta",
         "scopes": scopes, "changed": changed, "memory": outcome.memory,
         "delta_ids": [d.delta_id for d in outcome.steps], "hardware": machine_line(),
+        "method_metrics": [{k: v for k, v in d.manifest.metrics.items() if v is None or isinstance(v, (int, float, str))}
+                           for d in outcome.steps],
     }
 
 

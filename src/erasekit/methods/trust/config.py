@@ -1,13 +1,12 @@
-"""TRuST's configs: `TRuSTConfig` (the reconstruction's SD-1.5 defaults), its presets and option checks.
+"""TRuST's configs: `TRuSTConfig` (the reconstruction's SD-1.5 defaults), its Shapes preset and option checks.
 
-Defaults (SD-1.5; RECONSTRUCTION where marked): lr 1e-5 (as SalUn); 200
-iterations (reconstruction: the paper only says TRuST needs fewer steps than
-SalUn, whose preset here has 1000); xi 2.0 and k = 1 (spec); DDIM 50 steps,
-CFG 7.5 for the forget set (SD's default sampling, which is how SalUn's forget
-images are made); pools of 16 + 16 latents, 1 saliency sample per
-recomputation, gamma 1.0, regulariser ``csr`` with beta 1.0, ``cip`` beta 1e-5
-(reconstructions: the per-entry CIP gradient is ``beta * sign``, so beta must
-sit near the forgetting loss's gradient scale or it freezes the masked entries).
+Defaults (SD-1.5; interpretations listed in docs/methods/trust.md): lr 1e-5 (as
+SalUn); 200 iterations; neuron masks (output rows of attn2 q/k/v) from a running
+mean (0.9) of the row saliency, xi 2.0 to enter, xi_keep 1.0 to stay, recomputed
+every iteration; DDIM 50 steps, CFG 7.5 for the forget pool of 16 latents (SalUn's
+forget set); 1 saliency sample per recomputation; gamma 1.0 (SalUn's retain term,
+active only for concepts with retain prompts); regulariser ``csr`` with beta 1.0,
+``cip`` beta 1e-5 toward zero; no stopping rule.
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ from ..saliency import DEFAULT_CLIP
 
 SCOPE = "cross_attn_qkv"
 BETA_DEFAULTS = {"cip": 1e-5, "csr": 1.0}
-SHAPES_PRESET = {"iterations": 80, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8, "retain_pool_size": 8}
+SHAPES_PRESET = {"iterations": 200, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8, "retain_pool_size": 8,
+                 "stop_ratio": 0.1}
 
 
 class TRuSTConfig(FineTuneConfig):
@@ -32,17 +32,10 @@ class TRuSTConfig(FineTuneConfig):
     ``beta`` None takes `BETA_DEFAULTS` per regulariser (with ``cip+csr`` a
     given beta applies to both).  ``scope`` None = ``cross_attn_qkv``.
 
-    Presets (measurements: docs/experiments/trust.md):
-
-    - ``shapes``: the shipped Shapes model, sampled with 25 DDIM steps and CFG 3;
-      lr 1e-3 (at 1e-4 the ~5% xi mask did not erase), 80 iterations (each also
-      recomputes the mask and runs CSR's double backward), pools of 8 latents;
-      ``scorer="auto"`` resolves to the Shapes detector there.
-    - ``shapes-combination``: ``shapes`` plus what concepts with retain prompts
-      (combinations, conditional concepts) need there: 32-latent pools, 4 forget
-      and 4 retain samples per iteration, gamma 20 with ``retain_mask``, 480
-      iterations with cosine decay.  Give it an anchor that changes one part of
-      the combination (``--anchor "blue circle"`` for red circle).
+    Preset ``shapes``: the Shapes model's sampling (25 DDIM steps, CFG 3), lr 1e-3,
+    pools of 8 latents, and the stopping rule at a tenfold fall of the detector's
+    measured presence within a 200-iteration budget (``scorer="auto"`` resolves to
+    the Shapes detector there).
     """
 
     iterations: int = 200
@@ -61,7 +54,12 @@ class TRuSTConfig(FineTuneConfig):
     topk: float | None = Field(None, description="keep this fraction of entries instead of the xi threshold")
     mask_granularity: Literal["tensor", "global"] = Field("tensor", description="rank entries per tensor or globally")
     mask_every: int | None = Field(1, description="recompute the mask every k iterations; 0/None: once (static)")
-    saliency_momentum: float = Field(0.0, description="extension: running mean of |g| across recomputations")
+    mask_unit: Literal["neuron", "entry"] = Field(
+        "neuron", description="what a mask selects: whole output rows of q/k/v (neurons) or single entries")
+    xi_keep: float | None = Field(1.0, description="hysteresis: a selected neuron stays while its score >= mean + "
+                                                   "xi_keep std (None: re-threshold from scratch)")
+    saliency_momentum: float = Field(0.9, description="running mean of the saliency across recomputations "
+                                                      "(aggregates samples and timesteps)")
     mask_contrast: float = Field(0.0, description="extension: subtract c x the retain prompts' scaled saliency")
     retain_kv_weight: float = Field(0.0, description="extension: weight of the retain prompts' K/V drift loss")
     retain_mask: bool = Field(False, description="extension: add the entries salient for the retain loss to each mask")
@@ -70,18 +68,22 @@ class TRuSTConfig(FineTuneConfig):
     batch_size: int = Field(1, description="extension: forget and retain samples per iteration")
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr",
                                                                  description="CSR (Hessian), CIP (L1), both, none")
+    cip_toward: Literal["zero", "original"] = Field(
+        "zero", description="CIP's L1 pulls the masked weights to zero (removal) or their change to zero")
+    stop_ratio: float | None = Field(None, description="stop once the concept's measured presence <= this x its "
+                                                       "value before training (None: run every iteration)")
+    stop_every: int = Field(10, description="iterations between presence measurements")
+    stop_probes: int = Field(8, description="images generated per presence measurement")
+    stop_steps: int = Field(10, description="DDIM steps of those images")
     beta: float | None = Field(None, description="regulariser weight; None: BETA_DEFAULTS")
     gamma: float = Field(1.0, description="weight of the retain term")
     retain_preserve: bool = Field(False, description="also keep the concept's preserve prompts in the retain term")
     n_synonyms: int | None = Field(None, description="target/anchor synonyms used (None: all)")
     n_templates: int | None = Field(None, description="prompt templates used (None: all)")
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("saliency_momentum", "mask_contrast", "retain_kv_weight", "retain_mask",
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("mask_contrast", "retain_kv_weight", "retain_mask",
                                              "forget_loss", "batch_size")
-    PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET,
-                               "shapes-combination": {**SHAPES_PRESET, "iterations": 480, "pool_size": 32,
-                                                      "retain_pool_size": 32, "batch_size": 4, "gamma": 20.0,
-                                                      "retain_mask": True, "lr_schedule": "cosine"}}
+    PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET}
 
     @field_validator("mask_every")
     @classmethod
@@ -90,7 +92,15 @@ class TRuSTConfig(FineTuneConfig):
             raise ValueError("mask_every must be >= 1 (recompute every k iterations) or 0/None (static)")
         return v
 
-    @field_validator("pool_size", "retain_pool_size", "saliency_samples", "n_steps", "batch_size")
+    @field_validator("stop_ratio")
+    @classmethod
+    def _stop_ratio(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v < 1:
+            raise ValueError("stop_ratio is a fraction in (0, 1) or None (no stopping rule)")
+        return v
+
+    @field_validator("pool_size", "retain_pool_size", "saliency_samples", "n_steps", "batch_size", "stop_every",
+                     "stop_probes", "stop_steps")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:

@@ -1,7 +1,8 @@
 """TRuST's loss terms: the CIP and CSR regularisers and the saliency arithmetic of its masks.
 
-- ``cip`` (hard): ``beta * sum(m * |theta - theta_0|)``, an L1 pressure that keeps
-  the change on few masked entries;
+- ``cip`` (hard): ``beta * sum(m * |theta|)``, an L1 (sparsity) pressure that drives
+  the masked weights (whole neurons with row masks) toward zero; ``toward="original"``
+  gives ``beta * sum(m * |theta - theta_0|)``, an L1 pressure on their change;
 - ``csr`` (soft, Hessian): ``beta * || m * grad_theta f ||^2`` with
   ``f = ||eps*(x_t, c_target)||^2`` (mean over elements), computed with
   ``create_graph=True`` so the trainer's ``backward`` differentiates through the
@@ -19,9 +20,11 @@ import torch
 
 
 def cip_penalty(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.Tensor],
-                masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """sum over masked entries of |theta - theta_0| (CIP)."""
-    terms = [(masks[n].to(p.dtype) * (p - originals[n]).abs()).sum()
+                masks: Mapping[str, torch.Tensor], toward: str = "original") -> torch.Tensor:
+    """CIP: sum over masked entries of ``|theta|`` (``toward="zero"``) or ``|theta - theta_0|`` ("original")."""
+    if toward not in ("zero", "original"):
+        raise ValueError(f"toward is 'zero' or 'original', got {toward!r}")
+    terms = [(masks[n].to(p.dtype) * (p if toward == "zero" else p - originals[n]).abs()).sum()
              for n, p in params.items() if n in masks and bool(masks[n].any())]
     return torch.stack(terms).sum() if terms else next(iter(params.values())).new_zeros(())
 

@@ -12,14 +12,14 @@ from ..base import MethodSpec, MethodWork, register
 from ..saliency import make_scorer
 from .config import SCOPE, TRuSTConfig
 from .masks import MaskedUpdates
-from .salun import SalUnConfig
+from .salun import SalUnConfig, SalUnPlusPlusConfig
 from .step import MaskCallback, TrustStep
 from .trust_kv import TRuSTKVConfig
 
 
 def erase(pipe, concept: ConceptSpec, config: TRuSTConfig, method: str = "trust",
           mask_callback: MaskCallback | None = None, scorer_options: dict[str, Any] | None = None) -> WeightDelta:
-    """Run TRuST (or SalUn, ``method="salun"``) on ``pipe``; returns the delta, ``pipe`` is left unchanged.
+    """Run TRuST (or SalUn / SalUn++, by ``method``) on ``pipe``; returns the delta, ``pipe`` is left unchanged.
 
     ``mask_callback(step, masks)`` is called at every mask recomputation with
     copies of the masks (by parameter name, relative to the UNet);
@@ -28,7 +28,10 @@ def erase(pipe, concept: ConceptSpec, config: TRuSTConfig, method: str = "trust"
     require_supported_unet(pipe.unet, method)
     if method == "salun" and (not config.static or config.regularizer != "none"):
         raise ValueError("salun is the static-mask, forgetting-loss-only case (mask_every=0, regularizer='none'); "
-                         "use method 'trust' for dynamic masks or a regulariser")
+                         "use method 'salun++' for a mask recomputed every step, 'trust' for a regulariser")
+    if method == "salun++" and (config.mask_every != 1 or config.regularizer != "none"):
+        raise ValueError("salun++ is SalUn with its mask recomputed every step (mask_every=1, regularizer='none'); "
+                         "use method 'trust' for other schedules or a regulariser")
     scope = config.scope or SCOPE
     options = {"clip_model": config.clip_model, **(scorer_options or {})}
     scorer_name, scorer = make_scorer(config.scorer, pipe, concept, **options)
@@ -44,6 +47,11 @@ def erase(pipe, concept: ConceptSpec, config: TRuSTConfig, method: str = "trust"
 def erase_salun(pipe, concept: ConceptSpec, config: SalUnConfig, mask_callback: MaskCallback | None = None,
                 scorer_options: dict[str, Any] | None = None) -> WeightDelta:
     return erase(pipe, concept, config, "salun", mask_callback, scorer_options)
+
+
+def erase_salun_pp(pipe, concept: ConceptSpec, config: SalUnPlusPlusConfig, mask_callback: MaskCallback | None = None,
+                   scorer_options: dict[str, Any] | None = None) -> WeightDelta:
+    return erase(pipe, concept, config, "salun++", mask_callback, scorer_options)
 
 
 def erase_kv(pipe, concept: ConceptSpec, config: TRuSTKVConfig, mask_callback: MaskCallback | None = None,
@@ -76,4 +84,7 @@ register(MethodSpec("trust-kv", TRuSTKVConfig, erase_kv,
                     family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 120}))
 register(MethodSpec("salun", SalUnConfig, erase_salun,
                     "SalUn: static saliency-masked fine-tuning of cross-attention q/k/v, forgetting loss only",
+                    family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 30}))
+register(MethodSpec("salun++", SalUnPlusPlusConfig, erase_salun_pp,
+                    "SalUn++: SalUn with its saliency mask recomputed after every step (TRuST's Figure 1 baseline)",
                     family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 30}))

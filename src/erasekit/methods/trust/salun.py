@@ -25,9 +25,26 @@ class SalUnConfig(TRuSTConfig):
     scorer: str = "forget"
     saliency_samples: int = 16
     mask_every: int | None = 0
+    mask_unit: Literal["neuron", "entry"] = "entry"
+    saliency_momentum: float = 0.0
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = "none"
 
     PRESETS: ClassVar[dict] = {
         "shapes": {"iterations": 150, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8,
                    "retain_pool_size": 8, "saliency_samples": 8},
     }
+
+
+class SalUnPlusPlusConfig(SalUnConfig):
+    """SalUn++ (TRuST's Figure 1 baseline): SalUn with its saliency map recomputed after every step.
+
+    Everything is SalUn's (per-entry mask from the forgetting loss's gradient, xi
+    threshold, no regulariser) except ``mask_every=1``; each recomputation uses
+    one sample (``saliency_samples=1``, the step's own cost scale; SalUn's 16 per
+    step would make every iteration 16 gradient passes).  ``shapes`` preset: SalUn's.
+    """
+
+    mask_every: int | None = 1
+    saliency_samples: int = 1
+
+    PRESETS: ClassVar[dict] = {"shapes": {**SalUnConfig.PRESETS["shapes"], "saliency_samples": 1}}

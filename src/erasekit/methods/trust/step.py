@@ -16,6 +16,7 @@ sums are the step's checkpointed state.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,9 +29,11 @@ from ...models.ddim import DDIMSampler
 from ...models.unet_io import initial_latents, predict
 from ...training import Trainer, randint
 from ..retain import KVMatchLoss, LatentPool, kept_prompts, text_kv_names
-from ..saliency import Scorer, ScoreSample, mask_size, saliency, saliency_masks
+from ..saliency import (Scorer, ScoreSample, jaccard, mask_size, neuron_masks, neuron_scores, rows_to_entries,
+                        saliency, saliency_masks)
 from .config import TRuSTConfig
 from .losses import cip_penalty, contrast_saliency, csr_penalty, double_backward_attention, summed
+from .stopping import StopRule, change_summary
 
 MaskCallback = Callable[[int, dict[str, torch.Tensor]], None]
 
@@ -45,6 +48,7 @@ class TrustStep:
 
     def __init__(self, pipe, trainer: Trainer, concept: ConceptSpec, config: TRuSTConfig, scorer: Scorer,
                  scorer_name: str = "forget", mask_callback: MaskCallback | None = None):
+        self._cpu0 = time.process_time()
         self.pipe, self.unet, self.trainer, self.config = pipe, pipe.unet, trainer, config
         self.scorer, self.scorer_name, self.mask_callback = scorer, scorer_name, mask_callback
         self.params = trainer.params
@@ -85,7 +89,10 @@ class TrustStep:
                 self.retain_pool = self._make_pool(self.retain_embeds, config.retain_pool_size, -2)
         dev = next(iter(self.params.values())).device
         self.masks: dict[str, torch.Tensor] | None = None
+        self.rows: dict[str, torch.Tensor] | None = None  # neuron masks (mask_unit="neuron")
         self.saliency_ema: dict[str, torch.Tensor] | None = None
+        self.jaccards: list[float] = []
+        self.stop = StopRule(self, config) if config.stop_ratio is not None else None
         self.union = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in self.params.items()}
         self.mask_sizes: list[int] = []
         self.term_sums = torch.zeros(4, dtype=torch.float64)  # forget, retain, regulariser, K/V retain
@@ -126,21 +133,36 @@ class TrustStep:
         k = self.config.mask_every
         return bool(k) and step % k == 0
 
+    def _unit_masks(self, grads: dict[str, torch.Tensor], previous: dict[str, torch.Tensor] | None = None,
+                    xi_keep: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """(entry masks, row masks or None) from saliency ``grads`` at the configured unit."""
+        cfg = self.config
+        if cfg.mask_unit == "neuron":
+            rows = neuron_masks(grads, cfg.xi, cfg.topk, previous, xi_keep)
+            return rows_to_entries(rows, self.params), rows
+        return saliency_masks(grads, cfg.xi, cfg.topk, cfg.mask_granularity), None
+
     def recompute_masks(self, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         cfg = self.config
         total = summed(saliency(self.target_score(g), self.params) for _ in range(cfg.saliency_samples))
         if cfg.mask_contrast > 0 and self.retain:
             total = self.contrast_with_retain(total, g)
+        if cfg.mask_unit == "neuron":
+            total = neuron_scores(total)
         if cfg.saliency_momentum > 0:
             # Running mean of |g| over recomputations: the mask follows the saliency that persists.
             m = cfg.saliency_momentum
             total = {n: g.abs() if self.saliency_ema is None else m * self.saliency_ema[n] + (1 - m) * g.abs()
                      for n, g in total.items()}
             self.saliency_ema = total
-        self.masks = saliency_masks(total, cfg.xi, cfg.topk, cfg.mask_granularity)
+        before = self.masks
+        self.masks, self.rows = self._unit_masks(total, self.rows, cfg.xi_keep)
         if cfg.retain_mask and self.retain and cfg.gamma > 0:
-            drift = saliency_masks(self.retain_drift_saliency(g), cfg.xi, cfg.topk, cfg.mask_granularity)
+            drift = self.retain_drift_saliency(g)
+            drift, _ = self._unit_masks(neuron_scores(drift) if cfg.mask_unit == "neuron" else drift)
             self.masks = {n: m | drift[n] for n, m in self.masks.items()}
+        if before is not None:
+            self.jaccards.append(jaccard(before, self.masks))
         for n, m in self.masks.items():
             self.union[n] |= m
         self.mask_sizes.append(mask_size(self.masks.values()))
@@ -194,6 +216,10 @@ class TrustStep:
 
     # ------------------------------------------------------------ one iteration
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
+        if self.stop is not None and self.stop.check(step):
+            # stopped: an empty mask, so the optimiser step changes nothing
+            self.masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in self.params.items()}
+            return torch.stack([(p * 0).sum() for p in self.params.values()]).sum()
         if self.due(step):
             self.recompute_masks(step, g)
         masks = self.masks or {}
@@ -214,7 +240,8 @@ class TrustStep:
         loss = l_forget
         reg = torch.zeros((), device=l_forget.device)
         if "cip" in self.betas:
-            reg = reg + self.betas["cip"] * cip_penalty(self.params, self.trainer.originals, masks)
+            reg = reg + self.betas["cip"] * cip_penalty(self.params, self.trainer.originals, masks,
+                                                        self.config.cip_toward)
         if "csr" in self.betas:
             reg = reg + self.betas["csr"] * csr_penalty(out.float().pow(2).mean(), self.params, masks)
         loss = loss + reg
@@ -243,6 +270,12 @@ class TrustStep:
         if self.masks is not None:
             state.update({f"mask/{n}": m for n, m in self.masks.items()})
             state.update({f"union/{n}": m for n, m in self.union.items()})
+        if self.rows is not None:
+            state.update({f"rows/{n}": m for n, m in self.rows.items()})
+        if self.jaccards:
+            state["jaccards"] = torch.tensor(self.jaccards, dtype=torch.float64)
+        if self.stop is not None:
+            state.update(self.stop.state_dict())
         if self.saliency_ema is not None:
             state.update({f"saliency_ema/{n}": v for n, v in self.saliency_ema.items()})
         return state
@@ -257,6 +290,11 @@ class TrustStep:
         if any(k.startswith("mask/") for k in state):
             self.masks = {n: state[f"mask/{n}"].to(self._device, torch.bool) for n in self.params}
             self.union = {n: state[f"union/{n}"].to(self._device, torch.bool) for n in self.params}
+        if any(k.startswith("rows/") for k in state):
+            self.rows = {n: state[f"rows/{n}"].to(self._device, torch.bool) for n in self.params}
+        self.jaccards = [float(x) for x in state["jaccards"].tolist()] if "jaccards" in state else []
+        if self.stop is not None:
+            self.stop.load_state_dict(state)
         if any(k.startswith("saliency_ema/") for k in state):
             self.saliency_ema = {n: state[f"saliency_ema/{n}"].to(self._device) for n in self.params}
 
@@ -279,6 +317,12 @@ class TrustStep:
             "mask_sizes": list(self.mask_sizes),
             "mask_fraction_mean": (sum(self.mask_sizes) / len(self.mask_sizes) / numel) if self.mask_sizes else 0.0,
             "mask_union_fraction": union / numel,
+            "mask_unit": self.config.mask_unit,
+            "cpu_seconds": time.process_time() - self._cpu0,
+            "mask_jaccard_mean": (sum(self.jaccards) / len(self.jaccards)) if self.jaccards else None,
+            "mask_jaccard_min": min(self.jaccards) if self.jaccards else None,
+            **change_summary(self.params, self.trainer.originals),
+            **(self.stop.metrics(iterations) if self.stop is not None else {}),
             "loss_forget_mean": float(self.term_sums[0]) / n,
             "loss_retain_mean": float(self.term_sums[1]) / n,
             "loss_regularizer_mean": float(self.term_sums[2]) / n,

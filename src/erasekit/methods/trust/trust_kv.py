@@ -32,8 +32,12 @@ class TRuSTKVConfig(TRuSTConfig):
     scorer: str = "forget"
     forget_loss: Literal["noise", "kv"] = "kv"
     topk: float | None = 0.4
+    mask_unit: Literal["neuron", "entry"] = "entry"
+    saliency_momentum: float = 0.0
+    cip_toward: Literal["zero", "original"] = "original"
     retain_kv_weight: float = 20.0
     retain_preserve: bool = True
     gamma: float = 0.0
 
-    PRESETS: ClassVar[dict] = {"shapes": {**TRuSTConfig.PRESETS["shapes"], "iterations": 600, "beta": 0.1}}
+    PRESETS: ClassVar[dict] = {"shapes": {"iterations": 600, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8,
+                                          "retain_pool_size": 8, "beta": 0.1}}
