@@ -42,13 +42,15 @@ TINY_CONFIGS = {
     "kscu": dict(**FAST, iterations=2, n_steps=4),
     "trust": dict(**FAST, iterations=2, n_steps=4, pool_size=2, retain_pool_size=2, scorer="forget"),
     "salun": dict(**FAST, iterations=2, n_steps=4, pool_size=2, retain_pool_size=2, saliency_samples=2),
+    "salun++": dict(**FAST, iterations=2, n_steps=4, pool_size=2, retain_pool_size=2, saliency_samples=2),
     "trust-kv": dict(**FAST, iterations=2, n_steps=4, pool_size=2, retain_pool_size=2),
 }
 # The scope each method may change on an "object" concept.
 INTENDED_SCOPES = {
     "uce": ["cross_attn_kv"], "trce-t": ["cross_attn_kv"], "trce-v": ["visual"], "trce": ["cross_attn_kv", "visual"],
     "esd-x": ["cross_attn"], "esd-u": ["non_cross_attn_paper"], "kscu": ["non_cross_attn"],
-    "trust": ["cross_attn_qkv"], "salun": ["cross_attn_qkv"], "trust-kv": ["cross_attn_kv"],
+    "trust": ["cross_attn_qkv"], "salun": ["cross_attn_qkv"], "salun++": ["cross_attn_qkv"],
+    "trust-kv": ["cross_attn_kv"],
 }
 
 
