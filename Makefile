@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/erasekit demo --out demo-out
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 # the development loop: everything but the tests marked slow (CI runs `make test`)
 test-fast: $(STAMP)
