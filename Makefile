@@ -21,11 +21,12 @@ demo: $(STAMP)
 	$(VENV)/bin/erasekit demo --out demo-out
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal --durations=25
 
-# the development loop: everything but the tests marked slow (CI runs `make test`)
+# the development loop: everything but the tests marked slow (CI runs `make test`); both run one
+# pytest-xdist worker per core
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal -m "not slow"
 
 # lint (the rules are in pyproject.toml's [tool.ruff]); ruff is installed with the test extra
 quality: $(STAMP)

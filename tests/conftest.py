@@ -8,8 +8,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The suite's thread count: OMP_NUM_THREADS when set, else one.  On a machine shared with other jobs,
 # two threads on small tensors spin and crawl (the tiny-pipeline and Shapes CLI modules took 3-4x the
 # CPU seconds of one thread); the Shapes-model erasure tests take every core up to two (`all_threads`).
+# Under pytest-xdist (`make test` runs one worker per core) each worker's share of the cores is
+# what `all_threads` may take.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
 SUITE_THREADS = int(os.environ.get("OMP_NUM_THREADS", 1))
-ALL_THREADS = int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1)))
+ALL_THREADS = int(os.environ.get("OMP_NUM_THREADS", max(1, min(2, os.cpu_count() or 1) // _WORKERS)))
 torch.set_num_threads(SUITE_THREADS)
 
 

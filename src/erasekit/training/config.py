@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..concepts.spec import ConceptSpec
 from ..models.digest import json_sha256
@@ -19,7 +19,7 @@ class MethodConfig(BaseModel):
     """Base of every method config; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of every random draw the method makes (noise, timesteps, prompts).")
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     # Options beyond the paper whose default switches them off.  At that default they are
@@ -74,18 +74,23 @@ class FineTuneConfig(MethodConfig):
     record ``lr_history``).
     """
 
-    iterations: int | None = None
-    lr: float = 1e-5
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    scope: str | None = None
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    resume: bool | Literal["new-lr"] = False
-    progress: bool = True
-    gradient_checkpointing: bool = False
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    optimizer: Literal["adam", "adamw", "adam8bit"] = "adam"
+    iterations: int | None = Field(None, description="Fine-tuning steps; None lets the method derive its budget.")
+    lr: float = Field(1e-5, description="Learning rate of the optimiser.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over the iterations (the papers use a constant rate).")
+    scope: str | None = Field(
+        None, description="Registered parameter scope that is trained; None lets the method choose per concept kind.")
+    checkpoint_dir: str | None = Field(None, description="Folder for resumable checkpoints; None writes none.")
+    checkpoint_every: int = Field(0, description="Steps between checkpoints; 0 writes none.")
+    keep_checkpoints: int = Field(2, description="How many of the newest checkpoints are kept.")
+    resume: bool | Literal["new-lr"] = Field(
+        False, description="Continue the newest checkpoint of the same run ('new-lr': also one under another lr).")
+    progress: bool = Field(True, description="Show a progress bar.")
+    gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in the backward pass to save memory.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast dtype of the forward passes on CUDA; the weights and the delta stay float32.")
+    optimizer: Literal["adam", "adamw", "adam8bit"] = Field(
+        "adam", description="Optimiser (adam8bit uses bitsandbytes where installed).")
 
     # Trainer options beyond the papers (their default is the papers' constant learning rate).
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("lr_schedule",)
