@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import erasekit
 from erasekit.cli import app
 from erasekit.concepts.packs import list_concepts
-from erasekit.eval.attacks.runner import attack_names
+from erasekit.eval.attacks.run import attack_names
 from erasekit.eval.detectors import list_detectors
 from erasekit.methods.base import get_method, list_methods
 from erasekit.models.scopes import list_scopes

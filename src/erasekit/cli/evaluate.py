@@ -18,7 +18,7 @@ from .common import console, fail, note, progress_bar, progress_factory
 def run_evaluation(model: str, benchmark: str, out: Path, **options):
     """`erasekit.eval.evaluate.evaluate` under one progress bar (on the main process), failures as one line."""
     from ..eval.evaluate import EvaluationError, evaluate
-    from ..eval.generation_runner import distributed_state
+    from ..eval.generate import distributed_state
     from ..models.delta import DeltaError
     from ..models.loading import ModelNotFoundError
 

@@ -77,7 +77,7 @@ def detector_rows() -> list[str]:
 
 
 def attack_rows() -> list[str]:
-    from ..eval.attacks.runner import ATTACKS, attack_names
+    from ..eval.attacks.run import ATTACKS, attack_names
 
     rows = []
     for name in attack_names():

@@ -1,7 +1,10 @@
 """What one evaluation draws: target rows (tiered) and preservation rows, from a benchmark name.
 
 - ``shapes`` (with a Shapes concept): tiers explicit / synonym / implicit, plus
-  Shapes preservation prompts (other shapes and colors, adherence read by the detector).
+  Shapes preservation prompts (other shapes and colors, adherence read by the detector):
+  the probes of the value's task (`tasks.value_task`, `probes.target_probes`), seeds
+  0..n-1 per tier and 10000.. for preservation; each row's ``extra`` holds the values
+  its prompt names.
 - a named benchmark or CSV path: one tier named after the benchmark (first ``n``
   rows), plus COCO-30k preservation prompts (adherence = CLIP score) -- or Shapes
   preservation prompts when evaluating the Shapes world with a Shapes concept.
@@ -14,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..world.vocabulary import load_vocabulary
+from ..world.vocabulary import TIERS, load_vocabulary
 from .benchmarks import Benchmark, BenchmarkFormatError, BenchmarkRow, load_benchmark
-from .shapes_benchmark import PRESERVATION_TIER, shapes_benchmark, shapes_preservation_rows
+from .probes import PRESERVATION_TIER, preservation_probes, target_probes
+from .tasks import TaskError, value_task
 
 DEFAULT_SHAPES_N = 32
 PRESERVE_COCO = "coco"
@@ -54,6 +58,30 @@ class EvalPlan:
 
 def is_shapes_value(concept: str | None) -> bool:
     return concept is not None and concept in load_vocabulary().all_values
+
+
+def _value_task(concept: str | None):
+    try:
+        return value_task(concept)
+    except TaskError as err:
+        raise BenchmarkFormatError(str(err)) from None
+
+
+def shapes_target_rows(concept: str, n: int) -> list[BenchmarkRow]:
+    """``n`` rows per wording tier naming ``concept``; ``tier`` is the wording tier."""
+    task = _value_task(concept)
+    return [p.row(f"{tier}-{k}") for tier in TIERS for k, p in enumerate(target_probes(task, tier, n))]
+
+
+def shapes_preservation_rows(concept: str, n: int) -> list[BenchmarkRow]:
+    """``n`` explicit prompts naming a shape and a color other than ``concept``."""
+    return [p.row(f"preservation-{k}") for k, p in enumerate(preservation_probes(_value_task(concept), n))]
+
+
+def shapes_benchmark(concept: str, n: int) -> Benchmark:
+    """The target rows of the Shapes benchmark as a `Benchmark` (preservation rows come separately)."""
+    return Benchmark(name="shapes", source="erasekit:tasks.value_task", layout="shapes",
+                     rows=shapes_target_rows(concept, n))
 
 
 def build_plan(benchmark: str, *, concept: str | None = None, n: int | None = None, n_preserve: int = 32,

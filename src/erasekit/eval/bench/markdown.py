@@ -11,11 +11,12 @@ from pathlib import Path
 from ...world.vocabulary import TIERS
 from .. import atomic
 from ..compare import pareto_front
+from ..probes import PRESERVE_SEED, TARGET_SEED
+from ..tasks import get_task
+from .cells import ORIGINAL, BenchRun
 from .machine import environment
+from .modes import QUICK_CHANGES
 from .orderings import orderings_markdown
-from .plan import QUICK_CHANGES
-from .runner import ORIGINAL, BenchRun
-from .scenarios import PRESERVE_SEED, TARGET_SEED, get_scenario
 
 LOW_BASELINE = 0.5  # below this explicit-tier rate the original barely draws the target
 # The bars of the README summary: the target rate falls at least BAR_DROP-fold below the original's and
@@ -153,7 +154,7 @@ def plot_pareto(scenario: str, cells: dict[str, dict], path: str | Path) -> Path
     ax.set_xlim(-0.03, 1.03)
     ax.set_xlabel("target rate, mean of explicit/synonym/implicit (lower is better)")
     ax.set_ylabel("preservation, erased / original adherence (higher is better)")
-    ax.set_title(f"Shapes bench: {get_scenario(scenario).title}", fontsize=10)
+    ax.set_title(f"Shapes bench: {get_task(scenario).title}", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:
@@ -173,7 +174,7 @@ def _anchor_moves(run: BenchRun) -> str:
 
     moves = []
     for key in run.plan.scenarios:
-        scenario = get_scenario(key)
+        scenario = get_task(key)
         if scenario.multi:
             moves += [f"{name}'s anchor {get_concept(name, world='shapes').anchor} -> {spec.anchor}"
                       for name, spec in zip(scenario.concepts, scenario.specs())
@@ -286,7 +287,7 @@ def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command
     env = env or environment()
     out = _header(run, command, env, settings) + [DEFINITIONS.format(anchor_moves=_anchor_moves(run))]
     for key, cells in run.results.items():
-        scenario = get_scenario(key)
+        scenario = get_task(key)
         plot = plot_pareto(key, cells, plots_dir / f"pareto_{key}.png")
         out += [f"## Scenario `{key}`: {scenario.title}", "",
                 f"Erased: {', '.join(scenario.concepts)} ({scenario.description}).", ""]
@@ -326,7 +327,7 @@ def summary_table(run: BenchRun) -> str:
     labels: list[str] = []
     for cells in run.results.values():
         labels += [k for k in cells if k != ORIGINAL and k not in labels]
-    names = {k: ", ".join(c.split("/")[-1] for c in get_scenario(k).concepts) for k in scenarios}
+    names = {k: ", ".join(c.split("/")[-1] for c in get_task(k).concepts) for k in scenarios}
     head = "| method | " + " | ".join(f"{k} ({names[k]})" for k in scenarios) + " |"
     lines = [head, "|" + "---|" * (len(scenarios) + 1)]
     originals = [run.results[k].get(ORIGINAL) for k in scenarios]
