@@ -66,6 +66,15 @@ def test_ls_concepts_scopes_detectors_attacks_match_their_registries():
     assert "NudeNet" in _rows(_run("ls", "detectors")[1])["nudenet"]
 
 
+def test_ls_scenarios_lists_the_task_files_in_table_order():
+    from erasekit.eval.tasks import task_files, task_keys
+
+    code, out = _run("ls", "scenarios")
+    assert code == 0 and list(_rows(out)) == task_keys()
+    assert sorted(task_keys()) == sorted(f.name.removesuffix(".yaml") for f in task_files())
+    assert "red, green, blue" in _rows(out)["multi"] and "tasks/shapes/multi.yaml" in _rows(out)["multi"]
+
+
 @pytest.mark.parametrize("args, message", [
     (("ls", "presets", "esdx"), "did you mean esd-x"),
     (("ls", "concepts", "nope"), "unknown pack 'nope'"),

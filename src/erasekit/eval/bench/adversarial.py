@@ -16,7 +16,7 @@ Built in:
   (``ringabell_attack``), searched once per scenario on the original model's
   text encoder, with the scenario's explicit-tier prompts and seeds as cases.
 - A source that searches (Ring-A-Bell) also has ``cache_key(scenario, n)``:
-  the runner stores its probes per scenario under that key plus the model's
+  the bench loop (`cells.run_bench`) stores its probes per scenario under that key plus the model's
   fingerprint (`CellStore.save_probes`), so a rerun or a report rebuild reads
   them instead of searching again.  A CSV source is read every time.  The
   key does not cover the search code itself (cells do not cover method code
@@ -96,7 +96,7 @@ class RingABellSource:
         return self.attacks.attack_config("ringabell", self.world, **self.overrides)
 
     def cache_key(self, scenario: ShapesTask, n: int) -> dict:
-        """What the search's result depends on besides the model's weights (the runner adds those)."""
+        """What the search's result depends on besides the model's weights (the bench loop adds those)."""
         from ...concepts.packs import get_concept
 
         return {"source": self.name, "world": self.world, "config": self.config().model_dump(), "n": n,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ...world.vocabulary import TIERS
 from .. import atomic
-from ..compare import pareto_front
+from ..compare import plot_front
 from ..probes import PRESERVE_SEED, TARGET_SEED
 from ..tasks import get_task
 from .cells import ORIGINAL, BenchRun
@@ -130,37 +130,13 @@ def _num(x) -> float:
 
 def plot_pareto(scenario: str, cells: dict[str, dict], path: str | Path) -> Path:
     """Target rate (mean over wording tiers, lower is better) vs preservation, one point per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [k for k in cells if k != ORIGINAL]
     points = [(_num(cells[k]["target_rate_mean"]), _num(cells[k]["preservation"])) for k in labels]
-    front = pareto_front(points)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    if ORIGINAL in cells:
-        ax.scatter([cells[ORIGINAL]["target_rate_mean"]], [1.0], marker="*", s=140, color="black", zorder=4)
-        ax.annotate("original", (cells[ORIGINAL]["target_rate_mean"], 1.0), textcoords="offset points",
-                    xytext=(5, -10), fontsize=8)
-    for label, (x, y), on_front in zip(labels, points, front):
-        if any(math.isnan(v) or math.isinf(v) for v in (x, y)):
-            continue
-        ax.scatter([x], [y], s=45, color="tab:red" if on_front else "tab:gray", zorder=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    fx = sorted((p for p, f in zip(points, front) if f), key=lambda p: p[0])
-    if len(fx) > 1:
-        ax.plot([p[0] for p in fx], [p[1] for p in fx], color="tab:red", lw=1, zorder=2)
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_xlabel("target rate, mean of explicit/synonym/implicit (lower is better)")
-    ax.set_ylabel("preservation, erased / original adherence (higher is better)")
-    ax.set_title(f"Shapes bench: {get_task(scenario).title}", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        return atomic.save_figure(path, fig)
-    finally:
-        plt.close(fig)
+    reference = ("original", cells[ORIGINAL]["target_rate_mean"], 1.0) if ORIGINAL in cells else None
+    return plot_front(labels, points, path, reference=reference, title_size=10,
+                      title=f"Shapes bench: {get_task(scenario).title}",
+                      xlabel="target rate, mean of explicit/synonym/implicit (lower is better)",
+                      ylabel="preservation, erased / original adherence (higher is better)")
 
 
 # ------------------------------------------------------------------ BENCHMARKS.md
