@@ -9,6 +9,7 @@ identified by tier, case number and seed.
 from __future__ import annotations
 
 import html
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,23 @@ def write_grids(out: Path, images: dict[str, list[Image.Image]], records: list[d
             atomic.save_image(out / rel, image_grid(cells, cols=min(8, len(cells))))
             grids[tier][name] = rel
     return grids
+
+
+def fixed(x, digits: int = 3, missing: str = "n/a") -> str:
+    """``x`` with ``digits`` decimals; ``missing`` for None and NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return missing
+    return f"{x:.{digits}f}"
+
+
+def sig3(x, missing: str = "n/a") -> str:
+    """``x`` with three significant digits; ``missing`` for None."""
+    return missing if x is None else f"{x:.3g}"
+
+
+def percent(x, missing: str = "n/a") -> str:
+    """The fraction ``x`` as a percentage with three significant digits; ``missing`` for None."""
+    return missing if x is None else f"{100 * x:.3g}%"
 
 
 def _fmt(v: Any) -> str:

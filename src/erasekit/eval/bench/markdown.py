@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from datetime import datetime, timezone
@@ -12,6 +11,7 @@ from ...world.vocabulary import TIERS
 from .. import atomic
 from ..compare import plot_front
 from ..probes import PRESERVE_SEED, TARGET_SEED
+from ..report import fixed, percent, sig3
 from ..tasks import get_task
 from .cells import ORIGINAL, BenchRun
 from .machine import environment
@@ -27,17 +27,15 @@ SUMMARY_START, SUMMARY_END = "<!-- bench-summary:start -->", "<!-- bench-summary
 
 # ------------------------------------------------------------------ tables
 def _f(x, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}f}"
+    return fixed(x, digits, "–")
 
 
 def _g(x) -> str:
-    return "–" if x is None else f"{x:.3g}"
+    return sig3(x, "–")
 
 
 def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.3g}%"
+    return percent(x, "–")
 
 
 def _rates(cell: dict) -> list[str]:
