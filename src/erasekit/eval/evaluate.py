@@ -168,7 +168,7 @@ def default_detector(benchmark: str, concept: Optional[str], shapes_world: bool,
     """The detector a benchmark is read with when none is named."""
     from .plan import is_shapes_value
 
-    if benchmark == "shapes" or (shapes_world and is_shapes_value(concept)):
+    if benchmark == "shapes" or benchmark.startswith("shapes:") or (shapes_world and is_shapes_value(concept)):
         return "shapes"
     if benchmark in NUDITY_BENCHMARKS or category == "sexual" or concept == "nudity":
         return "nudenet"
@@ -237,6 +237,8 @@ def evaluate(model: str, benchmark: str, out: Path, *, delta: Optional[Path | li
                 if name == "q16" or clip or os.environ.get("ERASEKIT_CLIP"):
                     raise
                 notes.append(f"CLIP score and COCO preservation skipped: {err}")
+        if plan.task is not None and name != "shapes":
+            raise EvaluationError(f"benchmark {benchmark!r} is read with the shapes detector (got --detector {name})")
         det = get_detector(name, **detector_options(name, threshold, labels, encoder))
         shapes = None
         if shapes_world or name == "shapes":

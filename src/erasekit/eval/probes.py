@@ -113,6 +113,14 @@ def adherence_probes(tier: str, n: int, seed: int = 0) -> list[Probe]:
     return probes
 
 
+def target_index(task: ShapesTask, expected: dict[str, str]) -> int:
+    """Which of the task's targets a target prompt with these expected values names (the first it contains)."""
+    for index, target in enumerate(task.targets):
+        if all(expected.get(a) == v for a, v in target.items()):
+            return index
+    raise ValueError(f"expected values {expected} name none of task {task.key}'s targets")
+
+
 def shows_target(read: dict[str, str], target: dict[str, str]) -> bool:
     """True when the detector's reading has every target value (the concept is still drawn)."""
     return all(read.get(a) == v for a, v in target.items())

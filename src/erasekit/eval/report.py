@@ -82,7 +82,8 @@ def _summary_rows(results: dict) -> list[tuple[str, str, str]]:
     adh = m.get("adherence", {})
     measure = adh.get("measure")
     if measure == "shapes":
-        rows.append(("adherence (shape and color)", _fmt(adh.get("original", {}).get("both")),
+        rows.append((f"adherence ({' and '.join(adh.get('checked', ['shape', 'color']))})",
+                     _fmt(adh.get("original", {}).get("both")),
                      _fmt(adh.get("erased", {}).get("both"))))
     elif measure == "clip" and "original" in adh:
         rows.append(("CLIP score (preservation prompts)", _fmt(adh["original"]["mean"]),

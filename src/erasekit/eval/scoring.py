@@ -22,7 +22,8 @@ import numpy as np
 
 from . import metrics as M
 from .plan import EvalPlan
-from .probes import shows_target
+from .detectors.base import Detection
+from .probes import shows_target, target_index
 
 
 def evaluated_set(images: dict[str, list]) -> str:
@@ -49,6 +50,15 @@ def adherence(read: list[dict[str, str]], expected: list[dict[str, str]], checke
     return out
 
 
+def task_detection(reader, images, rows, task) -> Detection:
+    """A scenario's detection: decision = every value of the row's target read; score = fraction read."""
+    read = readings(reader, images)
+    targets = [task.targets[target_index(task, r.extra)] for r in rows]
+    scores = np.array([np.mean([x.get(a) == v for a, v in t.items()]) for x, t in zip(read, targets)], dtype=np.float64)
+    decisions = np.array([shows_target(x, t) for x, t in zip(read, targets)], dtype=bool)
+    return Detection(scores=scores, decisions=decisions)
+
+
 def _stats(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
@@ -63,7 +73,11 @@ def score(plan: EvalPlan, images: dict[str, list], detector, *, clip=None, incep
     n_target = len(plan.targets)
     tiers = [r.tier for r in plan.targets]
     main = evaluated_set(images)
-    detections = {name: detector.detect(imgs[:n_target], plan.concept) for name, imgs in images.items()}
+    if plan.task is not None:
+        detections = {name: task_detection(shapes, imgs[:n_target], plan.targets, plan.task)
+                      for name, imgs in images.items()}
+    else:
+        detections = {name: detector.detect(imgs[:n_target], plan.concept) for name, imgs in images.items()}
     metrics: dict[str, Any] = {"asr": M.attack_success_rate(detections[main].decisions, tiers)}
     metrics["asr_ci95"] = M.rate_intervals(detections[main].decisions, tiers)
     if main != "original":
@@ -83,12 +97,15 @@ def score(plan: EvalPlan, images: dict[str, list], detector, *, clip=None, incep
     per_image_adherence: dict[str, list] = {}
     if plan.preservation and plan.measure == "shapes" and shapes is not None:
         expected = [r.extra for r in plan.preservation]
+        checked = plan.task.checked if plan.task is not None else ("shape", "color")
+        if plan.task is not None:
+            adhered["checked"] = list(checked)
         for name, imgs in pres.items():
             read = readings(shapes, imgs)
-            kept = adherence(read, expected, ("shape", "color"))
-            adhered[name] = {"shape": kept["shape"], "color": kept["color"], "both": kept["checked"]}
-            per_image_adherence[name] = [bool(r["shape"] == e.get("shape") and r["color"] == e.get("color"))
-                                         for r, e in zip(read, expected)]
+            kept = adherence(read, expected, checked)
+            named = [*checked, *(a for a in kept if a not in checked and a != "checked")]
+            adhered[name] = {**{a: kept[a] for a in named}, "both": kept["checked"]}
+            per_image_adherence[name] = [all(r[a] == e[a] for a in checked) for r, e in zip(read, expected)]
         values = {name: adhered[name]["both"] for name in pres}
     elif plan.preservation and plan.measure == "clip" and clip is not None:
         prompts = [r.prompt for r in plan.preservation]
