@@ -21,7 +21,7 @@ def test_scenario_plan_draws_the_bench_cells_prompts_and_seeds():
     assert [(r.prompt, r.seed, r.tier, r.extra) for r in plan.rows] == \
         [(p.prompt, p.seed, p.tier, p.expected) for p in bench]
     assert plan.task is task and plan.measure == "shapes" and plan.tiers == list(TIERS)
-    assert plan.describe()["scenario"]["key"] == "multi"
+    assert plan.describe()["scenario"]["key"] == "multi" and plan.concept == "red, green, blue"
 
 
 @pytest.mark.parametrize("kwargs, message", [

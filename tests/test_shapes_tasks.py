@@ -56,3 +56,5 @@ def test_a_new_scenario_is_one_file_and_bad_files_fail_in_one_line(tmp_path):
         assert where in str(err.value) and "\n" not in str(err.value) and str(err.value).startswith("x.yaml")
     with pytest.raises(TaskError, match="unknown scenario 'nope'; scenarios: object, style"):
         get_task("nope")
+    with pytest.raises(TaskError, match=r"unknown scenario 'objekt' \(did you mean object\?\)"):
+        get_task("objekt")

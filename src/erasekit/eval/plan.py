@@ -145,5 +145,6 @@ def build_plan(benchmark: str, *, concept: str | None = None, n: int | None = No
             coco = load_benchmark(PRESERVE_COCO, n=n_preserve, tier=PRESERVATION_TIER)
             preservation, measure = coco.rows, "clip"
     notes = [note for b in benchmarks for note in b.notes]
-    return EvalPlan(benchmarks=benchmarks, preservation=preservation, measure=measure, concept=concept, notes=notes,
+    named = ", ".join(task.concepts) if task is not None else concept
+    return EvalPlan(benchmarks=benchmarks, preservation=preservation, measure=measure, concept=named, notes=notes,
                     task=task)

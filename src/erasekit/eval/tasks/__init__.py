@@ -20,6 +20,7 @@ of once per round.  The prompts themselves come from `erasekit.eval.probes`.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from functools import lru_cache
 from importlib import resources
@@ -159,7 +160,9 @@ def get_task(key: str) -> ShapesTask:
     """The bundled scenario ``key``; `TaskError` listing the scenarios otherwise."""
     tasks = _bundled()
     if key not in tasks:
-        raise TaskError(f"unknown scenario {key!r}; scenarios: {', '.join(tasks)}")
+        close = difflib.get_close_matches(key, list(tasks), n=2)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TaskError(f"unknown scenario {key!r}{hint}; scenarios: {', '.join(tasks)}")
     return tasks[key]
 
 
