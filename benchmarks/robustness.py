@@ -16,7 +16,7 @@ For the original model and each method's erasure of ``--concept`` (the method's
   ``--resurgence-steps`` steps (the delta on disk is never touched);
 - ``tiers`` / ``preservation``: target rate per wording tier and the other values' adherence
   (both attributes read as named) relative to the original model's, on the probe prompts of
-  `erasekit.eval.shapes_erasure` (``--tier-prompts`` per tier, ``--preservation-prompts``).
+  `erasekit.eval.measure` (``--tier-prompts`` per tier, ``--preservation-prompts``).
 
 With ``--harden rece`` (or ``adv``, or both) every method also gets a ``<method>+<variant>`` row:
 its delta hardened by `erasekit.methods.harden` (Shapes preset, seed ``--seed``).  RECE derives
@@ -55,9 +55,9 @@ from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_json, write_text
 from erasekit.eval.attacks import concept_cases, judge_prompts, model_state, run_attack, run_resurgence
 from erasekit.eval.attacks.common import FoundPrompt
-from erasekit.eval.attacks.runner import default_detector
+from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.metrics import wilson_interval
-from erasekit.eval.shapes_erasure import measure_erasure
+from erasekit.eval.measure import measure_erasure
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import get_method, list_methods
 from erasekit.methods.harden import harden, variant_config

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from erasekit.concepts.packs import get_concept
-from erasekit.eval.shapes_erasure import measure_erasure
+from erasekit.eval.measure import measure_erasure
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import get_method
 from erasekit.models.delta import apply_delta, revert_delta

@@ -7,18 +7,19 @@ import numpy as np
 
 def target_and_kept_rates(pipe, detector, value: str, n: int = 24, n_keep: int | None = None) -> tuple[float, float]:
     """(rate of ``value`` on n explicit prompts, adherence of the other values on ``n_keep`` (2n) preservation prompts)."""
-    from erasekit.eval.shapes_erasure import preservation_prompts, target_prompts
+    from erasekit.eval.probes import preservation_probes, target_probes
+    from erasekit.eval.tasks import value_task
     from erasekit.generation import SamplingSettings, generate
     from erasekit.world.assets_paths import SHAPES_MODEL_DIR
     from erasekit.world.vocabulary import load_vocabulary
 
     settings = SamplingSettings.for_model(SHAPES_MODEL_DIR)
     attribute = load_vocabulary().attribute_of(value)
-    rows = target_prompts(value, "explicit", n)
-    pred = detector.predict(generate(pipe, [r[0] for r in rows], [r[2] for r in rows], settings))[attribute]
-    keep_rows = preservation_prompts([value], n_keep or 2 * n)
-    kept = detector.predict(generate(pipe, [r[0] for r in keep_rows], [r[2] for r in keep_rows], settings))[attribute]
-    return float(np.mean([p == value for p in pred])), float(np.mean([p == r[1][attribute]
+    rows = target_probes(value_task(value), "explicit", n)
+    pred = detector.predict(generate(pipe, [r.prompt for r in rows], [r.seed for r in rows], settings))[attribute]
+    keep_rows = preservation_probes(value_task(value), n_keep or 2 * n)
+    kept = detector.predict(generate(pipe, [r.prompt for r in keep_rows], [r.seed for r in keep_rows], settings))[attribute]
+    return float(np.mean([p == value for p in pred])), float(np.mean([p == r.expected[attribute]
                                                                       for p, r in zip(kept, keep_rows)]))
 
 

@@ -7,16 +7,18 @@ import pytest
 import torch
 
 from erasekit.concepts.packs import get_concept
-from erasekit.eval.bench import runner as bench_runner
+from erasekit.eval.bench import cells as bench_runner
 from erasekit.eval.bench.adversarial import CsvPromptSource
 from erasekit.eval.bench.erasing import compose_sequential, method_run
 from erasekit.eval.bench.main import BenchPaths, NoStoredCellsError, run_benchmark
 from erasekit.eval.bench.memory import PeakRSS
 from erasekit.eval.bench.orderings import HOLDS, NOISE, REVERSED, expect_lower, orderings_markdown
-from erasekit.eval.bench.plan import BenchPlan
-from erasekit.eval.bench.report import write_report
-from erasekit.eval.bench.runner import BenchRun
-from erasekit.eval.bench.scenarios import Scenario, get_scenario, preservation_probes, target_probes
+from erasekit.eval.bench.modes import BenchPlan
+from erasekit.eval.bench.markdown import write_report
+from erasekit.eval.bench.cells import BenchRun
+from erasekit.eval.probes import preservation_probes, target_probes
+from erasekit.eval.tasks import ShapesTask as Scenario
+from erasekit.eval.tasks import get_task as get_scenario
 from erasekit.eval.detectors.shapes import ShapesConceptDetector
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import get_method
@@ -74,7 +76,7 @@ def test_run_writes_cells_report_and_resumes(pipe, reader, tmp_path, monkeypatch
         raise AssertionError("a finished cell was recomputed")
 
     monkeypatch.setattr(bench_runner, "erase_scenario", boom)
-    monkeypatch.setattr(bench_runner, "measure_scenario", boom)
+    monkeypatch.setattr(bench_runner, "measure_task", boom)
     again, _ = _run(pipe, reader, tmp_path, _plan())
     assert again.computed == [] and len(again.reused) == 3
     assert {k: _numbers(v) for k, v in again.results["attribute"].items()} == \
@@ -110,7 +112,7 @@ def test_report_only_finds_the_cells_of_a_run_with_an_adversarial_tier(pipe, rea
 
     run, _ = bench(False)
     assert run.results["attribute"]["original"]["target_rate"]["adversarial"] is not None
-    monkeypatch.setattr(bench_runner, "measure_scenario", lambda *a, **k: pytest.fail("report-only measured"))
+    monkeypatch.setattr(bench_runner, "measure_task", lambda *a, **k: pytest.fail("report-only measured"))
     rebuilt, report = bench(True)
     assert rebuilt.missing == [] and sorted(rebuilt.reused) == ["attribute/original", "attribute/uce"]
     text = report.read_text()
@@ -173,8 +175,8 @@ def test_extra_seeds_measure_fine_tunes_again_and_report_their_spread(pipe, read
 
 def test_searched_adversarial_probes_are_stored_and_read_back(pipe, reader, tmp_path):
     """A searching source runs once per scenario; a rerun or report rebuild reads its probes back."""
-    from erasekit.eval.bench.runner import run_bench
-    from erasekit.eval.bench.scenarios import Probe
+    from erasekit.eval.bench.cells import run_bench
+    from erasekit.eval.probes import Probe
     from erasekit.eval.bench.store import CellStore
 
     class CountingSearch:

@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 from erasekit.eval.bench.main import README, BenchPaths
-from erasekit.eval.bench.plan import BenchPlan
-from erasekit.eval.bench.report import (SUMMARY_END, SUMMARY_START, _cell_invocations, meets_bars, summary_table,
+from erasekit.eval.bench.modes import BenchPlan
+from erasekit.eval.bench.markdown import (SUMMARY_END, SUMMARY_START, _cell_invocations, meets_bars, summary_table,
                                         write_summary)
-from erasekit.eval.bench.runner import BenchRun
+from erasekit.eval.bench.cells import BenchRun
 from erasekit.eval.bench.store import CellStore
 
 

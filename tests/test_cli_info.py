@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import erasekit
 from erasekit.cli import app
 from erasekit.concepts.packs import list_concepts
-from erasekit.eval.attacks.runner import attack_names
+from erasekit.eval.attacks.run import attack_names
 from erasekit.eval.detectors import list_detectors
 from erasekit.methods.base import get_method, list_methods
 from erasekit.models.scopes import list_scopes
@@ -64,6 +64,15 @@ def test_ls_concepts_scopes_detectors_attacks_match_their_registries():
         assert code == 0 and sorted(_rows(out)) == sorted(names), what
     assert "to_k/to_v" in _rows(_run("ls", "scopes")[1])["cross_attn_kv"]
     assert "NudeNet" in _rows(_run("ls", "detectors")[1])["nudenet"]
+
+
+def test_ls_scenarios_lists_the_task_files_in_table_order():
+    from erasekit.eval.tasks import task_files, task_keys
+
+    code, out = _run("ls", "scenarios")
+    assert code == 0 and list(_rows(out)) == task_keys()
+    assert sorted(task_keys()) == sorted(f.name.removesuffix(".yaml") for f in task_files())
+    assert "red, green, blue" in _rows(out)["multi"] and "tasks/shapes/multi.yaml" in _rows(out)["multi"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,8 +7,7 @@ import pytest
 
 from erasekit.eval.benchmarks import (BUNDLED, BenchmarkFormatError, BenchmarkRow, coco_prompts, load_benchmark,
                                       parse_csv)
-from erasekit.eval.plan import build_plan
-from erasekit.eval.shapes_benchmark import shapes_preservation_rows, shapes_target_rows
+from erasekit.eval.plan import build_plan, shapes_preservation_rows, shapes_target_rows
 from eval_helpers import BENCH_DIR
 
 REAL = {

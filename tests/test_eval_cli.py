@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from erasekit.cli import app
-from erasekit.eval.generation_runner import image_name
+from erasekit.eval.generate import image_name
 from erasekit.world.assets_paths import SHAPES_MODEL_DIR
 from eval_helpers import save_tiny_clip, save_tiny_delta, save_tiny_pipeline
 from test_eval_generation import accelerate_launch

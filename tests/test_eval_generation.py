@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from erasekit.eval.benchmarks import BenchmarkRow
-from erasekit.eval.generation_runner import (
+from erasekit.eval.generate import (
     MANIFEST,
     GenerationMismatchError,
     batches,
@@ -127,7 +127,7 @@ def test_scheduler_digest_ignores_diffusers_bookkeeping_order():
 @pytest.mark.slow
 def test_weights_digest_is_the_same_in_every_process():
     code = ("from erasekit.models.tiny import tiny_pipeline; "
-            "from erasekit.eval.generation_runner import weights_digest; print(weights_digest(tiny_pipeline()))")
+            "from erasekit.eval.generate import weights_digest; print(weights_digest(tiny_pipeline()))")
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                               env={**_env(), "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2")}
     assert len(digests) == 1 and len(digests.pop()) == 64

@@ -44,9 +44,13 @@ def test_frechet_distance_with_singular_covariances():
 
 
 def test_shapes_adherence():
-    read = {"shape": ["circle", "square", "star"], "color": ["red", "red", "blue"]}
+    from erasekit.eval.scoring import adherence
+
+    read = [{"shape": "circle", "color": "red"}, {"shape": "square", "color": "red"}, {"shape": "star", "color": "blue"}]
     expected = [{"shape": "circle", "color": "red"}, {"shape": "square", "color": "blue"}, {"shape": "heart", "color": "blue"}]
-    assert M.shapes_adherence(read, expected) == pytest.approx({"shape": 2 / 3, "color": 2 / 3, "both": 1 / 3})
+    got = adherence(read, expected, ("shape", "color"))
+    assert got == pytest.approx({"shape": 2 / 3, "color": 2 / 3, "checked": 1 / 3})
+    assert adherence(read, expected, ("color",))["checked"] == pytest.approx(2 / 3)
 
 
 class _FakeInception(torch.nn.Module):

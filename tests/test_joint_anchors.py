@@ -7,7 +7,7 @@ from erasekit.cli import app
 from erasekit.concepts.joint import AnchorCollisionError, erased_concepts, separate_anchors
 from erasekit.concepts.packs import get_concept
 from erasekit.concepts.spec import ConceptSpec
-from erasekit.eval.bench.scenarios import get_scenario
+from erasekit.eval.tasks import get_task as get_scenario
 from erasekit.models.delta import WeightDelta
 
 
@@ -63,9 +63,9 @@ def test_multi_scenario_specs_have_separate_anchors_and_single_ones_keep_the_pac
     # the alternatives are not part of what one erasure depends on (bench fingerprints stay)
     assert "anchor_alternatives" not in multi[0].effective_dict()
     # and the report says which anchors moved, from the same specs
-    from erasekit.eval.bench.plan import BenchPlan
-    from erasekit.eval.bench.report import _anchor_moves
-    from erasekit.eval.bench.runner import BenchRun
+    from erasekit.eval.bench.modes import BenchPlan
+    from erasekit.eval.bench.markdown import _anchor_moves
+    from erasekit.eval.bench.cells import BenchRun
 
     run = BenchRun(BenchPlan("full", ["object", "multi"], ["uce"], per_tier=1, n_preserve=1, n_adversarial=0))
     assert _anchor_moves(run) == ": red's anchor green -> yellow, green's anchor red -> orange"

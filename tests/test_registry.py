@@ -57,7 +57,7 @@ def test_unknown_names_suggest_close_ones_and_list_all():
     ("erasekit.methods.base:get_method", "UnknownMethodError", "esd-x"),
     ("erasekit.models.scopes:get_scope", "UnknownScopeError", "cross_attn_kv"),
     ("erasekit.eval.detectors:get_detector", "UnknownDetectorError", "shapes"),
-    ("erasekit.eval.attacks.runner:attack_config", "UnknownAttackError", "ringabell"),
+    ("erasekit.eval.attacks.run:attack_config", "UnknownAttackError", "ringabell"),
     ("erasekit.concepts.packs:list_concepts", "UnknownConceptError", "shapes"),
 ])
 def test_every_registry_answers_a_typo_with_its_own_error_and_a_suggestion(lookup, error, close):

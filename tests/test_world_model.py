@@ -65,13 +65,13 @@ def test_small_adherence_check(shapes_pipe, detector):
     The shipped model reads 0.97 shape / 0.98 colour on 64 explicit prompts (README,
     "Prompt adherence"); 24 prompts here, with room for sampling noise.
     """
-    from erasekit.eval.shapes_adherence import adherence_prompts
+    from erasekit.eval.probes import adherence_probes
 
-    rows = adherence_prompts("explicit", 24, seed=100)
-    images = generate(shapes_pipe, [r[0] for r in rows], [r[2] for r in rows], SamplingSettings.for_model(SHAPES_MODEL_DIR))
+    rows = adherence_probes("explicit", 24, seed=100)
+    images = generate(shapes_pipe, [r.prompt for r in rows], [r.seed for r in rows], SamplingSettings.for_model(SHAPES_MODEL_DIR))
     pred = detector.predict(images)
-    shape = np.mean([p == r[1]["shape"] for p, r in zip(pred["shape"], rows)])
-    color = np.mean([p == r[1]["color"] for p, r in zip(pred["color"], rows)])
+    shape = np.mean([p == r.expected["shape"] for p, r in zip(pred["shape"], rows)])
+    color = np.mean([p == r.expected["color"] for p, r in zip(pred["color"], rows)])
     assert color >= 0.85 and shape >= 0.85, (shape, color)
 
 

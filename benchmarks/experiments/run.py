@@ -16,7 +16,7 @@ optionally, another anchor for the concept::
       - {method: trce-t, anchor: shape}
       - {method: esd-u, preset: shapes-retain, overrides: {iterations: 200}}
 
-Measurement: `erasekit.eval.shapes_erasure.measure_erasure` with the Shapes model's sampling
+Measurement: `erasekit.eval.measure.measure_erasure` with the Shapes model's sampling
 settings; preservation is the other values' adherence on the target's attribute, erased /
 original.  Results go to ``benchmarks/results/experiments/<topic>/<name>.json`` and ``.md`` (a
 table that the experiment's page in ``docs/experiments/`` can quote).  ``--check`` validates
@@ -95,7 +95,7 @@ def label_of(run: dict) -> str:
 def execute(doc: dict, pipe=None) -> list[dict]:
     """Measure the original model once per concept, then every run; rows as dicts."""
     from erasekit.concepts.packs import get_concept
-    from erasekit.eval.shapes_erasure import measure_erasure
+    from erasekit.eval.measure import measure_erasure
     from erasekit.generation import SamplingSettings
     from erasekit.methods.base import get_method
     from erasekit.models.delta import apply_delta, revert_delta

@@ -17,7 +17,7 @@ import torch
 
 from erasekit.eval.atomic import write_json
 from erasekit.eval.bench.erasing import method_run
-from erasekit.eval.bench.scenarios import get_scenario
+from erasekit.eval.tasks import get_task as get_scenario
 from erasekit.methods.base import get_method
 from erasekit.models.loading import load_pipeline
 

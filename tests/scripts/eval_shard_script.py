@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from erasekit.eval.benchmarks import BenchmarkRow  # noqa: E402
-from erasekit.eval.generation_runner import distributed_state, run_generation  # noqa: E402
+from erasekit.eval.generate import distributed_state, run_generation  # noqa: E402
 from erasekit.generation import SamplingSettings  # noqa: E402
 from erasekit.models.tiny import tiny_pipeline  # noqa: E402
 

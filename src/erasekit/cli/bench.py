@@ -16,7 +16,7 @@ from .common import console, fail, load_model
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Smoke-test mode: 2 scenarios, 8 prompts per tier, ~1/5 of the "
-                               "iterations (see BENCHMARKS.md / erasekit.eval.bench.plan)."),
+                               "iterations (see BENCHMARKS.md / erasekit.eval.bench.modes)."),
     scenario: Optional[list[str]] = typer.Option(None, "--scenario", help="Only these scenarios (repeatable)."),
     method: Optional[list[str]] = typer.Option(None, "--method", help="Only these method variants (repeatable)."),
     seed: Optional[list[int]] = typer.Option(None, "--seed", help="Also measure every fine-tuned variant with this "
@@ -37,7 +37,7 @@ def bench(
     import sys
 
     from ..eval.bench.main import BenchPaths, NoStoredCellsError, run_benchmark
-    from ..eval.bench.plan import BenchPlan
+    from ..eval.bench.modes import BenchPlan
 
     for value in seed or []:
         checks.seed_range(value)

@@ -67,7 +67,7 @@ def _demo_erase_and_evaluate(pipe, model_path, out: Path, method: str, per_tier:
     import time
 
     from ..concepts.packs import get_concept
-    from ..eval.generation_runner import MANIFEST
+    from ..eval.generate import MANIFEST
     from ..methods.base import get_method
 
     info = get_method(method)

@@ -18,7 +18,7 @@ from .common import console, fail, note, progress_bar, progress_factory
 def run_evaluation(model: str, benchmark: str, out: Path, **options):
     """`erasekit.eval.evaluate.evaluate` under one progress bar (on the main process), failures as one line."""
     from ..eval.evaluate import EvaluationError, evaluate
-    from ..eval.generation_runner import distributed_state
+    from ..eval.generate import distributed_state
     from ..models.delta import DeltaError
     from ..models.loading import ModelNotFoundError
 
@@ -34,7 +34,8 @@ def run_evaluation(model: str, benchmark: str, out: Path, **options):
 
 @app.command("eval")
 def eval_command(
-    benchmark: str = typer.Option(..., help="'shapes', a named benchmark (coco, artists, vangogh, niche-art, imagenette, "
+    benchmark: str = typer.Option(..., help="'shapes' (with --concept), 'shapes:<scenario>' (a bench scenario, "
+                                            "`erasekit ls scenarios`), a named benchmark (coco, artists, vangogh, niche-art, imagenette, "
                                             "imagenet, unlearndiffatk-church, ...; i2p etc. via $ERASEKIT_BENCHMARKS) or a CSV path."),
     out: Path = typer.Option(..., help="Output folder (images, results.json, report.md/html); reruns resume."),
     model: str = typer.Option("shapes", help="'shapes', a local diffusers folder, or a Hub id."),
@@ -66,7 +67,7 @@ def eval_command(
     checks.at_least(batch_size, 1, "--batch-size")
     checks.at_least(steps, 1, "--steps")
     guidance_note = checks.guidance_value(guidance)
-    if benchmark == "shapes" and category is not None:
+    if (benchmark == "shapes" or benchmark.startswith("shapes:")) and category is not None:
         fail(f"--category {category!r}: the shapes benchmark has no categories (they filter I2P-style CSVs); drop it")
     if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
         fail(f"--threshold must be a score between 0 and 1 (got {threshold})")

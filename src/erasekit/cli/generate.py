@@ -101,7 +101,7 @@ def adherence(
 ):
     """Prompt adherence of a Shapes-world model, measured by the detector, per wording tier."""
     from ..eval.atomic import write_json
-    from ..eval.shapes_adherence import measure_adherence
+    from ..eval.measure import measure_adherence
     from ..generation import SamplingSettings
 
     checks.at_least(per_tier, 1, "--per-tier")

@@ -1,4 +1,4 @@
-"""`erasekit ls methods|concepts|scopes|detectors|attacks|presets`: what is registered, on stdout."""
+"""`erasekit ls methods|concepts|scopes|detectors|attacks|presets|scenarios`: what is registered, on stdout."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class What(str, Enum):
     detectors = "detectors"
     attacks = "attacks"
     presets = "presets"
+    scenarios = "scenarios"
 
 
 def _first_line(text: str | None) -> str:
@@ -77,13 +78,21 @@ def detector_rows() -> list[str]:
 
 
 def attack_rows() -> list[str]:
-    from ..eval.attacks.runner import ATTACKS, attack_names
+    from ..eval.attacks.run import ATTACKS, attack_names
 
     rows = []
     for name in attack_names():
         config_cls = ATTACKS.get(name).config_cls
         rows.append(f"{name:12s} presets: {', '.join(preset_names(config_cls)):14s} {_first_line(config_cls.__doc__)}")
     return rows
+
+
+def scenario_rows() -> list[str]:
+    """The Shapes benchmark's scenarios (one YAML file each under erasekit/eval/tasks/shapes/)."""
+    from ..eval.tasks import load_tasks
+
+    return [f"{key:12s} erases {', '.join(t.concepts):16s} {t.title}  (erasekit/eval/tasks/shapes/{key}.yaml)"
+            for key, t in load_tasks().items()]
 
 
 def _value(v: Any) -> str:
@@ -111,7 +120,7 @@ def preset_rows(method: Optional[str]) -> list[str]:
 @app.command("ls")
 def ls(what: What = typer.Argument(..., help="What to list."),
        name: Optional[str] = typer.Argument(None, help="concepts: one pack (shapes, sd); presets: one method.")):
-    """List what is registered: methods, concepts, scopes, detectors, attacks or presets."""
+    """List what is registered: methods, concepts, scopes, detectors, attacks, presets or bench scenarios."""
     if name is not None and what not in (What.concepts, What.presets):
         fail(f"`erasekit ls {what.value}` takes no name (only concepts and presets do)")
     rows = {
@@ -121,5 +130,6 @@ def ls(what: What = typer.Argument(..., help="What to list."),
         What.detectors: detector_rows,
         What.attacks: attack_rows,
         What.presets: lambda: preset_rows(name),
+        What.scenarios: scenario_rows,
     }[what]()
     typer.echo("\n".join(rows))

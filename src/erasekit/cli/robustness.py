@@ -43,7 +43,7 @@ def attack(
 ):
     """Adversarial prompt attack on an erased model; success = the detector finds the concept."""
     from ..eval.attacks import UnknownAttackError, run_attack
-    from ..eval.attacks.runner import ATTACKS
+    from ..eval.attacks.run import ATTACKS
     from ..eval.detectors import DetectorUnavailableError, UnknownDetectorError, get_detector
     from ..generation import SamplingSettings
 

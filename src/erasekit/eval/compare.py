@@ -67,31 +67,46 @@ def _points(runs: list[RunSummary], tier: str | None) -> list[tuple[float, float
              r.preservation if r.preservation is not None else nan) for r in runs]
 
 
-def plot_pareto(runs: list[RunSummary], path: str | Path, tier: str | None = None) -> Path:
-    """Scatter of target rate (x, lower is better) vs preservation (y), front joined by a line; PNG."""
+def plot_front(labels: list[str], points: list[tuple[float, float]], path: str | Path, *, title: str, xlabel: str,
+               ylabel: str, reference: tuple[str, float, float] | None = None, figsize=(6.4, 4.8),
+               size: int = 45, title_size: float | None = None) -> Path:
+    """The one Pareto plot: (target rate, preservation) points, front red and joined by a line; PNG.
+
+    ``reference`` (label, x, y), e.g. the original model, is drawn as a black star.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = _points(runs, tier)
     front = pareto_front(points)
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    for r, (x, y), f in zip(runs, points, front):
-        if math.isnan(x) or math.isnan(y):
+    fig, ax = plt.subplots(figsize=figsize, dpi=120)
+    if reference is not None:
+        ax.scatter([reference[1]], [reference[2]], marker="*", s=140, color="black", zorder=4)
+        ax.annotate(reference[0], reference[1:], textcoords="offset points", xytext=(5, -10), fontsize=8)
+    for label, (x, y), on_front in zip(labels, points, front):
+        if any(math.isnan(v) or math.isinf(v) for v in (x, y)):
             continue
-        ax.scatter([x], [y], s=50, color="tab:red" if f else "tab:gray", zorder=3)
-        ax.annotate(f"{r.label} ({r.method})", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter([x], [y], s=size, color="tab:red" if on_front else "tab:gray", zorder=3)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     fx = sorted((p for p, f in zip(points, front) if f), key=lambda p: p[0])
     if len(fx) > 1:
         ax.plot([p[0] for p in fx], [p[1] for p in fx], color="tab:red", lw=1, zorder=2)
     ax.set_xlim(-0.03, 1.03)  # rates are fractions
-    ax.set_xlabel(f"target rate (ASR {tier or 'all tiers'}), lower is better")
-    ax.set_ylabel("preservation (erased / original), higher is better")
-    ax.set_title("erasekit: erasure vs preservation")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:
         return atomic.save_figure(path, fig)
     finally:
         plt.close(fig)
+
+
+def plot_pareto(runs: list[RunSummary], path: str | Path, tier: str | None = None) -> Path:
+    """Scatter of the runs' target rate (x, lower is better) vs preservation (y) (`plot_front`)."""
+    return plot_front([f"{r.label} ({r.method})" for r in runs], _points(runs, tier), path, figsize=(6, 4.5), size=50,
+                      title="erasekit: erasure vs preservation",
+                      xlabel=f"target rate (ASR {tier or 'all tiers'}), lower is better",
+                      ylabel="preservation (erased / original), higher is better")

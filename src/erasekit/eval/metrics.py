@@ -95,9 +95,3 @@ def clip_scores(clip, images, prompts: list[str]) -> np.ndarray:
     cos = (clip.image_embeddings(images) * clip.text_embeddings(prompts)).sum(dim=1)
     return (100.0 * cos.clamp(min=0)).double().numpy()
 
-
-def shapes_adherence(read: dict[str, list[str]], expected: list[dict[str, str]]) -> dict[str, float]:
-    """Fraction of images whose read shape / color / both equal the values the prompt named."""
-    ok = {a: np.array([r == e.get(a) for r, e in zip(read[a], expected)]) for a in ("shape", "color")}
-    return {"shape": float(ok["shape"].mean()), "color": float(ok["color"].mean()),
-            "both": float((ok["shape"] & ok["color"]).mean())}

@@ -9,6 +9,7 @@ identified by tier, case number and seed.
 from __future__ import annotations
 
 import html
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,23 @@ def write_grids(out: Path, images: dict[str, list[Image.Image]], records: list[d
     return grids
 
 
+def fixed(x, digits: int = 3, missing: str = "n/a") -> str:
+    """``x`` with ``digits`` decimals; ``missing`` for None and NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return missing
+    return f"{x:.{digits}f}"
+
+
+def sig3(x, missing: str = "n/a") -> str:
+    """``x`` with three significant digits; ``missing`` for None."""
+    return missing if x is None else f"{x:.3g}"
+
+
+def percent(x, missing: str = "n/a") -> str:
+    """The fraction ``x`` as a percentage with three significant digits; ``missing`` for None."""
+    return missing if x is None else f"{100 * x:.3g}%"
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "n/a"
@@ -64,7 +82,8 @@ def _summary_rows(results: dict) -> list[tuple[str, str, str]]:
     adh = m.get("adherence", {})
     measure = adh.get("measure")
     if measure == "shapes":
-        rows.append(("adherence (shape and color)", _fmt(adh.get("original", {}).get("both")),
+        rows.append((f"adherence ({' and '.join(adh.get('checked', ['shape', 'color']))})",
+                     _fmt(adh.get("original", {}).get("both")),
                      _fmt(adh.get("erased", {}).get("both"))))
     elif measure == "clip" and "original" in adh:
         rows.append(("CLIP score (preservation prompts)", _fmt(adh["original"]["mean"]),

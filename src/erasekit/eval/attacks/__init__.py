@@ -13,7 +13,7 @@ from .common import PROMPTS_FILE, RESULT_FILE, AttackCase, AttackResult, FoundPr
 from .genetic import GeneticSettings, genetic_search
 from .resurgence import ResurgenceConfig, ResurgenceResult, run_resurgence
 from .ringabell import RingABellConfig, concept_direction, ringabell_attack
-from .runner import UnknownAttackError, attack_config, attack_names, concept_cases, run_attack
+from .run import UnknownAttackError, attack_config, attack_names, concept_cases, run_attack
 from .unlearndiff import UnlearnDiffConfig, unlearndiff_attack
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ...generation import SamplingSettings, generate
+from ...generation import SamplingSettings
 from ...models.delta import WeightDelta, apply_delta, revert_delta
 from .. import atomic
 
@@ -159,16 +159,11 @@ def decode_latents(pipe, latents: torch.Tensor):
 
 def _generate_rows(pipe, prompts: list[str], seeds: list[int], guidance: list[float | None],
                    settings: SamplingSettings) -> list:
-    """Images in row order; rows with their own guidance are drawn in groups of equal guidance."""
-    from dataclasses import replace
+    """Images in row order through the one generation path (`erasekit.eval.generate.draw`)."""
+    from ..benchmarks import BenchmarkRow
+    from ..generate import draw
 
-    images: list = [None] * len(prompts)
-    for scale in dict.fromkeys(guidance):
-        idx = [i for i, g in enumerate(guidance) if g == scale]
-        s = settings if scale is None else replace(settings, guidance_scale=scale)
-        for i, im in zip(idx, generate(pipe, [prompts[i] for i in idx], [seeds[i] for i in idx], s)):
-            images[i] = im
-    return images
+    return draw(pipe, [BenchmarkRow(p, s, g, k) for k, (p, s, g) in enumerate(zip(prompts, seeds, guidance))], settings)
 
 
 def judge_prompts(pipe, found: list[FoundPrompt], detector, detector_concept: str,

@@ -143,11 +143,11 @@ def encode_images(vae, images: list[np.ndarray], batch_size: int = 64) -> torch.
 # ------------------------------------------------------------------ measuring
 def target_rows(concept: ConceptSpec, n: int, shapes_world: bool) -> list[tuple[str, str, int]]:
     """(tier, prompt, seed) rows of the target: Shapes wording tiers, else the spec's target prompts."""
-    from .runner import shapes_value
+    from .run import shapes_value
 
     value = shapes_value(concept) if shapes_world else None
     if value is not None:
-        from ..shapes_benchmark import shapes_target_rows
+        from ..plan import shapes_target_rows
 
         return [(r.tier, r.prompt, r.seed) for r in shapes_target_rows(value, n)]
     prompts = concept.target_prompts()
@@ -184,7 +184,7 @@ def run_resurgence(pipe, delta: WeightDelta | None, concept: ConceptSpec | str,
                    progress: Callable[[int], None] | None = None) -> ResurgenceResult:
     """Fine-tune base + ``delta`` on benign data, measure the target before/after; ``pipe`` is left as found."""
     from ...models.loading import is_shapes_world
-    from .runner import _concept, _delta_info, default_detector, shapes_value
+    from .run import _concept, _delta_info, default_detector, shapes_value
 
     spec = _concept(concept)
     shapes_world = is_shapes_world(pipe)

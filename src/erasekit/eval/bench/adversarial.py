@@ -16,7 +16,7 @@ Built in:
   (``ringabell_attack``), searched once per scenario on the original model's
   text encoder, with the scenario's explicit-tier prompts and seeds as cases.
 - A source that searches (Ring-A-Bell) also has ``cache_key(scenario, n)``:
-  the runner stores its probes per scenario under that key plus the model's
+  the bench loop (`cells.run_bench`) stores its probes per scenario under that key plus the model's
   fingerprint (`CellStore.save_probes`), so a rerun or a report rebuild reads
   them instead of searching again.  A CSV source is read every time.  The
   key does not cover the search code itself (cells do not cover method code
@@ -35,7 +35,8 @@ import importlib
 from pathlib import Path
 from typing import Protocol
 
-from .scenarios import Probe, Scenario
+from ..probes import Probe
+from ..tasks import ShapesTask
 
 ADVERSARIAL_SEED = 20_000
 
@@ -43,10 +44,10 @@ ADVERSARIAL_SEED = 20_000
 class AdversarialSource(Protocol):
     name: str
 
-    def probes(self, pipe, scenario: Scenario, n: int) -> tuple[list[Probe] | None, str]: ...
+    def probes(self, pipe, scenario: ShapesTask, n: int) -> tuple[list[Probe] | None, str]: ...
 
 
-def _probe(scenario: Scenario, k: int, prompt: str, seed: int | None, target: int | None) -> Probe:
+def _probe(scenario: ShapesTask, k: int, prompt: str, seed: int | None, target: int | None) -> Probe:
     index = int(target) if target is not None else k % len(scenario.targets)
     if not 0 <= index < len(scenario.targets):
         raise ValueError(f"adversarial prompt {k} names target {index}; scenario {scenario.key} has "
@@ -62,7 +63,7 @@ class CsvPromptSource:
         self.folder = Path(folder)
         self.name = f"csv:{self.folder}"
 
-    def probes(self, pipe, scenario: Scenario, n: int) -> tuple[list[Probe] | None, str]:
+    def probes(self, pipe, scenario: ShapesTask, n: int) -> tuple[list[Probe] | None, str]:
         path = self.folder / f"{scenario.key}.csv"
         if not path.is_file():
             return None, f"no {path.name} in {self.folder}"
@@ -94,17 +95,17 @@ class RingABellSource:
     def config(self):
         return self.attacks.attack_config("ringabell", self.world, **self.overrides)
 
-    def cache_key(self, scenario: Scenario, n: int) -> dict:
-        """What the search's result depends on besides the model's weights (the runner adds those)."""
+    def cache_key(self, scenario: ShapesTask, n: int) -> dict:
+        """What the search's result depends on besides the model's weights (the bench loop adds those)."""
         from ...concepts.packs import get_concept
 
         return {"source": self.name, "world": self.world, "config": self.config().model_dump(), "n": n,
                 "scenario": scenario.as_dict(),
                 "concepts": [get_concept(c, world="shapes").effective_dict() for c in scenario.concepts]}
 
-    def probes(self, pipe, scenario: Scenario, n: int) -> tuple[list[Probe] | None, str]:
+    def probes(self, pipe, scenario: ShapesTask, n: int) -> tuple[list[Probe] | None, str]:
         from ...concepts.packs import get_concept
-        from .scenarios import target_probes
+        from ..probes import target_probes
 
         config, out = self.config(), []
         cases = target_probes(scenario, "explicit", n)

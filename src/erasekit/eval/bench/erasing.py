@@ -14,7 +14,7 @@ Multi-concept scenarios: every registered method takes ONE concept spec, so
 all of them erase the concepts one after the other, each on the model
 already carrying the previous deltas; the deltas are then composed into one
 delta against the original weights (`compose_sequential`).  Anchors that name
-another erased concept are replaced first (`Scenario.specs`).
+another erased concept are replaced first (`ShapesTask.specs`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ...methods.base import get_method, list_methods
 from ...models.delta import WeightDelta, apply_delta, resolve_tensors, revert_delta
 from ...models.scopes import get_scope
 from .memory import PeakRSS
-from .scenarios import Scenario
+from ..tasks import ShapesTask
 
 ESD_AT_KSCU = "esd@kscu"
 # Table order; registered methods missing here are appended after them.
@@ -130,7 +130,7 @@ def compose_sequential(pipe, erase_one: Callable[[ConceptSpec], WeightDelta], co
     return composed, steps
 
 
-def erase_scenario(pipe, variant: str, scenario: Scenario, world: str, overrides: dict[str, dict]) -> ErasureOutcome:
+def erase_scenario(pipe, variant: str, scenario: ShapesTask, world: str, overrides: dict[str, dict]) -> ErasureOutcome:
     """Run ``variant`` on the scenario's concepts (sequentially when several); time and peak memory."""
     concepts = scenario.specs()
     runs: list[MethodRun] = []

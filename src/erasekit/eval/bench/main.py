@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adversarial import find_source
-from .plan import BenchPlan
-from .report import write_report, write_summary
-from .runner import BenchRun, run_bench
+from .cells import BenchRun, run_bench
+from .markdown import write_report, write_summary
+from .modes import BenchPlan
 from .store import CellStore
 
 FULL_RESULTS = Path("benchmarks/results/bench")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 
+from ..report import fixed, percent, sig3
+
 NOISE_Z = 2.0
 HOLDS, REVERSED, NOISE, MISSING = "holds", "reversed", "within noise", "not measured"
 
@@ -49,17 +51,15 @@ def expect_lower_value(a: float, b: float) -> str:
 
 
 def _f(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    return fixed(x, digits)
 
 
 def _g(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
+    return sig3(x)
 
 
 def _pct(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    return f"{100 * x:.3g}%"
+    return percent(x)
 
 
 def _tally(verdicts: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""The benchmark loop: for each scenario, the original model, then every method variant.
+"""The benchmark's cells: for each scenario, the original model, then every method variant.
 
 With extra seeds (``BenchPlan.extra_seeds``), each seed-dependent variant is
 then measured again per seed (``<variant>@seed<S>`` cells, `BenchRun.replicates`).
@@ -21,10 +21,11 @@ from ...models.delta import apply_delta, revert_delta
 from ...training.progress import rich_progress
 from .adversarial import AdversarialSource
 from .erasing import changed_parameters, erase_scenario, iterations_of, method_run, scope_names, seed_dependent
+from ..measure import compare_to_original, image_count, measure_task
+from ..probes import Probe
+from ..tasks import ShapesTask, get_task
 from .machine import machine_line
-from .measure import compare_to_original, image_count, measure_scenario
-from .plan import BenchPlan
-from .scenarios import Probe, Scenario, get_scenario
+from .modes import BenchPlan
 from .store import CellStore, digest, finite, module_fingerprint, replicate_label
 
 ORIGINAL = "original"
@@ -83,7 +84,7 @@ def _reader_fingerprint(reader) -> str:
     return module_fingerprint(model) if hasattr(model, "named_parameters") else type(reader).__name__
 
 
-def _adversarial_probes(pipe, scenario: Scenario, plan: BenchPlan, source: AdversarialSource | None,
+def _adversarial_probes(pipe, scenario: ShapesTask, plan: BenchPlan, source: AdversarialSource | None,
                         store: CellStore, model_fingerprint: str) -> tuple[list[Probe] | None, str]:
     """The scenario's adversarial probes: stored ones when a searching source already found them for
     this model and these settings, else the source's (stored for next time when it searches)."""
@@ -119,7 +120,7 @@ def run_bench(pipe, plan: BenchPlan, store: CellStore, settings: SamplingSetting
     total = sum(1 + len(plan.methods) + len(seeds_of[key]) * len(seeded_methods) for key in plan.scenarios)
     with _Bar(progress and compute, total, console) as bar:
         for key in plan.scenarios:
-            scenario = get_scenario(key)
+            scenario = get_task(key)
             # Needed even when only collecting: the probes are part of every cell's fingerprint, so
             # without them a report rebuild would find no stored cell (a searched set is read back).
             adv, note = _adversarial_probes(pipe, scenario, plan, adversarial, store, run.model_fingerprint)
@@ -167,7 +168,7 @@ def _original_cell(pipe, scenario, plan, settings, reader, adv, note, store, fin
         return None
     bar.stage(f"{label}: generating", image_count(plan.per_tier, plan.n_preserve, len(adv or [])))
     t = time.perf_counter()
-    numbers, features = measure_scenario(pipe, scenario, plan.per_tier, plan.n_preserve, settings, reader, adv,
+    numbers, features = measure_task(pipe, scenario, plan.per_tier, plan.n_preserve, settings, reader, adv,
                                          progress=bar.images)
     cell = {"scenario": scenario.key, "label": ORIGINAL, "method": None, "fingerprint": fingerprint,
             **numbers, "adversarial": {"measured": bool(adv), "note": note}, "eval_seconds": time.perf_counter() - t,
@@ -225,7 +226,7 @@ def _measure_method(pipe, scenario, variant, plan, settings, reader, adv, origin
     bar.stage(f"{scenario.key}/{variant}: generating", image_count(plan.per_tier, plan.n_preserve, len(adv or [])))
     t = time.perf_counter()
     with _applied(pipe, outcome.delta):
-        numbers, erased_features = measure_scenario(pipe, scenario, plan.per_tier, plan.n_preserve, settings, reader,
+        numbers, erased_features = measure_task(pipe, scenario, plan.per_tier, plan.n_preserve, settings, reader,
                                                     adv, progress=bar.images)
     compared = compare_to_original(numbers, erased_features, original, features)
     return {

@@ -1,6 +1,6 @@
-"""What a benchmark run measures: full and quick plans, as data.
+"""What a benchmark run measures: the full and quick modes, as plans.
 
-Full: all six scenarios, every method variant with its ``shapes`` preset,
+Full: every scenario of `erasekit.eval.tasks` (six YAML files), every method variant with its ``shapes`` preset,
 32 prompts per wording tier (explicit, synonym, implicit), 16 adversarial
 prompts when a source is available, 48 preservation prompts (wall times of
 past runs: ``docs/experiments/bench-history.md``).
@@ -34,8 +34,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from ...methods.base import get_method, list_methods
+from ..tasks import task_keys
 from .erasing import all_variants
-from .scenarios import SCENARIOS
 
 QUICK_SCENARIOS = ["attribute", "combination"]
 QUICK_ADVERSARIAL = {"generations": 20}
@@ -48,7 +48,7 @@ def quick_overrides() -> dict[str, dict]:
 
 
 QUICK_CHANGES = [
-    f"scenarios: {', '.join(QUICK_SCENARIOS)} only (full: {', '.join(SCENARIOS)})",
+    f"scenarios: {', '.join(QUICK_SCENARIOS)} only (full: {', '.join(task_keys())})",
     "8 prompts per wording tier (full: 32), 16 preservation prompts (full: 48), 8 adversarial prompts (full: 16) "
     "searched with 20 Ring-A-Bell generations (full: the attack's shapes preset)",
     "ESD-x/ESD-u 30 iterations (full: 150); KSCU 30 for objects/attributes, 20 for styles (full: 150/100); "
@@ -75,7 +75,7 @@ class BenchPlan:
 
     @classmethod
     def full(cls) -> "BenchPlan":
-        return cls("full", list(SCENARIOS), all_variants(), per_tier=32, n_preserve=48, n_adversarial=16)
+        return cls("full", task_keys(), all_variants(), per_tier=32, n_preserve=48, n_adversarial=16)
 
     @classmethod
     def quick(cls) -> "BenchPlan":
@@ -85,7 +85,7 @@ class BenchPlan:
 
     def select(self, scenarios: list[str] | None = None, methods: list[str] | None = None) -> "BenchPlan":
         """A copy restricted to some scenarios / method variants (kept in the canonical order)."""
-        known_s, known_m = list(SCENARIOS), all_variants()
+        known_s, known_m = task_keys(), all_variants()
         for name, wanted, known in (("scenario", scenarios, known_s), ("method", methods, known_m)):
             bad = [w for w in wanted or [] if w not in known]
             if bad:

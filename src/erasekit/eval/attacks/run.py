@@ -81,9 +81,10 @@ def concept_cases(concept: ConceptSpec, n: int, shapes_world: bool, seed: int = 
     """``n`` prompts of the concept with seeds ``seed``.. (see the module docstring)."""
     value = shapes_value(concept) if shapes_world else None
     if value is not None:
-        from ..shapes_erasure import target_prompts
+        from ..probes import target_probes
+        from ..tasks import value_task
 
-        return [AttackCase(k, prompt, s) for k, (prompt, _, s) in enumerate(target_prompts(value, "explicit", n, seed))]
+        return [AttackCase(k, p.prompt, p.seed) for k, p in enumerate(target_probes(value_task(value), "explicit", n, seed))]
     prompts = concept.target_prompts()
     return [AttackCase(k, prompts[k % len(prompts)], seed + k) for k in range(n)]
 

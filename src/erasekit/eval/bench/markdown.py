@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from datetime import datetime, timezone
@@ -10,12 +9,14 @@ from pathlib import Path
 
 from ...world.vocabulary import TIERS
 from .. import atomic
-from ..compare import pareto_front
+from ..compare import plot_front
+from ..probes import PRESERVE_SEED, TARGET_SEED
+from ..report import fixed, percent, sig3
+from ..tasks import get_task
+from .cells import ORIGINAL, BenchRun
 from .machine import environment
+from .modes import QUICK_CHANGES
 from .orderings import orderings_markdown
-from .plan import QUICK_CHANGES
-from .runner import ORIGINAL, BenchRun
-from .scenarios import PRESERVE_SEED, TARGET_SEED, get_scenario
 
 LOW_BASELINE = 0.5  # below this explicit-tier rate the original barely draws the target
 # The bars of the README summary: the target rate falls at least BAR_DROP-fold below the original's and
@@ -26,17 +27,15 @@ SUMMARY_START, SUMMARY_END = "<!-- bench-summary:start -->", "<!-- bench-summary
 
 # ------------------------------------------------------------------ tables
 def _f(x, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}f}"
+    return fixed(x, digits, "–")
 
 
 def _g(x) -> str:
-    return "–" if x is None else f"{x:.3g}"
+    return sig3(x, "–")
 
 
 def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.3g}%"
+    return percent(x, "–")
 
 
 def _rates(cell: dict) -> list[str]:
@@ -129,37 +128,13 @@ def _num(x) -> float:
 
 def plot_pareto(scenario: str, cells: dict[str, dict], path: str | Path) -> Path:
     """Target rate (mean over wording tiers, lower is better) vs preservation, one point per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [k for k in cells if k != ORIGINAL]
     points = [(_num(cells[k]["target_rate_mean"]), _num(cells[k]["preservation"])) for k in labels]
-    front = pareto_front(points)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    if ORIGINAL in cells:
-        ax.scatter([cells[ORIGINAL]["target_rate_mean"]], [1.0], marker="*", s=140, color="black", zorder=4)
-        ax.annotate("original", (cells[ORIGINAL]["target_rate_mean"], 1.0), textcoords="offset points",
-                    xytext=(5, -10), fontsize=8)
-    for label, (x, y), on_front in zip(labels, points, front):
-        if any(math.isnan(v) or math.isinf(v) for v in (x, y)):
-            continue
-        ax.scatter([x], [y], s=45, color="tab:red" if on_front else "tab:gray", zorder=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    fx = sorted((p for p, f in zip(points, front) if f), key=lambda p: p[0])
-    if len(fx) > 1:
-        ax.plot([p[0] for p in fx], [p[1] for p in fx], color="tab:red", lw=1, zorder=2)
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_xlabel("target rate, mean of explicit/synonym/implicit (lower is better)")
-    ax.set_ylabel("preservation, erased / original adherence (higher is better)")
-    ax.set_title(f"Shapes bench: {get_scenario(scenario).title}", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        return atomic.save_figure(path, fig)
-    finally:
-        plt.close(fig)
+    reference = ("original", cells[ORIGINAL]["target_rate_mean"], 1.0) if ORIGINAL in cells else None
+    return plot_front(labels, points, path, reference=reference, title_size=10,
+                      title=f"Shapes bench: {get_task(scenario).title}",
+                      xlabel="target rate, mean of explicit/synonym/implicit (lower is better)",
+                      ylabel="preservation, erased / original adherence (higher is better)")
 
 
 # ------------------------------------------------------------------ BENCHMARKS.md
@@ -173,7 +148,7 @@ def _anchor_moves(run: BenchRun) -> str:
 
     moves = []
     for key in run.plan.scenarios:
-        scenario = get_scenario(key)
+        scenario = get_task(key)
         if scenario.multi:
             moves += [f"{name}'s anchor {get_concept(name, world='shapes').anchor} -> {spec.anchor}"
                       for name, spec in zip(scenario.concepts, scenario.specs())
@@ -286,7 +261,7 @@ def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command
     env = env or environment()
     out = _header(run, command, env, settings) + [DEFINITIONS.format(anchor_moves=_anchor_moves(run))]
     for key, cells in run.results.items():
-        scenario = get_scenario(key)
+        scenario = get_task(key)
         plot = plot_pareto(key, cells, plots_dir / f"pareto_{key}.png")
         out += [f"## Scenario `{key}`: {scenario.title}", "",
                 f"Erased: {', '.join(scenario.concepts)} ({scenario.description}).", ""]
@@ -326,7 +301,7 @@ def summary_table(run: BenchRun) -> str:
     labels: list[str] = []
     for cells in run.results.values():
         labels += [k for k in cells if k != ORIGINAL and k not in labels]
-    names = {k: ", ".join(c.split("/")[-1] for c in get_scenario(k).concepts) for k in scenarios}
+    names = {k: ", ".join(c.split("/")[-1] for c in get_task(k).concepts) for k in scenarios}
     head = "| method | " + " | ".join(f"{k} ({names[k]})" for k in scenarios) + " |"
     lines = [head, "|" + "---|" * (len(scenarios) + 1)]
     originals = [run.results[k].get(ORIGINAL) for k in scenarios]

@@ -1,4 +1,7 @@
-"""Resumable, sharded, seeded generation of benchmark rows into a folder of PNGs.
+"""The one generation path: seeded benchmark rows drawn in fixed batches, in memory or into PNG folders.
+
+`draw` returns the images of rows (the benchmark's in-memory cells); `draw_pending`
+and `run_generation` draw them resumably and sharded into a folder (an evaluation):
 
 - Row ``i`` is saved as ``{i:06d}.png`` (written atomically); a rerun skips work
   already done, so an interrupted run resumes where it stopped.  An image counts
@@ -274,14 +277,31 @@ def pending(folder: str | Path, rows: Sequence[BenchmarkRow], settings: Sampling
             if not all(complete_png(folder / image_name(i)) for i in idx)]
 
 
+def _draw_batch(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSettings, guidance: float,
+                chunk: list[int]) -> list[Image.Image]:
+    run_settings = dataclasses.replace(settings, guidance_scale=guidance)
+    return generate(pipe, [rows[i].prompt for i in chunk], [rows[i].seed for i in chunk], run_settings)
+
+
+def draw(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSettings,
+         progress: Callable[[int], None] | None = None) -> list[Image.Image]:
+    """The images of ``rows`` in order, drawn batch by batch (`batches`), kept in memory."""
+    images: list[Image.Image | None] = [None] * len(rows)
+    for guidance, chunk in batches(rows, settings):
+        for i, im in zip(chunk, _draw_batch(pipe, rows, settings, guidance, chunk)):
+            images[i] = im
+        if progress is not None:
+            progress(len(chunk))
+    return images
+
+
 def draw_pending(pipe, rows: Sequence[BenchmarkRow], settings: SamplingSettings, folder: str | Path, *,
                  rank: int = 0, world_size: int = 1, progress: Callable[[int], None] | None = None) -> list[int]:
     """Draw this process's batches that lack an image into a prepared ``folder``; returns the rows drawn."""
     folder = Path(folder)
     drawn: list[int] = []
     for guidance, chunk in pending(folder, rows, settings, rank, world_size):
-        run_settings = dataclasses.replace(settings, guidance_scale=guidance)
-        images = generate(pipe, [rows[i].prompt for i in chunk], [rows[i].seed for i in chunk], run_settings)
+        images = _draw_batch(pipe, rows, settings, guidance, chunk)
         for i, im in zip(chunk, images):
             atomic.save_image(folder / image_name(i), im)
         drawn.extend(chunk)

@@ -1,0 +1,106 @@
+"""Measure a Shapes task on the pipeline as it is now: target rates per tier and preservation adherence.
+
+`measure_task` draws a task's probes (`erasekit.eval.probes`) through the one
+generation path (`erasekit.eval.generate.draw`) and scores them with the one
+scoring path (`erasekit.eval.scoring`): per wording tier the target rate (the
+fraction of images that still show every target value), the preservation
+adherence (fraction of preservation images whose ``checked`` attributes are
+read as named, and per attribute), and the detector's penultimate features of
+the preservation images, for the Frechet distance to the original model's
+images on the same prompts and seeds.  The benchmark's cells, the erasure
+measurements of `measure_erasure` (one Shapes value) and the world model's
+`measure_adherence` are all made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..generation import SamplingSettings
+from ..world.vocabulary import TIERS
+from .generate import draw
+from .metrics import frechet_distance, preservation
+from .probes import Probe, adherence_probes, tier_probes
+from .scoring import adherence, readings, target_rates
+from .tasks import ShapesTask, value_task
+
+Progress = Callable[[int], None] | None
+
+
+def image_count(per_tier: int, n_preserve: int, n_adversarial: int = 0) -> int:
+    return len(TIERS) * per_tier + n_adversarial + n_preserve
+
+
+def _images(pipe, probes: list[Probe], settings: SamplingSettings, progress: Progress):
+    return draw(pipe, [p.row(k) for k, p in enumerate(probes)], settings, progress=progress)
+
+
+def measure_task(pipe, task: ShapesTask, per_tier: int, n_preserve: int, settings: SamplingSettings, reader,
+                 adversarial: list[Probe] | None = None, progress: Progress = None, features: bool = True
+                 ) -> tuple[dict, np.ndarray | None]:
+    """(numbers, preservation features or None) of the pipeline's current weights on the task's probes.
+
+    ``reader`` is a `ShapesConceptDetector` (``read`` and ``features``).
+    """
+    tiers, keep = tier_probes(task, per_tier, n_preserve, adversarial)
+    rates = {}
+    for tier, probes in tiers.items():
+        rates[tier] = target_rates(readings(reader, _images(pipe, probes, settings, progress)), probes, task)[tier]
+    images = _images(pipe, keep, settings, progress)
+    numbers = {
+        "target_rate": rates,
+        "target_rate_mean": float(np.mean([rates[t] for t in TIERS])),
+        "n_per_tier": {t: len(p) for t, p in tiers.items()},
+        "preservation_adherence": adherence(readings(reader, images), [p.expected for p in keep], task.checked),
+        "n_preserve": len(keep),
+    }
+    return numbers, (np.asarray(reader.features(images), dtype=np.float64) if features else None)
+
+
+def compare_to_original(erased: dict, erased_features: np.ndarray, original: dict,
+                        original_features: np.ndarray) -> dict:
+    """Preservation (erased / original adherence) and the Frechet distance of the preservation images."""
+    return {
+        "preservation": preservation(erased["preservation_adherence"]["checked"],
+                                     original["preservation_adherence"]["checked"]),
+        "frechet_distance": frechet_distance(erased_features, original_features),
+    }
+
+
+def _reader(detector):
+    from .detectors.shapes import ShapesConceptDetector
+
+    if detector is None:
+        from ..world.assets_paths import load_detector
+
+        detector = load_detector()
+    return detector if isinstance(detector, ShapesConceptDetector) else ShapesConceptDetector(detector)
+
+
+def measure_erasure(pipe, value: str, n_per_tier: int = 32, n_preserve: int = 60,
+                    settings: SamplingSettings | None = None, detector=None, progress=None) -> dict:
+    """Target rate per tier and shape/color/both preservation adherence for one Shapes value (`value_task`)."""
+    settings = settings or SamplingSettings()
+    task = value_task(value)
+    numbers, _ = measure_task(pipe, task, n_per_tier, n_preserve, settings, _reader(detector), progress=progress,
+                              features=False)
+    kept = numbers["preservation_adherence"]
+    return {"target": value, "attribute": next(iter(task.targets[0])), "settings": vars(settings).copy(),
+            "target_rate": {t: numbers["target_rate"][t] for t in TIERS},
+            "preservation_adherence": {"shape": kept["shape"], "color": kept["color"], "both": kept["checked"]}}
+
+
+def measure_adherence(pipe, per_tier: int = 64, seed: int = 0, settings: SamplingSettings | None = None,
+                      detector=None, progress=None) -> dict:
+    """The world model's prompt adherence per wording tier: shape, color and both read as named."""
+    settings = settings or SamplingSettings()
+    reader = _reader(detector)
+    table = {"settings": vars(settings).copy(), "per_tier": per_tier, "seed": seed, "tiers": {}}
+    for tier in TIERS:
+        probes = adherence_probes(tier, per_tier, seed)
+        read = readings(reader, _images(pipe, probes, settings, progress))
+        kept = adherence(read, [p.expected for p in probes], ("shape", "color"))
+        table["tiers"][tier] = {"shape": kept["shape"], "color": kept["color"], "both": kept["checked"]}
+    return table
