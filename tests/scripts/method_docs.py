@@ -39,7 +39,9 @@ def settings_table(name: str) -> str:
         if field in PLUMBING:
             continue
         values = [_cell(cls.PRESETS[p][field]) if field in cls.PRESETS[p] else "" for p in presets]
-        description = (info.description or "").replace("|", "\\|").replace("\n", " ")
+        inherited = (getattr(k, "model_fields", {}).get(field) for k in cls.__mro__)
+        description = next((i.description for i in inherited if i is not None and i.description), "")
+        description = description.replace("|", "\\|").replace("\n", " ")
         lines.append(f"| `{field}` | {_cell(info.default)} | " + " | ".join(values)
                      + f" | {'yes' if field in extensions else ''} | {description} |")
     note = (f"Generated from `{cls.__module__}.{cls.__name__}` by `tests/scripts/method_docs.py`; "
