@@ -245,7 +245,22 @@ def summary(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def experiment_args(path: Path, ap: argparse.ArgumentParser) -> dict:
+    """The options an experiment config sets (``{"about": ..., "args": {dest: value}}``); bad ones exit 2."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        ap.error(f"{path}: {err}")
+    known = {action.dest for action in ap._actions} - {"help", "experiment", "summary"}
+    args = doc.get("args") if isinstance(doc, dict) else None
+    if not isinstance(args, dict) or set(doc) - {"about", "args"}:
+        ap.error(f"{path}: needs {{'about': ..., 'args': {{...}}}} and nothing else")
+    if unknown := sorted(set(args) - known):
+        ap.error(f"{path}: unknown options {unknown}")
+    return {k: Path(v) if k == "out" else v for k, v in args.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concept", default="circle")
     ap.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
@@ -262,10 +277,21 @@ def main() -> None:
     ap.add_argument("--reuse-deltas", action="store_true",
                     help="hardened rows start from OUT/deltas/<method> when it holds the same seed's delta")
     ap.add_argument("--no-original", action="store_true", help="skip the original model's row")
+    ap.add_argument("--hardened-only", action="store_true", help="measure only the hardened rows")
+    ap.add_argument("--experiment", type=Path, default=None,
+                    help="JSON experiment config: {about, args: {option: value}}; command-line options win")
     ap.add_argument("--tier-prompts", type=int, default=32)
     ap.add_argument("--preservation-prompts", type=int, default=48)
     ap.add_argument("--summary", type=Path, default=None, help="write ROOT/summary.md from the rows under ROOT and exit")
+    return ap
+
+
+def main() -> None:
+    ap = build_parser()
     a = ap.parse_args()
+    if a.experiment is not None:
+        ap.set_defaults(**experiment_args(a.experiment, ap))
+        a = ap.parse_args()
     if a.summary is not None:
         write_text(a.summary / "summary.md", summary(a.summary))
         print((a.summary / "summary.md").read_text())
@@ -277,7 +303,7 @@ def main() -> None:
     settings = SamplingSettings.for_model(resolve_model_path("shapes"))
     detector, detector_concept = default_detector(get_concept(a.concept), True)  # loaded once for all rows
     rows, console = [], Console()
-    variants = ([] if a.no_original else [(None, None)]) + [(m, None) for m in methods]
+    variants = [] if a.hardened_only else ([] if a.no_original else [(None, None)]) + [(m, None) for m in methods]
     variants += [(m, h) for h in a.harden or [] for m in methods]
     for method, hardening in variants:
         label = method if hardening is None else f"{method}+{hardening}{a.harden_tag}"
