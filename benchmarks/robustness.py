@@ -119,6 +119,7 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
         delta_dir = out / "deltas" / label
         delta.save(delta_dir)
         delta = WeightDelta.load(delta_dir)
+        row["delta_id"] = delta.delta_id  # what the attacks measured: equal ids, equal rows for one attack seed
     row.update(_tiers_and_preservation(pipe, delta, concept, settings, per_tier, n_preserve))
     row["plain"] = _plain_rate(pipe, delta, cases, detector, detector_concept, settings)
     attack_config = {"seed": attack_seed} if attack_seed is not None else None
