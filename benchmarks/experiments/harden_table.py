@@ -9,7 +9,8 @@ the config's ``out`` folder.  A config whose rows are not there yet is listed as
 Rates come with 95% Wilson intervals over their own number of cases; preservation is the other
 values' adherence over the original model's (the ``original`` row of the same folder, else of
 ``benchmarks/results/robustness-harden/<concept>/original.json``, which uses the same preservation
-prompts), and in brackets over the unhardened erasure's where that row is in the same folder.
+prompts), and in brackets over the unhardened erasure's (its row in the same folder, else the
+benchmark's row of the same seed there, which also gives the plain rate the bar compares with).
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ def _rows(folder: Path) -> dict[str, dict]:
     return rows
 
 
-def _original(rows: dict[str, dict], concept: str) -> dict | None:
-    if "original" in rows:
-        return rows["original"]
-    path = REFERENCE / concept / "original.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _reference(rows: dict[str, dict], name: str, concept: str, seed) -> dict | None:
+    """Row ``name`` of this folder, else the benchmark's row of the same concept and seed."""
+    if name in rows:
+        return rows[name]
+    path = REFERENCE / concept / f"{name}.json"
+    row = json.loads(path.read_text()) if path.exists() else None
+    return row if row is not None and (name == "original" or row.get("seed", 0) == seed) else None
 
 
 def table(configs: list[Path]) -> str:
@@ -77,12 +80,13 @@ def table(configs: list[Path]) -> str:
         if not rows:
             lines.append(f"| {path.stem} | not measured | - | - | - | - | - | - | - | - | - | - | - | - |")
             continue
-        original = _original(rows, args.get("concept", "circle"))
+        concept = args.get("concept", "circle")
+        original = _reference(rows, "original", concept, None)
         for name, r in sorted(rows.items(), key=lambda kv: (kv[0] != "original", kv[0])):
             n = r["n_cases"]
             pres = r["adherence"] / original["adherence"] if original and r.get("n_preserve") == original.get(
                 "n_preserve", r.get("n_preserve")) else None
-            base = rows.get(name.split("+")[0]) if "+" in name else None
+            base = _reference(rows, name.split("+")[0], concept, r.get("seed", 0)) if "+" in name else None
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
             overrides = ", ".join(f"{k}={v}" for k, v in (r.get("harden_overrides") or {}).items()) or "-"
             res = _rate(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
