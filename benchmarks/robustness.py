@@ -112,8 +112,9 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
         if hardening is not None:
             cfg_cls = variant_config(hardening)
             t0 = time.perf_counter()
-            delta = harden(pipe, delta, spec, cfg_cls.for_world("shapes", seed=seed, **_quiet(cfg_cls),
-                                                                **(harden_overrides or {})))
+            cfg = cfg_cls.for_world("shapes", seed=seed, **_quiet(cfg_cls), **(harden_overrides or {}))
+            row["harden_settings"] = cfg.model_dump(exclude={"progress"})  # the preset as it was, overrides applied
+            delta = harden(pipe, delta, spec, cfg)
             row["harden_seconds"] = time.perf_counter() - t0
             row.update(_harden_cost(delta.manifest.metrics))
         delta_dir = out / "deltas" / label
