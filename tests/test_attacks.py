@@ -309,3 +309,17 @@ def test_unlearndiff_is_a_function_of_its_seed(tiny, tiny_delta):
     other = unlearndiff_attack(tiny, cases, ["red"], config.model_copy(update={"seed": 8}), delta=tiny_delta,
                                settings=TINY_SETTINGS)
     assert [f.loss for f in other] != [loss for _, _, loss in runs[0]]
+
+
+@pytest.mark.slow
+def test_prompt_split_does_not_depend_on_the_hash_seed():
+    """Concept words of one length are tried alphabetically, not in a set's per-process order."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from erasekit.eval.attacks.tokens import split_at_words;"
+            "print(split_at_words('a red disc next to a blue star', ['star', 'disc', 'blue', 'red']))")
+    outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": h},
+                           capture_output=True, text=True, check=True).stdout for h in ("0", "2", "4")}
+    assert outs == {"('a red disc next to a', 'star')\n"}  # 'blue', 'disc', 'star' tie at 4 letters: 'blue' first
