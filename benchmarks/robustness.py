@@ -28,7 +28,8 @@ each ``adv`` row also records the training attack's last rounds (``train_attack`
 
 ``--harden-config JSON`` overrides the hardening preset (rows then carry ``--harden-tag`` and the
 overrides); ``--reuse-deltas`` starts hardened rows from the unhardened row's saved delta of the
-same seed instead of erasing again.  ``--seed`` seeds the base erasure and the hardening; rows are written to
+same seed instead of erasing again, and reuses ``OUT/deltas/<row>`` when it hardened that same base
+delta with the same settings.  ``--seed`` seeds the base erasure and the hardening; rows are written to
 ``OUT/<method>.json`` (``OUT`` defaults to ``benchmarks/results/robustness/<concept>``).
 
 ``--summary ROOT`` reads every row under ``ROOT/<concept>[/<seed dir>]/*.json`` and writes
@@ -114,8 +115,12 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
             t0 = time.perf_counter()
             cfg = cfg_cls.for_world("shapes", seed=seed, **_quiet(cfg_cls), **(harden_overrides or {}))
             row["harden_settings"] = cfg.model_dump(exclude={"progress"})  # the preset as it was, overrides applied
-            delta = harden(pipe, delta, spec, cfg)
-            row["harden_seconds"] = time.perf_counter() - t0
+            if reuse and (stored := _stored_hardening(out / "deltas" / label, delta, hardening, cfg)) is not None:
+                delta, row["harden_reused"] = stored, True  # the same base delta hardened with the same settings
+                row["harden_seconds"] = stored.manifest.wall_time_s
+            else:
+                delta = harden(pipe, delta, spec, cfg)
+                row["harden_seconds"] = time.perf_counter() - t0
             row.update(_harden_cost(delta.manifest.metrics))
         delta_dir = out / "deltas" / label
         delta.save(delta_dir)
@@ -140,6 +145,16 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
         row["resurgence_seconds"] = res.seconds
         row["delta_files_unchanged"] = res.delta_files_unchanged
     return row
+
+
+def _stored_hardening(folder: Path, base: WeightDelta, variant: str, cfg) -> WeightDelta | None:
+    """The hardened delta saved in ``folder`` if it hardened ``base`` with exactly ``cfg``, else None."""
+    if not (folder / "manifest.json").exists():
+        return None
+    stored = WeightDelta.load(folder)
+    config = stored.manifest.config
+    same = json.loads(json.dumps({"variant": variant, **cfg.model_dump()})) == config.get("harden")
+    return stored if same and config.get("chain", [{}])[0].get("delta_id") == base.delta_id else None
 
 
 def _quiet(config_cls) -> dict:
