@@ -47,3 +47,25 @@ def test_a_bad_config_is_a_one_line_error(tmp_path, capsys, doc):
 
 def test_the_page_is_generated_from_the_rows():
     assert harden_table.PAGE.read_text() == harden_table.table(CONFIGS)
+
+
+def test_a_saved_hardening_is_reused_only_for_its_base_and_settings(tmp_path):
+    import torch
+
+    from erasekit.methods.harden import AdvConfig
+    from erasekit.models.delta import WeightDelta
+
+    w = {"unet.conv_in.weight": torch.zeros(2, 2)}
+    base = WeightDelta.from_state_dicts(w, {k: v + 1 for k, v in w.items()}, method="uce")
+    other = WeightDelta.from_state_dicts(w, {k: v + 2 for k, v in w.items()}, method="uce")
+    cfg = AdvConfig.for_world("shapes", seed=0, retain_weight=4.0)
+    saved = WeightDelta.from_state_dicts(
+        w, {k: v + 3 for k, v in w.items()}, method="uce+adv", seed=0, wall_time_s=12.0,
+        config={"harden": {"variant": "adv", **cfg.model_dump()}, "chain": [{"method": "uce", "delta_id": base.delta_id},
+                                                                         {"method": "harden:adv"}]})
+    saved.save(tmp_path / "h")
+    found = robustness._stored_hardening(tmp_path / "h", base, "adv", cfg)
+    assert found is not None and found.delta_id == saved.delta_id
+    assert robustness._stored_hardening(tmp_path / "h", other, "adv", cfg) is None  # another base erasure
+    assert robustness._stored_hardening(tmp_path / "h", base, "adv", AdvConfig.for_world("shapes", seed=0)) is None
+    assert robustness._stored_hardening(tmp_path / "missing", base, "adv", cfg) is None
