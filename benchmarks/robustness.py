@@ -28,7 +28,8 @@ each ``adv`` row also records the training attack's last rounds (``train_attack`
 
 ``--harden-config JSON`` overrides the hardening preset (rows then carry ``--harden-tag`` and the
 overrides); ``--reuse-deltas`` starts hardened rows from the unhardened row's saved delta of the
-same seed instead of erasing again.  ``--seed`` seeds the base erasure and the hardening; rows are written to
+same seed instead of erasing again, and reuses ``OUT/deltas/<row>`` when it hardened that same base
+delta with the same settings.  ``--seed`` seeds the base erasure and the hardening; rows are written to
 ``OUT/<method>.json`` (``OUT`` defaults to ``benchmarks/results/robustness/<concept>``).
 
 ``--summary ROOT`` reads every row under ``ROOT/<concept>[/<seed dir>]/*.json`` and writes
@@ -112,13 +113,19 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
         if hardening is not None:
             cfg_cls = variant_config(hardening)
             t0 = time.perf_counter()
-            delta = harden(pipe, delta, spec, cfg_cls.for_world("shapes", seed=seed, **_quiet(cfg_cls),
-                                                                **(harden_overrides or {})))
-            row["harden_seconds"] = time.perf_counter() - t0
+            cfg = cfg_cls.for_world("shapes", seed=seed, **_quiet(cfg_cls), **(harden_overrides or {}))
+            row["harden_settings"] = cfg.model_dump(exclude={"progress"})  # the preset as it was, overrides applied
+            if reuse and (stored := _stored_hardening(out / "deltas" / label, delta, hardening, cfg)) is not None:
+                delta, row["harden_reused"] = stored, True  # the same base delta hardened with the same settings
+                row["harden_seconds"] = stored.manifest.wall_time_s
+            else:
+                delta = harden(pipe, delta, spec, cfg)
+                row["harden_seconds"] = time.perf_counter() - t0
             row.update(_harden_cost(delta.manifest.metrics))
         delta_dir = out / "deltas" / label
         delta.save(delta_dir)
         delta = WeightDelta.load(delta_dir)
+        row["delta_id"] = delta.delta_id  # what the attacks measured: equal ids, equal rows for one attack seed
     row.update(_tiers_and_preservation(pipe, delta, concept, settings, per_tier, n_preserve))
     row["plain"] = _plain_rate(pipe, delta, cases, detector, detector_concept, settings)
     attack_config = {"seed": attack_seed} if attack_seed is not None else None
@@ -138,6 +145,16 @@ def measure(pipe, method: str | None, concept: str, n_cases: int, resurgence_ste
         row["resurgence_seconds"] = res.seconds
         row["delta_files_unchanged"] = res.delta_files_unchanged
     return row
+
+
+def _stored_hardening(folder: Path, base: WeightDelta, variant: str, cfg) -> WeightDelta | None:
+    """The hardened delta saved in ``folder`` if it hardened ``base`` with exactly ``cfg``, else None."""
+    if not (folder / "manifest.json").exists():
+        return None
+    stored = WeightDelta.load(folder)
+    config = stored.manifest.config
+    same = json.loads(json.dumps({"variant": variant, **cfg.model_dump()})) == config.get("harden")
+    return stored if same and config.get("chain", [{}])[0].get("delta_id") == base.delta_id else None
 
 
 def _quiet(config_cls) -> dict:
@@ -245,7 +262,22 @@ def summary(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def experiment_args(path: Path, ap: argparse.ArgumentParser) -> dict:
+    """The options an experiment config sets (``{"about": ..., "args": {dest: value}}``); bad ones exit 2."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        ap.error(f"{path}: {err}")
+    known = {action.dest for action in ap._actions} - {"help", "experiment", "summary"}
+    args = doc.get("args") if isinstance(doc, dict) else None
+    if not isinstance(args, dict) or set(doc) - {"about", "args"}:
+        ap.error(f"{path}: needs {{'about': ..., 'args': {{...}}}} and nothing else")
+    if unknown := sorted(set(args) - known):
+        ap.error(f"{path}: unknown options {unknown}")
+    return {k: Path(v) if k == "out" else v for k, v in args.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concept", default="circle")
     ap.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
@@ -262,10 +294,21 @@ def main() -> None:
     ap.add_argument("--reuse-deltas", action="store_true",
                     help="hardened rows start from OUT/deltas/<method> when it holds the same seed's delta")
     ap.add_argument("--no-original", action="store_true", help="skip the original model's row")
+    ap.add_argument("--hardened-only", action="store_true", help="measure only the hardened rows")
+    ap.add_argument("--experiment", type=Path, default=None,
+                    help="JSON experiment config: {about, args: {option: value}}; command-line options win")
     ap.add_argument("--tier-prompts", type=int, default=32)
     ap.add_argument("--preservation-prompts", type=int, default=48)
     ap.add_argument("--summary", type=Path, default=None, help="write ROOT/summary.md from the rows under ROOT and exit")
+    return ap
+
+
+def main() -> None:
+    ap = build_parser()
     a = ap.parse_args()
+    if a.experiment is not None:
+        ap.set_defaults(**experiment_args(a.experiment, ap))
+        a = ap.parse_args()
     if a.summary is not None:
         write_text(a.summary / "summary.md", summary(a.summary))
         print((a.summary / "summary.md").read_text())
@@ -277,7 +320,7 @@ def main() -> None:
     settings = SamplingSettings.for_model(resolve_model_path("shapes"))
     detector, detector_concept = default_detector(get_concept(a.concept), True)  # loaded once for all rows
     rows, console = [], Console()
-    variants = ([] if a.no_original else [(None, None)]) + [(m, None) for m in methods]
+    variants = [] if a.hardened_only else ([] if a.no_original else [(None, None)]) + [(m, None) for m in methods]
     variants += [(m, h) for h in a.harden or [] for m in methods]
     for method, hardening in variants:
         label = method if hardening is None else f"{method}+{hardening}{a.harden_tag}"

@@ -284,3 +284,42 @@ def test_ringabell_pairs_delete_the_concept_words_or_use_the_anchor():
     assert ("a picture of a circle", "a picture of a square") in anchored
     with pytest.raises(ValueError, match="unknown pairs"):
         concept_pairs(circle, without="nothing")
+
+
+def test_unlearndiff_is_a_function_of_its_seed(tiny, tiny_delta):
+    """Same seed: the same prompts and losses whatever the global RNG holds; another seed: other draws."""
+    cases = [AttackCase(0, "a red circle", 0), AttackCase(1, "a red square", 1)]
+    config = UnlearnDiffConfig(n_tokens=2, steps=3, lr=0.05, timesteps_per_step=2, probe_size=2, check_every=1,
+                               check_original=True, vocabulary="shapes-world", seed=7)
+    seen = []
+
+    def judge(prompts, seeds, guidance):  # a judge that draws images, as the real one does
+        images = tiny(prompt=prompts, num_inference_steps=2, guidance_scale=3.0,
+                      generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np").images
+        seen.append(float(images.sum()))
+        return [False] * len(prompts)
+
+    runs = []
+    for global_seed in (0, 12345):
+        torch.manual_seed(global_seed)
+        found = unlearndiff_attack(tiny, cases, ["red"], config, delta=tiny_delta, settings=TINY_SETTINGS, judge=judge)
+        runs.append([(f.prompt, f.token_ids, f.loss) for f in found])
+    assert runs[0] == runs[1]
+    assert seen[: len(seen) // 2] == seen[len(seen) // 2:]
+    other = unlearndiff_attack(tiny, cases, ["red"], config.model_copy(update={"seed": 8}), delta=tiny_delta,
+                               settings=TINY_SETTINGS)
+    assert [f.loss for f in other] != [loss for _, _, loss in runs[0]]
+
+
+@pytest.mark.slow
+def test_prompt_split_does_not_depend_on_the_hash_seed():
+    """Concept words of one length are tried alphabetically, not in a set's per-process order."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from erasekit.eval.attacks.tokens import split_at_words;"
+            "print(split_at_words('a red disc next to a blue star', ['star', 'disc', 'blue', 'red']))")
+    outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": h},
+                           capture_output=True, text=True, check=True).stdout for h in ("0", "2", "4")}
+    assert outs == {"('a red disc next to a', 'star')\n"}  # 'blue', 'disc', 'star' tie at 4 letters: 'blue' first

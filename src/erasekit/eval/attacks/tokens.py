@@ -105,8 +105,8 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def split_at_words(prompt: str, words: Iterable[str]) -> tuple[str, str]:
-    """(before, after) around the first occurrence of any of ``words`` (longest first), removed."""
-    for w in sorted(set(words), key=len, reverse=True):
+    """(before, after) around the first occurrence of any of ``words`` (longest first, ties alphabetical), removed."""
+    for w in sorted(set(words), key=lambda w: (-len(w), w)):
         m = re.search(rf"\b{re.escape(w)}\b", prompt, flags=re.IGNORECASE)
         if m:
             return prompt[: m.start()].strip(), prompt[m.end():].strip()

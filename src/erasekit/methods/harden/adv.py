@@ -65,10 +65,10 @@ class AdvConfig(FineTuneConfig):
     before every iteration; ESD with generation CFG 3, g = 1, 50 DDIM steps; utility-retaining
     regularisation on 5 retain prompts at weight 0.3.
 
-    ``shapes`` preset: the text encoder at lr 1e-4 for 120 iterations (20 warm-up), 6 attack
-    steps at lr 0.05 on 3 prepended tokens starting from the previous round's, negative
-    guidance 3, 25 DDIM steps, the synonym x template grid, and the concept's preserve list
-    among the retain prompts at weight 1 -- because the 10M-parameter Shapes model is sampled
+    ``shapes`` preset: the text encoder at lr 1e-4 for 80 iterations (10 warm-up), 8 attack
+    steps at lr 0.05 on 3 prepended tokens starting from the previous round's on one latent per
+    round, negative guidance 3, 25 DDIM steps, the synonym x template grid, and the concept's
+    preserve list among 200 retain prompts at weight 1 -- because the 10M-parameter Shapes model is sampled
     in 25 steps, its 128-d token space needs larger attack steps than SD's 768-d one, and at
     g = 1 the target only reaches the unconditional model, which draws the concept at chance.
     """

@@ -1,0 +1,71 @@
+"""Hardening experiment configs: each one is valid for benchmarks/robustness.py, a bad one is a
+one-line error (exit 2), and docs/experiments/harden.md is what the configs' rows generate."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "benchmarks" / "experiments" / "harden").glob("*.json"))
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+robustness = _load("robustness", ROOT / "benchmarks" / "robustness.py")
+harden_table = _load("harden_table", ROOT / "benchmarks" / "experiments" / "harden_table.py")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_parses_to_robustness_options(path):
+    ap = robustness.build_parser()
+    options = robustness.experiment_args(path, ap)
+    ap.set_defaults(**options)
+    a = ap.parse_args([])
+    assert a.harden and a.methods and a.out == Path(json.loads(path.read_text())["args"]["out"])
+    if a.harden_config:
+        cfg_cls = robustness.variant_config(a.harden[0])
+        assert cfg_cls.for_world("shapes", **a.harden_config)  # every override is a field of the variant
+
+
+@pytest.mark.parametrize("doc", [{"args": {"no_such_option": 1}}, {"args": {}, "extra": 1}, ["not", "a", "dict"]])
+def test_a_bad_config_is_a_one_line_error(tmp_path, capsys, doc):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SystemExit) as err:
+        robustness.experiment_args(path, robustness.build_parser())
+    assert err.value.code == 2 and "bad.json" in capsys.readouterr().err
+
+
+def test_the_page_is_generated_from_the_rows():
+    assert harden_table.PAGE.read_text() == harden_table.table(CONFIGS)
+
+
+def test_a_saved_hardening_is_reused_only_for_its_base_and_settings(tmp_path):
+    import torch
+
+    from erasekit.methods.harden import AdvConfig
+    from erasekit.models.delta import WeightDelta
+
+    w = {"unet.conv_in.weight": torch.zeros(2, 2)}
+    base = WeightDelta.from_state_dicts(w, {k: v + 1 for k, v in w.items()}, method="uce")
+    other = WeightDelta.from_state_dicts(w, {k: v + 2 for k, v in w.items()}, method="uce")
+    cfg = AdvConfig.for_world("shapes", seed=0, retain_weight=4.0)
+    saved = WeightDelta.from_state_dicts(
+        w, {k: v + 3 for k, v in w.items()}, method="uce+adv", seed=0, wall_time_s=12.0,
+        config={"harden": {"variant": "adv", **cfg.model_dump()}, "chain": [{"method": "uce", "delta_id": base.delta_id},
+                                                                         {"method": "harden:adv"}]})
+    saved.save(tmp_path / "h")
+    found = robustness._stored_hardening(tmp_path / "h", base, "adv", cfg)
+    assert found is not None and found.delta_id == saved.delta_id
+    assert robustness._stored_hardening(tmp_path / "h", other, "adv", cfg) is None  # another base erasure
+    assert robustness._stored_hardening(tmp_path / "h", base, "adv", AdvConfig.for_world("shapes", seed=0)) is None
+    assert robustness._stored_hardening(tmp_path / "missing", base, "adv", cfg) is None
