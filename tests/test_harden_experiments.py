@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from erasekit.eval.robustness import stored_hardening
+from erasekit.methods.harden import variant_config
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "benchmarks" / "experiments" / "harden").glob("*.json"))
 
@@ -32,7 +35,7 @@ def test_every_config_parses_to_robustness_options(path):
     a = ap.parse_args([])
     assert a.harden and a.methods and a.out == Path(json.loads(path.read_text())["args"]["out"])
     if a.harden_config:
-        cfg_cls = robustness.variant_config(a.harden[0])
+        cfg_cls = variant_config(a.harden[0])
         assert cfg_cls.for_world("shapes", **a.harden_config)  # every override is a field of the variant
 
 
@@ -64,8 +67,8 @@ def test_a_saved_hardening_is_reused_only_for_its_base_and_settings(tmp_path):
         config={"harden": {"variant": "adv", **cfg.model_dump()}, "chain": [{"method": "uce", "delta_id": base.delta_id},
                                                                          {"method": "harden:adv"}]})
     saved.save(tmp_path / "h")
-    found = robustness._stored_hardening(tmp_path / "h", base, "adv", cfg)
+    found = stored_hardening(tmp_path / "h", base, "adv", cfg)
     assert found is not None and found.delta_id == saved.delta_id
-    assert robustness._stored_hardening(tmp_path / "h", other, "adv", cfg) is None  # another base erasure
-    assert robustness._stored_hardening(tmp_path / "h", base, "adv", AdvConfig.for_world("shapes", seed=0)) is None
-    assert robustness._stored_hardening(tmp_path / "missing", base, "adv", cfg) is None
+    assert stored_hardening(tmp_path / "h", other, "adv", cfg) is None  # another base erasure
+    assert stored_hardening(tmp_path / "h", base, "adv", AdvConfig.for_world("shapes", seed=0)) is None
+    assert stored_hardening(tmp_path / "missing", base, "adv", cfg) is None

@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from robustness import _bars, _cost, _rate, _train  # noqa: E402
+from erasekit.eval.robustness import bars, cost, rate_with_interval, train_loss  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
 PAGE = ROOT / "docs" / "experiments" / "harden.md"
@@ -89,17 +88,18 @@ def table(configs: list[Path]) -> str:
             base = _reference(rows, name.split("+")[0], concept, r.get("seed", 0)) if "+" in name else None
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
             overrides = ", ".join(f"{k}={v}" for k, v in (r.get("harden_overrides") or {}).items()) or "-"
-            res = _rate(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
-            bars = "-"
+            res = rate_with_interval(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
+            verdict = "-"
             if "+" in name:
-                bars = _bars(r, base["plain"] if base else None, pres)
+                verdict = bars(r, base["plain"] if base else None, pres)
                 if "resurgence" not in r:
-                    parts = bars.split("/")
-                    bars = "/".join(parts[:2] + ["-"] + parts[3:])
+                    parts = verdict.split("/")
+                    verdict = "/".join(parts[:2] + ["-"] + parts[3:])
             lines.append(f"| {path.stem} | {name} | {overrides} | {n} | {r.get('seed', '-')} / {_seed(r.get('attack_seed'))} "
-                         f"| {_rate(r['plain'], n)} | {_rate(r['unlearndiff'], n)} | {_rate(r['ringabell'], n)} | {res} "
-                         f"| {f'{pres:.2f}' if pres is not None else '-'}{own} | {_cost(r, 'erase')} "
-                         f"| {_cost(r, 'harden')} | {_train(r.get('train_attack'))} | {bars} |")
+                         f"| {rate_with_interval(r['plain'], n)} | {rate_with_interval(r['unlearndiff'], n)} "
+                         f"| {rate_with_interval(r['ringabell'], n)} | {res} "
+                         f"| {f'{pres:.2f}' if pres is not None else '-'}{own} | {cost(r, 'erase')} "
+                         f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
     lines += ["", "What each experiment asked:", ""]
     lines += [f"- `{p.stem}`: {json.loads(p.read_text()).get('about', '')}" for p in configs]
     return "\n".join(lines) + "\n"
