@@ -34,7 +34,7 @@ from ..models.scopes import ParameterScope, list_scopes, register_scope
 from ..models.unet_io import initial_latents, predict, require_supported_unet
 from ..training import FineTuneConfig, Trainer, fine_tune, randint
 from .base import MethodSpec, MethodWork, register
-from .retain import KVRetainTerm, RetainTerm
+from .retain import KVRetainTerm, RetainFields, RetainTerm
 
 VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 # esd-u's scope in the paper's code (CompVis names: not 'attn2', not 'time_embed', not 'out.').
@@ -71,7 +71,7 @@ SHAPES_RETAIN = {"iterations": 300, "lr_schedule": "cosine", "preserve_weight": 
                  "preserve_batch": 16, "sample_batch": 4}
 
 
-class ESDConfig(FineTuneConfig):
+class ESDConfig(FineTuneConfig, RetainFields):
     """Paper defaults (SD-1.4): 1000 iterations, Adam lr 1e-5, DDIM 50 steps, CFG 3, g = 1.
 
     ``prompts``: "bare" (the SD default, as the authors' code: the concept string alone)
@@ -92,10 +92,8 @@ class ESDConfig(FineTuneConfig):
 
     Options beyond the paper (off at their defaults):
 
-    - ``preserve_weight`` / ``preserve_pool_size`` / ``preserve_batch`` / ``preserve_latents``:
-      the shared retain term (`erasekit.methods.retain`) on the concept's kept prompts;
-    - ``preserve_kv_weight``: the kept prompts' cross-attention keys and values held in
-      place (`KVRetainTerm`; needs text K/V in the scope, so esd-x only);
+    - the shared retain fields (`erasekit.methods.retain.RetainFields`): ``preserve_weight``
+      and its pool, batch and latents; ``preserve_kv_weight`` (K/V held; esd-x only);
     - ``step_range`` (lo, hi): sample the DDIM step from the fraction [lo, hi) of the steps;
     - ``sample_batch`` B: B prompts and latents per iteration at one shared step, loss averaged
       (B = 1 is ESD's single-sample loop, draw for draw).
@@ -112,20 +110,11 @@ class ESDConfig(FineTuneConfig):
         "paper", description="esd-u's scope: 'paper' (CompVis code) or 'port' (the diffusers port's)")
     n_synonyms: int | None = Field(None, description="grid prompts: synonyms used (None: all)")
     n_templates: int | None = Field(None, description="grid prompts: templates used (None: all)")
-    preserve_weight: float = Field(0.0, description="weight of the retain term on the kept prompts (noise space)")
-    preserve_pool_size: int = Field(8, description="retain term: kept-prompt latents pooled")
-    preserve_batch: int = Field(1, description="retain term: pooled latents per iteration")
-    preserve_latents: Literal["pool", "partial"] = Field(
-        "pool", description="retain latents: the original model's pooled ones, or partial generations of the edited model")
-    preserve_kv_weight: float = Field(
-        0.0, description="weight holding the kept prompts' cross-attention K/V in place (needs K/V in scope)")
     step_range: tuple[float, float] = Field(
         (0.0, 1.0), description="the fraction [lo, hi) of the DDIM steps the training step is drawn from")
     sample_batch: int = Field(1, description="prompts and latents per iteration at one shared step")
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
-                                             "preserve_latents", "preserve_kv_weight", "step_range",
-                                             "sample_batch")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("step_range", "sample_batch")
     PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET, "shapes-retain": {**SHAPES_PRESET, **SHAPES_RETAIN}}
 
 
