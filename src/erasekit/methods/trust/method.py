@@ -12,8 +12,8 @@ from ..base import MethodSpec, MethodWork, register
 from ..saliency import make_scorer
 from .config import SCOPE, TRuSTConfig
 from .masks import MaskedUpdates
-from .salun import SalUnConfig, SalUnPlusPlusConfig
-from .step import MaskCallback, TrustStep
+from .salun import SalUnConfig, SalUnPlusPlusConfig, step_class
+from .step import MaskCallback
 from .trust_kv import TRuSTKVConfig
 
 
@@ -39,7 +39,8 @@ def erase(pipe, concept: ConceptSpec, config: TRuSTConfig, method: str = "trust"
         raise ValueError(f"{method} restores Adam's moments entry by entry outside the mask, which 8-bit "
                          "(blockwise quantised) moments do not allow; use optimizer='adam'")
     return fine_tune(pipe, concept, config, method, scope, config.iterations,
-                     lambda trainer: TrustStep(pipe, trainer, concept, config, scorer, scorer_name, mask_callback),
+                     lambda trainer: step_class(config)(pipe, trainer, concept, config, scorer, scorer_name,
+                                                        mask_callback),
                      around_run=lambda trainer, step: MaskedUpdates(trainer.params, lambda: step.masks),
                      scope_name=scope)
 
