@@ -69,10 +69,13 @@ def _work(spec: MethodSpec, config: TRuSTConfig, kind: str) -> MethodWork:
     dynamic = bool(config.mask_every)
     masks_per_iter = per_mask / config.mask_every if dynamic else 0.0
     static = 0.0 if dynamic else per_mask  # the one mask: a reference and a gradient pass per sample
+    static_grad = static
+    if isinstance(config, SalUnConfig) and config.saliency_loss == "diffusion":
+        static, static_grad = 0.0, 2.0 * static  # SalUn's saliency: one guided (cond + uncond) gradient pass
     draws = int(config.step_draws_sample()) + masks_per_iter
     nograd = (0 if kv else 1) + masks_per_iter + (0 if config.latents == "pool" else (config.n_steps - 1) * draws)
     return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, nograd, draws, 1,
-                      setup_nograd=pool + retain + static, setup_grad=static, double_backward=csr,
+                      setup_nograd=pool + retain + static, setup_grad=static_grad, double_backward=csr,
                       notes=("static mask from %d samples" % per_mask) if not dynamic else "")
 
 
@@ -84,7 +87,7 @@ register(MethodSpec("trust-kv", TRuSTKVConfig, erase_kv,
                     "cross-attention K/V, dynamic masks, CSR",
                     family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 120}))
 register(MethodSpec("salun", SalUnConfig, erase_salun,
-                    "SalUn: static saliency-masked fine-tuning of cross-attention q/k/v, forgetting loss only",
+                    "SalUn: static saliency-masked fine-tuning (SD: top half of the UNet by saliency, retain term)",
                     family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 30}))
 register(MethodSpec("salun++", SalUnPlusPlusConfig, erase_salun_pp,
                     "SalUn++: SalUn with its saliency mask recomputed after every step (TRuST's Figure 1 baseline)",
