@@ -49,7 +49,7 @@ TINY_CONFIGS = {
 INTENDED_SCOPES = {
     "uce": ["cross_attn_kv"], "trce-t": ["cross_attn_kv"], "trce-v": ["visual"], "trce": ["cross_attn_kv", "visual"],
     "esd-x": ["cross_attn"], "esd-u": ["non_cross_attn_paper"], "kscu": ["non_cross_attn"],
-    "trust": ["cross_attn_qkv"], "salun": ["cross_attn_qkv"], "salun++": ["cross_attn_qkv"],
+    "trust": ["cross_attn_qkv"], "salun": ["all"], "salun++": ["cross_attn_qkv"],
     "trust-kv": ["cross_attn_kv"],
 }
 

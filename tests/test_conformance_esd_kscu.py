@@ -180,3 +180,49 @@ def test_release_rewordings():
             rest = got[1:] if i % 4 == 2 else got[:-1]
             assert rest == base and 1 <= len(noise) <= 3 and noise.isalnum() and noise.isascii()
     assert kscu.release_augmentations("Van Gogh", "style", step_generator(0, 5))[1].count("Gogh") == 1
+
+
+# ------------------------------------------------------------------ ESD's latent / timestep pairing
+def paper_era_pairing(t_enc, n_steps=50):
+    """The CompVis script: its DDIM sampler (timesteps 20 i + 1, i = 49..0) breaks after index t_enc - 1
+    (t_enc 0: never), and the model gets a DDPM timestep in [round(1000 t_enc / n), round(1000 (t_enc + 1) / n))."""
+    c = 1000 // n_steps
+    run, last_timestep = 0, None
+    for index in reversed(range(n_steps)):
+        run += 1
+        last_timestep = c * (index - 1) + 1 if index > 0 else 0  # where the step leaves the latent
+        if index + 1 == t_enc:
+            break
+    return run, last_timestep, (round(t_enc / n_steps * 1000), round((t_enc + 1) / n_steps * 1000))
+
+
+@pytest.mark.parametrize("t_enc", [0, 1, 2, 17, 49])
+def test_release_pairing_rule(t_enc):
+    run, latent_t, interval = paper_era_pairing(t_enc)
+    assert esd.release_pairing(t_enc, 50) == (run, interval)
+    if t_enc >= 2:  # the model's timestep is 39 to 58 timesteps noisier than the latent it is given
+        assert interval[0] - latent_t == 39 and interval[1] - 1 - latent_t == 58
+
+
+@pytest.mark.parametrize("pairing", ["matched", "release"])
+def test_esd_step_pairing_of_latent_and_timestep(pipe, monkeypatch, pairing):
+    """The step denoises to the rule's step and predicts at the rule's timestep (same draws as the test)."""
+    n = 10
+    cfg = esd.ESDConfig(n_steps=n, pairing=pairing, progress=False)
+    trainer = Trainer(pipe.unet, "cross_attn", iterations=1, progress=False)
+    step = esd.ESDStep(pipe, trainer, esd.ConceptSpec(name="cat", kind="object", targets=["cat"]), cfg)
+    seen = {}
+    monkeypatch.setattr(step.sampler, "denoise", lambda unet, z, a, b, *rest: (seen.setdefault("until", b), z)[1])
+    real = esd.predict
+    monkeypatch.setattr(esd, "predict", lambda unet, z, t, cond: seen.setdefault("t", int(t)) * 0 + real(unet, z, t, cond))
+    for seed in range(6):
+        seen.clear()
+        step(0, step_generator(seed, 1))
+        g = step_generator(seed, 1)
+        esd.randint(1, g)  # the prompt pick
+        t_enc = esd.randint(n, g)
+        if pairing == "matched":
+            assert (seen["until"], seen["t"]) == (t_enc, step.sampler.timestep(t_enc))
+        else:
+            run, _, (lo, hi) = paper_era_pairing(t_enc, n)
+            assert seen["until"] == run and seen["t"] == lo + esd.randint(hi - lo, g)

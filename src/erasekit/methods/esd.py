@@ -8,7 +8,8 @@ negatively guided output of the frozen original model:
 
     L = || eps*(z_s, c, t) - [eps(z_s, "") - g (eps(z_s, c) - eps(z_s, ""))] ||^2,   g = 1
 
-(mean over elements).  Variants differ only in the parameter scope:
+(mean over elements), t the timestep of step s (``pairing="release"``: the
+paper-era code's latent and timestep, `release_pairing`).  Variants differ only in the parameter scope:
 ``esd-x`` trains cross-attention (``cross_attn``), ``esd-u`` everything else
 (``non_cross_attn_paper`` as the paper's code, or the diffusers port's
 ``non_cross_attn``; `ESDConfig.u_scope`).  Defaults are the paper's: Adam lr 1e-5,
@@ -34,7 +35,7 @@ from ..models.scopes import ParameterScope, list_scopes, register_scope
 from ..models.unet_io import initial_latents, predict, require_supported_unet
 from ..training import FineTuneConfig, Trainer, fine_tune, randint
 from .base import MethodSpec, MethodWork, register
-from .retain import KVRetainTerm, RetainTerm
+from .retain import KVRetainTerm, RetainFields, RetainTerm
 
 VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 # esd-u's scope in the paper's code (CompVis names: not 'attn2', not 'time_embed', not 'out.').
@@ -71,7 +72,7 @@ SHAPES_RETAIN = {"iterations": 300, "lr_schedule": "cosine", "preserve_weight": 
                  "preserve_batch": 16, "sample_batch": 4}
 
 
-class ESDConfig(FineTuneConfig):
+class ESDConfig(FineTuneConfig, RetainFields):
     """Paper defaults (SD-1.4): 1000 iterations, Adam lr 1e-5, DDIM 50 steps, CFG 3, g = 1.
 
     ``prompts``: "bare" (the SD default, as the authors' code: the concept string alone)
@@ -92,13 +93,12 @@ class ESDConfig(FineTuneConfig):
 
     Options beyond the paper (off at their defaults):
 
-    - ``preserve_weight`` / ``preserve_pool_size`` / ``preserve_batch`` / ``preserve_latents``:
-      the shared retain term (`erasekit.methods.retain`) on the concept's kept prompts;
-    - ``preserve_kv_weight``: the kept prompts' cross-attention keys and values held in
-      place (`KVRetainTerm`; needs text K/V in the scope, so esd-x only);
+    - the shared retain fields (`erasekit.methods.retain.RetainFields`): ``preserve_weight``
+      and its pool, batch and latents; ``preserve_kv_weight`` (K/V held; esd-x only);
     - ``step_range`` (lo, hi): sample the DDIM step from the fraction [lo, hi) of the steps;
     - ``sample_batch`` B: B prompts and latents per iteration at one shared step, loss averaged
-      (B = 1 is ESD's single-sample loop, draw for draw).
+      (B = 1 is ESD's single-sample loop, draw for draw);
+    - ``pairing="release"``: the paper-era code's latent and timestep (`release_pairing`).
     """
 
     iterations: int = 1000
@@ -112,20 +112,14 @@ class ESDConfig(FineTuneConfig):
         "paper", description="esd-u's scope: 'paper' (CompVis code) or 'port' (the diffusers port's)")
     n_synonyms: int | None = Field(None, description="grid prompts: synonyms used (None: all)")
     n_templates: int | None = Field(None, description="grid prompts: templates used (None: all)")
-    preserve_weight: float = Field(0.0, description="weight of the retain term on the kept prompts (noise space)")
-    preserve_pool_size: int = Field(8, description="retain term: kept-prompt latents pooled")
-    preserve_batch: int = Field(1, description="retain term: pooled latents per iteration")
-    preserve_latents: Literal["pool", "partial"] = Field(
-        "pool", description="retain latents: the original model's pooled ones, or partial generations of the edited model")
-    preserve_kv_weight: float = Field(
-        0.0, description="weight holding the kept prompts' cross-attention K/V in place (needs K/V in scope)")
     step_range: tuple[float, float] = Field(
         (0.0, 1.0), description="the fraction [lo, hi) of the DDIM steps the training step is drawn from")
     sample_batch: int = Field(1, description="prompts and latents per iteration at one shared step")
+    pairing: Literal["matched", "release"] = Field(
+        "matched", description="'matched': the loss at the latent's own timestep (paper); 'release': the "
+                               "paper-era code's latent and DDPM timestep, 39-58 timesteps apart at 50 steps")
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
-                                             "preserve_latents", "preserve_kv_weight", "step_range",
-                                             "sample_batch")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("step_range", "sample_batch", "pairing")
     PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET, "shapes-retain": {**SHAPES_PRESET, **SHAPES_RETAIN}}
 
 
@@ -157,6 +151,20 @@ def sampled_steps(n_steps: int, step_range: tuple[float, float]) -> range:
     return range(first, max(stop, first + 1))
 
 
+def release_pairing(t_enc: int, n_steps: int, train_timesteps: int = 1000) -> tuple[int, tuple[int, int]]:
+    """The paper-era code's pairing for its draw ``t_enc`` in 0..n-1: (DDIM steps run, DDPM timestep range).
+
+    Its sampler stops after the step of index ``t_enc - 1`` (indices count from the clean end; 0 and 1
+    both run every step), so the latent is the one after ``n + 1 - t_enc`` steps (at most n), while
+    the model is given a timestep drawn in ``[round(T t_enc / n), round(T (t_enc + 1) / n))``:
+    at 50 steps, 39 to 58 timesteps noisier than the latent.
+    """
+    if not 0 <= t_enc < n_steps:
+        raise ValueError(f"t_enc must be in 0..{n_steps - 1}, got {t_enc}")
+    lo, hi = round(train_timesteps * t_enc / n_steps), round(train_timesteps * (t_enc + 1) / n_steps)
+    return min(n_steps, n_steps + 1 - t_enc), (lo, hi)
+
+
 class ESDStep:
     """One ESD iteration: partial generation with the edited model, frozen targets, MSE."""
 
@@ -169,6 +177,10 @@ class ESDStep:
         self.uncond = encode_conditions(pipe, [""])
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.steps = sampled_steps(config.n_steps, config.step_range)
+        if config.pairing == "release" and tuple(config.step_range) != (0.0, 1.0):
+            raise ValueError("pairing='release' draws the paper-era code's step over every step; "
+                             "leave step_range at (0, 1)")
+        self.train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         self.retain = RetainTerm.from_config(pipe, trainer, concept, config)
         self.retain_kv = KVRetainTerm.from_config(pipe, trainer, concept, config)
 
@@ -176,10 +188,14 @@ class ESDStep:
         cfg = self.config
         picks = torch.tensor([randint(len(self.prompts), g) for _ in range(cfg.sample_batch)])
         s = self.steps[randint(len(self.steps), g)]
+        if cfg.pairing == "release":  # s is the paper-era code's t_enc
+            s, (lo, hi) = release_pairing(s, cfg.n_steps, self.train_timesteps)
+            t = lo + randint(hi - lo, g)
         cond = self.embeds[picks]
         z = self.sampler.denoise(self.unet, initial_latents(self.unet, g, cfg.sample_batch), 0, s, cond,
                                  self.uncond, cfg.guidance)
-        t = self.sampler.timestep(s)
+        if cfg.pairing != "release":
+            t = self.sampler.timestep(s)
         with self.trainer.reference():
             uncond = expand_condition(self.uncond, cfg.sample_batch)
             eps_c, eps_u = predict(self.unet, torch.cat([z, z]), t, cat_conditions([cond, uncond])).chunk(2)

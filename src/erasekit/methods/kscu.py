@@ -50,7 +50,7 @@ from ..models.delta import WeightDelta
 from ..models.unet_io import initial_latents, predict, require_supported_unet
 from ..training import FineTuneConfig, Trainer, fine_tune, randint, step_generator
 from .base import MethodSpec, MethodWork, register
-from .retain import KVRetainTerm, RetainTerm
+from .retain import KVRetainTerm, RetainFields, RetainTerm
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
 KIND_DEFAULTS = {
@@ -109,7 +109,7 @@ def key_step_schedule(iterations: int, start: int, n_steps: int = 50, traversals
     return out[:iterations]
 
 
-class KSCUConfig(FineTuneConfig):
+class KSCUConfig(FineTuneConfig, RetainFields):
     """Paper defaults (SD-1.4): budgets/start steps by kind, DDIM 50, CFG 3, g 1, lambda2 1e-4, Adam lr 1e-5.
 
     ``iterations``/``start_step`` None take the kind's default; ``start_step``
@@ -125,9 +125,9 @@ class KSCUConfig(FineTuneConfig):
     the kept prompts' keys and values held (the paper's attribute scope takes orange
     with red).  Measurements: docs/experiments/kscu.md.
 
-    Options beyond the paper (off at their defaults): ``preserve_weight`` and its pool,
-    batch and latents (the shared retain term, as in ESD's config); ``preserve_kv_weight``
-    (K/V retain; needs text K/V in the scope); ``by_kind``: field values that replace
+    Options beyond the paper (off at their defaults): the shared retain fields
+    (`erasekit.methods.retain.RetainFields`: ``preserve_weight`` and its pool, batch and
+    latents; ``preserve_kv_weight``); ``by_kind``: field values that replace
     this config's for concepts of one kind (`for_kind`; an explicit override given with a
     preset wins over the preset's entries).
     """
@@ -145,13 +145,6 @@ class KSCUConfig(FineTuneConfig):
     lambda1_rate: float = Field(2e-5, description="lambda1(t) = (1000 - t) * lambda1_rate in the anchor target")
     augment_fraction: float = Field(0.05, description="last fraction of iterations trained on reworded prompts")
     embed_noise: float = Field(1e-5, description="std of the Gaussian noise on a reworded prompt's embedding")
-    preserve_weight: float = Field(0.0, description="weight of the retain term on the kept prompts (noise space)")
-    preserve_pool_size: int = Field(8, description="retain term: kept-prompt latents pooled")
-    preserve_batch: int = Field(1, description="retain term: pooled latents per iteration")
-    preserve_latents: Literal["pool", "partial"] = Field(
-        "pool", description="retain latents: the original model's pooled ones, or partial generations of the edited model")
-    preserve_kv_weight: float = Field(
-        0.0, description="weight holding the kept prompts' cross-attention K/V in place (needs K/V in scope)")
     by_kind: dict[str, dict[str, Any]] = Field(
         {}, description="field values replacing this config's for concepts of one kind")
     prompts: Literal["bare", "grid"] = Field(
@@ -159,8 +152,7 @@ class KSCUConfig(FineTuneConfig):
     augment: Literal["release", "erasekit"] = Field(
         "release", description="rewordings: the authors' 10 templates, or erasekit's swaps, shuffles and affixes")
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
-                                             "preserve_latents", "preserve_kv_weight", "by_kind")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("by_kind",)
     PRESETS: ClassVar[dict] = {
         "shapes": {"n_steps": 25, "lr": 1e-4, "negative_guidance": 3.0, "prompts": "grid", "augment": "erasekit",
                    "iterations_by_kind": {"unsafe": 150, "object": 150, "attribute": 150, "style": 100,

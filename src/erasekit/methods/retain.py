@@ -21,17 +21,40 @@ only on the original model's.  Costs one partial generation per iteration.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
 from ..models.ddim import DDIMSampler
 from ..models.scopes import get_scope
 from ..models.unet_io import initial_latents, predict
-from ..training import Trainer, randint, step_generator
+from ..training import MethodConfig, Trainer, randint, step_generator
+
+
+class RetainFields(MethodConfig):
+    """The retain options a fine-tuning config mixes in (ESD, KSCU); all off at their defaults.
+
+    ``preserve_weight`` > 0 turns on `RetainTerm` on the concept's kept prompts
+    (``preserve_pool_size`` pooled latents, ``preserve_batch`` per iteration, ``preserve_latents``
+    where they come from); ``preserve_kv_weight`` > 0 turns on `KVRetainTerm` (the kept prompts'
+    cross-attention keys and values held in place; needs text K/V in the scope).  The fields are
+    `EXTENSIONS`: left out of a config's fingerprint while at their defaults.
+    """
+
+    preserve_weight: float = Field(0.0, description="weight of the retain term on the kept prompts (noise space)")
+    preserve_pool_size: int = Field(8, description="retain term: kept-prompt latents pooled")
+    preserve_batch: int = Field(1, description="retain term: pooled latents per iteration")
+    preserve_latents: Literal["pool", "partial"] = Field(
+        "pool", description="retain latents: the original model's pooled ones, or partial generations of the edited model")
+    preserve_kv_weight: float = Field(
+        0.0, description="weight holding the kept prompts' cross-attention K/V in place (needs K/V in scope)")
+
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("preserve_weight", "preserve_pool_size", "preserve_batch",
+                                             "preserve_latents", "preserve_kv_weight")
 
 
 def kept_prompts(concept: ConceptSpec, include_preserve: bool = True, n_templates: int | None = None) -> list[str]:

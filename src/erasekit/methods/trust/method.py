@@ -12,8 +12,8 @@ from ..base import MethodSpec, MethodWork, register
 from ..saliency import make_scorer
 from .config import SCOPE, TRuSTConfig
 from .masks import MaskedUpdates
-from .salun import SalUnConfig, SalUnPlusPlusConfig
-from .step import MaskCallback, TrustStep
+from .salun import SalUnConfig, SalUnPlusPlusConfig, step_class
+from .step import MaskCallback
 from .trust_kv import TRuSTKVConfig
 
 
@@ -39,7 +39,8 @@ def erase(pipe, concept: ConceptSpec, config: TRuSTConfig, method: str = "trust"
         raise ValueError(f"{method} restores Adam's moments entry by entry outside the mask, which 8-bit "
                          "(blockwise quantised) moments do not allow; use optimizer='adam'")
     return fine_tune(pipe, concept, config, method, scope, config.iterations,
-                     lambda trainer: TrustStep(pipe, trainer, concept, config, scorer, scorer_name, mask_callback),
+                     lambda trainer: step_class(config)(pipe, trainer, concept, config, scorer, scorer_name,
+                                                        mask_callback),
                      around_run=lambda trainer, step: MaskedUpdates(trainer.params, lambda: step.masks),
                      scope_name=scope)
 
@@ -68,10 +69,13 @@ def _work(spec: MethodSpec, config: TRuSTConfig, kind: str) -> MethodWork:
     dynamic = bool(config.mask_every)
     masks_per_iter = per_mask / config.mask_every if dynamic else 0.0
     static = 0.0 if dynamic else per_mask  # the one mask: a reference and a gradient pass per sample
+    static_grad = static
+    if isinstance(config, SalUnConfig) and config.saliency_loss == "diffusion":
+        static, static_grad = 0.0, 2.0 * static  # SalUn's saliency: one guided (cond + uncond) gradient pass
     draws = int(config.step_draws_sample()) + masks_per_iter
     nograd = (0 if kv else 1) + masks_per_iter + (0 if config.latents == "pool" else (config.n_steps - 1) * draws)
     return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, nograd, draws, 1,
-                      setup_nograd=pool + retain + static, setup_grad=static, double_backward=csr,
+                      setup_nograd=pool + retain + static, setup_grad=static_grad, double_backward=csr,
                       notes=("static mask from %d samples" % per_mask) if not dynamic else "")
 
 
@@ -83,7 +87,7 @@ register(MethodSpec("trust-kv", TRuSTKVConfig, erase_kv,
                     "cross-attention K/V, dynamic masks, CSR",
                     family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 120}))
 register(MethodSpec("salun", SalUnConfig, erase_salun,
-                    "SalUn: static saliency-masked fine-tuning of cross-attention q/k/v, forgetting loss only",
+                    "SalUn: static saliency-masked fine-tuning (SD: top half of the UNet by saliency, retain term)",
                     family="fine-tune", default_scope=SCOPE, work=_work, quick={"iterations": 30}))
 register(MethodSpec("salun++", SalUnPlusPlusConfig, erase_salun_pp,
                     "SalUn++: SalUn with its saliency mask recomputed after every step (TRuST's Figure 1 baseline)",
