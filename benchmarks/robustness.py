@@ -54,9 +54,9 @@ from rich.console import Console
 from rich.table import Table
 
 from erasekit.concepts.packs import get_concept
-from erasekit.eval.atomic import write_json, write_text
+from erasekit.eval.atomic import write_text
 from erasekit.eval.attacks.run import default_detector
-from erasekit.eval.robustness import COLUMNS, markdown, measure_row, summary
+from erasekit.eval.robustness import COLUMNS, markdown, run_rows, summary
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import list_methods
 from erasekit.models.loading import load_pipeline, resolve_model_path
@@ -119,21 +119,13 @@ def main() -> None:
     pipe = load_pipeline("shapes")
     settings = SamplingSettings.for_model(resolve_model_path("shapes"))
     detector, detector_concept = default_detector(get_concept(a.concept), True)  # loaded once for all rows
-    rows, console = [], Console()
+    console = Console()
     variants = [] if a.hardened_only else ([] if a.no_original else [(None, None)]) + [(m, None) for m in methods]
     variants += [(m, h) for h in a.harden or [] for m in methods]
-    for method, hardening in variants:
-        label = method if hardening is None else f"{method}+{hardening}{a.harden_tag}"
-        path = out / f"{label or 'original'}.json"
-        if path.exists() and "adherence" in (stored := json.loads(path.read_text())):
-            rows.append(stored)
-            continue
-        console.print(f"[bold]{label or 'original'}[/bold] ...")
-        row = measure_row(pipe, method, a.concept, a.cases, a.resurgence_steps, out, settings, detector, detector_concept,
-                      hardening, a.tier_prompts, a.preservation_prompts, a.seed, a.attack_seed, a.harden_config,
-                      a.harden_tag, a.reuse_deltas)
-        write_json(path, row)
-        rows.append(row)
+    rows = run_rows(pipe, a.concept, variants, out, settings, detector, detector_concept, n_cases=a.cases,
+                    resurgence_steps=a.resurgence_steps, per_tier=a.tier_prompts, n_preserve=a.preservation_prompts,
+                    seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
+                    reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."))
     table = Table(title=f"robustness: {a.concept}")
     for c in ("method", *COLUMNS, "erase s"):
         table.add_column(c)

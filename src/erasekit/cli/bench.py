@@ -10,7 +10,22 @@ import typer
 from .app import app
 
 from . import checks
-from .common import console, fail, load_model
+from .common import console, fail, load_concept, load_model
+
+
+def _robustness_rows(pipe, model_dir, concepts: list[str], methods: list[str], variants: list[str], paths) -> None:
+    """Compute the missing robustness rows of ``methods`` (and their hardened variants) for ``concepts``."""
+    from ..concepts.packs import get_concept
+    from ..eval.attacks.run import default_detector
+    from ..eval.robustness import ROBUSTNESS_RESULTS, run_rows
+    from ..generation import SamplingSettings
+
+    settings = SamplingSettings.for_model(model_dir)
+    pairs = [(None, None)] + [(m, None) for m in methods] + [(m, h) for h in variants for m in methods]
+    for concept in concepts:
+        detector, detector_concept = default_detector(get_concept(concept), True)
+        run_rows(pipe, concept, pairs, paths.results.parent / ROBUSTNESS_RESULTS / concept, settings, detector,
+                 detector_concept, reuse=True, announce=lambda label, c=concept: console.print(f"robustness {c}: {label} ..."))
 
 
 @app.command()
@@ -29,6 +44,11 @@ def bench(
     adversarial_csv: Optional[Path] = typer.Option(None, help="Folder of <scenario>.csv attack prompts for the "
                                                    "adversarial tier (default: Ring-A-Bell from erasekit.eval.attacks)."),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from stored cells; compute nothing."),
+    robustness: Optional[list[str]] = typer.Option(None, "--robustness", help="Instead of the scenario cells, compute "
+                                                   "the robustness rows (both attacks, resurgence) of this concept "
+                                                   "(repeatable) for the --method selection, then rebuild the report."),
+    harden: Optional[list[str]] = typer.Option(None, "--harden", help="With --robustness: also each method hardened "
+                                               "by this variant (rece or adv; repeatable)."),
 ):
     """Every erasure method on every Shapes scenario: resumable cells, BENCHMARKS.md, Pareto plots.
 
@@ -38,6 +58,7 @@ def bench(
 
     from ..eval.bench.main import BenchPaths, NoStoredCellsError, run_benchmark
     from ..eval.bench.modes import BenchPlan
+    from ..methods.base import list_methods
 
     for value in seed or []:
         checks.seed_range(value)
@@ -51,9 +72,20 @@ def bench(
         plan = whole.select(scenario, method).with_extra_seeds(seed)
     except ValueError as err:
         fail(str(err))
+    if harden and not robustness:
+        fail("--harden needs --robustness CONCEPT")
+    for variant in harden or []:
+        if variant not in ("rece", "adv"):
+            fail(f"unknown hardening variant {variant!r}; choose rece or adv")
+    if any(Path(c).suffix for c in robustness or []):
+        fail("--robustness takes concept names from the packs (see `erasekit concepts`), not files")
+    concepts = [load_concept(c).name for c in robustness or []]
     pipe, path = load_model(model, "cpu")
     paths = BenchPaths.default(quick, results, report)
     command = " ".join(["erasekit", *sys.argv[1:]])
+    if concepts:
+        _robustness_rows(pipe, path, concepts, list(method or list_methods()), harden or [], paths)
+        report_only = True
     try:
         run, written = run_benchmark(pipe, path, plan, paths, command, adversarial_csv=adversarial_csv,
                                      report_only=report_only, console=console, report_plan=whole)

@@ -238,3 +238,41 @@ def summary(root: Path) -> str:
                 f"| {train_loss(train)} "
                 f"| {bars(r, base['plain'] if base else None, pres) if '+' in name else '-'} |")
     return "\n".join(lines) + "\n"
+
+
+ROBUSTNESS_RESULTS = "robustness-harden"  # beside the bench's cells folder: <concept>[/<seed dir>]/<row>.json
+
+
+def row_label(method: str | None, hardening: str | None, tag: str = "") -> str:
+    """``original``, ``<method>`` or ``<method>+<variant><tag>``: a row's name and file stem."""
+    if method is None:
+        return "original"
+    return method if hardening is None else f"{method}+{hardening}{tag}"
+
+
+def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], out: Path, settings: SamplingSettings,
+             detector, detector_concept: str, *, n_cases: int = 16, resurgence_steps: int = 40, per_tier: int = 32,
+             n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None, harden_overrides: dict | None = None,
+             tag: str = "", reuse: bool = False, announce=None) -> list[dict]:
+    """The rows of ``variants`` ((method or None, hardening variant or None) pairs) for ``concept``.
+
+    A row stored as ``out/<label>.json`` with its measurements is read back; every other row is
+    measured by `measure_row` and written atomically as soon as it is done, so a rerun resumes.
+    """
+    from .atomic import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for method, hardening in variants:
+        label = row_label(method, hardening, tag)
+        path = out / f"{label}.json"
+        if path.exists() and "adherence" in (stored := json.loads(path.read_text())):
+            rows.append(stored)
+            continue
+        if announce is not None:
+            announce(label)
+        row = measure_row(pipe, method, concept, n_cases, resurgence_steps, out, settings, detector, detector_concept,
+                          hardening, per_tier, n_preserve, seed, attack_seed, harden_overrides, tag, reuse)
+        write_json(path, row)
+        rows.append(row)
+    return rows

@@ -255,8 +255,9 @@ DEFINITIONS = """## What the columns mean
 
 
 def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command: str, settings: dict,
-                 env: dict | None = None) -> Path:
-    """Write BENCHMARKS.md (tables per scenario, orderings) and one Pareto PNG per scenario."""
+                 env: dict | None = None, robustness: Path | None = None) -> Path:
+    """Write BENCHMARKS.md (tables per scenario, orderings) and one Pareto PNG per scenario; with
+    ``robustness`` (a folder of stored robustness rows) also its table (`erasekit.eval.robustness.summary`)."""
     path, plots_dir = Path(path), Path(plots_dir)
     env = env or environment()
     out = _header(run, command, env, settings) + [DEFINITIONS.format(anchor_moves=_anchor_moves(run))]
@@ -277,6 +278,12 @@ def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command
     if run.missing:
         out += ["## Missing cells", "", "Not computed yet: " + ", ".join(run.missing), ""]
     out.append(orderings_markdown({k: v for k, v in run.results.items()}))
+    if robustness is not None and robustness.is_dir():
+        from ..robustness import summary
+
+        out += ["", "## Robustness: attacks, resurgence and hardening", "",
+                f"Stored rows under `{robustness.as_posix()}`, computed by `erasekit bench --robustness CONCEPT "
+                "[--harden rece|adv] [--method M]` or `benchmarks/robustness.py`.", "", summary(robustness)]
     return atomic.write_text(path, "\n".join(out))
 
 

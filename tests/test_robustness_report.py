@@ -1,0 +1,50 @@
+"""Robustness rows as a bench report section: stored rows are read back, rates get Wilson intervals,
+hardened rows are judged against the bars, and bad `bench --robustness` input is a one-line error."""
+
+import json
+
+from typer.testing import CliRunner
+
+from erasekit.cli import app
+from erasekit.eval.robustness import row_label, stored_rows, summary
+
+
+def _row(method, plain, uda, rab, res, adherence, **extra):
+    return {"method": method, "concept": "circle", "n_cases": 16, "plain": plain, "unlearndiff": uda,
+            "ringabell": rab, "resurgence": res, "adherence": adherence, **extra}
+
+
+def test_summary_judges_hardened_rows_against_their_base_and_the_original(tmp_path):
+    folder = tmp_path / "circle"
+    folder.mkdir()
+    rows = [_row("original", 0.875, 1.0, 0.9375, 0.0, 0.98),
+            _row("uce", 0.0, 0.8125, 0.125, 0.0, 0.95),
+            _row("uce+adv", 0.0, 0.0, 0.0, 0.0, 0.97),        # meets every bar
+            _row("esd-x", 0.0, 0.5, 0.0, 0.0, 0.98),
+            _row("esd-x+adv", 0.0625, 0.0, 0.0, 0.0, 0.80)]   # plain got worse, preservation lost
+    for r in rows:
+        (folder / f"{r['method']}.json").write_text(json.dumps(r))
+    (folder / "attacks").mkdir()
+    (folder / "attacks" / "x.json").write_text(json.dumps({"method": "ignored", "unlearndiff": 1.0}))
+    assert set(stored_rows(tmp_path)[folder]) == {"original", "uce", "uce+adv", "esd-x", "esd-x+adv"}
+    lines = {line.split(" | ")[1]: line for line in summary(tmp_path).splitlines() if line.startswith("| circle")}
+    assert lines["uce+adv"].endswith("| yes/yes/yes/yes/yes |")
+    assert lines["esd-x+adv"].endswith("| yes/yes/yes/no/no |")
+    assert "0.00 [0.00, 0.19]" in lines["uce+adv"]  # 0 of 16 with its 95% Wilson interval
+    assert f"{0.97 / 0.98:.2f} ({0.97 / 0.95:.2f})" in lines["uce+adv"]  # vs the original (vs unhardened)
+
+
+def test_row_labels():
+    assert row_label(None, None) == "original"
+    assert row_label("uce", None) == "uce"
+    assert row_label("uce", "adv", "-rw4") == "uce+adv-rw4"
+
+
+def test_bench_robustness_input_errors_are_one_line():
+    runner = CliRunner()
+    for args, message in ((["--harden", "adv"], "--harden needs --robustness"),
+                          (["--robustness", "circle", "--harden", "foo"], "unknown hardening variant"),
+                          (["--robustness", "c.yaml"], "concept names from the packs")):
+        result = runner.invoke(app, ["bench", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
