@@ -15,7 +15,7 @@ import torch
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method, list_methods
-from erasekit.methods.esd import esd_target
+from erasekit.methods.losses import esd_target
 from erasekit.methods.preservation import prompt_rows
 from erasekit.models.conditioning import TextCondition, cat_conditions, encode_conditions
 from erasekit.models.ddim import DDIMSampler

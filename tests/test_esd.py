@@ -9,7 +9,8 @@ from tiny_helpers import snapshot_weights
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
-from erasekit.methods.esd import ESDConfig, ESDXConfig, esd_target
+from erasekit.methods.esd import ESDConfig, ESDXConfig
+from erasekit.methods.losses import esd_target
 from erasekit.models.scopes import get_scope
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",

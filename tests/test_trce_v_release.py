@@ -15,7 +15,8 @@ import erasekit.methods.trce_v as trce_v
 from erasekit.concepts.packs import get_concept, list_concepts
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
-from erasekit.methods.trce_v import TRCEConfig, TRCEVisualConfig, VisualStep, guided_target, load_or_sample
+from erasekit.methods.losses import guided_target
+from erasekit.methods.trce_v import TRCEConfig, TRCEVisualConfig, VisualStep, load_or_sample
 from erasekit.models.conditioning import encode_conditions
 from erasekit.models.ddim import DDIMSampler
 from erasekit.models.unet_io import predict

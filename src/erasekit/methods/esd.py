@@ -36,6 +36,7 @@ from ..models.unet_io import initial_latents, predict, require_supported_unet
 from ..training import FineTuneConfig, Trainer, fine_tune, randint
 from .base import MethodSpec, MethodWork, register
 from .retain import KVRetainTerm, RetainFields, RetainTerm
+from .losses import esd_target
 
 VARIANT_SCOPES = {"esd-x": "cross_attn", "esd-u": "non_cross_attn"}
 # esd-u's scope in the paper's code (CompVis names: not 'attn2', not 'time_embed', not 'out.').
@@ -135,11 +136,6 @@ class ESDXConfig(ESDConfig):
     PRESETS: ClassVar[dict] = {
         "shapes": {**SHAPES_PRESET, "scope": "cross_attn_kv", "lr": 1e-3, "preserve_kv_weight": 0.03},
     }
-
-
-def esd_target(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, g: float) -> torch.Tensor:
-    """Negatively guided target eps(z,"") - g (eps(z,c) - eps(z,""))."""
-    return eps_uncond - g * (eps_cond - eps_uncond)
 
 
 def sampled_steps(n_steps: int, step_range: tuple[float, float]) -> range:

@@ -51,6 +51,7 @@ from ..models.unet_io import initial_latents, predict, require_supported_unet
 from ..training import FineTuneConfig, Trainer, fine_tune, randint, step_generator
 from .base import MethodSpec, MethodWork, register
 from .retain import KVRetainTerm, RetainFields, RetainTerm
+from .losses import kscu_targets
 
 # Paper defaults per concept kind: (iterations, first key step S in 50-step units).
 KIND_DEFAULTS = {
@@ -211,14 +212,6 @@ def augment_prompt(concept: ConceptSpec, target: str, template: str, g: torch.Ge
     if randint(2, g):
         return f"{PREFIXES[randint(len(PREFIXES), g)]} {prompt}"
     return f"{prompt}, {SUFFIXES[randint(len(SUFFIXES), g)]}"
-
-
-def kscu_targets(eps_c: torch.Tensor, eps_u: torch.Tensor, t: int, g: float,
-                 lambda1_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(erase target eps_u - g (eps_c - eps_u), anchor target eps_u - lambda1(t) (eps_c - eps_u)),
-    lambda1(t) = (1000 - t) * ``lambda1_rate``."""
-    lambda1 = (1000 - t) * lambda1_rate
-    return eps_u - g * (eps_c - eps_u), eps_u - lambda1 * (eps_c - eps_u)
 
 
 def release_augmentations(target: str, kind: str, g: torch.Generator, n: int = 10, max_noise: int = 3) -> list[str]:

@@ -62,6 +62,7 @@ from .base import MethodSpec, MethodWork, register
 from .closed_form import cross_attention_kv_names
 from .preservation import text_fingerprint
 from .trce import TRCETextualConfig, erase_textual
+from .losses import guided_target
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +139,6 @@ def hinge_values(x: torch.Tensor, f_safe: torch.Tensor, f_unsafe: torch.Tensor, 
 def triplet_margin(x: torch.Tensor, f_safe: torch.Tensor, f_unsafe: torch.Tensor, margin: float) -> torch.Tensor:
     """h(x) = max(0, ||x - f_safe||^2 - ||x - f_unsafe||^2 + m), squared norms as per-element means; batch mean."""
     return torch.clamp(hinge_values(x, f_safe, f_unsafe, margin), min=0).mean()
-
-
-def guided_target(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, beta: float, form: str = "paper") -> torch.Tensor:
-    """eps(z,"") + beta (eps(z,c) - eps(z,"")) (paper); ``form="release"``: eps(z,c) + beta (eps(z,c) - eps(z,""))."""
-    base = eps_cond if form == "release" else eps_uncond
-    return base + beta * (eps_cond - eps_uncond)
 
 
 def require_safe_anchor(concept: ConceptSpec, method: str) -> None:

@@ -46,7 +46,8 @@ from ...models.unet_io import initial_latents, predict, require_supported_unet
 from ...training import FineTuneConfig, Trainer, randint
 from ...training.config import run_key
 from ...training.trainer import reference_weights
-from ..esd import esd_target, sampled_steps, training_prompts
+from ..esd import sampled_steps, training_prompts
+from ..losses import esd_target
 from .common import check_fits, composed_delta, copy_in
 
 TEXT_SCOPE = "text_encoder_full"

@@ -34,6 +34,7 @@ from pydantic import Field
 from ...models.conditioning import cat_conditions
 from ...models.unet_io import predict
 from ...training import randint
+from ..losses import diffusion_target
 from .config import TRuSTConfig
 from .step import TrustStep
 
@@ -119,13 +120,6 @@ class SalUnPlusPlusConfig(SalUnConfig):
     retain_target: Literal["noise", "original"] = "original"
 
     PRESETS: ClassVar[dict] = {"shapes": {**SalUnConfig.PRESETS["shapes"], "saliency_samples": 1}}
-
-
-def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict at ``t``: the noise, or v for v-prediction models."""
-    if scheduler.config.prediction_type == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    return noise
 
 
 def noised_draw(pool, j: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
