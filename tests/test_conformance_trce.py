@@ -18,7 +18,7 @@ import torch
 
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.benchmarks import coco_prompts
-from erasekit.methods.trce import TRCETextualConfig, erase_textual
+from erasekit.methods.trce.textual import TRCETextualConfig, erase_textual
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-import erasekit.methods.trce_v as trce_v
+import erasekit.methods.trce.trajectories as trajectories
+import erasekit.methods.trce.visual as trce_v
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
-from erasekit.methods.trce import TRCETextualConfig, erase_textual
-from erasekit.methods.trce_v import TRCEConfig, TRCEVisualConfig, load_or_sample, triplet_margin
+from erasekit.methods.trce.textual import TRCETextualConfig, erase_textual
+from erasekit.methods.trce.visual import TRCEConfig, TRCEVisualConfig, load_or_sample, triplet_margin
 from erasekit.models.scopes import get_scope
 from tiny_helpers import snapshot_weights
 
@@ -43,8 +44,8 @@ def test_trajectory_cache_is_reused_and_keyed(pipe, tmp_path, monkeypatch):
     files = list(tmp_path.glob("*.safetensors"))
     assert len(files) == 1 and first.n == 2 and first.n_uncond == 2
     calls = []
-    real = trce_v.sample_trajectories
-    monkeypatch.setattr(trce_v, "sample_trajectories", lambda *a: calls.append(1) or real(*a))
+    real = trajectories.sample_trajectories
+    monkeypatch.setattr(trajectories, "sample_trajectories", lambda *a: calls.append(1) or real(*a))
     again = load_or_sample(pipe, prompts, cfg)
     assert not calls and torch.equal(again.latent("cond", 1, 1), first.latent("cond", 1, 1))
     assert torch.equal(again.latent("uncond", 0, 3), first.latent("uncond", 0, 3))
@@ -57,7 +58,7 @@ def test_trajectory_cache_is_reused_and_keyed(pipe, tmp_path, monkeypatch):
 
 
 def test_trajectories_shapes(pipe):
-    t = trce_v.sample_trajectories(pipe, CONCEPT.target_prompts(), TRCEVisualConfig(**TINY))
+    t = trajectories.sample_trajectories(pipe, CONCEPT.target_prompts(), TRCEVisualConfig(**TINY))
     assert t["cond"].shape == (2, 2, 4, 8, 8) and t["uncond"].shape == (2, 4, 4, 8, 8)
     assert t["prompt_index"].tolist() != [] and max(t["prompt_index"].tolist()) < 4
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import erasekit.methods.trce_v as trce_v
+import erasekit.methods.trce.visual as trce_v
 from erasekit.concepts.packs import get_concept, list_concepts
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.losses import guided_target
-from erasekit.methods.trce_v import TRCEConfig, TRCEVisualConfig, VisualStep, load_or_sample
+from erasekit.methods.trce.visual import TRCEConfig, TRCEVisualConfig, VisualStep, load_or_sample
 from erasekit.models.conditioning import encode_conditions
 from erasekit.models.ddim import DDIMSampler
 from erasekit.models.unet_io import predict
@@ -141,7 +141,7 @@ def test_a_setting_under_which_stage_2_cannot_move_is_refused(pipe, method, conc
 def test_a_run_whose_hinge_never_fires_is_flagged(pipe, monkeypatch, caplog):
     """A margin far below the hinge's values leaves every sample inactive: the manifest says so, loudly."""
     cfg = TRCEVisualConfig(**{**TINY, "margin": -1e6})
-    with caplog.at_level(logging.WARNING, logger="erasekit.methods.trce_v"):
+    with caplog.at_level(logging.WARNING, logger="erasekit.methods.trce.visual"):
         hinge = trce_v.erase_visual(pipe, CONCEPT, cfg).manifest.metrics["hinge"]
     assert hinge["inert"] and max(hinge["active_fraction"]) == 0
     assert any("active on no sample" in r.getMessage() for r in caplog.records)

@@ -24,9 +24,9 @@ from ..training.config import MethodConfig
 
 METHOD_MODULES: dict[str, str] = {
     "uce": "erasekit.methods.uce",
-    "trce-t": "erasekit.methods.trce",
-    "trce-v": "erasekit.methods.trce_v",
-    "trce": "erasekit.methods.trce_v",
+    "trce-t": "erasekit.methods.trce.textual",
+    "trce-v": "erasekit.methods.trce.visual",
+    "trce": "erasekit.methods.trce.visual",
     "esd-x": "erasekit.methods.esd",
     "esd-u": "erasekit.methods.esd",
     "kscu": "erasekit.methods.kscu",

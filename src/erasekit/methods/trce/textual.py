@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from ..concepts.general import general_prompts
-from ..concepts.spec import ConceptSpec
-from ..models.delta import WeightDelta
-from ..training import EditSession, MethodConfig
-from .base import MethodSpec, MethodWork, register
-from .closed_form import cross_attention_kv_names, edit_cross_attention_kv
-from .preservation import paired_eot_rows, preservation_moment
+from ...concepts.general import general_prompts
+from ...concepts.spec import ConceptSpec
+from ...models.delta import WeightDelta
+from ...training import EditSession, MethodConfig
+from ..base import MethodSpec, MethodWork, register
+from ..closed_form import cross_attention_kv_names, edit_cross_attention_kv
+from ..preservation import paired_eot_rows, preservation_moment
 
 
 class TRCETextualConfig(MethodConfig):
