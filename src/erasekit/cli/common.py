@@ -72,10 +72,10 @@ def load_model(model: str, device: str, family: Optional[str] = None):
 
 
 def progress_bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """The one bar layout (`erasekit.training.progress.rich_progress`) on the CLI's console, without an ETA."""
+    from ..training.progress import rich_progress
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)
+    return rich_progress(remaining=False, console=console)
 
 
 def progress_factory(bar):
