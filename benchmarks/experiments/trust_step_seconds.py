@@ -1,12 +1,13 @@
 """Seconds per step of TRuST, SalUn and SalUn++ side by side, split into the parts of a step.
 
     python benchmarks/experiments/trust_step_seconds.py --scenario object --iterations 20
-    python benchmarks/experiments/trust_step_seconds.py --method trust --set stop_probes=4 --iterations 20
+    python benchmarks/experiments/trust_step_seconds.py --method trust 'trust{"mask_every": 5}' salun --iterations 20
 
 Each method erases the scenario's concept with its ``shapes`` preset (config seed 0), with the
-iteration budget cut to ``--iterations`` and ``--set field=value`` overrides (for every method whose
-config has the field).  CPU seconds of this process (run it with ``OMP_NUM_THREADS=1``; wall-clock on
-a shared machine includes waiting) are split into:
+iteration budget cut to ``--iterations``, ``--set field=value`` overrides (for every method whose
+config has the field) and a method's own overrides as JSON after its name (``trust{"lr": 0.01}``).
+CPU seconds of this process (run it with ``OMP_NUM_THREADS=1``; wall-clock on a shared machine
+includes waiting) are split into:
 
 - ``setup``: from the start of the erasure to the first step (prompt encoding, latent pools, the
   static mask, the stopping rule's probe noise);
@@ -148,7 +149,10 @@ def main() -> None:
             ap.error(f"--set takes FIELD=VALUE, got {item!r}")
         overrides[key] = _value(value)
     pipe = load_pipeline("shapes")
-    rows = [measure(pipe, m, a.scenario, a.iterations, overrides) for m in a.method]
+    rows = []
+    for entry in a.method:
+        name, brace, own = entry.partition("{")
+        rows.append(measure(pipe, name, a.scenario, a.iterations, {**overrides, **(json.loads(brace + own) if brace else {})}))
     text = table(rows)
     print(text)
     if a.out is not None:
