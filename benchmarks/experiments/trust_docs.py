@@ -19,6 +19,8 @@ SOURCES = {
     "steps": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "step-seconds.md",
     "screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-screen-screen.md",
     "candidate": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate.md",
+    "candidate-8probes": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-8probes.md",
+    "candidate-retain": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-retain.md",
 }
 
 
