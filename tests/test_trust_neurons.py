@@ -166,3 +166,27 @@ def test_a_stopped_run_equals_the_run_cut_at_its_stopping_step(pipe):
     cut = get_method("trust").erase(pipe, PLAIN, tiny_cfg(**{**cfg, "iterations": 4}))
     assert cut.manifest.metrics["stopped_at"] is None
     assert all(torch.equal(stopped.tensors[n], cut.tensors[n]) for n in cut.names)
+
+
+def test_image_scorers_skip_the_unused_anchor_reference_and_the_delta_is_unchanged(pipe, monkeypatch):
+    """An image scorer reads only the edited prediction: no reference forward, the same delta."""
+    import erasekit.methods.trust.step as step_module
+
+    seen = []
+
+    def image_scorer(pipe, concept, **_):
+        def score(s):
+            seen.append(s.reference is None)
+            return s.output.float().pow(2).mean()
+        return score
+
+    if "test-image" not in SCORERS:
+        register_scorer("test-image", image_scorer)
+    cfg = tiny_cfg(scorer="test-image", iterations=3)
+    with_reference = get_method("trust").erase(pipe, PLAIN, cfg)
+    assert seen and not any(seen)
+    seen.clear()
+    monkeypatch.setattr(step_module, "IMAGE_SCORERS", ("test-image",))
+    without = get_method("trust").erase(pipe, PLAIN, cfg)
+    assert seen and all(seen)
+    assert without.delta_id == with_reference.delta_id

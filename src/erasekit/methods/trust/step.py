@@ -36,6 +36,7 @@ from .losses import cip_penalty, contrast_saliency, csr_penalty, double_backward
 from .stopping import StopRule, change_summary
 
 MaskCallback = Callable[[int, dict[str, torch.Tensor]], None]
+IMAGE_SCORERS = ("detector", "clip")  # scorers that read the decoded prediction, not the anchor reference
 
 
 def retain_prompt_list(concept: ConceptSpec, config: TRuSTConfig) -> list[str]:
@@ -201,7 +202,8 @@ class TrustStep:
         return summed(saliency(drift(), self.params) for _ in range(self.config.saliency_samples))
 
     def target_score(self, g: torch.Generator) -> torch.Tensor:
-        """The scorer on one drawn target sample (edited output, original's anchor prediction as reference).
+        """The scorer on one drawn target sample (edited output; the original's anchor prediction as
+        reference, computed only for scorers that read it, i.e. not the image scorers).
 
         With ``forget_loss="kv"`` the ``forget`` scorer is that loss itself (no sample needed).
         """
@@ -209,8 +211,10 @@ class TrustStep:
             return self.kv_forget(self.params)
         z, t, i = self.draw(g)
         cond = self.embeds[i : i + 1]
-        with self.trainer.reference():
-            ref = predict(self.unet, z, t, self.anchor_embeds[i : i + 1])
+        ref = None
+        if self.scorer_name not in IMAGE_SCORERS:  # image scorers read the edited prediction only
+            with self.trainer.reference():
+                ref = predict(self.unet, z, t, self.anchor_embeds[i : i + 1])
         out = predict(self.unet, z, t, cond)
         return self.scorer(ScoreSample(z=z, t=t, cond=cond, prompt=self.prompts[i], output=out, reference=ref))
 

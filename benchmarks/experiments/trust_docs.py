@@ -1,0 +1,47 @@
+"""Copy TRuST's generated result tables into docs/experiments/trust.md (between its markers).
+
+    python benchmarks/experiments/trust_docs.py
+
+Each marker pair ``<!-- trust-NAME:start -->`` / ``<!-- trust-NAME:end -->`` receives the markdown
+file that a measurement script wrote (see ``SOURCES``); a missing file leaves its block as it is.
+No computation: rerun the scripts named in the page to refresh the files.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs" / "experiments" / "trust.md"
+SOURCES = {
+    "robustness": ROOT / "benchmarks" / "results" / "robustness-trust" / "summary.md",
+    "steps": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "step-seconds.md",
+    "screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-screen-screen.md",
+    "candidate": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate.md",
+    "candidate-8probes": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-8probes.md",
+    "candidate-retain": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-retain.md",
+}
+
+
+def fill(page: str, name: str, body: str) -> str:
+    start, end = f"<!-- trust-{name}:start -->", f"<!-- trust-{name}:end -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(page):
+        raise SystemExit(f"error: {PAGE} has no {start} ... {end} block")
+    return pattern.sub(lambda _: f"{start}\n{body.strip()}\n{end}", page)
+
+
+def main() -> None:
+    page = PAGE.read_text(encoding="utf-8")
+    for name, source in SOURCES.items():
+        if source.exists():
+            page = fill(page, name, source.read_text(encoding="utf-8"))
+    tmp = PAGE.with_suffix(".md.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(PAGE)
+    print(f"wrote {PAGE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Measure one TRuST setting on benchmark scenarios with fewer probes than a cell (a quick check).
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/experiments/trust_scenarios.py \
+        --scenario attribute combination style object --set lr=0.01 --set mask_every=5 --name fast-candidate
+
+For each scenario: erase with ``--method``'s ``shapes`` preset and the ``--set`` overrides (config
+seed ``--seed``), then measure the scenario's probes (`erasekit.eval.bench.measure.measure_scenario`)
+with ``--per-tier`` prompts per wording tier and ``--preserve`` preservation prompts.  The original
+model is not re-measured: the fall and preservation are taken against the scenario's original
+benchmark cell (32 prompts per tier, 48 preservation prompts), so they carry that cell's sampling
+noise as well.  Each row is appended to ``benchmarks/results/experiments/trust/<name>.jsonl`` as soon
+as it is done, and ``<name>.md`` is rewritten with every row so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+CELLS = RESULTS / "bench" / "cells"
+OUT = RESULTS / "experiments" / "trust"
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["Target rate: mean of the three wording tiers; fall and preservation against the original benchmark "
+             "cell; bars: fall >= 5x and preservation >= 0.9.", "",
+             "| scenario | method | seed | overrides | target rate | fall (x) | preservation | bars | steps | neurons "
+             "| erase CPU s | prompts per tier / preservation |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fall = r["original_rate"] / r["target_rate"] if r["target_rate"] > 0 else float("inf")
+        ok = fall >= 5 and r["preservation"] >= 0.9
+        lines.append(f"| {r['scenario']} | {r['method']} | {r['seed']} | "
+                     + (", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-")
+                     + f" | {r['target_rate']:.2f} | {fall:.1f} | {r['preservation']:.2f} | {'yes' if ok else 'no'} "
+                     f"| {r['steps']} | {r['neurons_changed']} | {r['cpu_seconds']:.1f} | {r['per_tier']} / {r['preserve']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", nargs="+", required=True)
+    ap.add_argument("--method", default="trust")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-tier", type=int, default=8)
+    ap.add_argument("--preserve", type=int, default=16)
+    ap.add_argument("--name", required=True, help="results file stem")
+    a = ap.parse_args()
+    overrides = {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set takes FIELD=VALUE, got {item!r}")
+        overrides[key] = _value(value)
+
+    import torch
+
+    from erasekit.eval.bench.erasing import method_run
+    from erasekit.eval.bench.measure import measure_scenario
+    from erasekit.eval.bench.scenarios import get_scenario
+    from erasekit.eval.detectors.shapes import ShapesConceptDetector
+    from erasekit.generation import SamplingSettings
+    from erasekit.methods.base import get_method
+    from erasekit.models.delta import apply_delta, revert_delta
+    from erasekit.models.loading import load_pipeline, resolve_model_path
+
+    pipe = load_pipeline("shapes")
+    settings = SamplingSettings.for_model(resolve_model_path("shapes"))
+    reader = ShapesConceptDetector()
+    jsonl, md = OUT / f"{a.name}.jsonl", OUT / f"{a.name}.md"
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    for key in a.scenario:
+        scenario = get_scenario(key)
+        original = json.loads((CELLS / key / "original.json").read_text())
+        concept = scenario.specs()[0]
+        run = method_run(a.method, concept, "shapes", {a.method: {"seed": a.seed, **overrides}})
+        torch.manual_seed(a.seed)
+        cpu = time.process_time()
+        delta = get_method(a.method).erase(pipe, concept, run.config)
+        cpu = time.process_time() - cpu
+        apply_delta(pipe, delta)
+        try:
+            numbers, _ = measure_scenario(pipe, scenario, a.per_tier, a.preserve, settings, reader)
+        finally:
+            revert_delta(pipe, delta)
+        m = delta.manifest.metrics
+        rows.append({"scenario": key, "method": a.method, "seed": a.seed, "overrides": overrides,
+                     "target_rate": numbers["target_rate_mean"], "original_rate": original["target_rate_mean"],
+                     "preservation": numbers["preservation_adherence"]["checked"]
+                     / original["preservation_adherence"]["checked"],
+                     "numbers": numbers, "steps": m.get("iterations"), "neurons_changed": m.get("neurons_changed"),
+                     "entries_changed": m.get("entries_changed"), "cpu_seconds": cpu, "delta_id": delta.delta_id,
+                     "per_tier": a.per_tier, "preserve": a.preserve})
+        with jsonl.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
+        tmp = md.with_suffix(".md.tmp")
+        tmp.write_text(markdown(rows), encoding="utf-8")
+        tmp.replace(md)
+        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
