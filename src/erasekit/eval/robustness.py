@@ -241,6 +241,8 @@ def summary(root: Path) -> str:
 
 
 ROBUSTNESS_RESULTS = "robustness-harden"  # beside the bench's cells folder: <concept>[/<seed dir>]/<row>.json
+# the folders of stored rows BENCHMARKS.md shows (the TRuST comparison's rows are measured apart)
+ROBUSTNESS_FOLDERS = (ROBUSTNESS_RESULTS, "robustness-trust")
 
 
 def row_label(method: str | None, hardening: str | None, tag: str = "") -> str:

@@ -10,7 +10,7 @@ from .cells import BenchRun, run_bench
 from .markdown import write_report, write_summary
 from .modes import BenchPlan
 from .store import CellStore
-from ..robustness import ROBUSTNESS_RESULTS
+from ..robustness import ROBUSTNESS_FOLDERS
 
 FULL_RESULTS = Path("benchmarks/results/bench")
 QUICK_RESULTS = Path("benchmarks/results/bench-quick")
@@ -77,7 +77,7 @@ def run_benchmark(pipe, model_dir: str | None, plan: BenchPlan, paths: BenchPath
             f"--report-only found none of the {len(run.missing)} cells it looked for in {paths.results} "
             f"(model, settings, concepts or method configs differ from the stored runs); {paths.report} is "
             "left as it was. Run `erasekit bench` to compute them.")
-    robustness = paths.results.parent / ROBUSTNESS_RESULTS if paths.summary is not None else None
+    robustness = tuple(paths.results.parent / f for f in ROBUSTNESS_FOLDERS) if paths.summary is not None else ()
     report = write_report(run, paths.report, paths.results, command, vars(settings), robustness=robustness)
     if paths.summary is not None:
         write_summary(paths.summary, run)

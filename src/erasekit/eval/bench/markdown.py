@@ -255,9 +255,9 @@ DEFINITIONS = """## What the columns mean
 
 
 def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command: str, settings: dict,
-                 env: dict | None = None, robustness: Path | None = None) -> Path:
+                 env: dict | None = None, robustness: tuple[Path, ...] = ()) -> Path:
     """Write BENCHMARKS.md (tables per scenario, orderings) and one Pareto PNG per scenario; with
-    ``robustness`` (a folder of stored robustness rows) also its table (`erasekit.eval.robustness.summary`)."""
+    ``robustness`` (folders of stored robustness rows) also their tables (`erasekit.eval.robustness.summary`)."""
     path, plots_dir = Path(path), Path(plots_dir)
     env = env or environment()
     out = _header(run, command, env, settings) + [DEFINITIONS.format(anchor_moves=_anchor_moves(run))]
@@ -278,12 +278,15 @@ def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command
     if run.missing:
         out += ["## Missing cells", "", "Not computed yet: " + ", ".join(run.missing), ""]
     out.append(orderings_markdown({k: v for k, v in run.results.items()}))
-    if robustness is not None and robustness.is_dir():
+    folders = [f for f in robustness or () if f.is_dir()]
+    if folders:
         from ..robustness import summary
 
         out += ["", "## Robustness: attacks, resurgence and hardening", "",
-                f"Stored rows under `{robustness.as_posix()}`, computed by `erasekit bench --robustness CONCEPT "
-                "[--harden rece|adv] [--method M]` or `benchmarks/robustness.py`.", "", summary(robustness)]
+                "Stored rows, computed by `erasekit bench --robustness CONCEPT [--harden rece|adv] [--method M]` "
+                "(into the first folder) or `benchmarks/robustness.py --out`.", ""]
+        for folder in folders:
+            out += [f"### `{folder.as_posix()}`", "", summary(folder)]
     return atomic.write_text(path, "\n".join(out))
 
 
