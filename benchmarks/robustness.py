@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--harden-config", type=json.loads, default=None,
                     help="JSON overrides of the hardening's shapes preset (rows are labelled with --harden-tag)")
     ap.add_argument("--harden-tag", default="", help="suffix of the hardened rows' labels, e.g. '-short'")
+    ap.add_argument("--method-config", type=json.loads, default=None,
+                    help="JSON overrides of every method's shapes preset (rows are labelled <method><--harden-tag>)")
     ap.add_argument("--reuse-deltas", action="store_true",
                     help="hardened rows start from OUT/deltas/<method> when it holds the same seed's delta")
     ap.add_argument("--no-original", action="store_true", help="skip the original model's row")
@@ -125,7 +127,8 @@ def main() -> None:
     rows = run_rows(pipe, a.concept, variants, out, settings, detector, detector_concept, n_cases=a.cases,
                     resurgence_steps=a.resurgence_steps, per_tier=a.tier_prompts, n_preserve=a.preservation_prompts,
                     seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
-                    reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."))
+                    reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
+                    method_overrides=a.method_config)
     table = Table(title=f"robustness: {a.concept}")
     for c in ("method", *COLUMNS, "erase s"):
         table.add_column(c)

@@ -58,27 +58,33 @@ def _tiers_and_preservation(pipe, delta, concept: str, settings, per_tier: int, 
 def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence_steps: int, out: Path,
             settings: SamplingSettings, detector, detector_concept: str, hardening: str | None = None,
             per_tier: int = 32, n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None,
-            harden_overrides: dict | None = None, tag: str = "", reuse: bool = False) -> dict:
-    """One row: the original (``method=None``) or ``method``'s Shapes-preset erasure of ``concept``, hardened
-    by ``hardening`` when given; artefacts (deltas, attack prompts, resurgence) are written under ``out``."""
+            harden_overrides: dict | None = None, tag: str = "", reuse: bool = False,
+            method_overrides: dict | None = None) -> dict:
+    """One row: the original (``method=None``) or ``method``'s Shapes-preset erasure of ``concept`` (with
+    ``method_overrides`` applied: the row is then labelled ``<method><tag>``), hardened by ``hardening`` when
+    given; artefacts (deltas, attack prompts, resurgence) are written under ``out``."""
     spec = get_concept(concept)
     cases = concept_cases(spec, n_cases, True)
-    label = method if hardening is None else f"{method}+{hardening}{tag}"
+    base_label = f"{method}{tag}" if method_overrides and method is not None else method
+    label = base_label if hardening is None else f"{base_label}+{hardening}{tag}"
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
                  "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve}
     if harden_overrides and hardening is not None:
         row["harden_overrides"] = harden_overrides
+    if method_overrides and method is not None:
+        row["method_overrides"] = method_overrides
     delta, delta_dir = None, None
     if method is not None:
         info = get_method(method)
         t0 = time.perf_counter()
-        stored = out / "deltas" / method
+        stored = out / "deltas" / base_label
         if reuse and (stored / "manifest.json").exists() and WeightDelta.load(stored).manifest.seed == seed:
             delta = WeightDelta.load(stored)  # the same method, preset and seed: the unhardened row's delta
             row["erase_reused"] = True
             row["erase_seconds"] = delta.manifest.wall_time_s
         else:
-            delta = info.erase(pipe, spec, info.config_cls.for_world("shapes", seed=seed, **quiet(info.config_cls)))
+            config = info.config_cls.for_world("shapes", seed=seed, **quiet(info.config_cls), **(method_overrides or {}))
+            delta = info.erase(pipe, spec, config)
             row["erase_seconds"] = time.perf_counter() - t0
         row["erase_iterations"] = delta.manifest.metrics.get("iterations")
         if hardening is not None:
@@ -245,17 +251,19 @@ ROBUSTNESS_RESULTS = "robustness-harden"  # beside the bench's cells folder: <co
 ROBUSTNESS_FOLDERS = (ROBUSTNESS_RESULTS, "robustness-trust")
 
 
-def row_label(method: str | None, hardening: str | None, tag: str = "") -> str:
-    """``original``, ``<method>`` or ``<method>+<variant><tag>``: a row's name and file stem."""
+def row_label(method: str | None, hardening: str | None, tag: str = "", method_overrides: dict | None = None) -> str:
+    """``original``, ``<method>`` (``<method><tag>`` with method overrides) or ``...+<variant><tag>``:
+    a row's name and file stem."""
     if method is None:
         return "original"
-    return method if hardening is None else f"{method}+{hardening}{tag}"
+    base = f"{method}{tag}" if method_overrides else method
+    return base if hardening is None else f"{base}+{hardening}{tag}"
 
 
 def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], out: Path, settings: SamplingSettings,
              detector, detector_concept: str, *, n_cases: int = 16, resurgence_steps: int = 40, per_tier: int = 32,
              n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None, harden_overrides: dict | None = None,
-             tag: str = "", reuse: bool = False, announce=None) -> list[dict]:
+             tag: str = "", reuse: bool = False, announce=None, method_overrides: dict | None = None) -> list[dict]:
     """The rows of ``variants`` ((method or None, hardening variant or None) pairs) for ``concept``.
 
     A row stored as ``out/<label>.json`` with its measurements is read back; every other row is
@@ -266,7 +274,7 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for method, hardening in variants:
-        label = row_label(method, hardening, tag)
+        label = row_label(method, hardening, tag, method_overrides)
         path = out / f"{label}.json"
         if path.exists() and "adherence" in (stored := json.loads(path.read_text())):
             rows.append(stored)
@@ -274,7 +282,8 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
         if announce is not None:
             announce(label)
         row = measure_row(pipe, method, concept, n_cases, resurgence_steps, out, settings, detector, detector_concept,
-                          hardening, per_tier, n_preserve, seed, attack_seed, harden_overrides, tag, reuse)
+                          hardening, per_tier, n_preserve, seed, attack_seed, harden_overrides, tag, reuse,
+                          method_overrides)
         write_json(path, row)
         rows.append(row)
     return rows
