@@ -136,7 +136,14 @@ def main() -> None:
         table.add_row(r["method"], *(f"{r[c]:.2f}" if c in r else "-" for c in COLUMNS),
                       f"{r['erase_seconds']:.1f}" if "erase_seconds" in r else "-")
     console.print(table)
-    write_text(out / "robustness.md", markdown(rows, a.concept, a.cases, a.resurgence_steps))
+    # the folder's table holds every row stored there, not only this invocation's
+    stored = {r["method"]: r for r in rows}
+    for path in sorted(out.glob("*.json")):
+        row = json.loads(path.read_text())
+        if isinstance(row, dict) and "unlearndiff" in row:
+            stored.setdefault(row["method"], row)
+    ordered = sorted(stored.values(), key=lambda r: (r["method"] != "original", r["method"]))
+    write_text(out / "robustness.md", markdown(ordered, a.concept, a.cases, a.resurgence_steps))
 
 
 if __name__ == "__main__":
