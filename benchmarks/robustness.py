@@ -56,7 +56,7 @@ from rich.table import Table
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
 from erasekit.eval.attacks.run import default_detector
-from erasekit.eval.robustness import COLUMNS, markdown, run_rows, summary
+from erasekit.eval.robustness import COLUMNS, folder_rows, markdown, run_rows, summary
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import list_methods
 from erasekit.models.loading import load_pipeline, resolve_model_path
@@ -137,11 +137,7 @@ def main() -> None:
                       f"{r['erase_seconds']:.1f}" if "erase_seconds" in r else "-")
     console.print(table)
     # the folder's table holds every row stored there, not only this invocation's
-    stored = {r["method"]: r for r in rows}
-    for path in sorted(out.glob("*.json")):
-        row = json.loads(path.read_text())
-        if isinstance(row, dict) and "unlearndiff" in row:
-            stored.setdefault(row["method"], row)
+    stored = {**folder_rows(out), **{r["method"]: r for r in rows}}
     ordered = sorted(stored.values(), key=lambda r: (r["method"] != "original", r["method"]))
     write_text(out / "robustness.md", markdown(ordered, a.concept, a.cases, a.resurgence_steps))
 

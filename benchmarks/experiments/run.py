@@ -138,14 +138,14 @@ def markdown(doc: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, doc: dict, rows: list[dict], root: Path = RESULTS) -> Path:
-    out = root / path.parent.name / path.stem
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps({"config": str(path), "rows": rows}, indent=1, default=str)),
-                         (".md", markdown(doc, rows))):
-        tmp = out.with_suffix(suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out.with_suffix(suffix))
+def write(path: Path, doc: dict, rows: list[dict], root: Path = RESULTS, render=None, stem_suffix: str = "") -> Path:
+    """Write ``root/<folder>/<config stem><stem_suffix>.json`` (the rows) and ``.md`` (``render``, by default
+    `markdown`), each atomically."""
+    from erasekit.eval.atomic import write_text
+
+    out = root / path.parent.name / f"{path.stem}{stem_suffix}"
+    write_text(out.with_suffix(".json"), json.dumps({"config": str(path), "rows": rows}, indent=1, default=str))
+    write_text(out.with_suffix(".md"), (render or markdown)(doc, rows))
     return out
 
 

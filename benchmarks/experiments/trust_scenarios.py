@@ -4,7 +4,7 @@
         --scenario attribute combination style object --set lr=0.01 --set mask_every=5 --name fast-candidate
 
 For each scenario: erase with ``--method``'s ``shapes`` preset and the ``--set`` overrides (config
-seed ``--seed``), then measure the scenario's probes (`erasekit.eval.bench.measure.measure_scenario`)
+seed ``--seed``), then measure the scenario's probes (`erasekit.eval.measure.measure_task`)
 with ``--per-tier`` prompts per wording tier and ``--preserve`` preservation prompts.  The original
 model is not re-measured: the fall and preservation are taken against the scenario's original
 benchmark cell (32 prompts per tier, 48 preservation prompts), so they carry that cell's sampling
@@ -66,8 +66,8 @@ def main() -> None:
     import torch
 
     from erasekit.eval.bench.erasing import method_run
-    from erasekit.eval.bench.measure import measure_scenario
-    from erasekit.eval.bench.scenarios import get_scenario
+    from erasekit.eval.measure import measure_task
+    from erasekit.eval.tasks import get_task
     from erasekit.eval.detectors.shapes import ShapesConceptDetector
     from erasekit.generation import SamplingSettings
     from erasekit.methods.base import get_method
@@ -81,7 +81,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
     for key in a.scenario:
-        scenario = get_scenario(key)
+        scenario = get_task(key)
         original = json.loads((CELLS / key / "original.json").read_text())
         concept = scenario.specs()[0]
         run = method_run(a.method, concept, "shapes", {a.method: {"seed": a.seed, **overrides}})
@@ -91,7 +91,7 @@ def main() -> None:
         cpu = time.process_time() - cpu
         apply_delta(pipe, delta)
         try:
-            numbers, _ = measure_scenario(pipe, scenario, a.per_tier, a.preserve, settings, reader)
+            numbers, _ = measure_task(pipe, scenario, a.per_tier, a.preserve, settings, reader, features=False)
         finally:
             revert_delta(pipe, delta)
         m = delta.manifest.metrics

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import RESULTS, ExperimentError, load  # noqa: E402  (benchmarks/experiments is the script's folder)
+from run import RESULTS, ExperimentError, load, write  # noqa: E402  (benchmarks/experiments is the script's folder)
 
 
 def screen(doc: dict) -> list[dict]:
@@ -73,14 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path, doc in docs:
-        rows = screen(doc)
-        out = args.results / path.parent.name / f"{path.stem}-screen"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for suffix, text in ((".json", json.dumps({"config": str(path), "rows": rows}, indent=1, default=str)),
-                             (".md", markdown(doc, rows))):
-            tmp = out.with_suffix(suffix + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(out.with_suffix(suffix))
+        out = write(path, doc, screen(doc), args.results, render=markdown, stem_suffix="-screen")
         print(f"wrote {out}.json and {out}.md")
     return 0
 

@@ -201,14 +201,24 @@ def train_loss(train: dict | None) -> str:
     return f"{train['last10_loss_first']:.4f} -> {train['last10_loss_last']:.4f}" if train else "-"
 
 
+def _row(path: Path) -> dict | None:
+    """The robustness row stored in ``path``, or None for any other JSON file."""
+    row = json.loads(path.read_text())
+    return row if isinstance(row, dict) and "method" in row and "unlearndiff" in row else None
+
+
+def folder_rows(folder: Path) -> dict[str, dict]:
+    """The rows stored directly in ``folder``, keyed by row label."""
+    return {row["method"]: row for path in sorted(folder.glob("*.json")) if (row := _row(path)) is not None}
+
+
 def stored_rows(root: Path) -> dict[Path, dict[str, dict]]:
     """Every row under ``root/<concept>[/<seed dir>]/*.json``, grouped by folder and keyed by row label."""
     groups: dict[Path, dict[str, dict]] = {}
     for path in sorted(root.glob("*/**/*.json")):
         if path.parent.name in ("attacks", "resurgence", "deltas") or "deltas" in path.parts:
             continue
-        row = json.loads(path.read_text())
-        if isinstance(row, dict) and "method" in row and "unlearndiff" in row:
+        if (row := _row(path)) is not None:
             groups.setdefault(path.parent, {})[row["method"]] = row
     return groups
 
