@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from erasekit.eval.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "experiments" / "trust.md"
 SOURCES = {
@@ -21,6 +23,8 @@ SOURCES = {
     "candidate": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate.md",
     "candidate-8probes": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-8probes.md",
     "candidate-retain": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-retain.md",
+    "cip-screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-cip-screen-screen.md",
+    "red-contrast": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-contrast.md",
 }
 
 
@@ -37,9 +41,7 @@ def main() -> None:
     for name, source in SOURCES.items():
         if source.exists():
             page = fill(page, name, source.read_text(encoding="utf-8"))
-    tmp = PAGE.with_suffix(".md.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(PAGE)
+    write_text(PAGE, page)
     print(f"wrote {PAGE}")
 
 
