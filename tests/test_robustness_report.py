@@ -48,3 +48,20 @@ def test_bench_robustness_input_errors_are_one_line():
         result = runner.invoke(app, ["bench", *args])
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_bench_robustness_rows_are_named_by_the_bare_concept(monkeypatch):
+    """`bench --robustness red` measures the concept "red" (a pack name), not "shapes/red"."""
+    from erasekit.cli import bench as bench_cli
+
+    seen = {}
+
+    def record(pipe, path, concepts, *rest):
+        seen["c"] = concepts
+        raise SystemExit(0)  # stop before any measurement
+
+    monkeypatch.setattr(bench_cli, "_robustness_rows", record)
+    monkeypatch.setattr(bench_cli, "load_model", lambda model, device: (None, None))
+    result = CliRunner().invoke(app, ["bench", "--robustness", "red", "--robustness", "shapes/circle"])
+    assert result.exit_code == 0, result.output
+    assert seen["c"] == ["red", "circle"]

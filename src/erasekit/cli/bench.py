@@ -79,7 +79,8 @@ def bench(
             fail(f"unknown hardening variant {variant!r}; choose rece or adv")
     if any(Path(c).suffix for c in robustness or []):
         fail("--robustness takes concept names from the packs (see `erasekit concepts`), not files")
-    concepts = [load_concept(c).name for c in robustness or []]
+    # validated against the packs; rows are stored and measured under the pack concept's bare name ("red")
+    concepts = [load_concept(c).name.rsplit("/", 1)[-1] for c in robustness or []]
     pipe, path = load_model(model, "cpu")
     paths = BenchPaths.default(quick, results, report)
     command = " ".join(["erasekit", *sys.argv[1:]])
