@@ -75,6 +75,20 @@ def load(path: Path) -> dict:
     return doc
 
 
+def overrides_of(ap, items: list[str]) -> dict:
+    """``--set FIELD=VALUE`` items as config overrides (VALUE read as JSON, else kept as text); bad ones exit 2."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set takes FIELD=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def config_of(run: dict):
     from erasekit.methods.base import get_method
 

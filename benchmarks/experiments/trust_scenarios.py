@@ -19,16 +19,12 @@ import json
 import time
 from pathlib import Path
 
+from run import overrides_of  # noqa: E402  (benchmarks/experiments is the script's folder)
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CELLS = RESULTS / "bench" / "cells"
 OUT = RESULTS / "experiments" / "trust"
 
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def markdown(rows: list[dict]) -> str:
@@ -56,12 +52,7 @@ def main() -> None:
     ap.add_argument("--preserve", type=int, default=16)
     ap.add_argument("--name", required=True, help="results file stem")
     a = ap.parse_args()
-    overrides = {}
-    for item in a.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set takes FIELD=VALUE, got {item!r}")
-        overrides[key] = _value(value)
+    overrides = overrides_of(ap, a.set)
 
     import torch
 

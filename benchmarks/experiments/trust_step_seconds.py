@@ -29,10 +29,12 @@ import json
 import time
 from pathlib import Path
 
+from run import overrides_of  # noqa: E402  (benchmarks/experiments is the script's folder)
+
 import torch
 
 from erasekit.eval.bench.erasing import method_run
-from erasekit.eval.bench.scenarios import get_scenario
+from erasekit.eval.tasks import get_task
 from erasekit.methods.base import get_method
 from erasekit.methods.trust import step as step_module
 from erasekit.methods.trust import stopping
@@ -86,7 +88,7 @@ class Clock:
 
 
 def measure(pipe, method: str, scenario: str, iterations: int, overrides: dict) -> dict:
-    concept = get_scenario(scenario).specs()[0]
+    concept = get_task(scenario).specs()[0]
     spec = get_method(method)
     fields = spec.config_cls.model_fields
     run = method_run(method, concept, "shapes", {method: {"iterations": iterations,
@@ -126,12 +128,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -142,12 +138,7 @@ def main() -> None:
                     help="config override (JSON value) for the methods that have the field")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.json")
     a = ap.parse_args()
-    overrides = {}
-    for item in a.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set takes FIELD=VALUE, got {item!r}")
-        overrides[key] = _value(value)
+    overrides = overrides_of(ap, a.set)
     pipe = load_pipeline("shapes")
     rows = []
     for entry in a.method:
