@@ -74,6 +74,18 @@ def test_attack_lowers_its_loss_and_unet_mode_trains_only_its_scope(sd1):
     assert sum(r["loss_last"] for r in rounds) < sum(r["loss_first"] for r in rounds)
 
 
+@pytest.mark.slow
+def test_token_space_attack_trains_against_real_words_of_its_vocabulary(sd1, tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("red dog park car blue", encoding="utf-8")
+    allowed = {int(i) for i in token_ids(sd1, ["red dog park car blue"])[0, 1:6]}
+    cfg = AdvConfig(**{**TINY, "module": "unet", "unet_scope": "cross_attn_kv", "iterations": 4, "warmup": 0,
+                       "attack_space": "tokens", "attack_vocabulary": str(words)})
+    rounds = harden(sd1, None, CONCEPT, cfg).manifest.metrics["attack_rounds"]
+    assert len(rounds) == 4
+    assert all(len(r["tokens"]) == TINY["attack_tokens"] and set(r["tokens"]) <= allowed for r in rounds)
+
+
 def test_presets_and_variant_lookup():
     sd, shapes = AdvConfig.preset("sd"), AdvConfig.preset("shapes")
     assert (sd.module, sd.iterations, sd.lr, sd.warmup, sd.attack_steps, sd.attack_lr, sd.attack_tokens,

@@ -11,6 +11,11 @@ and alternates, on the shared `Trainer` loop:
 
        min_adv || eps_cur(z_s, t, text_cur([adv] + c)) - eps_base(z_s, t, c) ||^2
 
+   ``attack_space="tokens"`` keeps the attack on real words: every step the soft tokens are
+   projected to their nearest tokens of ``attack_vocabulary`` (cosine), the loss is taken at the
+   projection and its gradient updates the soft tokens (straight-through), and the round's
+   lowest-loss projection is what the defence trains against.
+
 2. **defence** (one optimiser step of the trained module): ESD's negative-guidance loss on the
    adversarial prompt, plus ``retain_weight`` times the utility-retaining term on
    ``retain_batch`` retain prompts r::
@@ -43,6 +48,7 @@ from ...models.delta import WeightDelta, snapshot
 from ...models.scopes import ParameterScope, get_scope, list_scopes, register_scope
 from ...models.text import token_ids
 from ...models.unet_io import initial_latents, predict, require_supported_unet
+from ...models.vocabulary import project_to_tokens, resolve_vocabulary
 from ...training import FineTuneConfig, Trainer, randint
 from ...training.config import run_key
 from ...training.trainer import reference_weights
@@ -92,6 +98,8 @@ class AdvConfig(FineTuneConfig):
     attack_init: Literal["random", "latest"] = "random"
     attack_method: Literal["pgd", "fast_at"] = "pgd"
     attack_latents: Literal["per_step", "per_round"] = "per_step"
+    attack_space: Literal["soft", "tokens"] = "soft"
+    attack_vocabulary: str = "tokenizer"
     retain_weight: float = 0.3
     retain_batch: int = 5
     retain_pool: int = 400
@@ -151,6 +159,9 @@ class AdvStep:
         self.steps = sampled_steps(config.n_steps, (0.0, 1.0))
         self.table = self.te.get_input_embeddings().weight
         self.adv: torch.Tensor | None = None
+        self.soft: torch.Tensor | None = None
+        self.allowed = (resolve_vocabulary(pipe.tokenizer, config.attack_vocabulary)
+                        if config.attack_space == "tokens" else torch.arange(self.table.shape[0]))
         self.adv_prompt = 0
         self.rounds: list[dict[str, float]] = []
 
@@ -173,29 +184,40 @@ class AdvStep:
 
     def attack(self, step: int, g: torch.Generator) -> None:
         cfg = self.config
+        tokens = cfg.attack_space == "tokens"
         idx = torch.tensor([randint(len(self.ids), g)])
-        if cfg.attack_init == "latest" and self.adv is not None:
-            adv = self.adv.detach().clone()
+        if cfg.attack_init == "latest" and self.soft is not None:
+            adv = self.soft.clone()
         else:
-            picks = torch.tensor([randint(self.table.shape[0], g) for _ in range(cfg.attack_tokens)])
-            adv = self.table[picks].detach().clone().unsqueeze(0)
+            picks = self.allowed[torch.tensor([randint(len(self.allowed), g) for _ in range(cfg.attack_tokens)])]
+            adv = self.table[picks.to(self.table.device)].detach().clone().unsqueeze(0)
         adv.requires_grad_(True)
         opt = torch.optim.Adam([adv], lr=cfg.attack_lr)
-        losses = []
+        losses, best, best_ids = [], float("inf"), None
         with _frozen(self.te), _frozen(self.unet):
             for a in range(cfg.attack_steps):
                 if a == 0 or cfg.attack_latents == "per_step":
                     z, t = self._latent(idx, self.cond, g)
                     with self._base():
                         target = predict(self.unet, z, t, self.cond[idx])
-                loss = F.mse_loss(predict(self.unet, z, t, self._encode(self.ids[idx], adv)), target)
+                values = adv
+                if tokens:
+                    ids = project_to_tokens(adv, self.table, self.allowed)
+                    values = adv + (self.table[ids.to(self.table.device)].detach() - adv).detach()
+                loss = F.mse_loss(predict(self.unet, z, t, self._encode(self.ids[idx], values)), target)
                 (grad,) = torch.autograd.grad(loss, [adv])
                 adv.grad = grad.sign() if cfg.attack_method == "fast_at" else grad
                 opt.step()
                 losses.append(float(loss.detach()))
-        self.adv, self.adv_prompt = adv.detach(), int(idx)
-        self.rounds.append({"step": step, "loss_first": losses[0] if losses else float("nan"),
-                            "loss_last": losses[-1] if losses else float("nan")})
+                if tokens and losses[-1] < best:
+                    best, best_ids = losses[-1], ids
+        self.soft, self.adv_prompt = adv.detach(), int(idx)
+        self.adv = self.table[best_ids.to(self.table.device)].detach() if best_ids is not None else self.soft
+        record = {"step": step, "loss_first": losses[0] if losses else float("nan"),
+                  "loss_last": losses[-1] if losses else float("nan")}
+        if best_ids is not None:
+            record["tokens"] = best_ids.flatten().tolist()
+        self.rounds.append(record)
 
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
         cfg = self.config
