@@ -63,9 +63,10 @@ def test_adv_composes_with_its_base_and_records_the_chain(sd1):
 
 
 @pytest.mark.slow
-def test_attack_lowers_its_loss_and_unet_mode_trains_only_its_scope(sd1):
+@pytest.mark.parametrize("source", ["current", "base"])
+def test_attack_lowers_its_loss_and_unet_mode_trains_only_its_scope(sd1, source):
     cfg = AdvConfig(**{**TINY, "module": "unet", "unet_scope": "cross_attn_kv", "attack_steps": 8, "iterations": 5,
-                       "warmup": 0})
+                       "warmup": 0, "attack_source": source})
     hardened = harden(sd1, None, CONCEPT, cfg)
     assert set(hardened.names) <= set(cross_attention_kv_names(sd1.unet)) and hardened.names
     rounds = hardened.manifest.metrics["attack_rounds"]

@@ -6,7 +6,8 @@ and alternates, on the shared `Trainer` loop:
 1. **attack** (every ``attack_every`` iterations after ``warmup``): ``attack_tokens`` soft token
    embeddings prepended to a concept prompt (after the start token) are optimised for
    ``attack_steps`` steps (Adam at ``attack_lr``; ``fast_at``: signed gradients) so that the
-   CURRENT model, on latents ``z_s`` it generated for the prompt, predicts what the BASE model
+   CURRENT model, on latents ``z_s`` it generated for the prompt (``attack_source="base"``: the
+   BASE model generated them, so they hold the concept), predicts what the BASE model
    predicts for the prompt::
 
        min_adv || eps_cur(z_s, t, text_cur([adv] + c)) - eps_base(z_s, t, c) ||^2
@@ -99,6 +100,7 @@ class AdvConfig(FineTuneConfig):
     attack_method: Literal["pgd", "fast_at"] = "pgd"
     attack_latents: Literal["per_step", "per_round"] = "per_step"
     attack_space: Literal["soft", "tokens"] = "soft"
+    attack_source: Literal["current", "base"] = "current"
     attack_vocabulary: str = "tokenizer"
     retain_weight: float = 0.3
     retain_batch: int = 5
@@ -172,9 +174,9 @@ class AdvStep:
         with prefix_embeddings(self.te, adv):
             return self.te(prefixed_ids(ids, adv.shape[1]).to(device))[0]
 
-    def _latent(self, idx: torch.Tensor, cond, g: torch.Generator) -> tuple[torch.Tensor, int]:
+    def _latent(self, idx: torch.Tensor, cond, g: torch.Generator, base: bool = False) -> tuple[torch.Tensor, int]:
         s = self.steps[randint(len(self.steps), g)]
-        with torch.no_grad():
+        with torch.no_grad(), (self._base() if base else contextlib.nullcontext()):
             z = self.sampler.denoise(self.unet, initial_latents(self.unet, g, len(idx)), 0, s, cond[idx],
                                      self.uncond, self.config.guidance)
         return z, self.sampler.timestep(s)
@@ -197,7 +199,7 @@ class AdvStep:
         with _frozen(self.te), _frozen(self.unet):
             for a in range(cfg.attack_steps):
                 if a == 0 or cfg.attack_latents == "per_step":
-                    z, t = self._latent(idx, self.cond, g)
+                    z, t = self._latent(idx, self.cond, g, base=cfg.attack_source == "base")
                     with self._base():
                         target = predict(self.unet, z, t, self.cond[idx])
                 values = adv
