@@ -87,6 +87,39 @@ def test_token_space_attack_trains_against_real_words_of_its_vocabulary(sd1, tmp
     assert all(len(r["tokens"]) == TINY["attack_tokens"] and set(r["tokens"]) <= allowed for r in rounds)
 
 
+def test_anchor_prompts_pair_each_training_prompt_with_its_anchor():
+    from erasekit.methods.esd import training_prompts
+    from erasekit.methods.harden.adv import anchor_prompts
+
+    grid, anchors = training_prompts(CONCEPT, "grid", None, None), anchor_prompts(CONCEPT, "grid", None, None)
+    assert len(grid) == len(anchors) > 1
+    assert all(a == g.replace("church", "building").replace("chapel", "building") for g, a in zip(grid, anchors))
+    assert anchor_prompts(CONCEPT, "bare", None, None) == ["building"]
+
+
+def test_anchor_defence_loss_is_the_distance_to_the_base_prediction_for_the_anchor(sd1):
+    import torch.nn.functional as F
+
+    from erasekit.methods.harden.adv import AdvStep
+    from erasekit.models.conditioning import encode_conditions
+    from erasekit.models.unet_io import predict
+    from erasekit.training import randint
+
+    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "defence_target": "anchor", "prompts": "grid", "retain_weight": 0.0})
+    prompts, anchors = CONCEPT.target_prompts(), CONCEPT.anchor_prompts()
+    base = {"ids": token_ids(sd1, prompts), "cond": encode_conditions(sd1, prompts), "uncond": encode_conditions(sd1, [""]),
+            "anchor_cond": encode_conditions(sd1, anchors), "retain_ids": None, "retain_cond": None}
+    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    with torch.no_grad():
+        loss = float(step(0, torch.Generator().manual_seed(3)))
+        g = torch.Generator().manual_seed(3)
+        idx = torch.tensor([randint(len(prompts), g)])
+        z, t = step._latent(idx, base["cond"], g)
+        want = F.mse_loss(predict(sd1.unet, z, t, sd1.text_encoder(base["ids"][idx])[0]),
+                          predict(sd1.unet, z, t, base["anchor_cond"][idx]))
+    assert loss == pytest.approx(float(want), rel=1e-5)
+
+
 def test_presets_and_variant_lookup():
     sd, shapes = AdvConfig.preset("sd"), AdvConfig.preset("shapes")
     assert (sd.module, sd.iterations, sd.lr, sd.warmup, sd.attack_steps, sd.attack_lr, sd.attack_tokens,

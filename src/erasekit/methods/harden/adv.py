@@ -18,7 +18,8 @@ and alternates, on the shared `Trainer` loop:
    lowest-loss projection is what the defence trains against.
 
 2. **defence** (one optimiser step of the trained module): ESD's negative-guidance loss on the
-   adversarial prompt, plus ``retain_weight`` times the utility-retaining term on
+   adversarial prompt (``defence_target="anchor"``: the target is instead the base model's
+   prediction for the prompt's anchor prompt, the concept's anchor in the same template), plus ``retain_weight`` times the utility-retaining term on
    ``retain_batch`` retain prompts r::
 
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
@@ -101,6 +102,7 @@ class AdvConfig(FineTuneConfig):
     attack_latents: Literal["per_step", "per_round"] = "per_step"
     attack_space: Literal["soft", "tokens"] = "soft"
     attack_source: Literal["current", "base"] = "current"
+    defence_target: Literal["esd", "anchor"] = "esd"
     attack_vocabulary: str = "tokenizer"
     retain_weight: float = 0.3
     retain_batch: int = 5
@@ -157,6 +159,7 @@ class AdvStep:
         self.pipe, self.unet, self.te, self.config, self.base_unet = pipe, pipe.unet, pipe.text_encoder, config, base_unet
         self.ids, self.retain_ids = base["ids"], base["retain_ids"]
         self.cond, self.uncond, self.retain_cond = base["cond"], base["uncond"], base["retain_cond"]
+        self.anchor_cond = base.get("anchor_cond")
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.steps = sampled_steps(config.n_steps, (0.0, 1.0))
         self.table = self.te.get_input_embeddings().weight
@@ -229,9 +232,12 @@ class AdvStep:
         idx = torch.tensor([self.adv_prompt if attacking else randint(len(self.ids), g)])
         z, t = self._latent(idx, self.cond, g)
         with self._base():
-            both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, self.uncond.embeds]))
-            eps_c, eps_u = both.chunk(2)
-        target = esd_target(eps_c, eps_u, cfg.negative_guidance)
+            if cfg.defence_target == "anchor":
+                target = predict(self.unet, z, t, self.anchor_cond[idx])
+            else:
+                both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, self.uncond.embeds]))
+                eps_c, eps_u = both.chunk(2)
+                target = esd_target(eps_c, eps_u, cfg.negative_guidance)
         loss = F.mse_loss(predict(self.unet, z, t, self._encode(self.ids[idx], self.adv if attacking else None)), target)
         if cfg.retain_weight > 0 and self.retain_ids is not None:
             pick = torch.tensor([randint(len(self.retain_ids), g) for _ in range(cfg.retain_batch)])
@@ -240,6 +246,13 @@ class AdvStep:
                 keep = predict(self.unet, rz, rt, self.retain_cond[pick])
             loss = loss + cfg.retain_weight * F.mse_loss(predict(self.unet, rz, rt, self._encode(self.retain_ids[pick], None)), keep)
         return loss
+
+
+def anchor_prompts(concept: ConceptSpec, prompts: str, n_synonyms: int | None, n_templates: int | None) -> list[str]:
+    """The anchor prompt of each training prompt (`training_prompts`' order): its target word replaced by the anchor."""
+    if prompts == "bare":
+        return [concept.anchor_for(concept.canonical)]
+    return concept.anchor_prompts(n_synonyms, n_templates)
 
 
 def _retain_prompts(pipe, concept: ConceptSpec, config: AdvConfig) -> list[str]:
@@ -267,7 +280,9 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
     prompts = training_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
     retain = _retain_prompts(pipe, concept, config) if config.retain_weight > 0 else []
+    anchors = anchor_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
     base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
+            "anchor_cond": encode_conditions(pipe, anchors) if config.defence_target == "anchor" else None,
             "uncond": encode_conditions(pipe, [""]),
             "retain_ids": token_ids(pipe, retain) if retain else None,
             "retain_cond": encode_conditions(pipe, retain) if retain else None}
