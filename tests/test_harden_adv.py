@@ -88,8 +88,8 @@ def test_token_space_attack_trains_against_real_words_of_its_vocabulary(sd1, tmp
 
 
 def test_anchor_prompts_pair_each_training_prompt_with_its_anchor():
+    from erasekit.methods.esd import training_anchor_prompts as anchor_prompts
     from erasekit.methods.esd import training_prompts
-    from erasekit.methods.harden.adv import anchor_prompts
 
     grid, anchors = training_prompts(CONCEPT, "grid", None, None), anchor_prompts(CONCEPT, "grid", None, None)
     assert len(grid) == len(anchors) > 1

@@ -66,6 +66,16 @@ def training_prompts(concept: ConceptSpec, prompts: str, n_synonyms: int | None,
     raise ValueError(f"unknown prompts {prompts!r} (bare or grid)")
 
 
+def training_anchor_prompts(concept: ConceptSpec, prompts: str, n_synonyms: int | None,
+                            n_templates: int | None) -> list[str]:
+    """The anchor prompt of each of `training_prompts`' prompts, in its order (target word -> anchor)."""
+    if prompts == "bare":
+        return [concept.anchor_for(concept.canonical)]
+    if prompts == "grid":
+        return concept.anchor_prompts(n_synonyms, n_templates)
+    raise ValueError(f"unknown prompts {prompts!r} (bare or grid)")
+
+
 SHAPES_PRESET = {"iterations": 150, "lr": 1e-4, "n_steps": 25, "negative_guidance": 3.0, "prompts": "grid",
                  "u_scope": "port"}
 # esd-u's ``shapes-retain`` preset adds these to the shapes preset (see `ESDConfig`'s docstring).

@@ -19,8 +19,8 @@ and alternates, on the shared `Trainer` loop:
 
 2. **defence** (one optimiser step of the trained module): ESD's negative-guidance loss on the
    adversarial prompt (``defence_target="anchor"``: the target is instead the base model's
-   prediction for the prompt's anchor prompt, the concept's anchor in the same template), plus ``retain_weight`` times the utility-retaining term on
-   ``retain_batch`` retain prompts r::
+   prediction for the prompt's anchor prompt, the concept's anchor in the same template), plus
+   ``retain_weight`` times the utility-retaining term on ``retain_batch`` retain prompts r::
 
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
          + w || eps_cur(z_r, t, text_cur(r)) - eps_base(z_r, t, r) ||^2
@@ -54,7 +54,7 @@ from ...models.vocabulary import project_to_tokens, resolve_vocabulary
 from ...training import FineTuneConfig, Trainer, randint
 from ...training.config import run_key
 from ...training.trainer import reference_weights
-from ..esd import sampled_steps, training_prompts
+from ..esd import sampled_steps, training_anchor_prompts, training_prompts
 from ..losses import esd_target
 from .common import check_fits, composed_delta, copy_in
 
@@ -248,13 +248,6 @@ class AdvStep:
         return loss
 
 
-def anchor_prompts(concept: ConceptSpec, prompts: str, n_synonyms: int | None, n_templates: int | None) -> list[str]:
-    """The anchor prompt of each training prompt (`training_prompts`' order): its target word replaced by the anchor."""
-    if prompts == "bare":
-        return [concept.anchor_for(concept.canonical)]
-    return concept.anchor_prompts(n_synonyms, n_templates)
-
-
 def _retain_prompts(pipe, concept: ConceptSpec, config: AdvConfig) -> list[str]:
     from ...concepts.general import general_prompts
 
@@ -280,9 +273,10 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
     prompts = training_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
     retain = _retain_prompts(pipe, concept, config) if config.retain_weight > 0 else []
-    anchors = anchor_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
+    anchors = (training_anchor_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
+               if config.defence_target == "anchor" else None)
     base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
-            "anchor_cond": encode_conditions(pipe, anchors) if config.defence_target == "anchor" else None,
+            "anchor_cond": encode_conditions(pipe, anchors) if anchors else None,
             "uncond": encode_conditions(pipe, [""]),
             "retain_ids": token_ids(pipe, retain) if retain else None,
             "retain_cond": encode_conditions(pipe, retain) if retain else None}
