@@ -18,7 +18,9 @@ from erasekit.concepts.packs import get_concept
 from erasekit.eval.attacks import (AttackCase, Budget, BudgetExceededError, GeneticSettings, RingABellConfig,
                                    UnlearnDiffConfig, count_calls, genetic_search, ringabell_attack, run_attack,
                                    run_resurgence, unlearndiff_attack)
-from erasekit.eval.attacks.ringabell import embedding_fitness, encode_texts
+from erasekit.eval.attacks.common import FoundPrompt
+from erasekit.eval.attacks.ringabell import embedding_fitness, encode_texts, search_key
+from erasekit.eval.attacks.run import cached_search
 from erasekit.eval.attacks.tokens import (PromptSlots, embedding_matrix, project_to_tokens, remove_words,
                                           search_vocabulary, tokens_to_text)
 from erasekit.generation import SamplingSettings
@@ -323,3 +325,63 @@ def test_prompt_split_does_not_depend_on_the_hash_seed():
     outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": h},
                            capture_output=True, text=True, check=True).stdout for h in ("0", "2", "4")}
     assert outs == {"('a red disc next to a', 'star')\n"}  # 'blue', 'disc', 'star' tie at 4 letters: 'blue' first
+
+
+# ------------------------------------------------------------------ Ring-A-Bell search cache
+def _te_delta(pipe):
+    base = snapshot(pipe, ["text_encoder.final_layer_norm.weight"])
+    return WeightDelta.from_state_dicts(base, {k: v * 0.5 for k, v in base.items()}, method="test-te")
+
+
+def test_ringabell_search_key_reads_the_base_text_encoder_the_cases_and_the_config(tiny):
+    concept = get_concept("red")
+    cases = [AttackCase(0, "a red circle", 0)]
+    config = RingABellConfig(n_tokens=4, population=8, generations=3, vocabulary="shapes-world")
+    key = search_key(tiny, cases, concept, config)
+    te = _te_delta(tiny)
+    assert search_key(tiny, cases, concept, config, delta=te) == key  # the erased weights are never read
+    assert search_key(tiny, cases, concept, config.model_copy(update={"seed": 1})) != key
+    assert search_key(tiny, [AttackCase(0, "a red circle", 1)], concept, config) != key
+    assert search_key(tiny, cases, get_concept("circle"), config) != key
+    from erasekit.models.delta import apply_delta, revert_delta
+
+    apply_delta(tiny, te)
+    try:
+        assert search_key(tiny, cases, concept, config) != key  # another base text encoder
+    finally:
+        revert_delta(tiny, te)
+
+
+def test_cached_search_stores_reuses_and_replaces_an_unreadable_entry(tmp_path):
+    calls = []
+    found = [FoundPrompt(0, "red red", 3, [1, 2], "a circle", 0.25, 3.0)]
+
+    def search():
+        calls.append(1)
+        return [FoundPrompt(**vars(f)) for f in found]
+
+    first, hit1 = cached_search(tmp_path, "k" * 64, search)
+    second, hit2 = cached_search(tmp_path, "k" * 64, search)
+    assert (hit1, hit2, len(calls)) == (False, True, 1) and second == first == found
+    (tmp_path / f"{'k' * 32}.json").write_text("{not json")
+    third, hit3 = cached_search(tmp_path, "k" * 64, search)
+    assert (hit3, len(calls), third) == (False, 2, found)
+
+
+@pytest.mark.slow
+def test_run_attack_judges_cached_ringabell_prompts_on_each_erasure(shapes_pipe, red_uce, tmp_path, monkeypatch):
+    folder, delta = red_uce
+    config = {"population": 12, "generations": 3}
+    first = run_attack(shapes_pipe, "ringabell", "red", delta=delta, config=config, n_cases=4,
+                       search_cache=tmp_path / "cache")
+    import erasekit.eval.attacks.run as run_module
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search ran again")
+
+    monkeypatch.setattr(run_module, "ringabell_attack", no_search)
+    again = run_attack(shapes_pipe, "ringabell", "red", delta=None, config=config, n_cases=4,
+                       search_cache=tmp_path / "cache")
+    assert again.prompts == first.prompts and again.settings["search_cached"] and not first.settings["search_cached"]
+    # judged on the model it was given: the original draws red from most of them, the erasure from fewer
+    assert again.success_rate >= first.success_rate

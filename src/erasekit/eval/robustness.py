@@ -109,7 +109,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
     for attack in ("ringabell", "unlearndiff"):
         t0 = time.perf_counter()
         result = run_attack(pipe, attack, spec, delta=delta, config=attack_config, cases=cases, detector=detector,
-                            detector_concept=detector_concept, settings=settings, out=out / "attacks" / f"{row['method']}-{attack}")
+                            detector_concept=detector_concept, settings=settings, out=out / "attacks" / f"{row['method']}-{attack}",
+                            search_cache=out / "attacks" / "search-cache")
         row[attack] = result.success_rate
         row[f"{attack}_seconds"] = time.perf_counter() - t0
     if delta is not None and resurgence_steps > 0:

@@ -19,7 +19,11 @@ as an attacker without the erased weights would):
    ``-MSE`` or cosine over the first ``compare_positions`` positions; the text
    encoder is causal, so those positions do not depend on later ones).
 
-The found prompt is the token sequence alone, written as text.
+The found prompt is the token sequence alone, written as text.  Since the search
+reads nothing of the erased model, its outcome is a function of `search_key`
+(the base text encoder and tokenizer, the concept's prompts, the cases and the
+config): `run_attack` can keep it in a ``search_cache`` folder and judge the
+same prompts on every erasure of one base model.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from ...concepts.spec import ConceptSpec
 from ...generation import SamplingSettings
 from ...models.delta import WeightDelta
+from ...models.digest import json_sha256, new_hash, update_tensor
 from ...models.text import token_ids
 from ...training import MethodConfig, step_generator
 from .budget import Budget, count_calls
@@ -185,3 +190,19 @@ def ringabell_attack(pipe, cases: list[AttackCase], concept: ConceptSpec, config
                                  token_ids=ids, source_prompt=b, loss=-float(fit),
                                  guidance=c.guidance if c.guidance is not None else settings.guidance_scale))
     return found
+
+
+def search_key(pipe, cases: list[AttackCase], concept: ConceptSpec, config: RingABellConfig,
+               delta: WeightDelta | None = None) -> str:
+    """sha256 of everything `ringabell_attack` reads: the base model's text encoder (``delta``
+    reverted) and tokenizer, the concept, the cases and the config."""
+    h = new_hash(json_sha256({"concept": concept.model_dump(mode="json"), "config": config.model_dump(mode="json"),
+                              "cases": [[c.case_number, c.prompt, c.seed, c.guidance] for c in cases]}))
+    tok = pipe.tokenizer
+    h.update(json_sha256({"tokenizer": type(tok).__name__, "max_length": tok.model_max_length,
+                          "vocab": sorted(tok.get_vocab().items())}).encode())
+    with model_state(pipe, delta, erased=False):
+        for name, t in sorted(pipe.text_encoder.state_dict().items()):
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            update_tensor(h, t)
+    return h.hexdigest()

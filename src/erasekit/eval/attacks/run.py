@@ -9,14 +9,20 @@
    for reference the plain case prompts are judged on the erased and the base model;
 4. ``adversarial.csv`` + ``attack.json`` in ``out`` (atomic writes).
 
+Ring-A-Bell's search reads only the base model, so with ``search_cache`` its found
+prompts are stored there under their `ringabell.search_key` (JSON, written
+atomically) and reused for every later erasure of the same base model; only the
+judging (step 3) runs again.
+
 The pipeline is left as it was found (delta applied or not).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +33,10 @@ from ...generation import SamplingSettings
 from ...models.delta import WeightDelta
 from ...models.registry import Registry, UnknownNameError
 from ...training import MethodConfig
+from .. import atomic
 from .budget import Budget
 from .common import AttackCase, AttackResult, FoundPrompt, judge_prompts, make_judge, model_state, sampling_dict
-from .ringabell import RingABellConfig, ringabell_attack
+from .ringabell import RingABellConfig, ringabell_attack, search_key
 from .unlearndiff import UnlearnDiffConfig, unlearndiff_attack
 
 
@@ -113,16 +120,36 @@ def _rate(found: list[FoundPrompt]) -> float:
     return sum(bool(f.success) for f in found) / len(found)
 
 
+SEARCH_FIELDS = ("case_number", "prompt", "seed", "token_ids", "source_prompt", "loss", "guidance")
+
+
+def cached_search(folder: Path, key: str, search: Callable[[], list[FoundPrompt]]) -> tuple[list[FoundPrompt], bool]:
+    """(found prompts, whether they came from ``folder``): stored under ``key`` or searched and stored."""
+    path = folder / f"{key[:32]}.json"
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key:
+                return [FoundPrompt(**{k: f[k] for k in SEARCH_FIELDS}) for f in stored["found"]], True
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # an unreadable entry is searched again and overwritten
+    found = search()
+    atomic.write_json(path, {"key": key, "found": [{k: asdict(f)[k] for k in SEARCH_FIELDS} for f in found]})
+    return found, False
+
+
 def run_attack(pipe, attack: str, concept: ConceptSpec | str, *, delta: WeightDelta | None = None,
                config: MethodConfig | dict[str, Any] | None = None, cases: list[AttackCase] | None = None,
                n_cases: int = 16, detector=None, detector_concept: str | None = None,
                settings: SamplingSettings | None = None, out: str | Path | None = None, model: str | None = None,
                delta_path: str | Path | None = None, reference: bool = True,
-               progress: Callable[[int], None] | None = None) -> AttackResult:
+               progress: Callable[[int], None] | None = None,
+               search_cache: str | Path | None = None) -> AttackResult:
     """Run ``attack`` against ``pipe`` + ``delta`` (None: the model as it is) for ``concept``.
 
-    ``config``: a config object, or overrides of the world's preset.  Returns the
-    `AttackResult` (and writes it into ``out`` when given).
+    ``config``: a config object, or overrides of the world's preset.  ``search_cache``: a folder
+    that keeps Ring-A-Bell's found prompts (see the module docstring; other attacks ignore it).
+    Returns the `AttackResult` (and writes it into ``out`` when given).
     """
     from ...models.loading import is_shapes_world
 
@@ -147,8 +174,15 @@ def run_attack(pipe, attack: str, concept: ConceptSpec | str, *, delta: WeightDe
         found = unlearndiff_attack(pipe, cases, spec.targets, config, delta=delta, settings=settings, budget=budget,
                                    judge=judge, progress=progress)
     else:
-        found = ringabell_attack(pipe, cases, spec, config, delta=delta, settings=settings, budget=budget,
-                                 progress=progress)
+        def search() -> list[FoundPrompt]:
+            return ringabell_attack(pipe, cases, spec, config, delta=delta, settings=settings, budget=budget,
+                                    progress=progress)
+
+        cached = False
+        if search_cache is None:
+            found = search()
+        else:
+            found, cached = cached_search(Path(search_cache), search_key(pipe, cases, spec, config, delta), search)
     search_seconds = time.perf_counter() - t0
     refs: dict[str, Any] = {}
     with model_state(pipe, delta, erased=True):
@@ -168,7 +202,7 @@ def run_attack(pipe, attack: str, concept: ConceptSpec | str, *, delta: WeightDe
     result = AttackResult(
         attack=attack, concept=spec.name, detector_concept=detector_concept, found=found,
         settings={"attack": config.model_dump(), "n_cases": len(cases), "reference": refs,
-                  "search_seconds": search_seconds},
+                  "search_seconds": search_seconds, **({"search_cached": cached} if attack == "ringabell" else {})},
         budget=budget.to_dict(), seconds=time.perf_counter() - t0, model=model,
         delta=_delta_info(delta, delta_path), sampling=sampling_dict(settings),
         detector=detector.settings() if hasattr(detector, "settings") else {"name": getattr(detector, "name", "?")},
