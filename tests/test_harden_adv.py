@@ -167,3 +167,53 @@ def test_cli_erase_then_harden_adv_and_erase_with_harden(tmp_path):
                               "--out", str(tmp_path / "two")])
     assert res.exit_code == 2 and "unknown hardening variant" in res.output
     assert not (tmp_path / "two" / "manifest.json").exists()
+
+
+def test_embedding_retain_term_is_the_relative_drift_of_the_retain_prompts(sd1):
+    from erasekit.methods.harden.adv import AdvStep
+    from erasekit.models.conditioning import encode_conditions
+    from erasekit.training import randint
+
+    retain = ["a red car", "a dog in a park", "a bowl of fruit"]
+    cfg = AdvConfig(**{**TINY, "retain_embedding_weight": 1.0, "retain_embedding_batch": 4})
+    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
+            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain),
+            "retain_cond": encode_conditions(sd1, retain)}
+    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    with torch.no_grad():
+        assert float(step.embedding_drift(torch.Generator().manual_seed(0))) == pytest.approx(0.0, abs=1e-12)
+        norm = sd1.text_encoder.final_layer_norm.weight
+        saved = norm.clone()
+        norm.mul_(1.5)
+        try:
+            drift = float(step.embedding_drift(torch.Generator().manual_seed(0)))
+            g = torch.Generator().manual_seed(0)
+            pick = torch.tensor([randint(3, g) for _ in range(3)])
+            now, before = sd1.text_encoder(base["retain_ids"][pick])[0], base["retain_cond"].embeds[pick]
+        finally:
+            norm.copy_(saved)
+    assert drift == pytest.approx(float((now - before).pow(2).sum() / before.pow(2).sum()), rel=1e-5) and drift > 0
+
+
+@pytest.mark.slow
+def test_embedding_retain_term_holds_the_retain_prompts_text_embeddings(sd1):
+    from erasekit.models.text import encode_prompts
+
+    kept = list(CONCEPT.preserve)
+    before = encode_prompts(sd1, kept)
+    drifts = {}
+    for w in (0.0, 100.0):
+        cfg = AdvConfig(**{**TINY, "iterations": 8, "lr": 3e-3, "retain": "concept+general", "retain_weight": 0.0,
+                           "retain_embedding_weight": w, "retain_embedding_batch": 8})
+        delta = harden(sd1, None, CONCEPT, cfg)
+        apply_delta(sd1, delta)
+        try:
+            drifts[w] = float((encode_prompts(sd1, kept) - before).pow(2).sum() / before.pow(2).sum())
+        finally:
+            revert_delta(sd1, delta)
+    assert drifts[0.0] > 0 and drifts[100.0] < 0.5 * drifts[0.0]
+
+
+def test_embedding_retain_term_needs_the_text_encoder(sd1):
+    with pytest.raises(ValueError, match="text_encoder"):
+        harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "module": "unet", "retain_embedding_weight": 1.0}))

@@ -24,6 +24,11 @@ and alternates, on the shared `Trainer` loop:
 
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
          + w || eps_cur(z_r, t, text_cur(r)) - eps_base(z_r, t, r) ||^2
+         + w_e sum_r || text_cur(r) - text_base(r) ||^2 / sum_r || text_base(r) ||^2
+
+   The last term (``retain_embedding_weight`` w_e, on ``retain_embedding_batch`` retain prompts
+   per step; 0 in the release, text encoder only) holds the text encoder's output for the retain
+   prompts, all token rows, at the base model's: a relative squared drift, so w_e is scale-free.
 
 ``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the
 release's ``text_encoder_full``), ``module="unet"`` the UNet parameters of ``unet_scope``.
@@ -42,6 +47,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ...concepts.spec import ConceptSpec
 from ...models.conditioning import encode_conditions
@@ -108,6 +114,9 @@ class AdvConfig(FineTuneConfig):
     retain_batch: int = 5
     retain_pool: int = 400
     retain: Literal["general", "concept+general"] = "general"
+    retain_embedding_weight: float = Field(0.0, ge=0, description="w_e: weight of the retain prompts' relative "
+                                           "text-embedding drift (text encoder only; 0: the release)")
+    retain_embedding_batch: int = Field(32, ge=1, description="retain prompts per step in the embedding term")
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
@@ -245,7 +254,16 @@ class AdvStep:
             with self._base():
                 keep = predict(self.unet, rz, rt, self.retain_cond[pick])
             loss = loss + cfg.retain_weight * F.mse_loss(predict(self.unet, rz, rt, self._encode(self.retain_ids[pick], None)), keep)
+        if cfg.retain_embedding_weight > 0 and self.retain_ids is not None:
+            loss = loss + cfg.retain_embedding_weight * self.embedding_drift(g)
         return loss
+
+    def embedding_drift(self, g: torch.Generator) -> torch.Tensor:
+        """sum ||text_cur(r) - text_base(r)||^2 / sum ||text_base(r)||^2 over a batch of retain prompts."""
+        n = len(self.retain_ids)
+        pick = torch.tensor([randint(n, g) for _ in range(min(self.config.retain_embedding_batch, n))])
+        base = self.retain_cond[pick].embeds
+        return (self._encode(self.retain_ids[pick], None) - base).pow(2).sum() / base.pow(2).sum()
 
 
 def _retain_prompts(pipe, concept: ConceptSpec, config: AdvConfig) -> list[str]:
@@ -263,6 +281,8 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise NotImplementedError("adv hardening encodes adversarial prompts with one CLIP text encoder (SD-1.x/2.x), not SDXL")
     require_supported_unet(pipe.unet, "adv")
+    if config.retain_embedding_weight > 0 and config.module != "text_encoder":
+        raise ValueError("retain_embedding_weight holds the text encoder's output: it needs module='text_encoder'")
     t0 = time.perf_counter()
     trained_module = pipe.text_encoder if config.module == "text_encoder" else pipe.unet
     prefix = "text_encoder." if config.module == "text_encoder" else "unet."
@@ -272,7 +292,8 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     originals = snapshot(pipe, names)
     base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
     prompts = training_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
-    retain = _retain_prompts(pipe, concept, config) if config.retain_weight > 0 else []
+    retain = (_retain_prompts(pipe, concept, config)
+              if config.retain_weight > 0 or config.retain_embedding_weight > 0 else [])
     anchors = (training_anchor_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
                if config.defence_target == "anchor" else None)
     base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
