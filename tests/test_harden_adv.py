@@ -217,3 +217,27 @@ def test_embedding_retain_term_holds_the_retain_prompts_text_embeddings(sd1):
 def test_embedding_retain_term_needs_the_text_encoder(sd1):
     with pytest.raises(ValueError, match="text_encoder"):
         harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "module": "unet", "retain_embedding_weight": 1.0}))
+
+
+@pytest.mark.parametrize("source", ["current", "base"])
+def test_retain_latents_come_from_the_chosen_model(sd1, source, monkeypatch):
+    from erasekit.methods.harden.adv import AdvStep
+    from erasekit.models.conditioning import encode_conditions
+
+    retain = ["a red car", "a dog in a park"]
+    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "retain_source": source})
+    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
+            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain),
+            "retain_cond": encode_conditions(sd1, retain)}
+    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    calls = []
+    original = AdvStep._latent
+
+    def record(self, idx, cond, g, base=False):
+        calls.append((cond is self.retain_cond, base))
+        return original(self, idx, cond, g, base)
+
+    monkeypatch.setattr(AdvStep, "_latent", record)
+    with torch.no_grad():
+        step(0, torch.Generator().manual_seed(0))
+    assert calls == [(False, False), (True, source == "base")]

@@ -26,6 +26,8 @@ and alternates, on the shared `Trainer` loop:
          + w || eps_cur(z_r, t, text_cur(r)) - eps_base(z_r, t, r) ||^2
          + w_e sum_r || text_cur(r) - text_base(r) ||^2 / sum_r || text_base(r) ||^2
 
+   The retain latents ``z_r`` are partial generations of the model being trained
+   (``retain_source="base"``: of the base model, so they hold what the retain prompts should draw).
    The last term (``retain_embedding_weight`` w_e, on ``retain_embedding_batch`` retain prompts
    per step; 0 in the release, text encoder only) holds the text encoder's output for the retain
    prompts, all token rows, at the base model's: a relative squared drift, so w_e is scale-free.
@@ -114,6 +116,8 @@ class AdvConfig(FineTuneConfig):
     retain_batch: int = 5
     retain_pool: int = 400
     retain: Literal["general", "concept+general"] = "general"
+    retain_source: Literal["current", "base"] = Field("current", description="model that generates the retain "
+                                                      "latents: the one being trained (release) or the base model")
     retain_embedding_weight: float = Field(0.0, ge=0, description="w_e: weight of the retain prompts' relative "
                                            "text-embedding drift (text encoder only; 0: the release)")
     retain_embedding_batch: int = Field(32, ge=1, description="retain prompts per step in the embedding term")
@@ -250,7 +254,7 @@ class AdvStep:
         loss = F.mse_loss(predict(self.unet, z, t, self._encode(self.ids[idx], self.adv if attacking else None)), target)
         if cfg.retain_weight > 0 and self.retain_ids is not None:
             pick = torch.tensor([randint(len(self.retain_ids), g) for _ in range(cfg.retain_batch)])
-            rz, rt = self._latent(pick, self.retain_cond, g)
+            rz, rt = self._latent(pick, self.retain_cond, g, base=cfg.retain_source == "base")
             with self._base():
                 keep = predict(self.unet, rz, rt, self.retain_cond[pick])
             loss = loss + cfg.retain_weight * F.mse_loss(predict(self.unet, rz, rt, self._encode(self.retain_ids[pick], None)), keep)
