@@ -6,7 +6,7 @@ import json
 from typer.testing import CliRunner
 
 from erasekit.cli import app
-from erasekit.eval.robustness import row_label, stored_rows, summary
+from erasekit.eval.robustness import row_label, stored_rows, summary, unhardened_label
 
 
 def _row(method, plain, uda, rab, res, adherence, **extra):
@@ -21,15 +21,17 @@ def test_summary_judges_hardened_rows_against_their_base_and_the_original(tmp_pa
             _row("uce", 0.0, 0.8125, 0.125, 0.0, 0.95),
             _row("uce+adv", 0.0, 0.0, 0.0, 0.0, 0.97),        # meets every bar
             _row("esd-x", 0.0, 0.5, 0.0, 0.0, 0.98),
-            _row("esd-x+adv", 0.0625, 0.0, 0.0, 0.0, 0.80)]   # plain got worse, preservation lost
+            _row("esd-x+adv", 0.0625, 0.0, 0.0, 0.0, 0.80),   # plain got worse, preservation lost
+            _row("salun++", 0.0, 0.5, 0.0, 0.0, 0.90)]         # a method whose name holds '+', not hardened
     for r in rows:
         (folder / f"{r['method']}.json").write_text(json.dumps(r))
     (folder / "attacks").mkdir()
     (folder / "attacks" / "x.json").write_text(json.dumps({"method": "ignored", "unlearndiff": 1.0}))
-    assert set(stored_rows(tmp_path)[folder]) == {"original", "uce", "uce+adv", "esd-x", "esd-x+adv"}
+    assert set(stored_rows(tmp_path)[folder]) == {"original", "uce", "uce+adv", "esd-x", "esd-x+adv", "salun++"}
     lines = {line.split(" | ")[1]: line for line in summary(tmp_path).splitlines() if line.startswith("| circle")}
     assert lines["uce+adv"].endswith("| yes/yes/yes/yes/yes |")
     assert lines["esd-x+adv"].endswith("| yes/yes/yes/no/no |")
+    assert lines["salun++"].endswith("| - |") and "(" not in lines["salun++"].split(" | ")[6]
     assert "0.00 [0.00, 0.19]" in lines["uce+adv"]  # 0 of 16 with its 95% Wilson interval
     assert f"{0.97 / 0.98:.2f} ({0.97 / 0.95:.2f})" in lines["uce+adv"]  # vs the original (vs unhardened)
 
@@ -38,6 +40,9 @@ def test_row_labels():
     assert row_label(None, None) == "original"
     assert row_label("uce", None) == "uce"
     assert row_label("uce", "adv", "-rw4") == "uce+adv-rw4"
+    for label, base in (("kscu+adv-g1", "kscu"), ("salun++", None), ("salun+++adv", "salun++"), ("trce-t+rece", "trce-t"),
+                        ("original", None), ("trce-t", None)):
+        assert unhardened_label(label) == base
 
 
 def test_bench_robustness_input_errors_are_one_line():

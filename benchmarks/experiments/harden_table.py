@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from erasekit.eval.robustness import bars, cost, rate_with_interval, train_loss  # noqa: E402
+from erasekit.eval.robustness import bars, cost, rate_with_interval, train_loss, unhardened_label  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
 PAGE = ROOT / "docs" / "experiments" / "harden.md"
@@ -85,12 +85,13 @@ def table(configs: list[Path]) -> str:
             n = r["n_cases"]
             pres = r["adherence"] / original["adherence"] if original and r.get("n_preserve") == original.get(
                 "n_preserve", r.get("n_preserve")) else None
-            base = _reference(rows, name.split("+")[0], concept, r.get("seed", 0)) if "+" in name else None
+            unhardened = unhardened_label(name)
+            base = _reference(rows, unhardened, concept, r.get("seed", 0)) if unhardened else None
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
             overrides = ", ".join(f"{k}={v}" for k, v in (r.get("harden_overrides") or {}).items()) or "-"
             res = rate_with_interval(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
             verdict = "-"
-            if "+" in name:
+            if unhardened:
                 verdict = bars(r, base["plain"] if base else None, pres)
                 if "resurgence" not in r:
                     parts = verdict.split("/")

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..concepts.packs import get_concept
 from ..generation import SamplingSettings
 from ..methods.base import get_method
-from ..methods.harden import harden, variant_config
+from ..methods.harden import VARIANTS, harden, variant_config
 from ..models.delta import WeightDelta, apply_delta, revert_delta
 from .attacks import concept_cases, judge_prompts, model_state, run_attack, run_resurgence
 from .attacks.common import FoundPrompt
@@ -240,10 +240,11 @@ def summary(root: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder, rows in groups.items():
         original = rows.get("original") or groups.get(folder.parent, {}).get("original")
-        for name, r in sorted(rows.items(), key=lambda kv: (kv[0] != "original", kv[0].split("+")[0], kv[0])):
+        for name, r in sorted(rows.items(), key=lambda kv: (kv[0] != "original", unhardened_label(kv[0]) or kv[0], kv[0])):
             n = r["n_cases"]
             pres = r["adherence"] / original["adherence"] if original and "adherence" in r else None
-            base = rows.get(name.split("+")[0]) if "+" in name else None  # the unhardened erasure
+            hardened = unhardened_label(name) is not None
+            base = rows.get(unhardened_label(name)) if hardened else None  # the unhardened erasure
             train = r.get("train_attack")
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base and "adherence" in base else ""
             shown = name + (" (" + ", ".join(f"{k}={v}" for k, v in r["harden_overrides"].items()) + ")"
@@ -253,13 +254,22 @@ def summary(root: Path) -> str:
                 f"| {rate_with_interval(r['ringabell'], n)} | {rate_with_interval(r['resurgence'], 3 * 16) if 'resurgence' in r else '-'} "
                 f"| {f'{pres:.2f}' if pres is not None else '-'}{own} | {cost(r, 'erase')} | {cost(r, 'harden')} "
                 f"| {train_loss(train)} "
-                f"| {bars(r, base['plain'] if base else None, pres) if '+' in name else '-'} |")
+                f"| {bars(r, base['plain'] if base else None, pres) if hardened else '-'} |")
     return "\n".join(lines) + "\n"
 
 
 ROBUSTNESS_RESULTS = "robustness-harden"  # beside the bench's cells folder: <concept>[/<seed dir>]/<row>.json
 # the folders of stored rows BENCHMARKS.md shows (the TRuST comparison's rows are measured apart)
 ROBUSTNESS_FOLDERS = (ROBUSTNESS_RESULTS, "robustness-trust")
+
+
+def unhardened_label(label: str) -> str | None:
+    """The unhardened erasure's label of a hardened row (``kscu+adv-g1`` -> ``kscu``, ``salun+++adv`` ->
+    ``salun++``), None for an unhardened one (``salun++``, ``trce-t``, ``original``)."""
+    for k in range(len(label) - 1, 0, -1):
+        if label[k] == "+" and label[k + 1:].startswith(tuple(VARIANTS)):
+            return label[:k]
+    return None
 
 
 def row_label(method: str | None, hardening: str | None, tag: str = "", method_overrides: dict | None = None) -> str:
