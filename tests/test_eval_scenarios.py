@@ -52,3 +52,13 @@ def test_eval_of_a_scenario_equals_its_bench_measurement(shapes_pipe, tmp_path):
     assert metrics["adherence"]["checked"] == ["color"]
     assert metrics["adherence"]["original"]["both"] == numbers["preservation_adherence"]["checked"]
     assert metrics["preservation"] == 1.0 and set(metrics["asr_ci95"]) == {*TIERS, "all"}
+
+
+def test_preservation_readings_are_the_prompts_behind_the_preservation_adherence(shapes_pipe):
+    from erasekit.eval.measure import measure_erasure, preservation_readings
+
+    pairs = preservation_readings(shapes_pipe, "red", 6)
+    named = [all(read[a] == v for a, v in probe.expected.items()) for probe, read in pairs]
+    measured = measure_erasure(shapes_pipe, "red", n_per_tier=1, n_preserve=6)
+    assert len(pairs) == 6 and all(probe.expected["color"] != "red" for probe, _ in pairs)
+    assert sum(named) / 6 == measured["preservation_adherence"]["both"]

@@ -92,6 +92,15 @@ def measure_erasure(pipe, value: str, n_per_tier: int = 32, n_preserve: int = 60
             "preservation_adherence": {"shape": kept["shape"], "color": kept["color"], "both": kept["checked"]}}
 
 
+def preservation_readings(pipe, value: str, n_preserve: int = 48, settings: SamplingSettings | None = None,
+                          detector=None) -> list[tuple[Probe, dict[str, str]]]:
+    """Each preservation probe of one Shapes value (`measure_erasure`'s, same prompts and seeds) with
+    what the detector reads in its image: the prompts behind the preservation adherence."""
+    _, keep = tier_probes(value_task(value), 0, n_preserve)
+    read = readings(_reader(detector), _images(pipe, keep, settings or SamplingSettings(), None))
+    return list(zip(keep, read))
+
+
 def measure_adherence(pipe, per_tier: int = 64, seed: int = 0, settings: SamplingSettings | None = None,
                       detector=None, progress=None) -> dict:
     """The world model's prompt adherence per wording tier: shape, color and both read as named."""
