@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 
 from ..generation import SamplingSettings, generate
-from ..models.digest import json_sha256, new_hash, update_tensor
+from ..models.digest import json_sha256, new_hash, update_module
 from . import atomic
 from .benchmarks import BenchmarkRow
 
@@ -115,9 +115,7 @@ def weights_digest(pipe) -> str:
     for cname in sorted(components):
         module = components[cname]
         if isinstance(module, torch.nn.Module):
-            for name, t in sorted(module.state_dict().items()):
-                h.update(f"{cname}.{name}:{str(t.dtype).removeprefix('torch.')}:{tuple(t.shape)}".encode())
-                update_tensor(h, t)
+            update_module(h, module, f"{cname}.")
         elif cname == "scheduler" and hasattr(module, "config"):
             h.update(scheduler_digest_text(module).encode())
     return h.hexdigest()

@@ -22,7 +22,7 @@ from ..generation import SamplingSettings
 from ..world.vocabulary import TIERS
 from .generate import draw
 from .metrics import frechet_distance, preservation
-from .probes import Probe, adherence_probes, tier_probes
+from .probes import Probe, adherence_probes, preservation_probes, tier_probes
 from .scoring import adherence, readings, target_rates
 from .tasks import ShapesTask, value_task
 
@@ -96,7 +96,7 @@ def preservation_readings(pipe, value: str, n_preserve: int = 48, settings: Samp
                           detector=None) -> list[tuple[Probe, dict[str, str]]]:
     """Each preservation probe of one Shapes value (`measure_erasure`'s, same prompts and seeds) with
     what the detector reads in its image: the prompts behind the preservation adherence."""
-    _, keep = tier_probes(value_task(value), 0, n_preserve)
+    keep = preservation_probes(value_task(value), n_preserve)
     read = readings(_reader(detector), _images(pipe, keep, settings or SamplingSettings(), None))
     return list(zip(keep, read))
 

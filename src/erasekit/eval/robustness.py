@@ -243,8 +243,9 @@ def summary(root: Path) -> str:
         for name, r in sorted(rows.items(), key=lambda kv: (kv[0] != "original", unhardened_label(kv[0]) or kv[0], kv[0])):
             n = r["n_cases"]
             pres = r["adherence"] / original["adherence"] if original and "adherence" in r else None
-            hardened = unhardened_label(name) is not None
-            base = rows.get(unhardened_label(name)) if hardened else None  # the unhardened erasure
+            unhardened = unhardened_label(name)
+            hardened = unhardened is not None
+            base = rows.get(unhardened) if hardened else None  # the unhardened erasure
             train = r.get("train_attack")
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base and "adherence" in base else ""
             shown = name + (" (" + ", ".join(f"{k}={v}" for k, v in r["harden_overrides"].items()) + ")"

@@ -2,8 +2,8 @@
 
 - `tensor_bytes` / `tensor_sha256`: the bytes of a tensor as stored (any dtype, any
   device), and their sha256 (a delta's per-tensor fingerprints);
-- `new_hash` / `update_tensor`: a running sha256 fed with text and tensors
-  (weights digests, run fingerprints);
+- `new_hash` / `update_tensor` / `update_module`: a running sha256 fed with text, tensors
+  and a module's state dict (weights digests, run fingerprints);
 - `text_sha256` / `text_sha256_bytes`: sha256 of a str (UTF-8) or bytes, as hex
   (optionally its first ``length`` digits) or as raw bytes (seeds);
 - `json_sha256`: sha256 of ``json.dumps(payload, sort_keys=True, default=str)``,
@@ -37,6 +37,13 @@ def new_hash(data: str | bytes = b""):
 def update_tensor(h, t: torch.Tensor) -> None:
     """Feed a tensor's raw bytes into the running hash ``h``."""
     h.update(tensor_bytes(t).numpy())
+
+
+def update_module(h, module: torch.nn.Module, prefix: str = "") -> None:
+    """Feed every tensor of ``module``'s state dict (sorted by name; name, dtype, shape, bytes) into ``h``."""
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{prefix}{name}:{str(t.dtype).removeprefix('torch.')}:{tuple(t.shape)}".encode())
+        update_tensor(h, t)
 
 
 def text_sha256(data: str | bytes, length: int | None = None) -> str:

@@ -36,7 +36,7 @@ import torch
 from ...concepts.spec import ConceptSpec
 from ...generation import SamplingSettings
 from ...models.delta import WeightDelta
-from ...models.digest import json_sha256, new_hash, update_tensor
+from ...models.digest import json_sha256, new_hash, update_module
 from ...models.text import token_ids
 from ...training import MethodConfig, step_generator
 from .budget import Budget, count_calls
@@ -202,7 +202,5 @@ def search_key(pipe, cases: list[AttackCase], concept: ConceptSpec, config: Ring
     h.update(json_sha256({"tokenizer": type(tok).__name__, "max_length": tok.model_max_length,
                           "vocab": sorted(tok.get_vocab().items())}).encode())
     with model_state(pipe, delta, erased=False):
-        for name, t in sorted(pipe.text_encoder.state_dict().items()):
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            update_tensor(h, t)
+        update_module(h, pipe.text_encoder)
     return h.hexdigest()
