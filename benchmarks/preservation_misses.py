@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from erasekit.concepts.packs import get_concept  # noqa: E402
 from erasekit.eval.measure import preservation_readings  # noqa: E402
+from erasekit.eval.robustness import quiet  # noqa: E402
 from erasekit.methods.base import get_method  # noqa: E402
 from erasekit.models.delta import WeightDelta, apply_delta, revert_delta  # noqa: E402
 from erasekit.models.loading import load_pipeline  # noqa: E402
@@ -30,7 +31,7 @@ from erasekit.models.loading import load_pipeline  # noqa: E402
 def _delta(pipe, concept: str, source: str) -> WeightDelta:
     if source.startswith("method:"):
         info = get_method(source.removeprefix("method:"))
-        return info.erase(pipe, get_concept(concept), info.config_cls.for_world("shapes", progress=False))
+        return info.erase(pipe, get_concept(concept), info.config_cls.for_world("shapes", **quiet(info.config_cls)))
     return WeightDelta.load(source)
 
 
