@@ -3,10 +3,13 @@ hardened rows are judged against the bars, and bad `bench --robustness` input is
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from erasekit.cli import app
-from erasekit.eval.robustness import row_label, stored_rows, summary, unhardened_label
+from erasekit.eval.metrics import wilson_interval
+from erasekit.eval.robustness import preservation_interval, row_label, stored_rows, summary, unhardened_label
 
 
 def _row(method, plain, uda, rab, res, adherence, **extra):
@@ -33,7 +36,20 @@ def test_summary_judges_hardened_rows_against_their_base_and_the_original(tmp_pa
     assert lines["esd-x+adv"].endswith("| yes/yes/yes/no/no |")
     assert lines["salun++"].endswith("| - |") and "(" not in lines["salun++"].split(" | ")[6]
     assert "0.00 [0.00, 0.19]" in lines["uce+adv"]  # 0 of 16 with its 95% Wilson interval
-    assert f"{0.97 / 0.98:.2f} ({0.97 / 0.95:.2f})" in lines["uce+adv"]  # vs the original (vs unhardened)
+    lo, hi = wilson_interval(round(0.97 * 48), 48)  # rows without n_preserve were measured on 48 prompts
+    # vs the original [the adherent count's Wilson interval over the original's adherence] (vs unhardened)
+    assert f"{0.97 / 0.98:.2f} [{lo / 0.98:.2f}, {hi / 0.98:.2f}] ({0.97 / 0.95:.2f})" in lines["uce+adv"]
+
+
+def test_preservation_interval_is_the_adherent_counts_wilson_interval_over_the_original():
+    original = {"adherence": 47 / 48, "n_preserve": 48}
+    row = {"adherence": 42 / 48, "n_preserve": 48}
+    value, lo, hi = preservation_interval(row, original)
+    w_lo, w_hi = wilson_interval(42, 48)
+    assert (value, lo, hi) == pytest.approx((42 / 47, w_lo / (47 / 48), w_hi / (47 / 48)))
+    assert lo < 0.95 < hi  # 0.89 of the original's does not rule out the 0.95 bar on 48 prompts
+    wide = preservation_interval({"adherence": 21 / 24, "n_preserve": 24}, original)
+    assert wide[2] - wide[1] > hi - lo  # fewer prompts, wider interval
 
 
 def test_row_labels():

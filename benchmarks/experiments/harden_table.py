@@ -9,7 +9,8 @@ the config's ``out`` folder.  A config whose rows are not there yet is listed as
 Rates come with 95% Wilson intervals over their own number of cases; preservation is the other
 values' adherence over the original model's (the ``original`` row of the same folder, else of
 ``benchmarks/results/robustness-harden/<concept>/original.json``, which uses the same preservation
-prompts), and in brackets over the unhardened erasure's (its row in the same folder, else the
+prompts), with the 95% Wilson interval of the adherent count over the original's adherence, and in
+parentheses over the unhardened erasure's (its row in the same folder, else the
 benchmark's row of the same seed there, which also gives the plain rate the bar compares with).
 """
 
@@ -22,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from erasekit.eval.robustness import bars, cost, rate_with_interval, train_loss, unhardened_label  # noqa: E402
+from erasekit.eval.robustness import (  # noqa: E402
+    bars, cost, preservation_text, rate_with_interval, train_loss, unhardened_label)
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
 PAGE = ROOT / "docs" / "experiments" / "harden.md"
@@ -39,10 +41,11 @@ the rows each config wrote; see [the hardening page](../hardening.md) for what t
 Columns: target rate [95% Wilson interval] of the plain case prompts, under UnlearnDiffAtk and
 Ring-A-Bell (seed `attack seed`, independent of the hardening's own attack) and after the resurgence
 steps (mean of three wording tiers); preservation = other values' adherence / the original model's
-(/ the unhardened erasure's); seconds (iterations) of the base erasure and of the hardening on the
-shared 2-core machine; train attack = the adv hardening's attack loss, first -> last step, mean of
-its last 10 rounds; bars UDA/RaB/res/pres/plain: <= 0.05, <= 0.05, <= 0.05, >= 0.95, no worse than
-unhardened (a dash: not measured in that run).
+[95% Wilson interval of the adherent count, over the original's adherence] (/ the unhardened
+erasure's); seconds (iterations) of the base erasure and of the hardening on the shared 2-core
+machine; train attack = the adv hardening's attack loss, first -> last step, mean of its last 10
+rounds; bars UDA/RaB/res/pres/plain: <= 0.05, <= 0.05, <= 0.05, >= 0.95, no worse than unhardened
+(a dash: not measured in that run).
 """
 
 
@@ -83,8 +86,8 @@ def table(configs: list[Path]) -> str:
         original = _reference(rows, "original", concept, None)
         for name, r in sorted(rows.items(), key=lambda kv: (kv[0] != "original", kv[0])):
             n = r["n_cases"]
-            pres = r["adherence"] / original["adherence"] if original and r.get("n_preserve") == original.get(
-                "n_preserve", r.get("n_preserve")) else None
+            comparable = original and r.get("n_preserve") == original.get("n_preserve", r.get("n_preserve"))
+            pres, pres_text = preservation_text(r, original) if comparable else (None, "-")
             unhardened = unhardened_label(name)
             base = _reference(rows, unhardened, concept, r.get("seed", 0)) if unhardened else None
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
@@ -99,7 +102,7 @@ def table(configs: list[Path]) -> str:
             lines.append(f"| {path.stem} | {name} | {overrides} | {n} | {r.get('seed', '-')} / {_seed(r.get('attack_seed'))} "
                          f"| {rate_with_interval(r['plain'], n)} | {rate_with_interval(r['unlearndiff'], n)} "
                          f"| {rate_with_interval(r['ringabell'], n)} | {res} "
-                         f"| {f'{pres:.2f}' if pres is not None else '-'}{own} | {cost(r, 'erase')} "
+                         f"| {pres_text}{own} | {cost(r, 'erase')} "
                          f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
     lines += ["", "What each experiment asked:", ""]
     lines += [f"- `{p.stem}`: {json.loads(p.read_text()).get('about', '')}" for p in configs]
