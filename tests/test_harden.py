@@ -147,3 +147,40 @@ def test_a_closed_form_kv_edit_is_undone_by_one_embedding(sd1, uce_delta):
     adv = adversarial_embedding(current, base_t, rows, 1e-10)
     assert reproduction_error(current, base_t, rows, rows) > 1e-3  # the edit did change the concept's K/V
     assert reproduction_error(current, base_t, adv, rows) < 1e-8
+
+
+def test_attacked_prompts_join_the_closed_form_edit_as_source_rows(sd1, uce_delta):
+    """attack_rounds: the soft-prompt attack's prompts on the erased model are edited toward the same
+    soft tokens before the anchor, in the same sums as RECE's own rows."""
+    from erasekit.methods.harden.rece import PromptAttack
+
+    attack = {"attack_steps": 2, "attack_lr": 0.05, "attack_tokens": 2, "n_steps": 4, "attack_latents": "per_round"}
+    config = RECEConfig(epochs=1, preserve="concept", anchor="concept", embedding_reg=1e-2, attack_rounds=2, attack=attack)
+    names, base = _kv(sd1)
+    originals = snapshot(sd1, sorted(set(names) | set(uce_delta.names)))
+    apply_delta(sd1, uce_delta)
+    _, erased = _kv(sd1)
+    sources, anchors = list(CONCEPT.targets), [CONCEPT.anchor] * 2
+    base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
+    att_src, att_anc = PromptAttack(sd1, CONCEPT, sources, anchors, base_unet, config).rows(2)
+    revert_delta(sd1, uce_delta)
+    hardened = harden(sd1, uce_delta, CONCEPT, config)
+    assert len(hardened.manifest.metrics["attack_rounds"]) == 2
+
+    d = base[0].shape[1]
+    src = encode_prompts(sd1, sources).reshape(-1, d).double().numpy()
+    anc = np.concatenate([encode_prompts(sd1, anchors).reshape(-1, d).double().numpy(), att_anc.numpy()])
+    pre = encode_prompts(sd1, CONCEPT.preserve).reshape(-1, d).double().numpy()
+    gram = sum(w.T @ w for w in erased) + 1e-2 * np.eye(d)
+    cross = sum(wn.T @ wo for wn, wo in zip(erased, base))
+    rows = np.concatenate([src @ (np.linalg.inv(gram) @ cross).T, att_src.numpy()])
+    for name, w in zip(names, erased):
+        lhs = 0.1 * w + (anc @ w.T).T @ rows + 0.1 * w @ (pre.T @ pre)
+        expected = lhs @ np.linalg.inv(0.1 * np.eye(d) + rows.T @ rows + 0.1 * pre.T @ pre)
+        got = hardened.tensors[name].double().numpy()
+        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4, name
+    # the attacked prompts' keys and values move toward their anchored versions'
+    for name, w in zip(names, erased):
+        new = hardened.tensors[name].double().numpy()
+        target = att_anc.numpy() @ w.T
+        assert np.linalg.norm(att_src.numpy() @ new.T - target) < 0.7 * np.linalg.norm(att_src.numpy() @ w.T - target), name

@@ -183,7 +183,8 @@ class AdvStep:
         self.adv_prompt = 0
         self.rounds: list[dict[str, float]] = []
 
-    def _encode(self, ids: torch.Tensor, adv: torch.Tensor | None) -> torch.Tensor:
+    def encode(self, ids: torch.Tensor, adv: torch.Tensor | None) -> torch.Tensor:
+        """Text-encoder output of ``ids`` with ``adv`` (1, k, D) at the k positions after the start token."""
         device = self.table.device
         if adv is None:
             return self.te(ids.to(device))[0]
@@ -222,7 +223,7 @@ class AdvStep:
                 if tokens:
                     ids = project_to_tokens(adv, self.table, self.allowed)
                     values = adv + (self.table[ids.to(self.table.device)].detach() - adv).detach()
-                loss = F.mse_loss(predict(self.unet, z, t, self._encode(self.ids[idx], values)), target)
+                loss = F.mse_loss(predict(self.unet, z, t, self.encode(self.ids[idx], values)), target)
                 (grad,) = torch.autograd.grad(loss, [adv])
                 adv.grad = grad.sign() if cfg.attack_method == "fast_at" else grad
                 opt.step()
@@ -251,13 +252,13 @@ class AdvStep:
                 both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, self.uncond.embeds]))
                 eps_c, eps_u = both.chunk(2)
                 target = esd_target(eps_c, eps_u, cfg.negative_guidance)
-        loss = F.mse_loss(predict(self.unet, z, t, self._encode(self.ids[idx], self.adv if attacking else None)), target)
+        loss = F.mse_loss(predict(self.unet, z, t, self.encode(self.ids[idx], self.adv if attacking else None)), target)
         if cfg.retain_weight > 0 and self.retain_ids is not None:
             pick = torch.tensor([randint(len(self.retain_ids), g) for _ in range(cfg.retain_batch)])
             rz, rt = self._latent(pick, self.retain_cond, g, base=cfg.retain_source == "base")
             with self._base():
                 keep = predict(self.unet, rz, rt, self.retain_cond[pick])
-            loss = loss + cfg.retain_weight * F.mse_loss(predict(self.unet, rz, rt, self._encode(self.retain_ids[pick], None)), keep)
+            loss = loss + cfg.retain_weight * F.mse_loss(predict(self.unet, rz, rt, self.encode(self.retain_ids[pick], None)), keep)
         if cfg.retain_embedding_weight > 0 and self.retain_ids is not None:
             loss = loss + cfg.retain_embedding_weight * self.embedding_drift(g)
         return loss
@@ -267,7 +268,7 @@ class AdvStep:
         n = len(self.retain_ids)
         pick = torch.tensor([randint(n, g) for _ in range(min(self.config.retain_embedding_batch, n))])
         base = self.retain_cond[pick].embeds
-        return (self._encode(self.retain_ids[pick], None) - base).pow(2).sum() / base.pow(2).sum()
+        return (self.encode(self.retain_ids[pick], None) - base).pow(2).sum() / base.pow(2).sum()
 
 
 def _retain_prompts(pipe, concept: ConceptSpec, config: AdvConfig) -> list[str]:

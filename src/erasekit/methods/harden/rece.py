@@ -22,6 +22,12 @@ cross-attention key/value projections and ``W'_l`` the current (erased) ones, ev
 
 Methods that never touch the K/V (ESD-u, TRCE-V) start from ``W' = W``: step 1 then returns
 the concept's own embedding and the first epoch is a K/V edit of the concept on top of them.
+
+Extension (``attack_rounds`` > 0; 0 is RECE): before each epoch's edit, the ``adv`` variant's
+soft-prompt attack (settings ``attack``) runs ``attack_rounds`` times on the current model, each
+on one concept prompt ``c``; every attacked prompt's text-encoder rows ``text([adv] + c)`` join the
+source rows of step 2 as they are (no closed-form step), mapped to what the current weights give
+for the same soft tokens prepended to the prompt's anchor, ``text([adv] + a)``.
 """
 
 from __future__ import annotations
@@ -37,8 +43,15 @@ from ...models.delta import WeightDelta, snapshot
 from ...models.scopes import cross_attention_layers
 from ...models.text import encode_prompts
 from ...training.config import MethodConfig
+from ...models.conditioning import encode_conditions
+from ...models.text import token_ids
 from ..closed_form import closed_form_edit, cross_attention_kv_names, second_moment
+from .adv import AdvConfig, AdvStep
 from .common import check_fits, composed_delta, copy_in
+
+
+# the adv variant's Shapes attack (the ``attack`` of its shapes preset), for ``attack_rounds``
+SHAPES_ATTACK = {k: v for k, v in AdvConfig.PRESETS["shapes"].items() if k.startswith("attack") or k in ("n_steps",)}
 
 
 class RECEConfig(MethodConfig):
@@ -60,6 +73,10 @@ class RECEConfig(MethodConfig):
     n_templates: int = Field(0, ge=0, description="Concept prompts: 0 = each target word alone (release); "
                              "k = each target in the concept's first k templates.")
     max_preserve: int = Field(200, ge=1, description="At most this many preserved prompts.")
+    attack_rounds: int = Field(0, ge=0, description="Extension (0: RECE): soft-prompt attacks per epoch whose "
+                               "attacked prompts are edited away with the closed-form adversarial embeddings.")
+    attack: dict[str, Any] = Field(default_factory=dict, description="AdvConfig settings of that attack "
+                                   "(attack_steps, attack_lr, attack_tokens, ...); empty: AdvConfig's defaults.")
     by_concept: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"unsafe": {"epochs": 2, "embedding_reg": 0.1},
                                  "nudity": {"epochs": 3, "embedding_reg": 0.1}},
@@ -72,7 +89,7 @@ class RECEConfig(MethodConfig):
         # Its 128-d text space holds every caption, so the colours (absent from a shape's preserve
         # list) are held by general captions too.
         "shapes": {"anchor": "concept", "preserve": "concept+general", "n_templates": 8, "epochs": 3,
-                   "preserve_scale": 1.0},
+                   "preserve_scale": 1.0, "attack": SHAPES_ATTACK},
     }
 
     def for_concept(self, concept: ConceptSpec) -> "RECEConfig":
@@ -129,14 +146,45 @@ def _kv(unet) -> list[torch.nn.Linear]:
     return [getattr(attn, p) for attn in cross_attention_layers(unet).values() for p in ("to_k", "to_v")]
 
 
+class PromptAttack:
+    """The adv variant's soft-prompt attack on ``pipe``'s current weights, for RECE's ``attack_rounds``."""
+
+    def __init__(self, pipe, concept: ConceptSpec, sources: list[str], anchors: list[str],
+                 base_unet: dict[str, torch.Tensor], config: RECEConfig):
+        settings = AdvConfig(**{**config.attack, "seed": config.seed})
+        base = {"ids": token_ids(pipe, sources), "cond": encode_conditions(pipe, sources),
+                "uncond": encode_conditions(pipe, [""]), "retain_ids": None, "retain_cond": None}
+        self.step = AdvStep(pipe, concept, settings, base_unet, base)
+        self.anchor_ids = token_ids(pipe, anchors)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.rounds = 0
+
+    def rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source, anchor) text rows of ``n`` attacked prompts: text([adv] + c) and text([adv] + a)."""
+        sources, anchors = [], []
+        for _ in range(n):
+            self.step.attack(self.rounds, self.generator)
+            self.rounds += 1
+            i = self.step.adv_prompt
+            with torch.no_grad():
+                sources.append(self.step.encode(self.step.ids[i:i + 1], self.step.adv)[0])
+                anchors.append(self.step.encode(self.anchor_ids[i:i + 1], self.step.adv)[0])
+        return torch.cat(sources).double().cpu(), torch.cat(anchors).double().cpu()
+
+
 @torch.no_grad()
 def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anchor_rows: torch.Tensor,
-               preserve_moment: torch.Tensor | None, n_preserve_rows: int, config: RECEConfig) -> dict[str, float]:
-    """One RECE round on ``pipe``'s cross-attention K/V, in place; returns the round's measurements."""
+               preserve_moment: torch.Tensor | None, n_preserve_rows: int, config: RECEConfig,
+               attacked: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """One RECE round on ``pipe``'s cross-attention K/V, in place; returns the round's measurements.
+
+    ``attacked`` (source, anchor) rows are edited as they are, beside the closed-form embeddings."""
     projections = _kv(pipe.unet)
     current = [p.weight for p in projections]
     adv = adversarial_embedding(current, base_kv, source_rows, config.embedding_reg)
     before = reproduction_error(current, base_kv, adv, source_rows)
+    if attacked is not None:
+        adv, anchor_rows = torch.cat([adv, attacked[0]]), torch.cat([anchor_rows, attacked[1]])
     n = adv.shape[0]
     # closed_form_edit normalises by counts; dividing RECE's sums by s_e * n gives its weights
     eta = config.preserve_scale * n_preserve_rows / (config.erase_scale * n)
@@ -145,7 +193,7 @@ def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anc
         w = proj.weight
         values = anchor_rows.double() @ w.detach().double().cpu().T
         w.copy_(closed_form_edit(w, adv, values, preserve_moment, eta, lam))
-    after = reproduction_error([p.weight for p in projections], base_kv, adv, source_rows)
+    after = reproduction_error([p.weight for p in projections], base_kv, adv[:source_rows.shape[0]], source_rows)
     return {"reproduction_error_before": before, "reproduction_error_after": after}
 
 
@@ -173,9 +221,16 @@ def harden_rece(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: R
         copy_in(pipe, delta.tensors)
     rounds = []
     try:
+        attack = None
+        if config.attack_rounds > 0:
+            base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
+            attack = PromptAttack(pipe, concept, sources, anchors, base_unet, config)
         for _ in range(config.epochs):
-            rounds.append(rece_epoch(pipe, base_kv, source_rows, anchor_rows, moment, n_rows, config))
+            attacked = attack.rows(config.attack_rounds) if attack is not None else None
+            rounds.append(rece_epoch(pipe, base_kv, source_rows, anchor_rows, moment, n_rows, config, attacked))
         metrics = {"rounds": rounds, "source_rows": int(source_rows.shape[0]), "preserve_prompts": len(preserve)}
+        if attack is not None:
+            metrics["attack_rounds"] = attack.step.rounds
         result = composed_delta(pipe, originals, delta, "rece", concept, config, metrics, t0)
     finally:
         copy_in(pipe, originals)
