@@ -86,3 +86,16 @@ def test_bench_robustness_rows_are_named_by_the_bare_concept(monkeypatch):
     result = CliRunner().invoke(app, ["bench", "--robustness", "red", "--robustness", "shapes/circle"])
     assert result.exit_code == 0, result.output
     assert seen["c"] == ["red", "circle"]
+
+
+def test_hardening_cost_counts_rounds_or_iterations_and_the_training_attack():
+    from erasekit.eval.robustness import _harden_cost
+
+    assert _harden_cost({"rounds": [{}, {}, {}]}) == {"harden_iterations": 3}  # rece: its rounds
+    attacked = [{"loss_first": 1.0, "loss_last": 0.5}] * 4 + [{"loss_first": 3.0, "loss_last": 1.0}] * 10
+    rece = _harden_cost({"rounds": [{}] * 3, "attack_rounds": attacked, "attack_iterations": 112})
+    adv = _harden_cost({"iterations": 80, "attack_rounds": attacked, "attack_iterations": 112})
+    for cost in (rece, adv):  # the mean over the last 10 attack rounds
+        assert cost["train_attack"] == {"rounds": 14, "last10_loss_first": 3.0, "last10_loss_last": 1.0}
+        assert cost["harden_attack_steps"] == 112
+    assert rece["harden_iterations"] == 3 and adv["harden_iterations"] == 80

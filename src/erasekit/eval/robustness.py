@@ -140,15 +140,16 @@ def quiet(config_cls) -> dict:
 
 
 def _harden_cost(metrics: dict) -> dict:
-    """Iterations of a hardening run and, for ``adv``, its training attack's last rounds."""
-    if "rounds" in metrics:
-        return {"harden_iterations": len(metrics["rounds"])}
+    """Iterations (``rece``: rounds) of a hardening run and, where it attacked, its training attack's last rounds."""
+    cost = {"harden_iterations": len(metrics["rounds"]) if "rounds" in metrics else metrics.get("iterations")}
     rounds = metrics.get("attack_rounds", [])
-    tail = rounds[-10:]
-    return {"harden_iterations": metrics.get("iterations"), "harden_attack_steps": metrics.get("attack_iterations"),
-            "train_attack": {"rounds": len(rounds),
-                             "last10_loss_first": sum(r["loss_first"] for r in tail) / max(len(tail), 1),
-                             "last10_loss_last": sum(r["loss_last"] for r in tail) / max(len(tail), 1)}}
+    if rounds:
+        tail = rounds[-10:]
+        cost["harden_attack_steps"] = metrics.get("attack_iterations")
+        cost["train_attack"] = {"rounds": len(rounds),
+                                "last10_loss_first": sum(r["loss_first"] for r in tail) / len(tail),
+                                "last10_loss_last": sum(r["loss_last"] for r in tail) / len(tail)}
+    return cost
 
 
 def _preservation(row: dict, original: dict | None) -> str:
