@@ -153,9 +153,8 @@ def _harden_cost(metrics: dict) -> dict:
 
 
 def _preservation(row: dict, original: dict | None) -> str:
-    if "adherence" not in row or original is None or "adherence" not in original:
-        return "-"
-    return f"{row['adherence'] / original['adherence']:.2f}"
+    value, _ = preservation_text(row, original)
+    return "-" if value is None else f"{value:.2f}"
 
 
 STORED_N_PRESERVE = 48  # preservation prompts of the rows stored before rows recorded ``n_preserve``

@@ -41,10 +41,9 @@ from pydantic import Field
 from ...concepts.spec import ConceptSpec
 from ...models.delta import WeightDelta, snapshot
 from ...models.scopes import cross_attention_layers
-from ...models.text import encode_prompts
-from ...training.config import MethodConfig
 from ...models.conditioning import encode_conditions
-from ...models.text import token_ids
+from ...models.text import encode_prompts, token_ids
+from ...training.config import MethodConfig
 from ..closed_form import closed_form_edit, cross_attention_kv_names, second_moment
 from .adv import AdvConfig, AdvStep
 from .common import check_fits, composed_delta, copy_in
@@ -157,14 +156,12 @@ class PromptAttack:
         self.step = AdvStep(pipe, concept, settings, base_unet, base)
         self.anchor_ids = token_ids(pipe, anchors)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.rounds = 0
 
     def rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(source, anchor) text rows of ``n`` attacked prompts: text([adv] + c) and text([adv] + a)."""
         sources, anchors = [], []
         for _ in range(n):
-            self.step.attack(self.rounds, self.generator)
-            self.rounds += 1
+            self.step.attack(len(self.step.rounds), self.generator)
             i = self.step.adv_prompt
             with torch.no_grad():
                 sources.append(self.step.encode(self.step.ids[i:i + 1], self.step.adv)[0])
@@ -181,10 +178,11 @@ def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anc
     ``attacked`` (source, anchor) rows are edited as they are, beside the closed-form embeddings."""
     projections = _kv(pipe.unet)
     current = [p.weight for p in projections]
-    adv = adversarial_embedding(current, base_kv, source_rows, config.embedding_reg)
-    before = reproduction_error(current, base_kv, adv, source_rows)
+    closed = adversarial_embedding(current, base_kv, source_rows, config.embedding_reg)
+    before = reproduction_error(current, base_kv, closed, source_rows)
+    adv = closed
     if attacked is not None:
-        adv, anchor_rows = torch.cat([adv, attacked[0]]), torch.cat([anchor_rows, attacked[1]])
+        adv, anchor_rows = torch.cat([closed, attacked[0]]), torch.cat([anchor_rows, attacked[1]])
     n = adv.shape[0]
     # closed_form_edit normalises by counts; dividing RECE's sums by s_e * n gives its weights
     eta = config.preserve_scale * n_preserve_rows / (config.erase_scale * n)
@@ -193,7 +191,7 @@ def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anc
         w = proj.weight
         values = anchor_rows.double() @ w.detach().double().cpu().T
         w.copy_(closed_form_edit(w, adv, values, preserve_moment, eta, lam))
-    after = reproduction_error([p.weight for p in projections], base_kv, adv[:source_rows.shape[0]], source_rows)
+    after = reproduction_error([p.weight for p in projections], base_kv, closed, source_rows)
     return {"reproduction_error_before": before, "reproduction_error_after": after}
 
 
