@@ -56,7 +56,7 @@ from rich.table import Table
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
 from erasekit.eval.attacks.run import default_detector
-from erasekit.eval.robustness import COLUMNS, folder_rows, markdown, run_rows, summary
+from erasekit.eval.robustness import COLUMNS, StoredRowMismatch, folder_rows, markdown, run_rows, summary
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import list_methods
 from erasekit.models.loading import load_pipeline, resolve_model_path
@@ -124,11 +124,14 @@ def main() -> None:
     console = Console()
     variants = [] if a.hardened_only else ([] if a.no_original else [(None, None)]) + [(m, None) for m in methods]
     variants += [(m, h) for h in a.harden or [] for m in methods]
-    rows = run_rows(pipe, a.concept, variants, out, settings, detector, detector_concept, n_cases=a.cases,
-                    resurgence_steps=a.resurgence_steps, per_tier=a.tier_prompts, n_preserve=a.preservation_prompts,
-                    seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
-                    reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
-                    method_overrides=a.method_config)
+    try:
+        rows = run_rows(pipe, a.concept, variants, out, settings, detector, detector_concept, n_cases=a.cases,
+                        resurgence_steps=a.resurgence_steps, per_tier=a.tier_prompts, n_preserve=a.preservation_prompts,
+                        seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
+                        reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
+                        method_overrides=a.method_config)
+    except StoredRowMismatch as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
     table = Table(title=f"robustness: {a.concept}")
     for c in ("method", *COLUMNS, "erase s"):
         table.add_column(c)

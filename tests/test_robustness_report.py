@@ -99,3 +99,39 @@ def test_hardening_cost_counts_rounds_or_iterations_and_the_training_attack():
         assert cost["train_attack"] == {"rounds": 14, "last10_loss_first": 3.0, "last10_loss_last": 1.0}
         assert cost["harden_attack_steps"] == 112
     assert rece["harden_iterations"] == 3 and adv["harden_iterations"] == 80
+
+
+def test_a_stored_row_is_read_back_only_when_it_was_measured_with_the_settings_asked_for(tmp_path):
+    from erasekit.eval.robustness import StoredRowMismatch, stored_row
+
+    path = tmp_path / "uce.json"
+    request = {"concept": "circle", "n_cases": 16, "seed": 0, "attack_seed": None, "per_tier": 32, "n_preserve": 48}
+    assert stored_row(path, request) is None                       # nothing stored: measure it
+    path.write_text(json.dumps({"method": "uce", "concept": "circle", "n_cases": 16}))
+    assert stored_row(path, request) is None                       # no measurements yet: measure it
+    row = _row("uce", 0.0, 0.8125, 0.125, 0.0, 0.95, seed=0, attack_seed=None)
+    path.write_text(json.dumps(row))
+    assert stored_row(path, request) == row                        # per_tier / n_preserve predate the row: not compared
+    for change in ({"n_cases": 32}, {"seed": 1}, {"attack_seed": 101}, {"harden_overrides": {"epochs": 6}}):
+        with pytest.raises(StoredRowMismatch, match="uce.json holds a row measured with other settings"):
+            stored_row(path, {**request, **change})
+    path.write_text(json.dumps({**row, "method_overrides": {"lr": 1e-3}}))
+    with pytest.raises(StoredRowMismatch, match="method_overrides"):
+        stored_row(path, request)                                  # stored with overrides, asked without
+
+
+def test_benchmark_script_refuses_a_folder_measured_at_another_resolution_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    stored = _row("uce", 0.0, 0.8125, 0.125, 0.0, 0.95, seed=0, attack_seed=None, per_tier=32, n_preserve=48)
+    (tmp_path / "uce.json").write_text(json.dumps(stored))
+    before = (tmp_path / "uce.json").read_bytes()
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+    done = subprocess.run([sys.executable, str(script), "--concept", "circle", "--methods", "uce", "--no-original",
+                           "--cases", "32", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "n_cases 16 (asked: 32)" in errors[0]
+    assert (tmp_path / "uce.json").read_bytes() == before        # nothing lost

@@ -85,7 +85,12 @@ def bench(
     paths = BenchPaths.default(quick, results, report)
     command = " ".join(["erasekit", *sys.argv[1:]])
     if concepts:
-        _robustness_rows(pipe, path, concepts, list(method or list_methods()), harden or [], paths)
+        from ..eval.robustness import StoredRowMismatch
+
+        try:
+            _robustness_rows(pipe, path, concepts, list(method or list_methods()), harden or [], paths)
+        except StoredRowMismatch as err:
+            fail(str(err))
         report_only = True
     try:
         run, written = run_benchmark(pipe, path, plan, paths, command, adversarial_csv=adversarial_csv,

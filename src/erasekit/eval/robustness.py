@@ -135,6 +135,31 @@ def stored_hardening(folder: Path, base: WeightDelta, variant: str, cfg) -> Weig
     return stored if same and config.get("chain", [{}])[0].get("delta_id") == base.delta_id else None
 
 
+class StoredRowMismatch(ValueError):
+    """A stored row was measured with other settings than the ones asked for."""
+
+
+def stored_row(path: Path, request: dict) -> dict | None:
+    """The finished row stored at ``path``, None when there is none (or it holds no measurements yet).
+
+    Raises `StoredRowMismatch` when the stored row records a setting of ``request`` (concept, cases,
+    seeds, prompt counts, overrides) with another value, so a rerun never mixes resolutions or seeds
+    in one folder; settings a row predates are not compared.
+    """
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text())
+    if "adherence" not in stored:
+        return None
+    differ = [f"{k} {stored[k]!r} (asked: {v!r})" for k, v in request.items() if k in stored and stored[k] != v]
+    differ += [f"{k} {stored.get(k)!r} (asked: {request.get(k)!r})" for k in ("harden_overrides", "method_overrides")
+               if (k in request) != (k in stored)]
+    if differ:
+        raise StoredRowMismatch(f"{path} holds a row measured with other settings: {', '.join(differ)}; "
+                                "choose another --out or move it")
+    return stored
+
+
 def quiet(config_cls) -> dict:
     return {"progress": False} if "progress" in config_cls.model_fields else {}
 
@@ -320,7 +345,13 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
     for method, hardening in variants:
         label = row_label(method, hardening, tag, method_overrides)
         path = out / f"{label}.json"
-        if path.exists() and "adherence" in (stored := json.loads(path.read_text())):
+        request = {"concept": concept, "n_cases": n_cases, "seed": seed, "attack_seed": attack_seed,
+                   "per_tier": per_tier, "n_preserve": n_preserve}
+        if hardening is not None and harden_overrides:
+            request["harden_overrides"] = harden_overrides
+        if method is not None and method_overrides:
+            request["method_overrides"] = method_overrides
+        if (stored := stored_row(path, request)) is not None:
             rows.append(stored)
             continue
         if announce is not None:
