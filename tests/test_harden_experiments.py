@@ -52,6 +52,14 @@ def test_the_page_is_generated_from_the_rows():
     assert harden_table.PAGE.read_text() == harden_table.table(CONFIGS)
 
 
+def test_a_config_lists_only_the_rows_it_asks_for():
+    asked = harden_table._asked({"methods": ["kscu", "salun++"], "harden": ["adv", "rece"], "no_original": True})
+    assert asked == {"kscu", "salun++", "kscu+adv", "salun+++adv", "kscu+rece", "salun+++rece"}
+    tagged = harden_table._asked({"methods": ["trce"], "harden": ["adv"], "harden_tag": "-rw4", "hardened_only": True})
+    assert tagged == {"trce+adv-rw4"}
+    assert "original" in harden_table._asked({"methods": ["uce"], "harden": ["rece"]})
+
+
 def test_a_saved_hardening_is_reused_only_for_its_base_and_settings(tmp_path):
     import torch
 

@@ -4,14 +4,16 @@
     python benchmarks/experiments/harden_table.py --check    # exit 1 if the page is out of date
 
 Configs are ``benchmarks/experiments/harden/*.json`` (run each with
-``python benchmarks/robustness.py --experiment CONFIG``); their rows are the ``*.json`` files in
-the config's ``out`` folder.  A config whose rows are not there yet is listed as not measured.
-Rates come with 95% Wilson intervals over their own number of cases; preservation is the other
-values' adherence over the original model's (the ``original`` row of the same folder, else of
-``benchmarks/results/robustness-harden/<concept>/original.json``, which uses the same preservation
-prompts), with the 95% Wilson interval of the adherent count over the original's adherence, and in
-parentheses over the unhardened erasure's (its row in the same folder, else the
-benchmark's row of the same seed there, which also gives the plain rate the bar compares with).
+``python benchmarks/robustness.py --experiment CONFIG``); a config's rows are those it asks for
+(original, methods, hardened methods) among the ``*.json`` files in its ``out`` folder, which
+other configs may share.  A config whose rows are not there yet is listed as not measured.
+Rates come with 95% Wilson intervals over their own number of cases.  Preservation is the other
+values' adherence over the original model's (the ``original`` row of the same folder, else of the
+folder above it, else ``benchmarks/results/robustness-harden/<concept>/original.json``), with the
+95% Wilson interval of the adherent count over the original's adherence; a row whose preservation
+prompts differ in number from its reference's gets none.  In parentheses: over the unhardened
+erasure's (its row in the same folder, else the benchmark's row of the same seed there, which also
+gives the plain rate the bar compares with).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 from erasekit.eval.robustness import (  # noqa: E402
-    bars, cost, preservation_text, rate_with_interval, train_loss, unhardened_label)
+    bars, cost, preservation_text, rate_with_interval, row_label, train_loss, unhardened_label)
+from erasekit.methods.base import list_methods  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
 PAGE = ROOT / "docs" / "experiments" / "harden.md"
@@ -62,13 +65,25 @@ def _rows(folder: Path) -> dict[str, dict]:
     return rows
 
 
-def _reference(rows: dict[str, dict], name: str, concept: str, seed) -> dict | None:
-    """Row ``name`` of this folder, else the benchmark's row of the same concept and seed."""
+def _reference(rows: dict[str, dict], name: str, concept: str, seed, folder: Path) -> dict | None:
+    """Row ``name`` of this folder, else the original of the folder above it (a seed folder's), else the
+    benchmark's row of the same concept and seed."""
     if name in rows:
         return rows[name]
-    path = REFERENCE / concept / f"{name}.json"
+    above = folder.parent / f"{name}.json"
+    path = above if name == "original" and above.exists() else REFERENCE / concept / f"{name}.json"
     row = json.loads(path.read_text()) if path.exists() else None
     return row if row is not None and (name == "original" or row.get("seed", 0) == seed) else None
+
+
+def _asked(args: dict) -> set[str]:
+    """The row names a config measures (its folder may hold other configs' rows as well)."""
+    methods = args.get("methods") or list_methods()
+    tag, overrides = args.get("harden_tag", ""), args.get("method_config")
+    names = set() if args.get("hardened_only") else {row_label(m, None, tag, overrides) for m in methods}
+    if not (args.get("hardened_only") or args.get("no_original")):
+        names.add("original")
+    return names | {row_label(m, h, tag, overrides) for h in args.get("harden") or [] for m in methods}
 
 
 def table(configs: list[Path]) -> str:
@@ -78,18 +93,20 @@ def table(configs: list[Path]) -> str:
     for path in configs:
         doc = json.loads(path.read_text())
         args = doc["args"]
-        rows = _rows(ROOT / args["out"])
-        if not rows:
+        folder = ROOT / args["out"]
+        rows = _rows(folder)
+        asked = _asked(args)
+        if not asked & set(rows):
             lines.append(f"| {path.stem} | not measured | - | - | - | - | - | - | - | - | - | - | - | - |")
             continue
         concept = args.get("concept", "circle")
-        original = _reference(rows, "original", concept, None)
-        for name, r in sorted(rows.items(), key=lambda kv: (kv[0] != "original", kv[0])):
+        original = _reference(rows, "original", concept, None, folder)
+        for name, r in sorted(((k, v) for k, v in rows.items() if k in asked), key=lambda kv: (kv[0] != "original", kv[0])):
             n = r["n_cases"]
             comparable = original and r.get("n_preserve") == original.get("n_preserve", r.get("n_preserve"))
             pres, pres_text = preservation_text(r, original) if comparable else (None, "-")
             unhardened = unhardened_label(name)
-            base = _reference(rows, unhardened, concept, r.get("seed", 0)) if unhardened else None
+            base = _reference(rows, unhardened, concept, r.get("seed", 0), folder) if unhardened else None
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
             overrides = ", ".join(f"{k}={v}" for k, v in (r.get("harden_overrides") or {}).items()) or "-"
             res = rate_with_interval(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
