@@ -80,3 +80,23 @@ def test_a_saved_hardening_is_reused_only_for_its_base_and_settings(tmp_path):
     assert stored_hardening(tmp_path / "h", other, "adv", cfg) is None  # another base erasure
     assert stored_hardening(tmp_path / "h", base, "adv", AdvConfig.for_world("shapes", seed=0)) is None
     assert stored_hardening(tmp_path / "missing", base, "adv", cfg) is None
+
+
+attack_wins = _load("attack_wins", ROOT / "benchmarks" / "attack_wins.py")
+
+
+def test_the_attack_wins_page_is_generated_from_the_records():
+    assert attack_wins.PAGE.read_text() == attack_wins.page()
+
+
+def test_attack_wins_count_clear_and_ambiguous_wins_and_name_rows_without_records(tmp_path):
+    folder = tmp_path / "circle"
+    record = folder / "attacks" / "uce+adv-unlearndiff"
+    record.mkdir(parents=True)
+    cases = [{"prompt": f"p{k}", "success": k < 3, "score": s} for k, s in enumerate([0.9, 0.4, 0.6, 0.1])]
+    (record / "attack.json").write_text(json.dumps({"cases": cases}))
+    (folder / "uce+adv.json").write_text(json.dumps({"method": "uce+adv", "unlearndiff": 0.75, "ringabell": 0.25}))
+    text = attack_wins.page(tmp_path)
+    assert "| circle | uce+adv | UnlearnDiffAtk | 3 / 4 | 2 | 0.60 | 0.40 |" in text
+    assert "- circle, uce+adv, UnlearnDiffAtk: `p1` (p = 0.40)" in text            # a hardened row with <= 3 wins
+    assert "circle/uce+adv (Ring-A-Bell)" in text.splitlines()[-1]                 # a win rate without its record
