@@ -135,3 +135,27 @@ def test_benchmark_script_refuses_a_folder_measured_at_another_resolution_in_one
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "n_cases 16 (asked: 32)" in errors[0]
     assert (tmp_path / "uce.json").read_bytes() == before        # nothing lost
+
+
+def test_summary_of_some_rows_keeps_the_originals_and_drops_seed_folders_without_them(tmp_path):
+    circle, seed1 = tmp_path / "circle", tmp_path / "circle" / "seed1"
+    seed1.mkdir(parents=True)
+    for folder, rows in ((circle, [_row("original", 0.875, 1.0, 0.9375, 0.0, 0.98), _row("trust", 0.06, 0.62, 0.12, 0.04, 0.94),
+                                   _row("uce", 0.0, 0.81, 0.12, 0.0, 0.85)]),
+                         (seed1, [_row("uce", 0.0, 0.38, 0.06, 0.0, 0.85)])):
+        for r in rows:
+            (folder / f"{r['method']}.json").write_text(json.dumps(r))
+    text = summary(tmp_path, {"trust"})
+    shown = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| circle")]
+    assert shown == [["| circle", "original"], ["| circle", "trust"]]
+
+
+def test_the_trust_page_shows_the_stored_benchmark_rows_of_both_seeds():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "experiments" / "trust.md").read_text()
+    block = re.search(r"<!-- trust-robustness-seeds:start -->\n(.*)<!-- trust-robustness-seeds:end -->", page, re.S)
+    expected = summary(root / "benchmarks" / "results" / "robustness-harden", {"trust", "salun", "salun++", "esd-x", "esd-u"})
+    assert block and block.group(1).strip() == expected.strip()

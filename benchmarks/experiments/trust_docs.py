@@ -4,7 +4,9 @@
 
 Each marker pair ``<!-- trust-NAME:start -->`` / ``<!-- trust-NAME:end -->`` receives the markdown
 file that a measurement script wrote (see ``SOURCES``); a missing file leaves its block as it is.
-No computation: rerun the scripts named in the page to refresh the files.
+The ``robustness-seeds`` block renders the robustness benchmark's stored rows of TRuST, SalUn and
+ESD on both seeds (``benchmarks/results/robustness-harden``).  No computation: rerun the scripts
+named in the page to refresh the files and rows.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from pathlib import Path
 
 from erasekit.eval.atomic import write_text
+from erasekit.eval.robustness import summary
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "experiments" / "trust.md"
@@ -28,6 +31,10 @@ SOURCES = {
 }
 
 
+BENCHMARK_ROWS = ROOT / "benchmarks" / "results" / "robustness-harden"
+COMPARED = {"trust", "salun", "salun++", "esd-x", "esd-u"}
+
+
 def fill(page: str, name: str, body: str) -> str:
     start, end = f"<!-- trust-{name}:start -->", f"<!-- trust-{name}:end -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
@@ -41,6 +48,7 @@ def main() -> None:
     for name, source in SOURCES.items():
         if source.exists():
             page = fill(page, name, source.read_text(encoding="utf-8"))
+    page = fill(page, "robustness-seeds", summary(BENCHMARK_ROWS, COMPARED))
     write_text(PAGE, page)
     print(f"wrote {PAGE}")
 

@@ -270,10 +270,13 @@ def stored_rows(root: Path) -> dict[Path, dict[str, dict]]:
     return groups
 
 
-def summary(root: Path) -> str:
-    """Markdown table of every row under ``root``: rates with 95% Wilson intervals, hardened rows beside
-    their unhardened ones, and whether each hardened row meets the bars."""
+def summary(root: Path, only: set[str] | None = None) -> str:
+    """Markdown table of every row under ``root`` (or only the rows labelled in ``only``, and the
+    originals): rates with 95% Wilson intervals, hardened rows beside their unhardened ones, and
+    whether each hardened row meets the bars."""
     groups = stored_rows(root)
+    if only is not None:
+        groups = {folder: {k: r for k, r in rows.items() if k in only or k == "original"} for folder, rows in groups.items()}
     lines = ["Shapes world, per concept and seed folder: target rate [95% Wilson interval] of the plain case prompts, "
              "under each attack (its own seed and budget, independent of the hardening's training attack) and after "
              "40 benign fine-tuning steps (resurgence, mean of the wording tiers); preservation = other values' "
@@ -286,6 +289,8 @@ def summary(root: Path) -> str:
              "| harden s (it) | train attack | bars UDA/RaB/res/pres/plain |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder, rows in groups.items():
+        if only is not None and set(rows) <= {"original"} and folder.parent in groups:
+            continue  # a seed folder without the asked rows
         original = rows.get("original") or groups.get(folder.parent, {}).get("original")
         for name, r in sorted(rows.items(), key=lambda kv: (kv[0] != "original", unhardened_label(kv[0]) or kv[0], kv[0])):
             n = r["n_cases"]
