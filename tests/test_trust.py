@@ -358,6 +358,33 @@ def test_batch_size_draws_that_many_forget_and_retain_samples(pipe, monkeypatch)
     assert "batch_size" not in tiny_cfg().fingerprint()  # at its default it leaves earlier runs' ids alone
 
 
+def test_esd_forget_target_is_the_frozen_models_negatively_guided_prediction(pipe, monkeypatch):
+    from erasekit.methods import trust
+    from erasekit.methods.losses import esd_target
+    from erasekit.models.conditioning import cat_conditions, encode_conditions
+    from erasekit.models.unet_io import predict
+
+    seen = []
+    reference = trust.TrustStep.forget_reference
+    monkeypatch.setattr(trust.TrustStep, "forget_reference",
+                        lambda self, z, t, cond, anchors: seen.append((z, t, cond, anchors, reference(self, z, t, cond, anchors)))
+                        or seen[-1][-1])
+    esd = get_method("trust").erase(pipe, PLAIN, tiny_cfg(forget_target="esd", negative_guidance=2.0))
+    assert seen  # every iteration's forgetting loss went through it
+    z, t, cond, anchors, got = seen[-1]  # the last iteration: the pipe's live weights had moved, the target did not
+    uncond = cat_conditions([encode_conditions(pipe, [""])] * z.shape[0])
+    with torch.no_grad():  # the pipe holds the original weights again after erase
+        want = esd_target(predict(pipe.unet, z, t, cond), predict(pipe.unet, z, t, uncond), 2.0)
+        anchor_pred = predict(pipe.unet, z, t, anchors)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, anchor_pred)
+    seen.clear()
+    anchor = get_method("trust").erase(pipe, PLAIN, tiny_cfg())
+    torch.testing.assert_close(seen[-1][-1], predict(pipe.unet, *seen[-1][:2], seen[-1][3]).detach())
+    assert esd.delta_id != anchor.delta_id
+    assert "forget_target" not in tiny_cfg().fingerprint()  # at its default it leaves earlier runs' ids alone
+
+
 def test_partial_latents_and_topk(pipe):
     delta = get_method("trust").erase(pipe, PLAIN, tiny_cfg(latents="partial", topk=0.01, iterations=2,
                                                                 mask_unit="entry"))

@@ -65,6 +65,11 @@ class TRuSTConfig(FineTuneConfig):
     retain_mask: bool = Field(False, description="extension: add the entries salient for the retain loss to each mask")
     forget_loss: Literal["noise", "kv"] = Field(
         "noise", description="noise-space forgetting loss (spec) or UCE's source term as a K/V loss (extension)")
+    forget_target: Literal["anchor", "esd"] = Field(
+        "anchor", description="what the noise-space loss pulls the target's prediction to: the frozen model's anchor "
+                              "prediction (SalUn's) or ESD's negatively guided eps(x_t,'') - g (eps(x_t,c) - eps(x_t,'')) "
+                              "(extension)")
+    negative_guidance: float = Field(1.0, description="g of the esd forgetting target")
     batch_size: int = Field(1, description="extension: forget and retain samples per iteration")
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr",
                                                                  description="CSR (Hessian), CIP (L1), both, none")
@@ -82,7 +87,7 @@ class TRuSTConfig(FineTuneConfig):
     n_templates: int | None = Field(None, description="prompt templates used (None: all)")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("mask_contrast", "retain_kv_weight", "retain_mask",
-                                             "forget_loss", "batch_size")
+                                             "forget_loss", "forget_target", "negative_guidance", "batch_size")
     PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET}
 
     @field_validator("mask_every")

@@ -28,6 +28,7 @@ from ...models.conditioning import cat_conditions, encode_conditions
 from ...models.ddim import DDIMSampler
 from ...models.unet_io import initial_latents, predict
 from ...training import Trainer, randint
+from ..losses import esd_target
 from ..retain import KVMatchLoss, LatentPool, kept_prompts, text_kv_names
 from ..saliency import (Scorer, ScoreSample, jaccard, mask_size, neuron_masks, neuron_scores, rows_to_entries,
                         saliency, saliency_masks)
@@ -213,10 +214,20 @@ class TrustStep:
         cond = self.embeds[i : i + 1]
         ref = None
         if self.scorer_name not in IMAGE_SCORERS:  # image scorers read the edited prediction only
-            with self.trainer.reference():
-                ref = predict(self.unet, z, t, self.anchor_embeds[i : i + 1])
+            ref = self.forget_reference(z, t, cond, self.anchor_embeds[i : i + 1])
         out = predict(self.unet, z, t, cond)
         return self.scorer(ScoreSample(z=z, t=t, cond=cond, prompt=self.prompts[i], output=out, reference=ref))
+
+    @torch.no_grad()
+    def forget_reference(self, z: torch.Tensor, t, cond, anchors) -> torch.Tensor:
+        """The frozen model's target of the noise-space forgetting loss on ``x_t``: its prediction for the
+        anchor prompts (``forget_target="anchor"``) or ESD's ``eps(x_t,'') - g (eps(x_t,c) - eps(x_t,''))``."""
+        with self.trainer.reference():
+            if self.config.forget_target == "anchor":
+                return predict(self.unet, z, t, anchors)
+            eps_c = predict(self.unet, z, t, cond)
+            eps_u = predict(self.unet, z, t, cat_conditions([self.uncond] * z.shape[0]))
+        return esd_target(eps_c, eps_u, self.config.negative_guidance)
 
     # ------------------------------------------------------------ one iteration
     def __call__(self, step: int, g: torch.Generator) -> torch.Tensor:
@@ -230,10 +241,8 @@ class TrustStep:
         out = ref = None
         if self.step_samples:
             z, t, cond, idx = self.draw_batch(g)
-            if self.kv_forget is None:
-                anchors = cat_conditions([self.anchor_embeds[i : i + 1] for i in idx])
-                with self.trainer.reference():  # before the edited pass: it swaps the weights in place
-                    ref = predict(self.unet, z, t, anchors)
+            if self.kv_forget is None:  # before the edited pass: the reference swaps the weights in place
+                ref = self.forget_reference(z, t, cond, cat_conditions([self.anchor_embeds[i : i + 1] for i in idx]))
             ctx = double_backward_attention() if "csr" in self.betas else contextlib.nullcontext()
             with ctx:
                 out = predict(self.unet, z, t, cond)
