@@ -28,6 +28,7 @@ SOURCES = {
     "candidate-retain": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-retain.md",
     "cip-screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-cip-screen-screen.md",
     "red-contrast": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-contrast.md",
+    "esd-screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-esd-screen-screen.md",
 }
 
 
