@@ -120,6 +120,7 @@ def test_a_stored_row_is_read_back_only_when_it_was_measured_with_the_settings_a
         stored_row(path, request)                                  # stored with overrides, asked without
 
 
+@pytest.mark.slow
 def test_benchmark_script_refuses_a_folder_measured_at_another_resolution_in_one_line(tmp_path):
     import subprocess
     import sys
