@@ -26,7 +26,10 @@ its adversarial embeddings in closed form; ``adv`` trains against its own soft-e
 (continuous prepended tokens, the training seed's draws).  The measuring attacks search discrete
 tokens (UnlearnDiffAtk-style) or evolve token sequences from a text-encoder concept vector
 (Ring-A-Bell-style) with ``--attack-seed`` and their own budgets, so they are independent draws;
-each ``adv`` row also records the training attack's last rounds (``train_attack``).
+each ``adv`` row also records the training attack's last rounds (``train_attack``).  A chain such as
+``--harden adv+rece`` hardens with each variant in turn (``<method>+adv+rece``: ``rece`` applied to
+the ``adv``-hardened delta; ``--harden-config`` then applies to the last variant); its row records each
+step's cost (``harden_chain``) and is compared with the unhardened erasure.
 
 ``--harden-config JSON`` overrides the hardening preset (rows then carry ``--harden-tag`` and the
 overrides); ``--reuse-deltas`` starts hardened rows from the unhardened row's saved delta of the
@@ -59,6 +62,7 @@ from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.robustness import COLUMNS, StoredRowMismatch, folder_rows, markdown, run_rows, summary
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import list_methods
+from erasekit.methods.harden import VARIANTS
 from erasekit.models.loading import load_pipeline, resolve_model_path
 
 
@@ -77,6 +81,13 @@ def experiment_args(path: Path, ap: argparse.ArgumentParser) -> dict:
     return {k: Path(v) if k == "out" else v for k, v in args.items()}
 
 
+def harden_chain(text: str) -> str:
+    """A hardening variant or a ``+``-joined chain of them (``adv+rece``)."""
+    if not text or any(v not in VARIANTS for v in text.split("+")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(VARIANTS)} or a chain like adv+rece")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concept", default="circle")
@@ -84,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--resurgence-steps", type=int, default=40, help="0: no resurgence column")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--harden", nargs="+", choices=["rece", "adv"], default=None,
-                    help="also measure each method hardened by these variants")
+    ap.add_argument("--harden", nargs="+", type=harden_chain, default=None,
+                    help="also measure each method hardened by these variants (rece, adv, or a chain: adv+rece)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the base erasures and the hardening")
     ap.add_argument("--attack-seed", type=int, default=None, help="seed of the measuring attacks (default: theirs)")
     ap.add_argument("--harden-config", type=json.loads, default=None,

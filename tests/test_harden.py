@@ -97,6 +97,18 @@ def test_composed_delta_keeps_the_base_delta_and_records_the_chain(sd1):
     assert {n: fingerprint(t) for n, t in snapshot(sd1, list(before)).items()} == before
 
 
+def test_hardening_a_hardened_delta_extends_its_chain(sd1, uce_delta):
+    once = harden(sd1, uce_delta, CONCEPT, RECEConfig(epochs=1))
+    twice = harden(sd1, once, CONCEPT, RECEConfig(epochs=1))
+    assert twice.manifest.method == "uce+rece+rece"
+    assert twice.manifest.config["chain"] == [{"method": "uce", "delta_id": uce_delta.delta_id},
+                                              {"method": "harden:rece", "delta_id": once.delta_id},
+                                              {"method": "harden:rece"}]
+    # the second round starts from the first's weights: its K/V differ from the once-hardened delta's
+    kv = cross_attention_kv_names(sd1.unet)
+    assert any(not torch.equal(once.tensors[n], twice.tensors[n]) for n in kv)
+
+
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_other_families(family):
     pipe = tiny_pipeline(family)

@@ -57,7 +57,8 @@ def test_row_labels():
     assert row_label("uce", None) == "uce"
     assert row_label("uce", "adv", "-rw4") == "uce+adv-rw4"
     for label, base in (("kscu+adv-g1", "kscu"), ("salun++", None), ("salun+++adv", "salun++"), ("trce-t+rece", "trce-t"),
-                        ("original", None), ("trce-t", None)):
+                        ("original", None), ("trce-t", None), ("trce+adv+rece", "trce"),
+                        ("salun+++adv+rece-e6", "salun++")):
         assert unhardened_label(label) == base
 
 
@@ -65,6 +66,7 @@ def test_bench_robustness_input_errors_are_one_line():
     runner = CliRunner()
     for args, message in ((["--harden", "adv"], "--harden needs --robustness"),
                           (["--robustness", "circle", "--harden", "foo"], "unknown hardening variant"),
+                          (["--robustness", "circle", "--harden", "adv+foo"], "unknown hardening variant"),
                           (["--robustness", "c.yaml"], "concept names from the packs")):
         result = runner.invoke(app, ["bench", *args])
         assert result.exit_code == 2, result.output
@@ -160,3 +162,26 @@ def test_the_trust_page_shows_the_stored_benchmark_rows_of_both_seeds():
     block = re.search(r"<!-- trust-robustness-seeds:start -->\n(.*)<!-- trust-robustness-seeds:end -->", page, re.S)
     expected = summary(root / "benchmarks" / "results" / "robustness-harden", {"trust", "salun", "salun++", "esd-x", "esd-u"})
     assert block and block.group(1).strip() == expected.strip()
+
+
+def test_a_hardening_chain_applies_each_variant_in_turn_and_reuses_a_saved_first_step(tmp_path, shapes_pipe):
+    """``uce+rece+rece``: the second rece hardens the first's result; with reuse, the first step saved as the
+    ``uce+rece`` row's delta is read back, not recomputed, and the chain equals the two calls made by hand."""
+    from erasekit.concepts.packs import get_concept
+    from erasekit.eval.robustness import _harden_chain
+    from erasekit.methods.base import get_method
+    from erasekit.methods.harden import RECEConfig, harden
+
+    spec = get_concept("circle")
+    info = get_method("uce")
+    base = info.erase(shapes_pipe, spec, info.config_cls.for_world("shapes"))
+    once = harden(shapes_pipe, base, spec, RECEConfig.for_world("shapes"))
+    once.save(tmp_path / "deltas" / "uce+rece")  # what the uce+rece row leaves behind
+    by_hand = harden(shapes_pipe, once, spec, RECEConfig.for_world("shapes"))
+    row: dict = {}
+    chained = _harden_chain(shapes_pipe, base, spec, "rece+rece", row, tmp_path, "uce", 0, None, "", reuse=True)
+    assert chained.delta_id == by_hand.delta_id
+    assert [s["variant"] for s in row["harden_chain"]] == ["rece", "rece"]
+    assert row["harden_chain"][0]["reused"] is True and "reused" not in row["harden_chain"][1]
+    assert row["harden_iterations"] == f"{len(once.manifest.metrics['rounds'])}+{len(by_hand.manifest.metrics['rounds'])}"
+    assert [c["method"] for c in chained.manifest.config["chain"]] == ["uce", "harden:rece", "harden:rece"]

@@ -48,7 +48,7 @@ def bench(
                                                    "the robustness rows (both attacks, resurgence) of this concept "
                                                    "(repeatable) for the --method selection, then rebuild the report."),
     harden: Optional[list[str]] = typer.Option(None, "--harden", help="With --robustness: also each method hardened "
-                                               "by this variant (rece or adv; repeatable)."),
+                                               "by this variant (rece, adv, or a chain such as adv+rece; repeatable)."),
 ):
     """Every erasure method on every Shapes scenario: resumable cells, BENCHMARKS.md, Pareto plots.
 
@@ -75,8 +75,8 @@ def bench(
     if harden and not robustness:
         fail("--harden needs --robustness CONCEPT")
     for variant in harden or []:
-        if variant not in ("rece", "adv"):
-            fail(f"unknown hardening variant {variant!r}; choose rece or adv")
+        if any(v not in ("rece", "adv") for v in variant.split("+")):
+            fail(f"unknown hardening variant {variant!r}; choose rece, adv or a chain such as adv+rece")
     if any(Path(c).suffix for c in robustness or []):
         fail("--robustness takes concept names from the packs (see `erasekit concepts`), not files")
     # validated against the packs; rows are stored and measured under the pack concept's bare name ("red")

@@ -88,17 +88,7 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
             row["erase_seconds"] = time.perf_counter() - t0
         row["erase_iterations"] = delta.manifest.metrics.get("iterations")
         if hardening is not None:
-            cfg_cls = variant_config(hardening)
-            t0 = time.perf_counter()
-            cfg = cfg_cls.for_world("shapes", seed=seed, **quiet(cfg_cls), **(harden_overrides or {}))
-            row["harden_settings"] = cfg.model_dump(exclude={"progress"})  # the preset as it was, overrides applied
-            if reuse and (stored := stored_hardening(out / "deltas" / label, delta, hardening, cfg)) is not None:
-                delta, row["harden_reused"] = stored, True  # the same base delta hardened with the same settings
-                row["harden_seconds"] = stored.manifest.wall_time_s
-            else:
-                delta = harden(pipe, delta, spec, cfg)
-                row["harden_seconds"] = time.perf_counter() - t0
-            row.update(_harden_cost(delta.manifest.metrics))
+            delta = _harden_chain(pipe, delta, spec, hardening, row, out, base_label, seed, harden_overrides, tag, reuse)
         delta_dir = out / "deltas" / label
         delta.save(delta_dir)
         delta = WeightDelta.load(delta_dir)
@@ -125,6 +115,44 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
     return row
 
 
+def _harden_chain(pipe, delta: WeightDelta, spec, hardening: str, row: dict, out: Path, base_label: str, seed: int,
+                  overrides: dict | None, tag: str, reuse: bool) -> WeightDelta:
+    """``delta`` hardened by each variant of ``hardening`` in turn (``adv+rece``: adv, then rece on its result),
+    each with its Shapes preset (``overrides`` apply to the last variant); fills ``row``'s hardening cost.
+
+    With ``reuse``, a step whose delta is saved under ``out/deltas/<label so far>`` from the same base delta and
+    settings (for example the ``adv`` row's delta, the first step of ``adv+rece``) is read back."""
+    steps = hardening.split("+")
+    done: list[dict] = []
+    for i, variant in enumerate(steps):
+        last = i == len(steps) - 1
+        cfg_cls = variant_config(variant)
+        cfg = cfg_cls.for_world("shapes", seed=seed, **quiet(cfg_cls), **((overrides or {}) if last else {}))
+        folder = out / "deltas" / (f"{base_label}+{'+'.join(steps[:i + 1])}" + (tag if last else ""))
+        t0 = time.perf_counter()
+        step = {"variant": variant, "settings": cfg.model_dump(exclude={"progress"})}
+        if reuse and (stored := stored_hardening(folder, delta, variant, cfg)) is not None:
+            delta, step["reused"], step["seconds"] = stored, True, stored.manifest.wall_time_s
+        else:
+            delta = harden(pipe, delta, spec, cfg)
+            step["seconds"] = time.perf_counter() - t0
+            if not last and not folder.exists():  # later chains can start from it; a row's own delta stays
+                delta.save(folder)
+        done.append({**step, **_harden_cost(delta.manifest.metrics)})
+    row["harden_settings"] = done[-1]["settings"]  # the preset as it was, overrides applied
+    row["harden_seconds"] = sum(d["seconds"] for d in done)
+    if len(done) == 1:
+        row.update({k: v for k, v in done[0].items() if k not in ("variant", "settings", "seconds", "reused")})
+        if done[0].get("reused"):
+            row["harden_reused"] = True
+    else:
+        row["harden_chain"] = done
+        row["harden_iterations"] = "+".join(str(d.get("harden_iterations")) for d in done)
+        if trained := [d["train_attack"] for d in done if "train_attack" in d]:
+            row["train_attack"] = trained[-1]
+    return delta
+
+
 def stored_hardening(folder: Path, base: WeightDelta, variant: str, cfg) -> WeightDelta | None:
     """The hardened delta saved in ``folder`` if it hardened ``base`` with exactly ``cfg``, else None."""
     if not (folder / "manifest.json").exists():
@@ -132,7 +160,8 @@ def stored_hardening(folder: Path, base: WeightDelta, variant: str, cfg) -> Weig
     stored = WeightDelta.load(folder)
     config = stored.manifest.config
     same = json.loads(json.dumps({"variant": variant, **cfg.model_dump()})) == config.get("harden")
-    return stored if same and config.get("chain", [{}])[0].get("delta_id") == base.delta_id else None
+    chain = config.get("chain", [])
+    return stored if same and len(chain) >= 2 and chain[-2].get("delta_id") == base.delta_id else None
 
 
 class StoredRowMismatch(ValueError):
@@ -318,8 +347,8 @@ ROBUSTNESS_FOLDERS = (ROBUSTNESS_RESULTS, "robustness-trust")
 
 def unhardened_label(label: str) -> str | None:
     """The unhardened erasure's label of a hardened row (``kscu+adv-g1`` -> ``kscu``, ``salun+++adv`` ->
-    ``salun++``), None for an unhardened one (``salun++``, ``trce-t``, ``original``)."""
-    for k in range(len(label) - 1, 0, -1):
+    ``salun++``, ``trce+adv+rece`` -> ``trce``), None for an unhardened one (``salun++``, ``trce-t``, ``original``)."""
+    for k in range(1, len(label)):
         if label[k] == "+" and label[k + 1:].startswith(tuple(VARIANTS)):
             return label[:k]
     return None

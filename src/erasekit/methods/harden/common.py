@@ -31,10 +31,26 @@ def copy_in(pipe, values: dict[str, torch.Tensor]) -> None:
         t.copy_(values[name])
 
 
+def chain_of(delta: WeightDelta | None) -> list[dict]:
+    """The steps that made ``delta``: its manifest's ``config.chain`` if it has one, else ``delta`` itself."""
+    if delta is None:
+        return []
+    earlier = (delta.manifest.config or {}).get("chain")
+    if not earlier:
+        return [{"method": delta.manifest.method, "delta_id": delta.delta_id}]
+    *steps, last = earlier
+    return [*steps, {**last, "delta_id": delta.delta_id}] if "delta_id" not in last else list(earlier)
+
+
 def composed_delta(pipe, originals: dict[str, torch.Tensor], delta: WeightDelta | None, variant: str,
                    concept: ConceptSpec, config: MethodConfig, metrics: dict[str, Any], t0: float) -> WeightDelta:
-    """The delta from ``originals`` (base-model snapshot) to ``pipe`` now, recording the chain."""
-    chain = [{"method": delta.manifest.method, "delta_id": delta.delta_id}] if delta is not None else []
+    """The delta from ``originals`` (base-model snapshot) to ``pipe`` now, recording the chain.
+
+    The chain extends the base delta's own (a hardened or `chain_delta`-composed delta carries one), so
+    hardening a hardened delta records every step: ``[{method, delta_id}, {harden:adv}, {harden:rece,
+    delta_id of the adv-hardened delta}]``.
+    """
+    chain = chain_of(delta)
     return WeightDelta.from_changes(
         pipe, originals, record=False,
         method=f"{delta.manifest.method}+{variant}" if delta is not None else variant,
