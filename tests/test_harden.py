@@ -59,6 +59,33 @@ def test_one_round_equals_rece_equation(sd1, uce_delta):
         assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4, name
 
 
+def test_a_text_encoder_delta_is_hardened_on_the_rows_its_encoder_gives(sd1):
+    """RECE after a delta that changed the text encoder: the anchors and held prompts are the rows the
+    hardened model reads (the delta's encoder), the concept rows the base model's."""
+    name = "text_encoder.final_layer_norm.weight"
+    base = snapshot(sd1, [name])
+    te_delta = WeightDelta.from_state_dicts(base, {name: base[name] * 1.5}, method="hand-made")
+    config = RECEConfig(epochs=1, preserve="concept", anchor="concept", embedding_reg=1e-2)
+    names, kv = _kv(sd1)
+    d = kv[0].shape[1]
+    src = encode_prompts(sd1, list(CONCEPT.targets)).reshape(-1, d).double().numpy()
+    apply_delta(sd1, te_delta)
+    anc = encode_prompts(sd1, [CONCEPT.anchor] * 2).reshape(-1, d).double().numpy()
+    pre = encode_prompts(sd1, CONCEPT.preserve).reshape(-1, d).double().numpy()
+    revert_delta(sd1, te_delta)
+    hardened = harden(sd1, te_delta, CONCEPT, config)
+    assert torch.equal(hardened.tensors[name], base[name] * 1.5)
+    # the K/V are untouched by the delta: e* = (sum W^T W + gamma I)^-1 (sum W^T W) c
+    gram = sum(w.T @ w for w in kv)
+    adv = src @ (np.linalg.inv(gram + 1e-2 * np.eye(d)) @ gram).T
+    for n, w in zip(names, kv):
+        lhs = 0.1 * w + 1.0 * (anc @ w.T).T @ adv + 0.1 * w @ (pre.T @ pre)
+        rhs = 0.1 * np.eye(d) + 1.0 * adv.T @ adv + 0.1 * pre.T @ pre
+        expected = lhs @ np.linalg.inv(rhs)
+        got = hardened.tensors[n].double().numpy()
+        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4, n
+
+
 def test_hardening_makes_the_adversarial_embedding_fail(sd1, uce_delta):
     names, base = _kv(sd1)
     base_t = [torch.from_numpy(w) for w in base]

@@ -20,6 +20,10 @@ cross-attention key/value projections and ``W'_l`` the current (erased) ones, ev
        W_l <- (lamb W_l + s_e sum_r W_l a_r e*_r^T + s_p sum_j W_l p_j p_j^T)
               (lamb I  + s_e sum_r e*_r e*_r^T   + s_p sum_j p_j p_j^T)^-1
 
+When the delta changes the text encoder (an ``adv``-hardened delta), the anchor and preserved rows
+are encoded by the delta's text encoder, the one the hardened model reads; the concept rows ``c``
+stay the base encoder's, since step 1 reproduces what the base model computed.
+
 Methods that never touch the K/V (ESD-u, TRCE-V) start from ``W' = W``: step 1 then returns
 the concept's own embedding and the first epoch is a K/V edit of the concept on top of them.
 
@@ -219,6 +223,13 @@ def harden_rece(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: R
         copy_in(pipe, delta.tensors)
     rounds = []
     try:
+        if delta is not None and any(n.startswith("text_encoder") for n in delta.names):
+            # the hardened model reads the delta's text encoder: the anchor targets and the held rows are
+            # its rows; the concept rows stay the base encoder's (what the base model computed)
+            anchor_rows = encode_prompts(pipe, anchors).reshape(-1, base_kv[0].shape[1]).double().cpu()
+            if preserve:
+                rows = encode_prompts(pipe, preserve).reshape(-1, base_kv[0].shape[1])
+                moment, n_rows = second_moment(rows), rows.shape[0]
         attack = None
         if config.attack_rounds > 0:
             base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
