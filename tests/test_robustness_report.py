@@ -185,3 +185,17 @@ def test_a_hardening_chain_applies_each_variant_in_turn_and_reuses_a_saved_first
     assert row["harden_chain"][0]["reused"] is True and "reused" not in row["harden_chain"][1]
     assert row["harden_iterations"] == f"{len(once.manifest.metrics['rounds'])}+{len(by_hand.manifest.metrics['rounds'])}"
     assert [c["method"] for c in chained.manifest.config["chain"]] == ["uce", "harden:rece", "harden:rece"]
+
+
+def test_preservation_on_the_concepts_own_attribute_counts_only_that_attribute():
+    from erasekit.eval.robustness import attribute_preservation_text
+
+    original = {"concept": "circle", "adherence": 0.98, "n_preserve": 96,
+                "adherence_by_attribute": {"shape": 0.99, "color": 0.99}}
+    row = {"concept": "circle", "adherence": 0.875, "n_preserve": 96,   # colours drift, shapes mostly kept
+           "adherence_by_attribute": {"shape": 0.9375, "color": 0.9375}}
+    lo, hi = wilson_interval(90, 96)
+    assert attribute_preservation_text(row, original) == f"shape: {0.9375 / 0.99:.2f} [{lo / 0.99:.2f}, {hi / 0.99:.2f}]"
+    red = {**row, "concept": "red", "adherence_by_attribute": {"shape": 0.5, "color": 0.99}}
+    assert attribute_preservation_text(red, original).startswith("color: 1.00")  # red is a colour: colour is counted
+    assert attribute_preservation_text({"concept": "circle", "adherence": 0.9}, original) == "-"  # an older row

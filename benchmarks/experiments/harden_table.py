@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 from erasekit.eval.robustness import (  # noqa: E402
-    bars, cost, preservation_text, rate_with_interval, row_label, train_loss, unhardened_label)
+    attribute_preservation_text, bars, cost, preservation_text, rate_with_interval, row_label, train_loss,
+    unhardened_label)
 from erasekit.methods.base import list_methods  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
@@ -43,9 +44,11 @@ the rows each config wrote; see [the hardening page](../hardening.md) for what t
 
 Columns: target rate [95% Wilson interval] of the plain case prompts, under UnlearnDiffAtk and
 Ring-A-Bell (seed `attack seed`, independent of the hardening's own attack) and after the resurgence
-steps (mean of three wording tiers); preservation = other values' adherence / the original model's
-[95% Wilson interval of the adherent count, over the original's adherence] (/ the unhardened
-erasure's); seconds (iterations) of the base erasure and of the hardening on the shared 2-core
+steps (mean of three wording tiers); preservation = other values' adherence (shape and colour both
+read as named) / the original model's [95% Wilson interval of the adherent count, over the original's
+adherence] (/ the unhardened erasure's); own attribute = the same, counting only the attribute the
+concept belongs to (shape for circle, colour for red: what the concept's BENCHMARKS scenario checks;
+a dash where the row predates it); seconds (iterations) of the base erasure and of the hardening on the shared 2-core
 machine; train attack = the adv hardening's attack loss, first -> last step, mean of its last 10
 rounds; bars UDA/RaB/res/pres/plain: <= 0.05, <= 0.05, <= 0.05, >= 0.95, no worse than unhardened
 (a dash: not measured in that run).
@@ -88,8 +91,8 @@ def _asked(args: dict) -> set[str]:
 
 def table(configs: list[Path]) -> str:
     lines = [INTRO, "| experiment | row | overrides | cases | seed / attack seed | plain | UnlearnDiffAtk | Ring-A-Bell "
-             "| resurgence | preservation (vs unhardened) | erase s (it) | harden s (it) | train attack "
-             "| bars UDA/RaB/res/pres/plain |", "|" + "---|" * 14]
+             "| resurgence | preservation (vs unhardened) | own attribute | erase s (it) | harden s (it) "
+             "| train attack | bars UDA/RaB/res/pres/plain |", "|" + "---|" * 15]
     for path in configs:
         doc = json.loads(path.read_text())
         args = doc["args"]
@@ -97,7 +100,7 @@ def table(configs: list[Path]) -> str:
         rows = _rows(folder)
         asked = _asked(args)
         if not asked & set(rows):
-            lines.append(f"| {path.stem} | not measured | - | - | - | - | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {path.stem} | not measured | - | - | - | - | - | - | - | - | - | - | - | - | - |")
             continue
         concept = args.get("concept", "circle")
         original = _reference(rows, "original", concept, None, folder)
@@ -119,7 +122,8 @@ def table(configs: list[Path]) -> str:
             lines.append(f"| {path.stem} | {name} | {overrides} | {n} | {r.get('seed', '-')} / {_seed(r.get('attack_seed'))} "
                          f"| {rate_with_interval(r['plain'], n)} | {rate_with_interval(r['unlearndiff'], n)} "
                          f"| {rate_with_interval(r['ringabell'], n)} | {res} "
-                         f"| {pres_text}{own} | {cost(r, 'erase')} "
+                         f"| {pres_text}{own} | {attribute_preservation_text(r, original) if comparable else '-'} "
+                         f"| {cost(r, 'erase')} "
                          f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
     lines += ["", "What each experiment asked:", ""]
     lines += [f"- `{p.stem}`: {json.loads(p.read_text()).get('about', '')}" for p in configs]

@@ -8,8 +8,9 @@ target cases (prompts + seeds), a row holds:
   Shapes presets, seeded by ``attack_seed``: independent of any hardening's own training attack);
 - ``resurgence``: target rate (mean over the wording tiers) after fine-tuning the erased model on
   benign renders of other concepts (the delta on disk is never touched);
-- ``tiers`` / ``adherence``: target rate per wording tier and the other values' adherence, from
-  `erasekit.eval.measure.measure_erasure`;
+- ``tiers`` / ``adherence``: target rate per wording tier and the other values' adherence (shape and
+  colour both read as named), from `erasekit.eval.measure.measure_erasure`;
+  ``adherence_by_attribute``: the same per attribute (shape, color);
 - cost: seconds and iterations of the erasure and of the hardening (`erasekit.methods.harden`).
 
 `summary` renders every stored row under a folder with Wilson intervals and the bars
@@ -52,7 +53,9 @@ def _tiers_and_preservation(pipe, delta, concept: str, settings, per_tier: int, 
     finally:
         if delta is not None:
             revert_delta(pipe, delta)
-    return {"tiers": m["target_rate"], "adherence": m["preservation_adherence"]["both"]}
+    kept = m["preservation_adherence"]
+    return {"tiers": m["target_rate"], "adherence": kept["both"],
+            "adherence_by_attribute": {"shape": kept["shape"], "color": kept["color"]}}
 
 
 def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence_steps: int, out: Path,
@@ -222,6 +225,19 @@ def preservation_interval(row: dict, original: dict) -> tuple[float, float, floa
     lo, hi = wilson_interval(round(row["adherence"] * n), n)
     ref = original["adherence"]
     return row["adherence"] / ref, lo / ref, hi / ref
+
+
+def attribute_preservation_text(row: dict, original: dict | None) -> str:
+    """Preservation counted on the attribute the concept belongs to (shape for a shape, colour for a colour:
+    what the concept's BENCHMARKS scenario checks), with its interval, or "-" where the rows lack it."""
+    if original is None or "adherence_by_attribute" not in row or "adherence_by_attribute" not in original:
+        return "-"
+    from .tasks import value_task
+
+    attribute = next(iter(value_task(row["concept"]).targets[0]))
+    mine, ref = row["adherence_by_attribute"][attribute], original["adherence_by_attribute"][attribute]
+    value, lo, hi = preservation_interval({**row, "adherence": mine}, {"adherence": ref})
+    return f"{attribute}: {value:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def preservation_text(row: dict, original: dict | None) -> tuple[float | None, str]:
