@@ -62,7 +62,7 @@ from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.robustness import COLUMNS, StoredRowMismatch, folder_rows, markdown, run_rows, summary
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import list_methods
-from erasekit.methods.harden import VARIANTS
+from erasekit.methods.harden import variant_chain
 from erasekit.models.loading import load_pipeline, resolve_model_path
 
 
@@ -83,8 +83,10 @@ def experiment_args(path: Path, ap: argparse.ArgumentParser) -> dict:
 
 def harden_chain(text: str) -> str:
     """A hardening variant or a ``+``-joined chain of them (``adv+rece``)."""
-    if not text or any(v not in VARIANTS for v in text.split("+")):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(VARIANTS)} or a chain like adv+rece")
+    try:
+        variant_chain(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

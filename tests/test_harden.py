@@ -35,6 +35,17 @@ def _kv(pipe, values=None):
     return names, [got[n].double().numpy() for n in names]
 
 
+def _assert_rece_edit(hardened, names, weights, adv, anc, pre):
+    """Each K/V of ``hardened`` equals RECE's edit of ``weights`` (release weights 1 / 0.1 / 0.1), written out."""
+    d = weights[0].shape[1]
+    for name, w in zip(names, weights):
+        lhs = 0.1 * w + 1.0 * (anc @ w.T).T @ adv + 0.1 * w @ (pre.T @ pre)
+        rhs = 0.1 * np.eye(d) + 1.0 * adv.T @ adv + 0.1 * pre.T @ pre
+        expected = lhs @ np.linalg.inv(rhs)
+        got = hardened.tensors[name].double().numpy()
+        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4, name
+
+
 def test_one_round_equals_rece_equation(sd1, uce_delta):
     config = RECEConfig(epochs=1, preserve="concept", anchor="concept", embedding_reg=1e-2)
     names, base = _kv(sd1)
@@ -51,12 +62,7 @@ def test_one_round_equals_rece_equation(sd1, uce_delta):
     gram = sum(w.T @ w for w in erased) + 1e-2 * np.eye(d)
     cross = sum(wn.T @ wo for wn, wo in zip(erased, base))
     adv = src @ (np.linalg.inv(gram) @ cross).T
-    for name, w in zip(names, erased):
-        lhs = 0.1 * w + 1.0 * (anc @ w.T).T @ adv + 0.1 * w @ (pre.T @ pre)
-        rhs = 0.1 * np.eye(d) + 1.0 * adv.T @ adv + 0.1 * pre.T @ pre
-        expected = lhs @ np.linalg.inv(rhs)
-        got = hardened.tensors[name].double().numpy()
-        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4, name
+    _assert_rece_edit(hardened, names, erased, adv, anc, pre)
 
 
 def test_a_text_encoder_delta_is_hardened_on_the_rows_its_encoder_gives(sd1):
@@ -78,12 +84,7 @@ def test_a_text_encoder_delta_is_hardened_on_the_rows_its_encoder_gives(sd1):
     # the K/V are untouched by the delta: e* = (sum W^T W + gamma I)^-1 (sum W^T W) c
     gram = sum(w.T @ w for w in kv)
     adv = src @ (np.linalg.inv(gram + 1e-2 * np.eye(d)) @ gram).T
-    for n, w in zip(names, kv):
-        lhs = 0.1 * w + 1.0 * (anc @ w.T).T @ adv + 0.1 * w @ (pre.T @ pre)
-        rhs = 0.1 * np.eye(d) + 1.0 * adv.T @ adv + 0.1 * pre.T @ pre
-        expected = lhs @ np.linalg.inv(rhs)
-        got = hardened.tensors[n].double().numpy()
-        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4, n
+    _assert_rece_edit(hardened, names, kv, adv, anc, pre)
 
 
 def test_hardening_makes_the_adversarial_embedding_fail(sd1, uce_delta):

@@ -74,9 +74,13 @@ def bench(
         fail(str(err))
     if harden and not robustness:
         fail("--harden needs --robustness CONCEPT")
+    from ..methods.harden import variant_chain
+
     for variant in harden or []:
-        if any(v not in ("rece", "adv") for v in variant.split("+")):
-            fail(f"unknown hardening variant {variant!r}; choose rece, adv or a chain such as adv+rece")
+        try:
+            variant_chain(variant)
+        except ValueError as err:
+            fail(str(err))
     if any(Path(c).suffix for c in robustness or []):
         fail("--robustness takes concept names from the packs (see `erasekit concepts`), not files")
     # validated against the packs; rows are stored and measured under the pack concept's bare name ("red")

@@ -28,12 +28,13 @@ from pathlib import Path
 from ..concepts.packs import get_concept
 from ..generation import SamplingSettings
 from ..methods.base import get_method
-from ..methods.harden import VARIANTS, harden, variant_config
+from ..methods.harden import VARIANTS, harden, variant_chain, variant_config
 from ..models.delta import WeightDelta, apply_delta, revert_delta
 from .attacks import concept_cases, judge_prompts, model_state, run_attack, run_resurgence
 from .attacks.common import FoundPrompt
 from .measure import measure_erasure
 from .metrics import wilson_interval
+from .tasks import value_task
 
 COLUMNS = ("plain", "ringabell", "unlearndiff", "resurgence")
 
@@ -125,7 +126,7 @@ def _harden_chain(pipe, delta: WeightDelta, spec, hardening: str, row: dict, out
 
     With ``reuse``, a step whose delta is saved under ``out/deltas/<label so far>`` from the same base delta and
     settings (for example the ``adv`` row's delta, the first step of ``adv+rece``) is read back."""
-    steps = hardening.split("+")
+    steps = variant_chain(hardening)
     done: list[dict] = []
     for i, variant in enumerate(steps):
         last = i == len(steps) - 1
@@ -232,8 +233,6 @@ def attribute_preservation_text(row: dict, original: dict | None) -> str:
     what the concept's BENCHMARKS scenario checks), with its interval, or "-" where the rows lack it."""
     if original is None or "adherence_by_attribute" not in row or "adherence_by_attribute" not in original:
         return "-"
-    from .tasks import value_task
-
     attribute = next(iter(value_task(row["concept"]).targets[0]))
     mine, ref = row["adherence_by_attribute"][attribute], original["adherence_by_attribute"][attribute]
     value, lo, hi = preservation_interval({**row, "adherence": mine}, {"adherence": ref})

@@ -37,5 +37,13 @@ def variant_config(variant: str) -> type[MethodConfig]:
     return VARIANTS[variant]
 
 
+def variant_chain(text: str) -> list[str]:
+    """The variants of ``text``, one (``rece``) or a ``+``-joined chain applied in order (``adv+rece``)."""
+    steps = text.split("+")
+    if not text or any(v not in VARIANTS for v in steps):
+        raise ValueError(f"unknown hardening variant {text!r}: choose {', '.join(VARIANTS)} or a chain such as adv+rece")
+    return steps
+
+
 __all__ = ["AdvConfig", "RECEConfig", "VARIANTS", "adversarial_embedding", "harden", "harden_adv", "harden_rece",
-           "reproduction_error", "variant_config"]
+           "reproduction_error", "variant_chain", "variant_config"]

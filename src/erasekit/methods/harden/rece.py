@@ -212,24 +212,19 @@ def harden_rece(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: R
     base_kv = [originals[n].clone() for n in kv_names]
     sources, anchors = _prompts(concept, config)
     source_rows = encode_prompts(pipe, sources).reshape(-1, base_kv[0].shape[1]).double().cpu()
-    anchor_rows = encode_prompts(pipe, anchors).reshape(-1, base_kv[0].shape[1]).double().cpu()
     preserve = _preserved(pipe, concept, config)
-    moment, n_rows = None, 0
-    if preserve:
-        rows = encode_prompts(pipe, preserve).reshape(-1, base_kv[0].shape[1])
-        moment, n_rows = second_moment(rows), rows.shape[0]
     check_fits(pipe, delta)
     if delta is not None:
         copy_in(pipe, delta.tensors)
     rounds = []
     try:
-        if delta is not None and any(n.startswith("text_encoder") for n in delta.names):
-            # the hardened model reads the delta's text encoder: the anchor targets and the held rows are
-            # its rows; the concept rows stay the base encoder's (what the base model computed)
-            anchor_rows = encode_prompts(pipe, anchors).reshape(-1, base_kv[0].shape[1]).double().cpu()
-            if preserve:
-                rows = encode_prompts(pipe, preserve).reshape(-1, base_kv[0].shape[1])
-                moment, n_rows = second_moment(rows), rows.shape[0]
+        # the concept rows above are the base encoder's (what the base model computed); the anchor targets
+        # and the held rows are those of the encoder the hardened model reads (the delta's, if it changed it)
+        anchor_rows = encode_prompts(pipe, anchors).reshape(-1, base_kv[0].shape[1]).double().cpu()
+        moment, n_rows = None, 0
+        if preserve:
+            rows = encode_prompts(pipe, preserve).reshape(-1, base_kv[0].shape[1])
+            moment, n_rows = second_moment(rows), rows.shape[0]
         attack = None
         if config.attack_rounds > 0:
             base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
