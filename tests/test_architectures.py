@@ -232,6 +232,20 @@ def test_gradient_checkpointing_gives_the_same_delta():
         torch.testing.assert_close(checkpointed.tensors[n], plain.tensors[n], rtol=1e-5, atol=1e-7)
 
 
+def test_trust_csr_under_gradient_checkpointing_gives_the_same_delta():
+    # CSR differentiates the UNet's gradient: with checkpointing the backward recomputes the forward, and
+    # the recomputation must use the attention kernel the forward used (the math kernel for the whole run)
+    pipe = tiny_pipeline("sd1")
+    info = get_method("trust")
+    config = {**TINY_CONFIGS["trust"], "regularizer": "csr"}
+    plain = info.erase(pipe, CONCEPT, info.config_cls(**config))
+    checkpointed = info.erase(pipe, CONCEPT, info.config_cls(**config, gradient_checkpointing=True))
+    assert not pipe.unet.is_gradient_checkpointing
+    assert plain.names == checkpointed.names
+    for n in plain.names:
+        torch.testing.assert_close(checkpointed.tensors[n], plain.tensors[n], rtol=1e-4, atol=1e-6)
+
+
 def test_adam8bit_falls_back_with_a_note_on_cpu(caplog):
     pipe = tiny_pipeline("sd1")
     info = get_method("esd-x")

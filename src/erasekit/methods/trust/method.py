@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 from ...concepts.spec import ConceptSpec
@@ -11,6 +12,7 @@ from ...training import fine_tune
 from ..base import MethodSpec, MethodWork, register
 from ..saliency import make_scorer
 from .config import SCOPE, TRuSTConfig
+from .losses import double_backward_attention
 from .masks import MaskedUpdates
 from .salun import SalUnConfig, SalUnPlusPlusConfig, step_class
 from .step import MaskCallback
@@ -41,8 +43,18 @@ def erase(pipe, concept: ConceptSpec, config: TRuSTConfig, method: str = "trust"
     return fine_tune(pipe, concept, config, method, scope, config.iterations,
                      lambda trainer: step_class(config)(pipe, trainer, concept, config, scorer, scorer_name,
                                                         mask_callback),
-                     around_run=lambda trainer, step: MaskedUpdates(trainer.params, lambda: step.masks),
-                     scope_name=scope)
+                     around_run=lambda trainer, step: _around_run(trainer, step, config), scope_name=scope)
+
+
+def _around_run(trainer, step, config: TRuSTConfig) -> ExitStack:
+    """The training loop's context: masked optimiser steps, and with CSR under gradient checkpointing the
+    math attention kernel for every forward and backward (the backward recomputes each checkpointed forward,
+    which must use the kernel the CSR forward used)."""
+    stack = ExitStack()
+    stack.enter_context(MaskedUpdates(trainer.params, lambda: step.masks))
+    if "csr" in getattr(step, "betas", {}) and config.gradient_checkpointing:
+        stack.enter_context(double_backward_attention())
+    return stack
 
 
 def erase_salun(pipe, concept: ConceptSpec, config: SalUnConfig, mask_callback: MaskCallback | None = None,
