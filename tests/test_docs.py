@@ -37,6 +37,15 @@ def test_settings_tables_are_generated_from_the_configs():
     assert method_docs.main(["--check"]) == 0
 
 
+_est_spec = importlib.util.spec_from_file_location("estimate_docs", ROOT / "tests" / "scripts" / "estimate_docs.py")
+estimate_docs = importlib.util.module_from_spec(_est_spec)
+_est_spec.loader.exec_module(estimate_docs)
+
+
+def test_memory_and_time_tables_are_generated_from_the_estimate_and_the_measurements():
+    assert estimate_docs.main(["--check"]) == 0
+
+
 def test_readme_is_short_and_starts_with_the_two_commands():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= README_LINES

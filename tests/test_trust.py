@@ -134,6 +134,34 @@ def test_masked_updates_stop_adam_momentum_outside_the_mask():
     assert (other.weight.detach() != w).all()
 
 
+def test_masked_updates_copy_only_tensors_with_momentum_outside_the_mask():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3, bias=False)
+    opt = torch.optim.Adam(lin.parameters(), lr=0.1)
+    a = torch.zeros(3, 4, dtype=torch.bool)
+    a[0] = True
+    b = torch.zeros(3, 4, dtype=torch.bool)
+    b[1] = True
+    current, copied = {"weight": a}, []
+    x = torch.randn(8, 4)
+    start = lin.weight.detach().clone()
+    updates = MaskedUpdates({"weight": lin.weight}, lambda: current)
+    with updates:
+        handle = register_optimizer_step_pre_hook(lambda *_: copied.append(sorted(updates._saved)))
+        for mask in (a, a, a, b, b):
+            current["weight"] = mask
+            opt.zero_grad()
+            lin(x).pow(2).sum().backward()
+            opt.step()
+        handle.remove()
+    # a static mask needs no copy; once the mask moves, row 0 has momentum outside it and is copied
+    assert copied == [[], [], [], ["weight"], ["weight"]]
+    moved = lin.weight.detach() != start
+    assert moved[0].all() and moved[1].all() and not moved[2].any()
+
+
 # ------------------------------------------------------------------ whole runs on the tiny pipeline
 def test_trust_changes_only_masked_entries_and_masks_move(pipe):
     seen, cb = _record()

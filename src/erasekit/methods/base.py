@@ -55,6 +55,9 @@ class MethodWork:
     double_backward: bool = False
     closed_form: bool = False
     notes: str = ""
+    # saliency-masked optimiser steps: "static" (one mask: a bool per trained entry) or "dynamic" (masks that
+    # move: the step also copies the weights and both Adam moments of the scope, see MaskedUpdates)
+    masked_updates: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,12 @@ How an estimate is made (`estimate`):
 3. **Memory** = pipeline weights (float32, as fine-tuning requires) + one
    reference copy, gradients and optimiser state of the trained scope (Adam:
    8 bytes/parameter; 8-bit Adam: 2) + saved activations x training batch
-   (x 2 for TRuST's CSR double backward; halved under bf16 autocast, which
-   also caches a bf16 copy of the trained weights) + a fixed CUDA overhead.
+   (for TRuST's CSR, the graph of the gradient: the forward with the math
+   attention kernel plus ``autograd.grad(create_graph=True)``; halved under
+   bf16 autocast, which also caches a bf16 copy of the trained weights) +
+   saliency masks (1 byte per trained entry) and, with masks that move, the
+   masked step's copy of the weights and Adam moments (12 bytes) + a fixed
+   CUDA overhead.
 4. **Time** = FLOPs / an effective throughput calibrated on the one timing
    the papers give for a 24 GB GPU: TRCE stage 2, 300 iterations in about
    300 s on an RTX 4090 (SD-1.4, 512 px).  One-off sampling is reported
@@ -31,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ..models.cost import GIB, KNOWN_MODELS, model_spec, text_encoder_params, unet_cost, vae_params
+from ..models.cost import (GIB, KNOWN_MODELS, double_backward_saved_bytes, model_spec, text_encoder_params,
+                           unet_cost, vae_params)
 from .base import MethodWork, get_method
 
 CUDA_OVERHEAD_BYTES = int(0.8 * GIB)  # CUDA context, allocator fragmentation, cuBLAS workspaces
@@ -126,8 +131,15 @@ def estimate(method: str, model: str = "sd15", config=None, kind: str = "object"
     mem["optimizer state"] = (2 if opt == "adam8bit" else 8) * scope / GIB
     if method == "trce":  # stage 2's "original model" reference also holds the pre-stage-1 K/V weights
         mem["stage-1 K/V reference"] = 4 * unet_cost(spec.unet, "cross_attn_kv").scope_params / GIB
-    act = cost.saved_bytes_checkpointed if gc_on else cost.saved_bytes
-    act *= work.train_batch * (2 if work.double_backward else 1)
+    if work.masked_updates:
+        mem["saliency masks"] = scope / GIB  # one bool per trained entry
+    if work.masked_updates == "dynamic":
+        mem["masked-step copies"] = 12 * scope / GIB  # weights and both Adam moments, float32
+    if work.double_backward:  # the whole graph of the gradient, forward with math attention
+        act = double_backward_saved_bytes(spec.unet, work.scope)
+    else:
+        act = cost.saved_bytes_checkpointed if gc_on else cost.saved_bytes
+    act *= work.train_batch
     if precision in ("bf16", "fp16"):
         act /= 2
         mem["bf16 weight cache"] = 2 * scope / GIB
@@ -147,11 +159,16 @@ def estimate(method: str, model: str = "sd15", config=None, kind: str = "object"
 
 
 def fitting_settings(method: str, model: str, gpu_memory_gib: float = 24.0, kind: str = "object") -> Estimate:
-    """The cheapest settings that fit: plain fp32, then + checkpointing, + bf16, + 8-bit Adam."""
+    """The cheapest settings that fit: plain fp32, then + checkpointing, + bf16, + 8-bit Adam.
+
+    Saliency-masked methods stop before 8-bit Adam: their masked step restores Adam's moments entry
+    by entry, which blockwise-quantised moments do not allow (they refuse ``optimizer="adam8bit"``).
+    """
     ladder = [dict(gradient_checkpointing=False, mixed_precision="no", optimizer="adam"),
               dict(gradient_checkpointing=True, mixed_precision="no", optimizer="adam"),
-              dict(gradient_checkpointing=True, mixed_precision="bf16", optimizer="adam"),
-              dict(gradient_checkpointing=True, mixed_precision="bf16", optimizer="adam8bit")]
+              dict(gradient_checkpointing=True, mixed_precision="bf16", optimizer="adam")]
+    if not method_work(method, kind=kind).masked_updates:
+        ladder.append(dict(gradient_checkpointing=True, mixed_precision="bf16", optimizer="adam8bit"))
     last = None
     for option in ladder:
         last = estimate(method, model, kind=kind, gpu_memory_gib=gpu_memory_gib, **option)

@@ -214,12 +214,14 @@ def _unet_cost_cached(config_json: str, scope: str) -> UNetCost:
             kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, device="meta"),
                                            "time_ids": torch.randn(1, 6, device="meta")}
         seen: dict[int, int] = {}
+        alive: list[torch.Tensor] = []  # every counted tensor stays referenced, so no id is reused while counting
 
         def pack(t: torch.Tensor):
             base = t._base if t._base is not None else t
             if id(base) not in params and id(base) not in seen:
                 seen[id(base)] = base.numel() * base.element_size()
-            return (t, base)  # keep base alive so ids stay unique while counting
+                alive.append(base)
+            return (t, base)
 
         # the units diffusers checkpoints one by one: each ResNet and each transformer of a block
         blocks = [m for m in unet.modules() if type(m).__name__ in ("ResnetBlock2D", "Transformer2DModel")]
@@ -244,6 +246,55 @@ def _unet_cost_cached(config_json: str, scope: str) -> UNetCost:
     n_params = sum(p.numel() for p in unet.parameters())
     return UNetCost(n_params, sum(p.numel() for p in trained.values()), flops_fwd, flops_all - flops_fwd,
                     saved_total, saved_gc)
+
+
+@lru_cache(maxsize=32)
+def _double_backward_bytes_cached(config_json: str, scope: str) -> int:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .scopes import get_scope
+
+    config = json.loads(config_json)
+    unet = meta_unet(config)
+    params = {id(p) for p in unet.parameters()}
+    trained = {}
+    for s in scope.split("+"):
+        trained.update(get_scope(s).select(unet))
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    for p in trained.values():
+        p.requires_grad_(True)
+    h, w = (config["sample_size"],) * 2 if isinstance(config["sample_size"], int) else config["sample_size"]
+    z = torch.randn(1, config.get("in_channels", 4), h, w, device="meta")
+    ehs = torch.randn(1, 77, config["cross_attention_dim"], device="meta")
+    kwargs: dict[str, Any] = {}
+    if config.get("addition_embed_type") == "text_time":
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, device="meta"),
+                                       "time_ids": torch.randn(1, 6, device="meta")}
+    seen: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # every counted tensor stays referenced, so no id is reused while counting
+
+    def pack(t: torch.Tensor):
+        base = t._base if t._base is not None else t
+        if id(base) not in params and id(base) not in seen:
+            seen[id(base)] = base.numel() * base.element_size()
+            alive.append(base)
+        return (t, base)
+
+    with sdpa_kernel([SDPBackend.MATH]), torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x[0]):
+        out = unet(z, torch.tensor(500, device="meta"), encoder_hidden_states=ehs, **kwargs).sample
+        torch.autograd.grad(out.float().pow(2).mean(), list(trained.values()), create_graph=True)
+    return sum(seen.values())
+
+
+def double_backward_saved_bytes(config: dict, scope: str) -> int:
+    """Bytes a loss on the gradient keeps for its backward, one sample: the forward with the math attention
+    kernel (fused kernels have no double backward) plus the graph of ``autograd.grad(create_graph=True)``.
+
+    This is what TRuST's CSR term holds at its peak (measured on the ``meta`` device, float32).
+    """
+    return _double_backward_bytes_cached(json.dumps(_clean(config), sort_keys=True, default=list), scope)
 
 
 def unet_cost(config: dict, scope: str) -> UNetCost:

@@ -8,6 +8,11 @@ entry outside the mask, parameter AND moments ("lazy" Adam).  So Adam's momentum
 from an earlier mask cannot move an entry that has left the mask, an entry's
 moments only evolve while it is masked, and the final delta is exactly zero
 outside the union of all masks.
+
+Only tensors that need it are snapshotted: an entry whose gradient is masked to
+zero and whose Adam moments are both zero is left exactly as it is by Adam
+without weight decay, so a tensor with no nonzero moment outside its current
+mask (every tensor under a static mask, as in SalUn) is stepped without a copy.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class MaskedUpdates:
         if not self._ours(optimizer):
             return
         self._saved = {}
+        decays = any(g.get("weight_decay", 0) != 0 for g in optimizer.param_groups)  # moves unmasked entries too
         for n, p in self.params.items():
             m = self._mask(n)
             if p.grad is not None:
@@ -63,14 +69,17 @@ class MaskedUpdates:
                 else:
                     p.grad.mul_(m.to(p.grad.dtype))
             state = optimizer.state.get(p, {})
-            moments = {k: v.detach().clone() for k, v in state.items() if torch.is_tensor(v) and v.shape == p.shape}
-            self._saved[n] = (p.detach().clone(), moments)
+            moments = {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == p.shape}
+            if decays or any(bool(((v != 0) if m is None else (v != 0) & ~m).any()) for v in moments.values()):
+                self._saved[n] = (p.detach().clone(), {k: v.detach().clone() for k, v in moments.items()})
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
         if not self._ours(optimizer) or not self._saved:
             return
         for n, p in self.params.items():
+            if n not in self._saved:
+                continue
             old, moments = self._saved[n]
             m = self._mask(n)
             keep = torch.zeros_like(p, dtype=torch.bool) if m is None else m

@@ -88,7 +88,8 @@ def _work(spec: MethodSpec, config: TRuSTConfig, kind: str) -> MethodWork:
     nograd = (0 if kv else 1) + masks_per_iter + (0 if config.latents == "pool" else (config.n_steps - 1) * draws)
     return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, nograd, draws, 1,
                       setup_nograd=pool + retain + static, setup_grad=static_grad, double_backward=csr,
-                      notes=("static mask from %d samples" % per_mask) if not dynamic else "")
+                      notes=("static mask from %d samples" % per_mask) if not dynamic else "",
+                      masked_updates="dynamic" if dynamic else "static")
 
 
 register(MethodSpec("trust", TRuSTConfig, erase,
