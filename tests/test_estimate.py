@@ -10,7 +10,7 @@ from erasekit.models.cost import KNOWN_MODELS, model_spec, text_encoder_params, 
 from erasekit.models.tiny import tiny_pipeline
 
 CONCEPT = ConceptSpec(name="cat", kind="object", targets=["cat", "kitten"], anchor="dog",
-                      templates=["a photo of {}", "{} in a garden"])
+                      templates=["a photo of {}", "{} in a garden"], preserve=["a photo of a horse"])
 FAST = dict(progress=False, lr=1e-3)
 COUNTED = {
     "kscu": dict(**FAST, iterations=9, n_steps=8, traversals_per_raise=1),

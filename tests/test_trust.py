@@ -134,6 +134,22 @@ def test_masked_updates_stop_adam_momentum_outside_the_mask():
     assert (other.weight.detach() != w).all()
 
 
+def test_top_k_mask_selects_what_torch_topk_selects_without_sorting():
+    from erasekit.methods.saliency import top_k_mask
+
+    torch.manual_seed(0)
+    x = torch.rand(10_007)
+    x[::7] = 0
+    for k in (0, 1, 50, 5_003, 10_007):
+        ref = torch.zeros_like(x, dtype=torch.bool)
+        ref[torch.topk(x, k).indices] = True
+        got = top_k_mask(x, k)
+        assert int(got.sum()) == k and torch.equal(got & (x > 0), ref & (x > 0))
+    # ties at the k-th value: the lowest indices are taken, exactly k in all
+    assert top_k_mask(torch.tensor([3.0, 1.0, 2.0, 2.0, 2.0, 0.0]), 3).tolist() == [True, False, True, True,
+                                                                                    False, False]
+
+
 def test_masked_updates_copy_only_tensors_with_momentum_outside_the_mask():
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 

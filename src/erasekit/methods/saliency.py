@@ -297,14 +297,36 @@ def saliency(score: torch.Tensor, params: Mapping[str, torch.Tensor]) -> dict[st
     return out
 
 
+def top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` largest entries of a non-negative float32 vector (ties: lowest indices first).
+
+    The k-th largest value is found by bisection on the float bit patterns (their integer order is the
+    value order for non-negative floats), so the memory is one bool vector at a time instead of a
+    sort's values and int64 indices: this is what lets a global top half of a whole UNet fit.
+    """
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k <= 0:
+        return keep
+    bits = flat.contiguous().view(torch.int32)
+    lo, hi = 0, int(bits.max())  # the largest t with at least k entries >= t lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if int((bits >= mid).sum()) >= k:
+            lo = mid
+        else:
+            hi = mid - 1
+    keep = bits > lo
+    need = k - int(keep.sum())
+    if need > 0:
+        keep[(bits == lo).nonzero().squeeze(1)[:need]] = True
+    return keep
+
+
 def _threshold_mask(a: torch.Tensor, xi: float, topk: float | None) -> torch.Tensor:
     flat = a.reshape(-1).float()
     if topk is not None:
         k = min(flat.numel(), int(round(topk * flat.numel())))
-        keep = torch.zeros(flat.numel(), dtype=torch.bool, device=a.device)
-        if k > 0:
-            keep[torch.topk(flat, k).indices] = True
-        return (keep & (flat > 0)).reshape(a.shape)
+        return (top_k_mask(flat.abs(), k) & (flat > 0)).reshape(a.shape)
     thr = flat.mean() + xi * flat.std(correction=0)
     return ((flat >= thr) & (flat > 0)).reshape(a.shape)
 

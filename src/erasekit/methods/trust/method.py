@@ -76,7 +76,11 @@ def _work(spec: MethodSpec, config: TRuSTConfig, kind: str) -> MethodWork:
     kv = config.forget_loss == "kv"  # the K/V forgetting loss itself needs no UNet pass
     csr = "csr" in config.betas()
     pool = config.pool_size * config.n_steps * 2 if config.needs_target_pool() else 0
-    retain = 0  # retain pools exist only for combination/conditional concepts
+    # the retain term: on the preserve prompts (every built-in SD concept has them) with retain_preserve;
+    # combinations and conditional concepts add their own retain prompts, which a kind does not tell
+    kept = config.gamma > 0 and config.retain_preserve and not kv
+    retain = config.retain_pool_size * config.n_steps * 2 if kept and config.latents == "pool" else 0
+    retain_reference = kept and getattr(config, "retain_target", "original") == "original"
     per_mask = config.saliency_samples if config.scorer_draws_sample() else 0
     dynamic = bool(config.mask_every)
     masks_per_iter = per_mask / config.mask_every if dynamic else 0.0
@@ -84,8 +88,9 @@ def _work(spec: MethodSpec, config: TRuSTConfig, kind: str) -> MethodWork:
     static_grad = static
     if isinstance(config, SalUnConfig) and config.saliency_loss == "diffusion":
         static, static_grad = 0.0, 2.0 * static  # SalUn's saliency: one guided (cond + uncond) gradient pass
-    draws = int(config.step_draws_sample()) + masks_per_iter
-    nograd = (0 if kv else 1) + masks_per_iter + (0 if config.latents == "pool" else (config.n_steps - 1) * draws)
+    draws = int(config.step_draws_sample()) + masks_per_iter + int(kept)
+    nograd = ((0 if kv else 1) + masks_per_iter + int(retain_reference)
+              + (0 if config.latents == "pool" else (config.n_steps - 1) * draws))
     return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, nograd, draws, 1,
                       setup_nograd=pool + retain + static, setup_grad=static_grad, double_backward=csr,
                       notes=("static mask from %d samples" % per_mask) if not dynamic else "",
