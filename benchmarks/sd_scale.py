@@ -3,7 +3,7 @@
     python benchmarks/sd_scale.py --model sd15 --device cuda --out benchmarks/results/sd-scale/h200
     python benchmarks/sd_scale.py --model tiny-sd1 --device cpu --iterations 2   # the same code path, in seconds
 
-The pipeline has the real architecture of ``--model`` (UNet, CLIP text encoder and VAE configs of
+The pipeline has the real architecture of ``--model`` (UNet, CLIP text encoder(s) and VAE configs of
 `erasekit.models.cost`, the shipped CLIP tokenizer) with random weights built in code: no download.
 With ``--clip random`` a randomly initialised CLIP ViT-L/14 is written to a temporary folder and given
 as ``clip_model``, so TRuST's clip scorer (VAE decode + CLIP image tower per saliency sample) costs
@@ -42,6 +42,7 @@ from erasekit.models.delta import apply_delta, revert_delta
 from erasekit.training import trainer as trainer_module
 
 GIB = 1024**3
+TINY_ESTIMATE = {"tiny-sd1": "sd15", "tiny-sd2": "sd21", "tiny-sdxl": "sdxl"}  # the estimate a tiny run is shown with
 CUT_FIELDS = {"pool_size": "pool", "retain_pool_size": "pool", "n_trajectories": "trajectories", "n_uncond": "trajectories",
               "preserve_pool_size": "pool"}
 DEFAULT_METHODS = ["trust", "salun", "salun++", "esd-x", "esd-u", "kscu", "trce", "uce", "trce-t",
@@ -54,26 +55,32 @@ def _clean(config: dict) -> dict:
 
 
 def full_size_pipeline(model: str, device: str):
-    """A randomly initialised SD-1.x/2.x pipeline with ``model``'s real configs (``sd15``, ``sd21``)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """A randomly initialised pipeline with ``model``'s real configs (``sd15``, ``sd21`` or ``sdxl``)."""
+    import transformers
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig
 
     from erasekit.models.tiny import DEFAULT_PREDICTION, SD_SCHEDULER_CONFIG, _tiny_tokenizer
 
     spec = KNOWN_MODELS[model]
-    if spec.family == "sdxl":
-        raise SystemExit("sd_scale.py builds SD-1.x/2.x pipelines; SDXL needs two text encoders (not built here)")
     torch.manual_seed(0)
     with torch.device(device):
         unet = UNet2DConditionModel(**_clean(spec.unet)).eval()
-        (cls_name, text_config), = spec.text_encoders
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()
+        encoders = [getattr(transformers, cls_name)(CLIPTextConfig(**config)).eval()
+                    for cls_name, config in spec.text_encoders]
         vae = AutoencoderKL(**_clean(spec.vae)).eval()
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG, prediction_type=DEFAULT_PREDICTION[spec.family])
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder,
-                                   tokenizer=_tiny_tokenizer(pad_token="!" if spec.family == "sd2" else None),
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    if spec.family == "sdxl":  # CLIP ViT-L, then OpenCLIP bigG with its projection; the second pads with '!'
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[1],
+                                         tokenizer=_tiny_tokenizer(), tokenizer_2=_tiny_tokenizer(pad_token="!"),
+                                         unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+                                         add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoders[0],
+                                       tokenizer=_tiny_tokenizer(pad_token="!" if spec.family == "sd2" else None),
+                                       unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -164,7 +171,7 @@ def measure(pipe, method: str, overrides: dict, concept, a) -> dict:
     device = pipe.unet.device
     row = {"method": method, "overrides": overrides}
     try:
-        est = estimate(method, a.model if not a.model.startswith("tiny-") else "sd15", config=cfg,
+        est = estimate(method, a.model if not a.model.startswith("tiny-") else TINY_ESTIMATE[a.model], config=cfg,
                        kind=concept.kind, gpu_memory_gib=1e9)
         work = method_work(method, cfg, concept.kind)
         row.update(estimate_gib=est.peak_gib,
@@ -225,7 +232,7 @@ def _overrides(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="sd15", help="sd15, sd21, or tiny-sd1 / tiny-sd2 (the code path on a CPU)")
+    ap.add_argument("--model", default="sd15", help="sd15, sd21, sdxl, or tiny-sd1 / tiny-sd2 / tiny-sdxl (the code path on a CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--concept", default="sd/church")
     ap.add_argument("--method", nargs="+", default=DEFAULT_METHODS)
