@@ -134,6 +134,38 @@ def test_masked_updates_stop_adam_momentum_outside_the_mask():
     assert (other.weight.detach() != w).all()
 
 
+def test_csr_by_central_difference_matches_the_double_backward():
+    from erasekit.methods.trust.losses import csr_penalty_fd, double_backward_attention
+    from erasekit.models.tiny import tiny_unet, tiny_unet_inputs
+
+    torch.manual_seed(0)
+    unet = tiny_unet("sd1")
+    inputs = tiny_unet_inputs("sd1")
+    params = {n: p for n, p in unet.named_parameters() if "attn2.to_" in n and n.endswith("weight")}
+    for p in unet.parameters():
+        p.requires_grad_(p in set(params.values()))
+    masks = {n: torch.rand_like(p) < 0.3 for n, p in params.items()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+
+    def f(weights=None):
+        out = torch.func.functional_call(unet, weights, (), inputs) if weights else unet(**inputs)
+        return out.sample.pow(2).mean()
+
+    def value_and_grad(penalty):
+        for p in params.values():
+            p.grad = None
+        value = penalty()
+        value.backward()
+        return float(value.detach()), torch.cat([p.grad.reshape(-1) for p in params.values()])
+
+    with double_backward_attention():
+        exact, g_exact = value_and_grad(lambda: csr_penalty(f(), params, masks))
+    fd, g_fd = value_and_grad(lambda: csr_penalty_fd(f(), params, masks, f))
+    assert fd == pytest.approx(exact, rel=1e-5)
+    assert float((g_fd - g_exact).norm() / g_exact.norm()) < 1e-3  # 2 H v, from two plain gradients
+    assert all(torch.equal(p.detach(), before[n]) for n, p in params.items())  # the weights are put back exactly
+
+
 def test_top_k_mask_selects_what_torch_topk_selects_without_sorting():
     from erasekit.methods.saliency import top_k_mask
 

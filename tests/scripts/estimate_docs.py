@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "real-checkpoints.md"
 RESULTS = ROOT / "benchmarks" / "results" / "sd-scale"
 METHODS = ("uce", "trce-t", "esd-x", "esd-u", "kscu", "trce-v", "trce", "trust", "salun", "salun++")
+VARIANTS = {"trust": [{"csr_hessian": "finite-difference"}]}  # extensions shown beside the preset
 MODELS = ("sd15", "sdxl")
 
 
@@ -48,13 +49,17 @@ def estimates_table() -> str:
     head = ("| model | method | trained params | peak, fp32 | cheapest settings that fit | peak | fits in 24 GB "
             "| training | one-off sampling |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    from erasekit.methods.base import get_method
+
     for model in MODELS:
-        for method in METHODS:
-            plain = estimate(method, model)
-            fit = fitting_settings(method, model)
+        for method, overrides in ((m, o) for m in METHODS for o in [{}, *VARIANTS.get(m, [])]):
+            config = get_method(method).config_cls(**overrides) if overrides else None
+            plain = estimate(method, model, config=config)
+            fit = fitting_settings(method, model, config=config)
             closed = "closed form" in plain.notes
             trained = "- (closed form)" if closed else f"{plain.params['trained_scope'] / 1e6:,.0f}M"
-            lines.append(f"| {KNOWN_MODELS[model].name} | {method} | {trained} | {plain.peak_gib:.1f} GiB "
+            label = method + "".join(f", {k}={v}" for k, v in overrides.items())
+            lines.append(f"| {KNOWN_MODELS[model].name} | {label} | {trained} | {plain.peak_gib:.1f} GiB "
                          f"| {_settings(fit)} | {fit.peak_gib:.1f} GiB | {'yes' if fit.fits else 'no'} "
                          f"| {'< 1 min' if closed else _duration(fit.train_seconds)} "
                          f"| {_duration(fit.setup_seconds) if fit.setup_seconds else '-'} |")

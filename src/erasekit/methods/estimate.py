@@ -158,7 +158,8 @@ def estimate(method: str, model: str = "sd15", config=None, kind: str = "object"
                     settings, work.notes)
 
 
-def fitting_settings(method: str, model: str, gpu_memory_gib: float = 24.0, kind: str = "object") -> Estimate:
+def fitting_settings(method: str, model: str, gpu_memory_gib: float = 24.0, kind: str = "object",
+                     config=None) -> Estimate:
     """The cheapest settings that fit: plain fp32, then + checkpointing, + bf16, + 8-bit Adam.
 
     Saliency-masked methods stop before 8-bit Adam: their masked step restores Adam's moments entry
@@ -167,11 +168,11 @@ def fitting_settings(method: str, model: str, gpu_memory_gib: float = 24.0, kind
     ladder = [dict(gradient_checkpointing=False, mixed_precision="no", optimizer="adam"),
               dict(gradient_checkpointing=True, mixed_precision="no", optimizer="adam"),
               dict(gradient_checkpointing=True, mixed_precision="bf16", optimizer="adam")]
-    if not method_work(method, kind=kind).masked_updates:
+    if not method_work(method, config, kind=kind).masked_updates:
         ladder.append(dict(gradient_checkpointing=True, mixed_precision="bf16", optimizer="adam8bit"))
     last = None
     for option in ladder:
-        last = estimate(method, model, kind=kind, gpu_memory_gib=gpu_memory_gib, **option)
+        last = estimate(method, model, config=config, kind=kind, gpu_memory_gib=gpu_memory_gib, **option)
         if last.fits:
             return last
     return last  # type: ignore[return-value]

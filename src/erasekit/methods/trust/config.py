@@ -73,6 +73,9 @@ class TRuSTConfig(FineTuneConfig):
     batch_size: int = Field(1, description="extension: forget and retain samples per iteration")
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr",
                                                                  description="CSR (Hessian), CIP (L1), both, none")
+    csr_hessian: Literal["exact", "finite-difference"] = Field(
+        "exact", description="extension: CSR's Hessian-vector product by double backward (math attention) or by a "
+                             "central difference of two plain gradients (fused attention, a plain step's memory)")
     cip_toward: Literal["zero", "original"] = Field(
         "zero", description="CIP's L1 pulls the masked weights to zero (removal) or their change to zero")
     stop_ratio: float | None = Field(None, description="stop once the concept's measured presence <= this x its "
@@ -87,7 +90,8 @@ class TRuSTConfig(FineTuneConfig):
     n_templates: int | None = Field(None, description="prompt templates used (None: all)")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("mask_contrast", "retain_kv_weight", "retain_mask",
-                                             "forget_loss", "forget_target", "negative_guidance", "batch_size")
+                                             "forget_loss", "forget_target", "negative_guidance", "batch_size",
+                                             "csr_hessian")
     PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET}
 
     @field_validator("mask_every")

@@ -9,6 +9,8 @@
   gradient: its gradient is the Hessian-vector product ``2 H_f (m * m * grad f)``.
   The forward that feeds it runs with the math SDPA kernel
   (`double_backward_attention`), because fused attention kernels have no double backward.
+  ``csr_penalty_fd`` (extension) has the same value and approximates the same gradient by a
+  central difference of two plain gradients.
 """
 
 from __future__ import annotations
@@ -37,6 +39,45 @@ def csr_penalty(f: torch.Tensor, params: Mapping[str, torch.Tensor], masks: Mapp
     grads = torch.autograd.grad(f, [params[n] for n in names], create_graph=True, allow_unused=True)
     terms = [((masks[n].to(g.dtype) * g) ** 2).sum() for n, g in zip(names, grads) if g is not None]
     return torch.stack(terms).sum() if terms else f.new_zeros(())
+
+
+def csr_penalty_fd(f: torch.Tensor, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                   recompute, rel_step: float = 1e-3) -> torch.Tensor:
+    """CSR whose gradient comes from a central difference instead of a double backward.
+
+    With ``g = grad_theta f`` and ``v = m * m * g``, ``H_f v ~ (grad f(theta + e v) - grad f(theta - e v)) / 2e``
+    (``e = rel_step * max(||theta||, 1) / ||v||``).  ``recompute(weights)`` re-evaluates ``f`` on the same
+    sample with the masked tensors replaced by ``weights`` (by name; the model's own tensors are not
+    touched, so graphs already built stay valid).  Returns a tensor whose value is ``||m * g||^2`` and
+    whose gradient is ``2 H_f v``: the trainer's backward sees the regulariser of `csr_penalty`, from
+    plain (fusable) backward passes.  ``f``'s graph is kept for the trainer's backward.
+    """
+    names = [n for n in params if n in masks and bool(masks[n].any())]
+    if not names:
+        return f.new_zeros(())
+    grads = torch.autograd.grad(f, [params[n] for n in names], retain_graph=True, allow_unused=True)
+    pairs = [(n, params[n], g) for n, g in zip(names, grads) if g is not None]
+    if not pairs:
+        return f.new_zeros(())
+    with torch.no_grad():
+        value = sum(((masks[n].to(g.dtype) * g) ** 2).sum() for n, _, g in pairs)
+        v = [masks[n].to(g.dtype) ** 2 * g for n, _, g in pairs]
+        v_norm = float(torch.sqrt(sum((x.double() ** 2).sum() for x in v)))
+    if v_norm == 0.0:
+        return value
+    with torch.no_grad():
+        p_norm = float(torch.sqrt(sum((p.detach().double() ** 2).sum() for _, p, _ in pairs)))
+    eps = rel_step * max(p_norm, 1.0) / v_norm
+    sides = []
+    for sign in (1.0, -1.0):
+        moved = {n: (p.detach() + sign * eps * x).requires_grad_(True) for (n, p, _), x in zip(pairs, v)}
+        with torch.enable_grad():
+            sides.append(torch.autograd.grad(recompute(moved), list(moved.values()), allow_unused=True))
+    linear = f.new_zeros(())
+    for (_, p, _), a, b in zip(pairs, *sides):
+        if a is not None and b is not None:
+            linear = linear + (p * ((a - b) / eps).detach()).sum()  # gradient: 2 H v = (a - b) / eps
+    return value + linear - linear.detach()
 
 
 def double_backward_attention():

@@ -33,11 +33,23 @@ from ..retain import KVMatchLoss, LatentPool, kept_prompts, text_kv_names
 from ..saliency import (Scorer, ScoreSample, jaccard, mask_size, neuron_masks, neuron_scores, rows_to_entries,
                         saliency, saliency_masks)
 from .config import TRuSTConfig
-from .losses import cip_penalty, contrast_saliency, csr_penalty, double_backward_attention, summed
+from .losses import (cip_penalty, contrast_saliency, csr_penalty, csr_penalty_fd, double_backward_attention,
+                     summed)
 from .stopping import StopRule, change_summary
 
 MaskCallback = Callable[[int, dict[str, torch.Tensor]], None]
 IMAGE_SCORERS = ("detector", "clip")  # scorers that read the decoded prediction, not the anchor reference
+
+
+class _Predictor(torch.nn.Module):
+    """``predict`` as a module call, so `torch.func.functional_call` can swap the UNet's weights for one call."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, z, t, cond):
+        return predict(self.unet, z, t, cond)
 
 
 def retain_prompt_list(concept: ConceptSpec, config: TRuSTConfig) -> list[str]:
@@ -243,7 +255,8 @@ class TrustStep:
             z, t, cond, idx = self.draw_batch(g)
             if self.kv_forget is None:  # before the edited pass: the reference swaps the weights in place
                 ref = self.forget_reference(z, t, cond, cat_conditions([self.anchor_embeds[i : i + 1] for i in idx]))
-            ctx = double_backward_attention() if "csr" in self.betas else contextlib.nullcontext()
+            exact_csr = "csr" in self.betas and self.config.csr_hessian == "exact"
+            ctx = double_backward_attention() if exact_csr else contextlib.nullcontext()
             with ctx:
                 out = predict(self.unet, z, t, cond)
         if self.kv_forget is not None:
@@ -256,7 +269,14 @@ class TrustStep:
             reg = reg + self.betas["cip"] * cip_penalty(self.params, self.trainer.originals, masks,
                                                         self.config.cip_toward)
         if "csr" in self.betas:
-            reg = reg + self.betas["csr"] * csr_penalty(out.float().pow(2).mean(), self.params, masks)
+            if self.config.csr_hessian == "exact":
+                reg = reg + self.betas["csr"] * csr_penalty(out.float().pow(2).mean(), self.params, masks)
+            else:
+                def again(weights):  # f on the same sample, with the masked tensors replaced by ``weights``
+                    moved = {f"unet.{n}": w for n, w in weights.items()}
+                    return torch.func.functional_call(_Predictor(self.unet), moved, (z, t, cond)).float().pow(2).mean()
+
+                reg = reg + self.betas["csr"] * csr_penalty_fd(out.float().pow(2).mean(), self.params, masks, again)
         loss = loss + reg
         l_retain = torch.zeros((), device=l_forget.device)
         if self.retain and self.config.gamma > 0:
