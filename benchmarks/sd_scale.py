@@ -45,7 +45,8 @@ GIB = 1024**3
 TINY_ESTIMATE = {"tiny-sd1": "sd15", "tiny-sd2": "sd21", "tiny-sdxl": "sdxl"}  # the estimate a tiny run is shown with
 CUT_FIELDS = {"pool_size": "pool", "retain_pool_size": "pool", "n_trajectories": "trajectories", "n_uncond": "trajectories",
               "preserve_pool_size": "pool"}
-DEFAULT_METHODS = ["trust", "salun", "salun++", "esd-x", "esd-u", "kscu", "trce", "uce", "trce-t",
+DEFAULT_METHODS = ["trust", 'trust{"csr_hessian": "finite-difference"}', "salun", "salun++", "esd-x", "esd-u",
+                   "kscu", "trce", "uce", "trce-t", 'trust{"gradient_checkpointing": true}',
                    'trust{"mixed_precision": "bf16", "gradient_checkpointing": true}',
                    'esd-u{"mixed_precision": "bf16", "gradient_checkpointing": true}']
 
