@@ -83,8 +83,8 @@ class Estimate:
         fit = "fits" if self.fits else "does NOT fit"
         lines = [
             f"{self.method} on {self.model}: peak ~{self.peak_gib:.1f} GiB ({fit} in {self.gpu_memory_gib:.0f} GiB), "
-            f"training ~{_duration(self.train_seconds)}"
-            + (f" + one-off sampling ~{_duration(self.setup_seconds)}" if self.setup_seconds else ""),
+            f"training ~{format_duration(self.train_seconds)}"
+            + (f" + one-off sampling ~{format_duration(self.setup_seconds)}" if self.setup_seconds else ""),
             f"  memory (GiB): {parts}",
             "  settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()),
         ]
@@ -93,7 +93,8 @@ class Estimate:
         return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """Seconds as '42 s', '17 min' or '2.3 h'."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

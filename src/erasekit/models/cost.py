@@ -182,66 +182,91 @@ class UNetCost:
     saved_bytes_checkpointed: int  # the same with gradient checkpointing (incl. the largest recomputed block)
 
 
+def _meta_training_unet(config: dict, scope: str):
+    """(meta UNet of ``config``, its trained parameters by name): only the ``scope`` ('a+b' for several) needs grad."""
+    from .scopes import get_scope
+
+    unet = meta_unet(config)
+    trained = {}
+    for s in scope.split("+"):
+        trained.update(get_scope(s).select(unet))
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    for p in trained.values():
+        p.requires_grad_(True)
+    return unet, trained
+
+
+def _meta_inputs(config: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(latents, text states, extra kwargs) of one sample at the config's native size, on ``meta``."""
+    h, w = (config["sample_size"],) * 2 if isinstance(config["sample_size"], int) else config["sample_size"]
+    z = torch.randn(1, config.get("in_channels", 4), h, w, device="meta")
+    ehs = torch.randn(1, 77, config["cross_attention_dim"], device="meta")
+    kwargs: dict[str, Any] = {}
+    if config.get("addition_embed_type") == "text_time":
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, device="meta"),
+                                       "time_ids": torch.randn(1, 6, device="meta")}
+    return z, ehs, kwargs
+
+
+class _SavedBytes:
+    """Bytes of the tensors autograd saves while ``hooks()`` is active (weights excluded, each storage once)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.params = {id(p) for p in module.parameters()}
+        self.seen: dict[int, int] = {}
+        self.alive: list[torch.Tensor] = []  # every counted tensor stays referenced, so no id is reused
+
+    def pack(self, t: torch.Tensor):
+        base = t._base if t._base is not None else t
+        if id(base) not in self.params and id(base) not in self.seen:
+            self.seen[id(base)] = base.numel() * base.element_size()
+            self.alive.append(base)
+        return (t, base)
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda x: x[0])
+
+    @property
+    def total(self) -> int:
+        return sum(self.seen.values())
+
+
 @lru_cache(maxsize=32)
 def _unet_cost_cached(config_json: str, scope: str) -> UNetCost:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .scopes import get_scope
-
     config = json.loads(config_json)
-    scopes = scope.split("+")
     saved_total, saved_gc = 0, 0
     flops_fwd = flops_all = 0.0
     for checkpointing in (False, True):
-        unet = meta_unet(config)
-        params = {id(p) for p in unet.parameters()}
-        trained = {}
-        for s in scopes:
-            trained.update(get_scope(s).select(unet))
-        for p in unet.parameters():
-            p.requires_grad_(False)
-        for p in trained.values():
-            p.requires_grad_(True)
+        unet, trained = _meta_training_unet(config, scope)
         if checkpointing:
             unet.enable_gradient_checkpointing()
             unet.train()  # some diffusers blocks checkpoint only in training mode
-        h, w = (config["sample_size"],) * 2 if isinstance(config["sample_size"], int) else config["sample_size"]
-        z = torch.randn(1, config.get("in_channels", 4), h, w, device="meta")
-        ehs = torch.randn(1, 77, config["cross_attention_dim"], device="meta")
-        kwargs: dict[str, Any] = {}
-        if config.get("addition_embed_type") == "text_time":
-            pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
-            kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, device="meta"),
-                                           "time_ids": torch.randn(1, 6, device="meta")}
-        seen: dict[int, int] = {}
-        alive: list[torch.Tensor] = []  # every counted tensor stays referenced, so no id is reused while counting
-
-        def pack(t: torch.Tensor):
-            base = t._base if t._base is not None else t
-            if id(base) not in params and id(base) not in seen:
-                seen[id(base)] = base.numel() * base.element_size()
-                alive.append(base)
-            return (t, base)
+        z, ehs, kwargs = _meta_inputs(config)
+        saved = _SavedBytes(unet)
 
         # the units diffusers checkpoints one by one: each ResNet and each transformer of a block
         blocks = [m for m in unet.modules() if type(m).__name__ in ("ResnetBlock2D", "Transformer2DModel")]
         per_block: list[int] = []
-        handles = [b.register_forward_pre_hook(lambda m, a: per_block.append(-sum(seen.values()))) for b in blocks]
-        handles += [b.register_forward_hook(lambda m, a, o: per_block.__setitem__(-1, per_block[-1] + sum(seen.values())))
+        handles = [b.register_forward_pre_hook(lambda m, a: per_block.append(-saved.total)) for b in blocks]
+        handles += [b.register_forward_hook(lambda m, a, o: per_block.__setitem__(-1, per_block[-1] + saved.total))
                     for b in blocks]
         # FLOPs are counted on the plain pass (a checkpointed pass adds one forward: see `estimate`)
         counter = None if checkpointing else FlopCounterMode(display=False)
         with counter or contextlib.nullcontext(), _fused_attention():
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x[0]):
+            with saved.hooks():
                 out = unet(z, torch.tensor(500, device="meta"), encoder_hidden_states=ehs, **kwargs).sample
             fwd = counter.get_total_flops() if counter else 0
             out.float().pow(2).mean().backward()  # outside the hooks: recomputation is not "kept"
         for hd in handles:
             hd.remove()
         if checkpointing:
-            saved_gc = sum(seen.values()) + max(per_block_full)
+            saved_gc = saved.total + max(per_block_full)
         else:
-            saved_total, flops_fwd, flops_all = sum(seen.values()), float(fwd), float(counter.get_total_flops())  # type: ignore[union-attr]
+            saved_total, flops_fwd, flops_all = saved.total, float(fwd), float(counter.get_total_flops())  # type: ignore[union-attr]
             per_block_full = list(per_block)
     n_params = sum(p.numel() for p in unet.parameters())
     return UNetCost(n_params, sum(p.numel() for p in trained.values()), flops_fwd, flops_all - flops_fwd,
@@ -252,40 +277,14 @@ def _unet_cost_cached(config_json: str, scope: str) -> UNetCost:
 def _double_backward_bytes_cached(config_json: str, scope: str) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from .scopes import get_scope
-
     config = json.loads(config_json)
-    unet = meta_unet(config)
-    params = {id(p) for p in unet.parameters()}
-    trained = {}
-    for s in scope.split("+"):
-        trained.update(get_scope(s).select(unet))
-    for p in unet.parameters():
-        p.requires_grad_(False)
-    for p in trained.values():
-        p.requires_grad_(True)
-    h, w = (config["sample_size"],) * 2 if isinstance(config["sample_size"], int) else config["sample_size"]
-    z = torch.randn(1, config.get("in_channels", 4), h, w, device="meta")
-    ehs = torch.randn(1, 77, config["cross_attention_dim"], device="meta")
-    kwargs: dict[str, Any] = {}
-    if config.get("addition_embed_type") == "text_time":
-        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, device="meta"),
-                                       "time_ids": torch.randn(1, 6, device="meta")}
-    seen: dict[int, int] = {}
-    alive: list[torch.Tensor] = []  # every counted tensor stays referenced, so no id is reused while counting
-
-    def pack(t: torch.Tensor):
-        base = t._base if t._base is not None else t
-        if id(base) not in params and id(base) not in seen:
-            seen[id(base)] = base.numel() * base.element_size()
-            alive.append(base)
-        return (t, base)
-
-    with sdpa_kernel([SDPBackend.MATH]), torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x[0]):
+    unet, trained = _meta_training_unet(config, scope)
+    z, ehs, kwargs = _meta_inputs(config)
+    saved = _SavedBytes(unet)
+    with sdpa_kernel([SDPBackend.MATH]), saved.hooks():
         out = unet(z, torch.tensor(500, device="meta"), encoder_hidden_states=ehs, **kwargs).sample
         torch.autograd.grad(out.float().pow(2).mean(), list(trained.values()), create_graph=True)
-    return sum(seen.values())
+    return saved.total
 
 
 def double_backward_saved_bytes(config: dict, scope: str) -> int:

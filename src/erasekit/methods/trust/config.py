@@ -148,6 +148,11 @@ class TRuSTConfig(FineTuneConfig):
         names = self.regularizer.split("+")
         return {n: (self.beta if self.beta is not None else BETA_DEFAULTS[n]) for n in names}
 
+    @property
+    def double_backward(self) -> bool:
+        """Whether a step differentiates a gradient: CSR with its exact Hessian-vector product."""
+        return "csr" in self.betas() and self.csr_hessian == "exact"
+
     def step_draws_sample(self) -> bool:
         """Whether an iteration draws a target ``x_t``: the noise forgetting loss predicts on it and CSR
         differentiates that prediction; the K/V forgetting loss alone needs no sample."""

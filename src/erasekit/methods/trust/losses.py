@@ -63,10 +63,9 @@ def csr_penalty_fd(f: torch.Tensor, params: Mapping[str, torch.Tensor], masks: M
         value = sum(((masks[n].to(g.dtype) * g) ** 2).sum() for n, _, g in pairs)
         v = [masks[n].to(g.dtype) ** 2 * g for n, _, g in pairs]
         v_norm = float(torch.sqrt(sum((x.double() ** 2).sum() for x in v)))
+        p_norm = float(torch.sqrt(sum((p.detach().double() ** 2).sum() for _, p, _ in pairs)))
     if v_norm == 0.0:
         return value
-    with torch.no_grad():
-        p_norm = float(torch.sqrt(sum((p.detach().double() ** 2).sum() for _, p, _ in pairs)))
     eps = rel_step * max(p_norm, 1.0) / v_norm
     sides = []
     for sign in (1.0, -1.0):

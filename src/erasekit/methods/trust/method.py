@@ -52,7 +52,7 @@ def _around_run(trainer, step, config: TRuSTConfig) -> ExitStack:
     which must use the kernel the CSR forward used)."""
     stack = ExitStack()
     stack.enter_context(MaskedUpdates(trainer.params, lambda: step.masks))
-    if "csr" in getattr(step, "betas", {}) and config.csr_hessian == "exact" and config.gradient_checkpointing:
+    if config.double_backward and config.gradient_checkpointing:
         stack.enter_context(double_backward_attention())
     return stack
 
@@ -88,14 +88,13 @@ def _work(spec: MethodSpec, config: TRuSTConfig, kind: str) -> MethodWork:
     static_grad = static
     if isinstance(config, SalUnConfig) and config.saliency_loss == "diffusion":
         static, static_grad = 0.0, 2.0 * static  # SalUn's saliency: one guided (cond + uncond) gradient pass
-    exact = getattr(config, "csr_hessian", "exact") == "exact"
-    fd_passes = 2 if csr and not exact and config.step_draws_sample() else 0  # the central difference's gradients
+    fd_passes = 2 if csr and not config.double_backward and config.step_draws_sample() else 0  # central difference
     draws = int(config.step_draws_sample()) + masks_per_iter
     nograd = ((0 if kv else 1) + masks_per_iter + int(retain_reference)
               + (0 if config.latents == "pool" else (config.n_steps - 1) * draws))
     grad = draws + int(kept) + fd_passes
     return MethodWork(spec.name, spec.scope_for(config, kind), config.iterations, nograd, grad, 1,
-                      setup_nograd=pool + retain + static, setup_grad=static_grad, double_backward=csr and exact,
+                      setup_nograd=pool + retain + static, setup_grad=static_grad, double_backward=config.double_backward,
                       notes=("static mask from %d samples" % per_mask) if not dynamic else "",
                       masked_updates="dynamic" if dynamic else "static")
 

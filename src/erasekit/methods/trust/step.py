@@ -255,8 +255,7 @@ class TrustStep:
             z, t, cond, idx = self.draw_batch(g)
             if self.kv_forget is None:  # before the edited pass: the reference swaps the weights in place
                 ref = self.forget_reference(z, t, cond, cat_conditions([self.anchor_embeds[i : i + 1] for i in idx]))
-            exact_csr = "csr" in self.betas and self.config.csr_hessian == "exact"
-            ctx = double_backward_attention() if exact_csr else contextlib.nullcontext()
+            ctx = double_backward_attention() if self.config.double_backward else contextlib.nullcontext()
             with ctx:
                 out = predict(self.unet, z, t, cond)
         if self.kv_forget is not None:
