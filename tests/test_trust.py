@@ -182,6 +182,35 @@ def test_top_k_mask_selects_what_torch_topk_selects_without_sorting():
                                                                                     False, False]
 
 
+def test_global_top_k_over_tensors_equals_top_k_of_their_concatenation():
+    from erasekit.methods.saliency import saliency_masks, top_k_mask, top_k_masks
+
+    torch.manual_seed(0)
+    grads = {"a": torch.randn(40, 30), "b": torch.randn(7), "c": torch.randn(3, 5, 11)}
+    grads["a"][::3] = 0.5  # ties at the k-th magnitude, across tensors and signs
+    grads["b"][:4] = -0.5
+    grads["c"][0] = 0.0
+    flat = torch.cat([g.reshape(-1) for g in grads.values()])
+    for k in (0, 1, 300, 700, flat.numel()):
+        ref, got, i = top_k_mask(flat.abs(), k), top_k_masks(grads, k), 0
+        for n, g in grads.items():
+            assert got[n].shape == g.shape and torch.equal(got[n].reshape(-1), ref[i : i + g.numel()])
+            i += g.numel()
+    # the global top half excludes zero saliency, as the concatenated threshold does
+    masks = saliency_masks(grads, topk=0.5, granularity="global")
+    k = int(round(0.5 * flat.numel()))
+    ref = top_k_mask(flat.abs(), k) & (flat.abs() > 0)
+    assert torch.equal(torch.cat([masks[n].reshape(-1) for n in grads]), ref)
+
+
+def test_summed_adds_in_place_without_touching_the_later_dicts():
+    from erasekit.methods.trust.losses import summed
+
+    a, b, c = ({"w": torch.full((2,), float(v))} for v in (1, 2, 4))
+    total = summed(iter([a, b, c]))
+    assert total["w"].tolist() == [7.0, 7.0] and b["w"].tolist() == [2.0, 2.0] and c["w"].tolist() == [4.0, 4.0]
+
+
 def test_masked_updates_copy_only_tensors_with_momentum_outside_the_mask():
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 

@@ -19,7 +19,10 @@ How an estimate is made (`estimate`):
    bf16 autocast, which also caches a bf16 copy of the trained weights) +
    saliency masks (1 byte per trained entry) and, with masks that move, the
    masked step's copy of the weights and Adam moments (12 bytes) + a fixed
-   CUDA overhead.
+   CUDA overhead.  This is the training step's peak: a static mask made
+   before training (SalUn's top half over the whole UNet) holds the running
+   gradient sum, one new gradient and the masks (``saliency_masks`` ranks
+   the tensors one at a time), less than the step's gradients and Adam state.
 4. **Time** = FLOPs / an effective throughput calibrated on the one timing
    the papers give for a 24 GB GPU: TRCE stage 2, 300 iterations in about
    300 s on an RTX 4090 (SD-1.4, 512 px).  One-off sampling is reported

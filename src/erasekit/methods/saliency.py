@@ -297,29 +297,43 @@ def saliency(score: torch.Tensor, params: Mapping[str, torch.Tensor]) -> dict[st
     return out
 
 
-def top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the ``k`` largest entries of a non-negative float32 vector (ties: lowest indices first).
+def top_k_masks(values: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Bool masks of the ``k`` entries of largest magnitude over all of ``values`` taken together.
 
-    The k-th largest value is found by bisection on the float bit patterns (their integer order is the
-    value order for non-negative floats), so the memory is one bool vector at a time instead of a
-    sort's values and int64 indices: this is what lets a global top half of a whole UNet fit.
+    Ties at the k-th magnitude take the lowest positions, in the order of ``values`` and then of each
+    tensor's flattened entries, so exactly ``k`` entries are kept.  The k-th largest magnitude is found
+    by bisection on the float32 bit patterns with the sign bit cleared (their integer order is the
+    magnitude order), one tensor at a time: besides the masks, the memory is one temporary of the
+    largest tensor's size, instead of a copy of the magnitudes, a concatenation, or a sort's values
+    and int64 indices.  This is what lets a global top half of a whole UNet's saliency fit beside
+    its gradients.
     """
-    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    def bits(v: torch.Tensor) -> torch.Tensor:
+        return v.detach().float().contiguous().view(torch.int32) & 0x7FFFFFFF
+
     if k <= 0:
-        return keep
-    bits = flat.contiguous().view(torch.int32)
-    lo, hi = 0, int(bits.max())  # the largest t with at least k entries >= t lies in [lo, hi]
-    while lo < hi:
+        return {n: torch.zeros_like(v, dtype=torch.bool) for n, v in values.items()}
+    lo, hi = 0, max(int(bits(v).max()) for v in values.values() if v.numel())
+    while lo < hi:  # the largest t with at least k entries >= t lies in [lo, hi]
         mid = (lo + hi + 1) // 2
-        if int((bits >= mid).sum()) >= k:
+        if sum(int((bits(v) >= mid).sum()) for v in values.values()) >= k:
             lo = mid
         else:
             hi = mid - 1
-    keep = bits > lo
-    need = k - int(keep.sum())
-    if need > 0:
-        keep[(bits == lo).nonzero().squeeze(1)[:need]] = True
-    return keep
+    out = {n: bits(v).view(v.shape) > lo for n, v in values.items()}
+    need = k - sum(int(m.sum()) for m in out.values())
+    for n, v in values.items():
+        if need <= 0:
+            break
+        ties = (bits(v) == lo).reshape(-1).nonzero().squeeze(1)[:need]
+        out[n].view(-1)[ties] = True
+        need -= len(ties)
+    return out
+
+
+def top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` entries of largest magnitude of one tensor (`top_k_masks` of it alone)."""
+    return top_k_masks({"": flat}, k)[""]
 
 
 def _threshold_mask(a: torch.Tensor, xi: float, topk: float | None) -> torch.Tensor:
@@ -340,6 +354,10 @@ def saliency_masks(grads: Mapping[str, torch.Tensor], xi: float = 2.0, topk: flo
         return {n: _threshold_mask(g.abs(), xi, topk) for n, g in grads.items()}
     if granularity != "global":
         raise ValueError(f"granularity must be 'tensor' or 'global', got {granularity!r}")
+    if topk is not None:  # the top fraction of every entry, without concatenating them
+        total = sum(g.numel() for g in grads.values())
+        keep = top_k_masks(grads, min(total, int(round(topk * total))))
+        return {n: keep[n] & (grads[n].abs().float() > 0) for n in grads}
     names = list(grads)
     flat = torch.cat([grads[n].abs().reshape(-1).float() for n in names])
     keep = _threshold_mask(flat, xi, topk)

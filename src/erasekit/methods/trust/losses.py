@@ -99,10 +99,18 @@ def contrast_saliency(target: Mapping[str, torch.Tensor], kept: Mapping[str, tor
 
 
 def summed(grads: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Entry-wise sum of one or more gradient dicts (saliency over several samples)."""
+    """Entry-wise sum of one or more gradient dicts (saliency over several samples).
+
+    The first dict's tensors take the sum in place, so they must not be shared with anything else
+    (`saliency` returns fresh tensors); the peak is then the running sum and one new gradient.
+    """
     total: dict[str, torch.Tensor] | None = None
     for g in grads:
-        total = dict(g) if total is None else {n: total[n] + g[n] for n in g}
+        if total is None:
+            total = dict(g)
+        else:
+            for n in g:
+                total[n].add_(g[n])
     if total is None:
         raise ValueError("no gradients to sum")
     return total
