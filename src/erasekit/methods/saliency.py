@@ -313,10 +313,10 @@ def top_k_masks(values: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.T
 
     if k <= 0:
         return {n: torch.zeros_like(v, dtype=torch.bool) for n, v in values.items()}
-    lo, hi = 0, max(int(bits(v).max()) for v in values.values() if v.numel())
+    lo, hi = 0, int(torch.stack([bits(v).max() for v in values.values() if v.numel()]).max())
     while lo < hi:  # the largest t with at least k entries >= t lies in [lo, hi]
         mid = (lo + hi + 1) // 2
-        if sum(int((bits(v) >= mid).sum()) for v in values.values()) >= k:
+        if int(sum((bits(v) >= mid).sum() for v in values.values())) >= k:  # one device sync per halving
             lo = mid
         else:
             hi = mid - 1
