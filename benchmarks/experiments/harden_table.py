@@ -127,7 +127,29 @@ def table(configs: list[Path]) -> str:
                          f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
     lines += ["", "What each experiment asked:", ""]
     lines += [f"- `{p.stem}`: {json.loads(p.read_text()).get('about', '')}" for p in configs]
+    lines += attack_seed_spread()
     return "\n".join(lines) + "\n"
+
+
+def attack_seed_spread() -> list[str]:
+    """The tables of `benchmarks/attack_seeds.py` for every folder under REFERENCE that has its results."""
+    import importlib.util
+
+    folders = sorted({p.parent.parent for p in REFERENCE.glob("**/attack-seeds/*.json")})
+    if not folders:
+        return []
+    spec = importlib.util.spec_from_file_location("attack_seeds", ROOT / "benchmarks" / "attack_seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    lines = ["", "## Attack-seed spread", "",
+             "The same delta and cases attacked again with other attack seeds (`python benchmarks/attack_seeds.py "
+             "FOLDER --rows ROW ... --seeds ...`): how far a row's attack success rate moves with the attack's own "
+             "random draws alone.", ""]
+    for folder in folders:
+        for attack in ("unlearndiff", "ringabell"):
+            if any((folder / seeds.RESULTS).glob(f"*-{attack}-seed*.json")):
+                lines += [seeds.table(folder, attack, name=folder.relative_to(ROOT).as_posix()), ""]
+    return lines[:-1]
 
 
 def main() -> int:
