@@ -311,7 +311,7 @@ def top_k_masks(values: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.T
     def bits(v: torch.Tensor) -> torch.Tensor:
         return v.detach().float().contiguous().view(torch.int32) & 0x7FFFFFFF
 
-    if k <= 0:
+    if k <= 0 or not any(v.numel() for v in values.values()):
         return {n: torch.zeros_like(v, dtype=torch.bool) for n, v in values.items()}
     lo, hi = 0, int(torch.stack([bits(v).max() for v in values.values() if v.numel()]).max())
     while lo < hi:  # the largest t with at least k entries >= t lies in [lo, hi]
