@@ -71,7 +71,8 @@ def table(folder: Path, attack: str, name: str | None = None) -> str:
     for path in sorted((folder / RESULTS).glob(f"*-{attack}-seed*.json")):
         r = json.loads(path.read_text(encoding="utf-8"))
         by_row.setdefault(r["row"], []).append(r)
-    lines = [f"Attack `{attack}` on the saved deltas of `{name or folder.as_posix()}`, same cases, one run per attack seed.",
+    lines = [f"Attack `{attack}` on the saved deltas of `{name or folder.as_posix()}`, same cases, one run per attack seed "
+             "(the pooled interval treats the runs as independent draws, though they share the cases).",
              "", "| row | cases | won per seed (seed: won) | range | pooled rate [95% Wilson] | stored row's rate |",
              "|---|---|---|---|---|---|"]
     for row, results in by_row.items():
