@@ -94,6 +94,8 @@ class TrustStep:
                                          self.anchor_embeds.embeds.reshape(-1, width))
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.betas = config.betas()
+        # the finite-difference CSR re-runs the prediction with swapped weights (`torch.func.functional_call`)
+        self.predictor = _Predictor(self.unet) if config.csr_hessian == "finite-difference" else None
         self.pool = self.retain_pool = None
         self.step_samples = config.step_draws_sample()
         if config.latents == "pool":
@@ -273,7 +275,7 @@ class TrustStep:
             else:
                 def again(weights):  # f on the same sample, with the masked tensors replaced by ``weights``
                     moved = {f"unet.{n}": w for n, w in weights.items()}
-                    return torch.func.functional_call(_Predictor(self.unet), moved, (z, t, cond)).float().pow(2).mean()
+                    return torch.func.functional_call(self.predictor, moved, (z, t, cond)).float().pow(2).mean()
 
                 reg = reg + self.betas["csr"] * csr_penalty_fd(out.float().pow(2).mean(), self.params, masks, again)
         loss = loss + reg
