@@ -6,6 +6,7 @@ Rows are computed by `erasekit.eval.robustness.measure_row` (what each column ho
     python benchmarks/robustness.py --concept circle --methods uce trce
     python benchmarks/robustness.py --concept circle --methods uce trce-t --harden rece   # + hardened rows
     python benchmarks/robustness.py --concept red --methods trce-t esd-x --harden adv --seed 1 --attack-seed 101
+    python benchmarks/robustness.py --experiment benchmarks/experiments/harden/red-cases48.json --attack-seeds 1 2 3
 
 For the original model and each method's erasure of ``--concept`` (the method's
 ``shapes`` preset), on the same explicit target cases (prompts + seeds):
@@ -37,6 +38,12 @@ same seed instead of erasing again, and reuses ``OUT/deltas/<row>`` when it hard
 delta with the same settings.  ``--seed`` seeds the base erasure and the hardening; rows are written to
 ``OUT/<method>.json`` (``OUT`` defaults to ``benchmarks/results/robustness/<concept>``).
 
+``--attack-seeds 1 2 3`` attacks every erasure row's saved delta again with each of those attack seeds
+(both attacks; stored rows included, so it can be added to a finished run): only the attack's random
+draws change.  Each run is stored under ``OUT/attack-seeds/`` and reused; the summary and the
+experiment tables then show and judge each attack's rate pooled over the seeds
+(`erasekit.eval.attack_seeds`).
+
 ``--summary ROOT`` reads every row under ``ROOT/<concept>[/<seed dir>]/*.json`` and writes
 ``ROOT/summary.md``: each hardened row beside its unhardened one, with 95% Wilson intervals
 and whether it meets the bars (<= 0.05 under each attack and after resurgence, preservation
@@ -58,6 +65,7 @@ from rich.table import Table
 
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
+from erasekit.eval.attack_seeds import pooled_row
 from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.robustness import COLUMNS, StoredRowMismatch, folder_rows, markdown, run_rows, summary
 from erasekit.generation import SamplingSettings
@@ -101,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also measure each method hardened by these variants (rece, adv, or a chain: adv+rece)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the base erasures and the hardening")
     ap.add_argument("--attack-seed", type=int, default=None, help="seed of the measuring attacks (default: theirs)")
+    ap.add_argument("--attack-seeds", nargs="+", type=int, default=None,
+                    help="also attack every erasure row's saved delta with these attack seeds (the summary pools them)")
     ap.add_argument("--harden-config", type=json.loads, default=None,
                     help="JSON overrides of the hardening's shapes preset (rows are labelled with --harden-tag)")
     ap.add_argument("--harden-tag", default="", help="suffix of the hardened rows' labels, e.g. '-short'")
@@ -142,9 +152,10 @@ def main() -> None:
                         resurgence_steps=a.resurgence_steps, per_tier=a.tier_prompts, n_preserve=a.preservation_prompts,
                         seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
                         reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
-                        method_overrides=a.method_config)
+                        method_overrides=a.method_config, attack_seeds=a.attack_seeds)
     except StoredRowMismatch as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
+    rows = [pooled_row(out, r) for r in rows]  # attack rates pooled over the attack seeds run on each row
     table = Table(title=f"robustness: {a.concept}")
     for c in ("method", *COLUMNS, "erase s"):
         table.add_column(c)
@@ -153,7 +164,7 @@ def main() -> None:
                       f"{r['erase_seconds']:.1f}" if "erase_seconds" in r else "-")
     console.print(table)
     # the folder's table holds every row stored there, not only this invocation's
-    stored = {**folder_rows(out), **{r["method"]: r for r in rows}}
+    stored = {**{label: pooled_row(out, r) for label, r in folder_rows(out).items()}, **{r["method"]: r for r in rows}}
     ordered = sorted(stored.values(), key=lambda r: (r["method"] != "original", r["method"]))
     write_text(out / "robustness.md", markdown(ordered, a.concept, a.cases, a.resurgence_steps))
 

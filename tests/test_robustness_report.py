@@ -65,6 +65,7 @@ def test_row_labels():
 def test_bench_robustness_input_errors_are_one_line():
     runner = CliRunner()
     for args, message in ((["--harden", "adv"], "--harden needs --robustness"),
+                          (["--attack-seed", "1"], "--attack-seed needs --robustness"),
                           (["--robustness", "circle", "--harden", "foo"], "unknown hardening variant"),
                           (["--robustness", "circle", "--harden", "adv+foo"], "unknown hardening variant"),
                           (["--robustness", "c.yaml"], "concept names from the packs")):
@@ -80,14 +81,15 @@ def test_bench_robustness_rows_are_named_by_the_bare_concept(monkeypatch):
     seen = {}
 
     def record(pipe, path, concepts, *rest):
-        seen["c"] = concepts
+        seen["c"], seen["seeds"] = concepts, rest[-1]
         raise SystemExit(0)  # stop before any measurement
 
     monkeypatch.setattr(bench_cli, "_robustness_rows", record)
     monkeypatch.setattr(bench_cli, "load_model", lambda model, device: (None, None))
-    result = CliRunner().invoke(app, ["bench", "--robustness", "red", "--robustness", "shapes/circle"])
+    result = CliRunner().invoke(app, ["bench", "--robustness", "red", "--robustness", "shapes/circle",
+                                      "--attack-seed", "1", "--attack-seed", "2"])
     assert result.exit_code == 0, result.output
-    assert seen["c"] == ["red", "circle"]
+    assert seen["c"] == ["red", "circle"] and seen["seeds"] == [1, 2]
 
 
 def test_hardening_cost_counts_rounds_or_iterations_and_the_training_attack():

@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+from erasekit.eval.attack_seeds import RESULTS, attack_text, pooled_row, spread_table  # noqa: E402
 from erasekit.eval.robustness import (  # noqa: E402
     attribute_preservation_text, bars, cost, preservation_text, rate_with_interval, row_label, train_loss,
     unhardened_label)
@@ -43,7 +44,9 @@ CONFIG`). Screens use fewer attack cases and no resurgence, to choose; full rows
 the rows each config wrote; see [the hardening page](../hardening.md) for what the variants compute.
 
 Columns: target rate [95% Wilson interval] of the plain case prompts, under UnlearnDiffAtk and
-Ring-A-Bell (seed `attack seed`, independent of the hardening's own attack) and after the resurgence
+Ring-A-Bell (seed `attack seed`, independent of the hardening's own attack; where the row was also
+attacked with other attack seeds, the rate pooled over them, over cases x seeds, with the cases won
+under each seed) and after the resurgence
 steps (mean of three wording tiers); preservation = other values' adherence (shape and colour both
 read as named) / the original model's [95% Wilson interval of the adherent count, over the original's
 adherence] (/ the unhardened erasure's); own attribute = the same, counting only the attribute the
@@ -106,6 +109,7 @@ def table(configs: list[Path]) -> str:
         original = _reference(rows, "original", concept, None, folder)
         for name, r in sorted(((k, v) for k, v in rows.items() if k in asked), key=lambda kv: (kv[0] != "original", kv[0])):
             n = r["n_cases"]
+            r = pooled_row(folder, r)
             comparable = original and r.get("n_preserve") == original.get("n_preserve", r.get("n_preserve"))
             pres, pres_text = preservation_text(r, original) if comparable else (None, "-")
             unhardened = unhardened_label(name)
@@ -120,8 +124,8 @@ def table(configs: list[Path]) -> str:
                     parts = verdict.split("/")
                     verdict = "/".join(parts[:2] + ["-"] + parts[3:])
             lines.append(f"| {path.stem} | {name} | {overrides} | {n} | {r.get('seed', '-')} / {_seed(r.get('attack_seed'))} "
-                         f"| {rate_with_interval(r['plain'], n)} | {rate_with_interval(r['unlearndiff'], n)} "
-                         f"| {rate_with_interval(r['ringabell'], n)} | {res} "
+                         f"| {rate_with_interval(r['plain'], n)} | {attack_text(r, 'unlearndiff')} "
+                         f"| {attack_text(r, 'ringabell')} | {res} "
                          f"| {pres_text}{own} | {attribute_preservation_text(r, original) if comparable else '-'} "
                          f"| {cost(r, 'erase')} "
                          f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
@@ -132,24 +136,18 @@ def table(configs: list[Path]) -> str:
 
 
 def attack_seed_spread() -> list[str]:
-    """The tables of `benchmarks/attack_seeds.py` for every folder under REFERENCE that has its results."""
-    import importlib.util
-
-    folders = sorted({p.parent.parent for p in REFERENCE.glob("**/attack-seeds/*.json")})
-    if not folders:
-        return []
-    spec = importlib.util.spec_from_file_location("attack_seeds", ROOT / "benchmarks" / "attack_seeds.py")
-    seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeds)
+    """Per folder under REFERENCE whose rows were attacked with more than one attack seed: the cases won per seed."""
+    folders = sorted({p.parent.parent for p in REFERENCE.glob(f"**/{RESULTS}/*.json")})
     lines = ["", "## Attack-seed spread", "",
-             "The same delta and cases attacked again with other attack seeds (`python benchmarks/attack_seeds.py "
-             "FOLDER --rows ROW ... --seeds ...`): how far a row's attack success rate moves with the attack's own "
-             "random draws alone.", ""]
+             "The same delta and cases attacked again with other attack seeds (`python benchmarks/robustness.py "
+             "--experiment CONFIG --attack-seeds ...`): how far a row's attack success rate moves with the attack's "
+             "own random draws alone. The tables above show, and the bars judge, the rate pooled over these seeds.", ""]
     for folder in folders:
+        rows = _rows(folder)
         for attack in ("unlearndiff", "ringabell"):
-            if any((folder / seeds.RESULTS).glob(f"*-{attack}-seed*.json")):
-                lines += [seeds.table(folder, attack, name=folder.relative_to(ROOT).as_posix()), ""]
-    return lines[:-1]
+            if text := spread_table(folder, rows, attack, folder.relative_to(ROOT).as_posix()):
+                lines += [text, ""]
+    return lines[:-1] if len(lines) > 4 else []
 
 
 def main() -> int:

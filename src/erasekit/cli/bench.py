@@ -13,8 +13,10 @@ from . import checks
 from .common import console, fail, load_concept, load_model
 
 
-def _robustness_rows(pipe, model_dir, concepts: list[str], methods: list[str], variants: list[str], paths) -> None:
-    """Compute the missing robustness rows of ``methods`` (and their hardened variants) for ``concepts``."""
+def _robustness_rows(pipe, model_dir, concepts: list[str], methods: list[str], variants: list[str], paths,
+                     attack_seeds: list[int]) -> None:
+    """Compute the missing robustness rows of ``methods`` (and their hardened variants) for ``concepts``, and
+    their missing runs of both attacks with ``attack_seeds``."""
     from ..concepts.packs import get_concept
     from ..eval.attacks.run import default_detector
     from ..eval.robustness import ROBUSTNESS_RESULTS, run_rows
@@ -25,7 +27,8 @@ def _robustness_rows(pipe, model_dir, concepts: list[str], methods: list[str], v
     for concept in concepts:
         detector, detector_concept = default_detector(get_concept(concept), True)
         run_rows(pipe, concept, pairs, paths.results.parent / ROBUSTNESS_RESULTS / concept, settings, detector,
-                 detector_concept, reuse=True, announce=lambda label, c=concept: console.print(f"robustness {c}: {label} ..."))
+                 detector_concept, reuse=True, attack_seeds=attack_seeds,
+                 announce=lambda label, c=concept: console.print(f"robustness {c}: {label} ..."))
 
 
 @app.command()
@@ -49,6 +52,9 @@ def bench(
                                                    "(repeatable) for the --method selection, then rebuild the report."),
     harden: Optional[list[str]] = typer.Option(None, "--harden", help="With --robustness: also each method hardened "
                                                "by this variant (rece, adv, or a chain such as adv+rece; repeatable)."),
+    attack_seed: Optional[list[int]] = typer.Option(None, "--attack-seed", help="With --robustness: also attack "
+                                                    "every erasure row with this attack seed (repeatable); the report "
+                                                    "pools each attack's rate over the row's seeds."),
 ):
     """Every erasure method on every Shapes scenario: resumable cells, BENCHMARKS.md, Pareto plots.
 
@@ -72,8 +78,8 @@ def bench(
         plan = whole.select(scenario, method).with_extra_seeds(seed)
     except ValueError as err:
         fail(str(err))
-    if harden and not robustness:
-        fail("--harden needs --robustness CONCEPT")
+    if (harden or attack_seed) and not robustness:
+        fail(f"{'--harden' if harden else '--attack-seed'} needs --robustness CONCEPT")
     from ..methods.harden import variant_chain
 
     for variant in harden or []:
@@ -92,7 +98,8 @@ def bench(
         from ..eval.robustness import StoredRowMismatch
 
         try:
-            _robustness_rows(pipe, path, concepts, list(method or list_methods()), harden or [], paths)
+            _robustness_rows(pipe, path, concepts, list(method or list_methods()), harden or [], paths,
+                             attack_seed or [])
         except StoredRowMismatch as err:
             fail(str(err))
         report_only = True
