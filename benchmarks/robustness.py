@@ -65,7 +65,7 @@ from rich.table import Table
 
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
-from erasekit.eval.attack_seeds import pooled_row
+from erasekit.eval.attack_seeds import StaleDeltaError, pooled_row
 from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.robustness import COLUMNS, StoredRowMismatch, folder_rows, markdown, run_rows, summary
 from erasekit.generation import SamplingSettings
@@ -153,7 +153,7 @@ def main() -> None:
                         seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
                         reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
                         method_overrides=a.method_config, attack_seeds=a.attack_seeds)
-    except StoredRowMismatch as err:
+    except (StoredRowMismatch, StaleDeltaError) as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     rows = [pooled_row(out, r) for r in rows]  # attack rates pooled over the attack seeds run on each row
     table = Table(title=f"robustness: {a.concept}")

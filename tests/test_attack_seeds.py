@@ -89,3 +89,5 @@ def test_extra_seeds_run_once_on_the_rows_delta_and_are_reused(shapes_pipe, red_
     assert run_attack_seeds(shapes_pipe, folder, row, "ringabell", [1], settings, detector, name) == runs
     with pytest.raises(StaleDeltaError, match="not the delta row 'uce' measured"):
         run_attack_seeds(shapes_pipe, folder, {**row, "delta_id": "0" * 16}, "ringabell", [2], settings, detector, name)
+    with pytest.raises(StaleDeltaError, match="no saved delta for row 'uce-x'"):  # a fresh clone has no deltas
+        run_attack_seeds(shapes_pipe, folder, {**row, "method": "uce-x"}, "ringabell", [2], settings, detector, name)

@@ -95,12 +95,13 @@ def bench(
     paths = BenchPaths.default(quick, results, report)
     command = " ".join(["erasekit", *sys.argv[1:]])
     if concepts:
+        from ..eval.attack_seeds import StaleDeltaError
         from ..eval.robustness import StoredRowMismatch
 
         try:
             _robustness_rows(pipe, path, concepts, list(method or list_methods()), harden or [], paths,
                              attack_seed or [])
-        except StoredRowMismatch as err:
+        except (StoredRowMismatch, StaleDeltaError) as err:
             fail(str(err))
         report_only = True
     try:

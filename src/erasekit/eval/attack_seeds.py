@@ -42,7 +42,7 @@ def own_seed(row: dict, attack: str) -> int:
 
 
 class StaleDeltaError(ValueError):
-    """The delta saved for a row is not the one the row measured."""
+    """The delta saved for a row is missing or is not the one the row measured."""
 
 
 def run_attack_seeds(pipe, folder: Path, row: dict, attack: str, seeds: list[int], settings, detector,
@@ -52,9 +52,13 @@ def run_attack_seeds(pipe, folder: Path, row: dict, attack: str, seeds: list[int
     label = row["method"]
     delta = None
     if label != "original":
-        delta = WeightDelta.load(folder / "deltas" / label)
+        saved = folder / "deltas" / label
+        if not (saved / "manifest.json").exists():
+            raise StaleDeltaError(f"{saved}: no saved delta for row {label!r} (deltas are not committed); "
+                                  "measure the row again to attack it with other seeds")
+        delta = WeightDelta.load(saved)
         if row.get("delta_id") not in (None, delta.delta_id):
-            raise StaleDeltaError(f"{folder / 'deltas' / label}: not the delta row {label!r} measured "
+            raise StaleDeltaError(f"{saved}: not the delta row {label!r} measured "
                                   f"({delta.delta_id}, the row: {row['delta_id']})")
     spec = get_concept(row["concept"])
     cases = concept_cases(spec, row["n_cases"], True)
