@@ -155,7 +155,9 @@ def main() -> None:
                         method_overrides=a.method_config, attack_seeds=a.attack_seeds)
     except (StoredRowMismatch, StaleDeltaError) as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
-    rows = [pooled_row(out, r) for r in rows]  # attack rates pooled over the attack seeds run on each row
+    # the folder's table holds every row stored there, not only this invocation's; attack rates pooled over seeds
+    stored = {label: pooled_row(out, r) for label, r in {**folder_rows(out), **{r["method"]: r for r in rows}}.items()}
+    rows = [stored[r["method"]] for r in rows]
     table = Table(title=f"robustness: {a.concept}")
     for c in ("method", *COLUMNS, "erase s"):
         table.add_column(c)
@@ -163,8 +165,6 @@ def main() -> None:
         table.add_row(r["method"], *(f"{r[c]:.2f}" if c in r else "-" for c in COLUMNS),
                       f"{r['erase_seconds']:.1f}" if "erase_seconds" in r else "-")
     console.print(table)
-    # the folder's table holds every row stored there, not only this invocation's
-    stored = {**{label: pooled_row(out, r) for label, r in folder_rows(out).items()}, **{r["method"]: r for r in rows}}
     ordered = sorted(stored.values(), key=lambda r: (r["method"] != "original", r["method"]))
     write_text(out / "robustness.md", markdown(ordered, a.concept, a.cases, a.resurgence_steps))
 

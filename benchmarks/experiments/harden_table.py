@@ -25,10 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from erasekit.eval.attack_seeds import RESULTS, attack_text, pooled_row, spread_table  # noqa: E402
+from erasekit.eval.attack_seeds import ATTACKS, RESULTS, attack_text, pooled_row, spread_table  # noqa: E402
 from erasekit.eval.robustness import (  # noqa: E402
-    attribute_preservation_text, bars, cost, preservation_text, rate_with_interval, row_label, train_loss,
-    unhardened_label)
+    attribute_preservation_text, bars, cost, folder_rows, preservation_text, rate_with_interval, row_label,
+    train_loss, unhardened_label)
 from erasekit.methods.base import list_methods  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
@@ -62,15 +62,6 @@ def _seed(seed) -> str:
     return "default" if seed is None else str(seed)
 
 
-def _rows(folder: Path) -> dict[str, dict]:
-    rows = {}
-    for path in sorted(folder.glob("*.json")):
-        row = json.loads(path.read_text())
-        if isinstance(row, dict) and "method" in row and "unlearndiff" in row:
-            rows[row["method"]] = row
-    return rows
-
-
 def _reference(rows: dict[str, dict], name: str, concept: str, seed, folder: Path) -> dict | None:
     """Row ``name`` of this folder, else the original of the folder above it (a seed folder's), else the
     benchmark's row of the same concept and seed."""
@@ -100,7 +91,7 @@ def table(configs: list[Path]) -> str:
         doc = json.loads(path.read_text())
         args = doc["args"]
         folder = ROOT / args["out"]
-        rows = _rows(folder)
+        rows = folder_rows(folder)
         asked = _asked(args)
         if not asked & set(rows):
             lines.append(f"| {path.stem} | not measured | - | - | - | - | - | - | - | - | - | - | - | - | - |")
@@ -143,8 +134,8 @@ def attack_seed_spread() -> list[str]:
              "--experiment CONFIG --attack-seeds ...`): how far a row's attack success rate moves with the attack's "
              "own random draws alone. The tables above show, and the bars judge, the rate pooled over these seeds.", ""]
     for folder in folders:
-        rows = _rows(folder)
-        for attack in ("unlearndiff", "ringabell"):
+        rows = folder_rows(folder)
+        for attack in ATTACKS:
             if text := spread_table(folder, rows, attack, folder.relative_to(ROOT).as_posix()):
                 lines += [text, ""]
     return lines[:-1] if len(lines) > 4 else []
