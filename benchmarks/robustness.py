@@ -29,7 +29,7 @@ tokens (UnlearnDiffAtk-style) or evolve token sequences from a text-encoder conc
 (Ring-A-Bell-style) with ``--attack-seed`` and their own budgets, so they are independent draws;
 each ``adv`` row also records the training attack's last rounds (``train_attack``).  A chain such as
 ``--harden adv+rece`` hardens with each variant in turn (``<method>+adv+rece``: ``rece`` applied to
-the ``adv``-hardened delta; ``--harden-config`` then applies to the last variant); its row records each
+the ``adv``-hardened delta; ``--harden-config`` then applies to the last variant, or, as a JSON list, one dict to each variant); its row records each
 step's cost (``harden_chain``) and is compared with the unhardened erasure.
 
 ``--harden-config JSON`` overrides the hardening preset (rows then carry ``--harden-tag`` and the

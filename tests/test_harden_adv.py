@@ -241,3 +241,76 @@ def test_retain_latents_come_from_the_chosen_model(sd1, source, monkeypatch):
     with torch.no_grad():
         step(0, torch.Generator().manual_seed(0))
     assert calls == [(False, False), (True, source == "base")]
+
+
+def test_retain_only_step_is_the_retain_term_alone(sd1, monkeypatch):
+    import torch.nn.functional as F
+
+    from erasekit.methods.harden.adv import AdvStep
+    from erasekit.models.conditioning import encode_conditions
+    from erasekit.models.unet_io import predict
+    from erasekit.training import randint
+
+    retain = ["a red car", "a dog in a park", "a bowl of fruit"]
+    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "defence_weight": 0.0, "retain_weight": 2.0})
+    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
+            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain),
+            "retain_cond": encode_conditions(sd1, retain)}
+    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    calls = []
+    original = AdvStep._latent
+
+    def record(self, idx, cond, g, base=False):
+        calls.append(cond is self.retain_cond)
+        return original(self, idx, cond, g, base)
+
+    monkeypatch.setattr(AdvStep, "_latent", record)
+    with torch.no_grad():
+        loss = float(step(0, torch.Generator().manual_seed(5)))
+        g = torch.Generator().manual_seed(5)
+        pick = torch.tensor([randint(len(retain), g) for _ in range(cfg.retain_batch)])
+        rz, rt = original(step, pick, base["retain_cond"], g)
+        want = 2.0 * F.mse_loss(predict(sd1.unet, rz, rt, sd1.text_encoder(base["retain_ids"][pick])[0]),
+                                predict(sd1.unet, rz, rt, base["retain_cond"][pick]))
+    assert calls[0] is True and all(calls)  # no concept latent is drawn: the erasure term is off
+    assert loss == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_retain_only_unet_fine_tune_pulls_the_retain_prompts_back_to_the_base_model(sd1):
+    from erasekit.models.conditioning import encode_conditions
+    from erasekit.models.unet_io import predict
+
+    names = [n for n in cross_attention_kv_names(sd1.unet) if n.endswith("to_v.weight")]
+    base_w = snapshot(sd1, names)
+    g = torch.Generator().manual_seed(0)
+    damaged = WeightDelta.from_state_dicts(base_w, {n: t + 0.05 * torch.randn(t.shape, generator=g) for n, t in base_w.items()},
+                                           method="hand-made")
+    kept = list(CONCEPT.preserve)
+    z = torch.randn(len(kept), sd1.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = encode_conditions(sd1, kept)
+
+    def gap(delta):
+        with torch.no_grad():
+            want = predict(sd1.unet, z, 500, cond)
+            apply_delta(sd1, delta)
+            try:
+                return float((predict(sd1.unet, z, 500, cond) - want).pow(2).mean())
+            finally:
+                revert_delta(sd1, delta)
+
+    cfg = AdvConfig(**{**TINY, "module": "unet", "unet_scope": "cross_attn_kv", "attack_steps": 0, "defence_weight": 0.0,
+                       "retain": "concept+general", "retain_weight": 1.0, "retain_batch": 2, "iterations": 12, "lr": 3e-3})
+    repaired = harden(sd1, damaged, CONCEPT, cfg)
+    assert repaired.manifest.metrics["attack_rounds"] == []
+    assert gap(repaired) < 0.5 * gap(damaged)
+
+
+def test_a_retain_only_fine_tune_needs_a_retain_term(sd1):
+    with pytest.raises(ValueError, match="no loss"):
+        harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "defence_weight": 0.0, "retain_weight": 0.0}))
+
+
+def test_the_defence_weight_is_left_out_of_the_fingerprint_at_its_default():
+    assert "defence_weight" not in AdvConfig.preset("shapes").fingerprint()
+    assert AdvConfig.preset("shapes", defence_weight=0.0).fingerprint()["defence_weight"] == 0.0

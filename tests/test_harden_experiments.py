@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from erasekit.eval.robustness import stored_hardening
-from erasekit.methods.harden import variant_config
+from erasekit.eval.robustness import chain_overrides, stored_hardening
+from erasekit.methods.harden import variant_chain, variant_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "benchmarks" / "experiments" / "harden").glob("*.json"))
@@ -35,9 +35,10 @@ def test_every_config_parses_to_robustness_options(path):
     a = ap.parse_args([])
     assert a.methods and a.out == Path(json.loads(path.read_text())["args"]["out"])
     assert a.harden or not a.hardened_only  # a config without hardening measures the unhardened rows
-    if a.harden_config:
-        cfg_cls = variant_config(a.harden[0])
-        assert cfg_cls.for_world("shapes", **a.harden_config)  # every override is a field of the variant
+    for chain in a.harden or []:  # every override is a field of its step's variant
+        steps = variant_chain(chain)
+        for variant, overrides in zip(steps, chain_overrides(steps, a.harden_config)):
+            assert variant_config(variant).for_world("shapes", **overrides)
 
 
 @pytest.mark.parametrize("doc", [{"args": {"no_such_option": 1}}, {"args": {}, "extra": 1}, ["not", "a", "dict"]])
@@ -81,6 +82,11 @@ def test_a_saved_hardening_is_reused_only_for_its_base_and_settings(tmp_path):
     assert stored_hardening(tmp_path / "h", other, "adv", cfg) is None  # another base erasure
     assert stored_hardening(tmp_path / "h", base, "adv", AdvConfig.for_world("shapes", seed=0)) is None
     assert stored_hardening(tmp_path / "missing", base, "adv", cfg) is None
+    # an inner chain step also finds it saved under another name (a tagged row's delta); the last step does not
+    from erasekit.eval.robustness import _stored_step
+
+    assert _stored_step(tmp_path / "uce+adv", False, base, "adv", cfg).delta_id == saved.delta_id
+    assert _stored_step(tmp_path / "uce+adv", True, base, "adv", cfg) is None
 
 
 attack_wins = _load("attack_wins", ROOT / "benchmarks" / "attack_wins.py")

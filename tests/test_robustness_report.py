@@ -201,3 +201,16 @@ def test_preservation_on_the_concepts_own_attribute_counts_only_that_attribute()
     red = {**row, "concept": "red", "adherence_by_attribute": {"shape": 0.5, "color": 0.99}}
     assert attribute_preservation_text(red, original).startswith("color: 1.00")  # red is a colour: colour is counted
     assert attribute_preservation_text({"concept": "circle", "adherence": 0.9}, original) == "-"  # an older row
+
+
+def test_chain_overrides_apply_to_the_last_step_or_one_dict_per_step():
+    from erasekit.eval.robustness import chain_overrides, overrides_text
+
+    assert chain_overrides(["adv", "rece"], {"epochs": 2}) == [{}, {"epochs": 2}]
+    assert chain_overrides(["adv"], None) == [{}]
+    per_step = [{"negative_guidance": 1.0}, {"module": "unet"}]
+    assert chain_overrides(["adv", "adv"], per_step) == per_step
+    with pytest.raises(ValueError, match="2 override dicts for a chain of 1"):
+        chain_overrides(["adv"], per_step)
+    assert overrides_text({"a": 1, "b": "x"}) == "a=1, b=x"
+    assert overrides_text([{}, {"module": "unet"}]) == "-; module=unet"

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 from erasekit.eval.attack_seeds import ATTACKS, RESULTS, attack_text, pooled_row, spread_table  # noqa: E402
 from erasekit.eval.robustness import (  # noqa: E402
     attribute_preservation_text, bars, cost, folder_rows, preservation_text, rate_with_interval, row_label,
-    train_loss, unhardened_label)
+    overrides_text, train_loss, unhardened_label)
 from erasekit.methods.base import list_methods  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
@@ -106,7 +106,7 @@ def table(configs: list[Path]) -> str:
             unhardened = unhardened_label(name)
             base = _reference(rows, unhardened, concept, r.get("seed", 0), folder) if unhardened else None
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
-            overrides = ", ".join(f"{k}={v}" for k, v in (r.get("harden_overrides") or {}).items()) or "-"
+            overrides = overrides_text(r.get("harden_overrides")) or "-"
             res = rate_with_interval(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
             verdict = "-"
             if unhardened:

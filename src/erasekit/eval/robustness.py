@@ -126,26 +126,28 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
 def _harden_chain(pipe, delta: WeightDelta, spec, hardening: str, row: dict, out: Path, base_label: str, seed: int,
                   overrides: dict | None, tag: str, reuse: bool) -> WeightDelta:
     """``delta`` hardened by each variant of ``hardening`` in turn (``adv+rece``: adv, then rece on its result),
-    each with its Shapes preset (``overrides`` apply to the last variant); fills ``row``'s hardening cost.
+    each with its Shapes preset; ``overrides`` apply to the last variant, or, given as a list, one dict to each
+    variant in turn; fills ``row``'s hardening cost.
 
     With ``reuse``, a step whose delta is saved under ``out/deltas/<label so far>`` from the same base delta and
     settings (for example the ``adv`` row's delta, the first step of ``adv+rece``) is read back."""
     steps = variant_chain(hardening)
+    per_step = chain_overrides(steps, overrides)
     done: list[dict] = []
     for i, variant in enumerate(steps):
         last = i == len(steps) - 1
         cfg_cls = variant_config(variant)
-        cfg = cfg_cls.for_world("shapes", seed=seed, **quiet(cfg_cls), **((overrides or {}) if last else {}))
+        cfg = cfg_cls.for_world("shapes", seed=seed, **quiet(cfg_cls), **per_step[i])
         folder = out / "deltas" / (f"{base_label}+{'+'.join(steps[:i + 1])}" + (tag if last else ""))
         t0 = time.perf_counter()
         step = {"variant": variant, "settings": cfg.model_dump(exclude={"progress"})}
-        if reuse and (stored := stored_hardening(folder, delta, variant, cfg)) is not None:
+        if reuse and (stored := _stored_step(folder, last, delta, variant, cfg)) is not None:
             delta, step["reused"], step["seconds"] = stored, True, stored.manifest.wall_time_s
         else:
             delta = harden(pipe, delta, spec, cfg)
             step["seconds"] = time.perf_counter() - t0
-            if not last and not folder.exists():  # later chains can start from it; a row's own delta stays
-                delta.save(folder)
+            if not last and not per_step[i] and not folder.exists():  # later chains can start from it
+                delta.save(folder)  # (a step with overrides is not the preset its folder name says)
         done.append({**step, **_harden_cost(delta.manifest.metrics)})
     row["harden_settings"] = done[-1]["settings"]  # the preset as it was, overrides applied
     row["harden_seconds"] = sum(d["seconds"] for d in done)
@@ -161,15 +163,41 @@ def _harden_chain(pipe, delta: WeightDelta, spec, hardening: str, row: dict, out
     return delta
 
 
+def chain_overrides(steps: list[str], overrides: dict | list[dict] | None) -> list[dict]:
+    """One override dict per chain step: a dict applies to the last step, a list to each step in turn."""
+    if isinstance(overrides, list):
+        if len(overrides) != len(steps):
+            raise ValueError(f"{len(overrides)} override dicts for a chain of {len(steps)} ({'+'.join(steps)})")
+        return [dict(o) for o in overrides]
+    return [{} for _ in steps[:-1]] + [dict(overrides or {})]
+
+
+def overrides_text(overrides: dict | list[dict] | None) -> str:
+    """``k=v, ...``; a list (one dict per chain step) joins the steps' texts with ``; ``, an empty step as ``-``."""
+    if isinstance(overrides, list):
+        return "; ".join(overrides_text(o) or "-" for o in overrides)
+    return ", ".join(f"{k}={v}" for k, v in (overrides or {}).items())
+
+
+def _stored_step(folder: Path, last: bool, base: WeightDelta, variant: str, cfg) -> WeightDelta | None:
+    """A saved delta of this chain step: ``folder``'s, or for an inner step any delta saved beside it
+    (say the ``-g1`` row's, for a chain whose first step has that row's overrides)."""
+    found = stored_hardening(folder, base, variant, cfg)
+    if found is None and not last and folder.parent.exists():
+        found = next((d for f in sorted(folder.parent.iterdir()) if f != folder
+                      and (d := stored_hardening(f, base, variant, cfg)) is not None), None)
+    return found
+
+
 def stored_hardening(folder: Path, base: WeightDelta, variant: str, cfg) -> WeightDelta | None:
     """The hardened delta saved in ``folder`` if it hardened ``base`` with exactly ``cfg``, else None."""
     if not (folder / "manifest.json").exists():
         return None
-    stored = WeightDelta.load(folder)
-    config = stored.manifest.config
-    same = json.loads(json.dumps({"variant": variant, **cfg.model_dump()})) == config.get("harden")
+    config = json.loads((folder / "manifest.json").read_text()).get("config", {})  # read before the tensors
+    recorded = {k: v for k, v in (config.get("harden") or {}).items() if not cfg.at_default_extension(k, v)}
+    same = json.loads(json.dumps({"variant": variant, **cfg.fingerprint()})) == recorded
     chain = config.get("chain", [])
-    return stored if same and len(chain) >= 2 and chain[-2].get("delta_id") == base.delta_id else None
+    return WeightDelta.load(folder) if same and len(chain) >= 2 and chain[-2].get("delta_id") == base.delta_id else None
 
 
 class StoredRowMismatch(ValueError):
@@ -353,8 +381,7 @@ def summary(root: Path, only: set[str] | None = None) -> str:
             base = rows.get(unhardened) if hardened else None  # the unhardened erasure
             train = r.get("train_attack")
             own = f" ({r['adherence'] / base['adherence']:.2f})" if base and "adherence" in base else ""
-            shown = name + (" (" + ", ".join(f"{k}={v}" for k, v in r["harden_overrides"].items()) + ")"
-                            if r.get("harden_overrides") else "")
+            shown = name + (f" ({overrides_text(r['harden_overrides'])})" if r.get("harden_overrides") else "")
             lines.append(
                 f"| {folder.relative_to(root)} | {shown} | {rate_with_interval(r['plain'], n)} | {attack_text(r, 'unlearndiff')} "
                 f"| {attack_text(r, 'ringabell')} | {rate_with_interval(r['resurgence'], 3 * 16) if 'resurgence' in r else '-'} "

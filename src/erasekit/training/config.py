@@ -27,12 +27,21 @@ class MethodConfig(BaseModel):
     # before it existed look stale.
     EXTENSIONS: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def extensions(cls) -> set[str]:
+        """The `EXTENSIONS` of this config class and its bases."""
+        return {n for klass in cls.__mro__ for n in getattr(klass, "EXTENSIONS", ())}
+
+    @classmethod
+    def at_default_extension(cls, name: str, value: Any) -> bool:
+        """Whether ``name`` is an extension and ``value`` its default (a setting that decides nothing)."""
+        return name in cls.extensions() and value == cls.model_fields[name].default
+
     def fingerprint(self) -> dict[str, Any]:
         """What decides the result: every field, less the `EXTENSIONS` still at their defaults."""
         dump = self.model_dump()
-        extensions = {n for klass in type(self).__mro__ for n in getattr(klass, "EXTENSIONS", ())}
-        for name in sorted(extensions):
-            if getattr(self, name) == type(self).model_fields[name].default:
+        for name in sorted(self.extensions()):
+            if self.at_default_extension(name, getattr(self, name)):
                 dump.pop(name)
         return dump
 

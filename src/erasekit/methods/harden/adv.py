@@ -111,6 +111,8 @@ class AdvConfig(FineTuneConfig):
     attack_space: Literal["soft", "tokens"] = "soft"
     attack_source: Literal["current", "base"] = "current"
     defence_target: Literal["esd", "anchor"] = "esd"
+    defence_weight: float = Field(1.0, ge=0, description="weight of the erasure (defence) loss; 0 with attack_steps 0: "
+                                  "a retain-only fine-tune that pulls the retain prompts back to the base model")
     attack_vocabulary: str = "tokenizer"
     retain_weight: float = 0.3
     retain_batch: int = 5
@@ -122,6 +124,7 @@ class AdvConfig(FineTuneConfig):
                                            "text-embedding drift (text encoder only; 0: the release)")
     retain_embedding_batch: int = Field(32, ge=1, description="retain prompts per step in the embedding term")
 
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
                    "attack_latents": "per_round",
@@ -243,16 +246,7 @@ class AdvStep:
         attacking = step >= cfg.warmup and cfg.attack_steps > 0
         if attacking and ((step - cfg.warmup) % cfg.attack_every == 0 or self.adv is None):
             self.attack(step, g)
-        idx = torch.tensor([self.adv_prompt if attacking else randint(len(self.ids), g)])
-        z, t = self._latent(idx, self.cond, g)
-        with self._base():
-            if cfg.defence_target == "anchor":
-                target = predict(self.unet, z, t, self.anchor_cond[idx])
-            else:
-                both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, self.uncond.embeds]))
-                eps_c, eps_u = both.chunk(2)
-                target = esd_target(eps_c, eps_u, cfg.negative_guidance)
-        loss = F.mse_loss(predict(self.unet, z, t, self.encode(self.ids[idx], self.adv if attacking else None)), target)
+        loss = self.defence(attacking, g) * cfg.defence_weight if cfg.defence_weight > 0 else 0.0
         if cfg.retain_weight > 0 and self.retain_ids is not None:
             pick = torch.tensor([randint(len(self.retain_ids), g) for _ in range(cfg.retain_batch)])
             rz, rt = self._latent(pick, self.retain_cond, g, base=cfg.retain_source == "base")
@@ -262,6 +256,20 @@ class AdvStep:
         if cfg.retain_embedding_weight > 0 and self.retain_ids is not None:
             loss = loss + cfg.retain_embedding_weight * self.embedding_drift(g)
         return loss
+
+    def defence(self, attacking: bool, g: torch.Generator) -> torch.Tensor:
+        """The erasure loss on the adversarial prompt (or a plain concept prompt before the attack starts)."""
+        cfg = self.config
+        idx = torch.tensor([self.adv_prompt if attacking else randint(len(self.ids), g)])
+        z, t = self._latent(idx, self.cond, g)
+        with self._base():
+            if cfg.defence_target == "anchor":
+                target = predict(self.unet, z, t, self.anchor_cond[idx])
+            else:
+                both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, self.uncond.embeds]))
+                eps_c, eps_u = both.chunk(2)
+                target = esd_target(eps_c, eps_u, cfg.negative_guidance)
+        return F.mse_loss(predict(self.unet, z, t, self.encode(self.ids[idx], self.adv if attacking else None)), target)
 
     def embedding_drift(self, g: torch.Generator) -> torch.Tensor:
         """sum ||text_cur(r) - text_base(r)||^2 / sum ||text_base(r)||^2 over a batch of retain prompts."""
@@ -286,6 +294,8 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise NotImplementedError("adv hardening encodes adversarial prompts with one CLIP text encoder (SD-1.x/2.x), not SDXL")
     require_supported_unet(pipe.unet, "adv")
+    if config.defence_weight == 0 and config.retain_weight == 0 and config.retain_embedding_weight == 0:
+        raise ValueError("defence_weight 0 leaves no loss: set retain_weight (or retain_embedding_weight) above 0")
     if config.retain_embedding_weight > 0 and config.module != "text_encoder":
         raise ValueError("retain_embedding_weight holds the text encoder's output: it needs module='text_encoder'")
     t0 = time.perf_counter()

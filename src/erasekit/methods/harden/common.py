@@ -55,7 +55,7 @@ def composed_delta(pipe, originals: dict[str, torch.Tensor], delta: WeightDelta 
         pipe, originals, record=False,
         method=f"{delta.manifest.method}+{variant}" if delta is not None else variant,
         config={"base": delta.manifest.config if delta is not None else {},
-                "harden": {"variant": variant, **config.model_dump()},
+                "harden": {"variant": variant, **config.fingerprint()},
                 "concept": concept.to_dict(), "chain": chain + [{"method": f"harden:{variant}"}]},
         seed=config.seed, base_model=delta.manifest.base_model if delta is not None else None,
         parent=delta.manifest.parent if delta is not None else None, metrics=metrics,
