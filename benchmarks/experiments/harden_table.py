@@ -29,7 +29,7 @@ from erasekit.eval.attack_seeds import ATTACKS, RESULTS, attack_text, pooled_row
 from erasekit.eval.robustness import (  # noqa: E402
     attribute_preservation_text, bars, cost, folder_rows, preservation_text, rate_with_interval, row_label,
     overrides_text, train_loss, unhardened_label)
-from erasekit.methods.base import list_methods  # noqa: E402
+from erasekit.methods.base import get_method, list_methods  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
 PAGE = ROOT / "docs" / "experiments" / "harden.md"
@@ -87,6 +87,7 @@ def table(configs: list[Path]) -> str:
     lines = [INTRO, "| experiment | row | overrides | cases | seed / attack seed | plain | UnlearnDiffAtk | Ring-A-Bell "
              "| resurgence | preservation (vs unhardened) | own attribute | erase s (it) | harden s (it) "
              "| train attack | bars UDA/RaB/res/pres/plain |", "|" + "---|" * 15]
+    judged: dict[tuple[Path, str], dict] = {}
     for path in configs:
         doc = json.loads(path.read_text())
         args = doc["args"]
@@ -114,6 +115,9 @@ def table(configs: list[Path]) -> str:
                 if "resurgence" not in r:
                     parts = verdict.split("/")
                     verdict = "/".join(parts[:2] + ["-"] + parts[3:])
+            if unhardened:
+                judged[(folder, name)] = {"experiment": path.stem, "row": name, "concept": concept, "seed": r.get("seed", 0),
+                                          "cases": n, "verdict": verdict, "base": unhardened.split("+")[0]}
             lines.append(f"| {path.stem} | {name} | {overrides} | {n} | {r.get('seed', '-')} / {_seed(r.get('attack_seed'))} "
                          f"| {rate_with_interval(r['plain'], n)} | {attack_text(r, 'unlearndiff')} "
                          f"| {attack_text(r, 'ringabell')} | {res} "
@@ -122,8 +126,46 @@ def table(configs: list[Path]) -> str:
                          f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
     lines += ["", "What each experiment asked:", ""]
     lines += [f"- `{p.stem}`: {json.loads(p.read_text()).get('about', '')}" for p in configs]
+    lines += nearest_to_bars(judged)
     lines += attack_seed_spread()
     return "\n".join(lines) + "\n"
+
+
+BAR_NAMES = ("UnlearnDiffAtk", "Ring-A-Bell", "resurgence", "preservation", "plain")
+
+
+def _group(base: str) -> str | None:
+    """Issue 31's two groups: full TRCE, and the fine-tuning methods other than TRCE's own variants."""
+    if base == "trce":
+        return "TRCE"
+    return "fine-tuning" if get_method(base).family == "fine-tune" and not base.startswith("trce") else None
+
+
+def nearest_to_bars(judged: dict[tuple[Path, str], dict]) -> list[str]:
+    """Per concept, seed, group and number of attack cases: the hardened rows that miss the fewest bars (a bar
+    not measured counts as missed), with the bars they miss."""
+    best: dict[tuple[str, int, str], list[dict]] = {}
+    for j in judged.values():
+        if (group := _group(j["base"])) is None:
+            continue
+        j = {**j, "missed": [b for b, v in zip(BAR_NAMES, j["verdict"].split("/")) if v != "yes"]}
+        kept = best.setdefault((j["concept"], j["seed"], group, -j["cases"]), [])
+        if not kept or len(j["missed"]) < len(kept[0]["missed"]):
+            kept[:] = [j]
+        elif len(j["missed"]) == len(kept[0]["missed"]):
+            kept.append(j)
+    lines = ["", "## Nearest to the bars", "",
+             "Per concept, seed, group (full TRCE; the fine-tuning methods other than TRCE's own variants) and number "
+             "of attack cases, the hardened rows that miss the fewest bars and the bars they miss (read from the table "
+             "above, on the pooled attack rate where there is one; a bar not measured counts as missed). Rows at 16 "
+             "cases are the least resolved: see the hardening page on resolution.", "",
+             "| concept | seed | group | cases | bars missed | rows (experiment: row) |", "|---|---|---|---|---|---|"]
+    for (concept, seed, group, _), rows in sorted(best.items()):
+        missed = {", ".join(r["missed"]) or "none" for r in rows}
+        names = "; ".join(sorted(f"{r['experiment']}: {r['row']}" for r in rows))
+        lines.append(f"| {concept} | {seed} | {group} | {rows[0]['cases']} | {len(rows[0]['missed'])}: "
+                     f"{' or '.join(sorted(missed))} | {names} |")
+    return lines
 
 
 def attack_seed_spread() -> list[str]:
