@@ -44,6 +44,10 @@ draws change.  Each run is stored under ``OUT/attack-seeds/`` and reused; the su
 experiment tables then show and judge each attack's rate pooled over the seeds
 (`erasekit.eval.attack_seeds`).
 
+``--screen`` measures only the wording tiers and preservation of each row (no attacks, no resurgence), to
+choose which settings are worth attacking: rows go to ``OUT/screens/`` and deltas to ``OUT/deltas/``, where a
+full run with ``--reuse-deltas`` starts from them.
+
 ``--summary ROOT`` reads every row under ``ROOT/<concept>[/<seed dir>]/*.json`` and writes
 ``ROOT/summary.md``: each hardened row beside its unhardened one, with 95% Wilson intervals
 and whether it meets the bars (<= 0.05 under each attack and after resurgence, preservation
@@ -120,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="hardened rows start from OUT/deltas/<method> when it holds the same seed's delta")
     ap.add_argument("--no-original", action="store_true", help="skip the original model's row")
     ap.add_argument("--hardened-only", action="store_true", help="measure only the hardened rows")
+    ap.add_argument("--screen", action="store_true",
+                    help="measure only the wording tiers and preservation (no attacks, no resurgence); rows go to "
+                         "OUT/screens/, deltas to OUT/deltas/, where a full run with --reuse-deltas reuses them")
     ap.add_argument("--experiment", type=Path, default=None,
                     help="JSON experiment config: {about, args: {option: value}}; command-line options win")
     ap.add_argument("--tier-prompts", type=int, default=32)
@@ -152,9 +159,19 @@ def main() -> None:
                         resurgence_steps=a.resurgence_steps, per_tier=a.tier_prompts, n_preserve=a.preservation_prompts,
                         seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
                         reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
-                        method_overrides=a.method_config, attack_seeds=a.attack_seeds)
+                        method_overrides=a.method_config, attack_seeds=a.attack_seeds, screen=a.screen)
     except (StoredRowMismatch, StaleDeltaError) as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
+    if a.screen:
+        original = folder_rows(out).get("original")
+        table = Table(title=f"screen: {a.concept} (wording tiers and preservation only)")
+        for c in ("method", "explicit", "synonym", "implicit", "preservation"):
+            table.add_column(c)
+        for r in rows:
+            pres = f"{r['adherence'] / original['adherence']:.2f}" if original and original.get("adherence") else "-"
+            table.add_row(r["method"], *(f"{r['tiers'][t]:.2f}" for t in ("explicit", "synonym", "implicit")), pres)
+        console.print(table)
+        return
     # the folder's table holds every row stored there, not only this invocation's; attack rates pooled over seeds
     stored = {label: pooled_row(out, r) for label, r in {**folder_rows(out), **{r["method"]: r for r in rows}}.items()}
     rows = [stored[r["method"]] for r in rows]

@@ -214,3 +214,40 @@ def test_chain_overrides_apply_to_the_last_step_or_one_dict_per_step():
         chain_overrides(["adv"], per_step)
     assert overrides_text({"a": 1, "b": "x"}) == "a=1, b=x"
     assert overrides_text([{}, {"module": "unet"}]) == "-; module=unet"
+
+
+@pytest.mark.slow
+def test_a_screen_measures_tiers_and_preservation_only_and_its_delta_serves_the_full_run(shapes_pipe, tmp_path, monkeypatch):
+    from erasekit.concepts.packs import get_concept
+    from erasekit.eval import robustness
+    from erasekit.eval.attacks.run import default_detector
+    from erasekit.generation import SamplingSettings
+    from erasekit.methods.base import get_method
+    from erasekit.methods.harden import RECEConfig
+    from erasekit.models.delta import WeightDelta
+    from erasekit.models.loading import resolve_model_path
+
+    info = get_method("uce")
+    base = info.erase(shapes_pipe, get_concept("red"), info.config_cls.for_world("shapes"))
+    base.save(tmp_path / "deltas" / "uce")
+    detector, name = default_detector(get_concept("red"), True)
+    settings = SamplingSettings.for_model(resolve_model_path("shapes"))
+
+    def attacked(*args, **kwargs):
+        raise AssertionError("a screen ran an attack")
+
+    monkeypatch.setattr(robustness, "run_attack", attacked)
+    monkeypatch.setattr(robustness, "run_resurgence", attacked)
+    args = (shapes_pipe, "red", [("uce", "rece")], tmp_path, settings, detector, name)
+    kw = {"n_cases": 2, "per_tier": 4, "n_preserve": 8, "reuse": True, "screen": True}
+    (row,) = robustness.run_rows(*args, **kw)
+    assert row["screen"] is True and set(row["tiers"]) == {"explicit", "synonym", "implicit"} and 0 < row["adherence"] <= 1
+    assert not {"plain", "unlearndiff", "ringabell", "resurgence"} & set(row)
+    assert json.loads((tmp_path / "screens" / "uce+rece.json").read_text()) == row
+    assert not (tmp_path / "uce+rece.json").exists()  # not a finished row of the folder
+    cfg = RECEConfig.for_world("shapes", seed=0)
+    saved = robustness.stored_hardening(tmp_path / "deltas" / "uce+rece", WeightDelta.load(tmp_path / "deltas" / "uce"),
+                                        "rece", cfg)
+    assert saved is not None and saved.delta_id == row["delta_id"]  # a full run with reuse starts from it
+    monkeypatch.setattr(robustness, "measure_row", attacked)
+    assert robustness.run_rows(*args, **kw) == [row]  # stored: read back, not measured again

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 from erasekit.eval.attack_seeds import ATTACKS, RESULTS, attack_text, pooled_row, spread_table  # noqa: E402
 from erasekit.eval.robustness import (  # noqa: E402
     attribute_preservation_text, bars, cost, folder_rows, preservation_text, rate_with_interval, row_label,
-    overrides_text, train_loss, unhardened_label)
+    overrides_text, screen_rows, train_loss, unhardened_label)
 from erasekit.methods.base import get_method, list_methods  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
@@ -91,6 +91,8 @@ def table(configs: list[Path]) -> str:
     for path in configs:
         doc = json.loads(path.read_text())
         args = doc["args"]
+        if args.get("screen"):
+            continue  # the screens section
         folder = ROOT / args["out"]
         rows = folder_rows(folder)
         asked = _asked(args)
@@ -126,9 +128,43 @@ def table(configs: list[Path]) -> str:
                          f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
     lines += ["", "What each experiment asked:", ""]
     lines += [f"- `{p.stem}`: {json.loads(p.read_text()).get('about', '')}" for p in configs]
+    lines += screens(configs)
     lines += nearest_to_bars(judged)
     lines += attack_seed_spread()
     return "\n".join(lines) + "\n"
+
+
+def screens(configs: list[Path]) -> list[str]:
+    """The screen configs (``"screen": true``): each row's wording tiers and preservation, no attacks."""
+    lines = ["", "## Screens", "",
+             "Configs with `\"screen\": true` (`robustness.py --screen`) harden and measure only the target's "
+             "wording tiers (explicit / synonym / implicit) and preservation, as in the table above, to choose what is "
+             "worth attacking; rows in `OUT/screens/`, their deltas where a full run with `--reuse-deltas` reuses them.",
+             "", "| experiment | row | overrides | seed | tiers e / s / i | preservation (vs unhardened) | own attribute "
+             "| harden s (it) |", "|" + "---|" * 8]
+    for path in configs:
+        args = json.loads(path.read_text())["args"]
+        if not args.get("screen"):
+            continue
+        folder = ROOT / args["out"]
+        rows = {k: v for k, v in screen_rows(folder).items() if k in _asked(args)}
+        if not rows:
+            lines.append(f"| {path.stem} | not measured | - | - | - | - | - | - |")
+            continue
+        concept = args.get("concept", "circle")
+        folder_stored = folder_rows(folder)
+        original = _reference(folder_stored, "original", concept, None, folder)
+        for name, r in sorted(rows.items()):
+            comparable = original and r.get("n_preserve") == original.get("n_preserve")
+            pres, pres_text = preservation_text(r, original) if comparable else (None, "-")
+            unhardened = unhardened_label(name)
+            base = _reference(folder_stored, unhardened, concept, r.get("seed", 0), folder) if unhardened else None
+            own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
+            tiers = " / ".join(f"{r['tiers'][t]:.2f}" for t in ("explicit", "synonym", "implicit"))
+            lines.append(f"| {path.stem} | {name} | {overrides_text(r.get('harden_overrides')) or '-'} | {r.get('seed', 0)} "
+                         f"| {tiers} | {pres_text}{own} | {attribute_preservation_text(r, original) if comparable else '-'} "
+                         f"| {cost(r, 'harden')} |")
+    return lines if len(lines) > 7 else []
 
 
 BAR_NAMES = ("UnlearnDiffAtk", "Ring-A-Bell", "resurgence", "preservation", "plain")

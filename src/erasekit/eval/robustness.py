@@ -67,10 +67,11 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
             settings: SamplingSettings, detector, detector_concept: str, hardening: str | None = None,
             per_tier: int = 32, n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None,
             harden_overrides: dict | None = None, tag: str = "", reuse: bool = False,
-            method_overrides: dict | None = None) -> dict:
+            method_overrides: dict | None = None, attacks: bool = True) -> dict:
     """One row: the original (``method=None``) or ``method``'s Shapes-preset erasure of ``concept`` (with
     ``method_overrides`` applied: the row is then labelled ``<method><tag>``), hardened by ``hardening`` when
-    given; artefacts (deltas, attack prompts, resurgence) are written under ``out``."""
+    given; artefacts (deltas, attack prompts, resurgence) are written under ``out``.  ``attacks=False`` (a
+    screen) stops after the wording tiers and preservation: no plain cases, attacks or resurgence."""
     spec = get_concept(concept)
     cases = concept_cases(spec, n_cases, True)
     base_label = f"{method}{tag}" if method_overrides and method is not None else method
@@ -102,6 +103,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
         delta = WeightDelta.load(delta_dir)
         row["delta_id"] = delta.delta_id  # what the attacks measured: equal ids, equal rows for one attack seed
     row.update(_tiers_and_preservation(pipe, delta, concept, settings, per_tier, n_preserve))
+    if not attacks:
+        return {**row, "screen": True}
     row["plain"] = _plain_rate(pipe, delta, cases, detector, detector_concept, settings)
     attack_config = {"seed": attack_seed} if attack_seed is not None else None
     for attack in ("ringabell", "unlearndiff"):
@@ -337,6 +340,12 @@ def folder_rows(folder: Path) -> dict[str, dict]:
     return {row["method"]: row for path in sorted(folder.glob("*.json")) if (row := _row(path)) is not None}
 
 
+def screen_rows(folder: Path) -> dict[str, dict]:
+    """The screen rows of ``folder`` (``folder/screens/*.json``: tiers and preservation only), keyed by row label."""
+    rows = (json.loads(p.read_text()) for p in sorted((folder / "screens").glob("*.json")))
+    return {row["method"]: row for row in rows if isinstance(row, dict) and row.get("screen")}
+
+
 def stored_rows(root: Path) -> dict[Path, dict[str, dict]]:
     """Every row under ``root/<concept>[/<seed dir>]/*.json``, grouped by folder and keyed by row label."""
     groups: dict[Path, dict[str, dict]] = {}
@@ -418,8 +427,12 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
              detector, detector_concept: str, *, n_cases: int = 16, resurgence_steps: int = 40, per_tier: int = 32,
              n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None, harden_overrides: dict | None = None,
              tag: str = "", reuse: bool = False, announce=None, method_overrides: dict | None = None,
-             attack_seeds: list[int] | None = None) -> list[dict]:
+             attack_seeds: list[int] | None = None, screen: bool = False) -> list[dict]:
     """The rows of ``variants`` ((method or None, hardening variant or None) pairs) for ``concept``.
+
+    ``screen``: each row measures only the wording tiers and preservation (`measure_row` with
+    ``attacks=False``) and is stored under ``out/screens``; its delta is saved where a full run with
+    ``reuse`` finds it.
 
     A row stored as ``out/<label>.json`` with its measurements is read back; every other row is
     measured by `measure_row` and written atomically as soon as it is done, so a rerun resumes.
@@ -432,7 +445,7 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
     rows = []
     for method, hardening in variants:
         label = row_label(method, hardening, tag, method_overrides)
-        path = out / f"{label}.json"
+        path = out / "screens" / f"{label}.json" if screen else out / f"{label}.json"
         request = {"concept": concept, "n_cases": n_cases, "seed": seed, "attack_seed": attack_seed,
                    "per_tier": per_tier, "n_preserve": n_preserve}
         if hardening is not None and harden_overrides:
@@ -444,9 +457,9 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
                 announce(label)
             row = measure_row(pipe, method, concept, n_cases, resurgence_steps, out, settings, detector,
                               detector_concept, hardening, per_tier, n_preserve, seed, attack_seed, harden_overrides,
-                              tag, reuse, method_overrides)
+                              tag, reuse, method_overrides, attacks=not screen)
             write_json(path, row)
-        for attack in ATTACKS if attack_seeds and method is not None else ():
+        for attack in ATTACKS if attack_seeds and method is not None and not screen else ():
             run_attack_seeds(pipe, out, row, attack, attack_seeds, settings, detector, detector_concept, announce)
         rows.append(row)
     return rows
