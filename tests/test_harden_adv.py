@@ -27,6 +27,31 @@ def sd1():
     return tiny_pipeline("sd1")
 
 
+def _retain_step(sd1, cfg, retain):
+    """An AdvStep on "a church" with ``retain`` as its retain prompts, and the base conditioning it holds."""
+    from erasekit.methods.harden.adv import AdvStep
+    from erasekit.models.conditioning import encode_conditions
+
+    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
+            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain),
+            "retain_cond": encode_conditions(sd1, retain)}
+    return AdvStep(sd1, CONCEPT, cfg, {}, base), base
+
+
+def _record_latents(monkeypatch):
+    """Record (retain prompts?, from the base model?) for every latent an AdvStep draws; also the unpatched draw."""
+    from erasekit.methods.harden.adv import AdvStep
+
+    calls, original = [], AdvStep._latent
+
+    def record(self, idx, cond, g, base=False):
+        calls.append((cond is self.retain_cond, base))
+        return original(self, idx, cond, g, base)
+
+    monkeypatch.setattr(AdvStep, "_latent", record)
+    return calls, original
+
+
 def test_soft_prefix_equals_prompt_with_words_prepended(sd1):
     te = sd1.text_encoder
     ids = token_ids(sd1, ["a church"])
@@ -170,16 +195,10 @@ def test_cli_erase_then_harden_adv_and_erase_with_harden(tmp_path):
 
 
 def test_embedding_retain_term_is_the_relative_drift_of_the_retain_prompts(sd1):
-    from erasekit.methods.harden.adv import AdvStep
-    from erasekit.models.conditioning import encode_conditions
     from erasekit.training import randint
 
-    retain = ["a red car", "a dog in a park", "a bowl of fruit"]
     cfg = AdvConfig(**{**TINY, "retain_embedding_weight": 1.0, "retain_embedding_batch": 4})
-    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
-            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain),
-            "retain_cond": encode_conditions(sd1, retain)}
-    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    step, base = _retain_step(sd1, cfg, ["a red car", "a dog in a park", "a bowl of fruit"])
     with torch.no_grad():
         assert float(step.embedding_drift(torch.Generator().manual_seed(0))) == pytest.approx(0.0, abs=1e-12)
         norm = sd1.text_encoder.final_layer_norm.weight
@@ -221,23 +240,9 @@ def test_embedding_retain_term_needs_the_text_encoder(sd1):
 
 @pytest.mark.parametrize("source", ["current", "base"])
 def test_retain_latents_come_from_the_chosen_model(sd1, source, monkeypatch):
-    from erasekit.methods.harden.adv import AdvStep
-    from erasekit.models.conditioning import encode_conditions
-
-    retain = ["a red car", "a dog in a park"]
-    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "retain_source": source})
-    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
-            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain),
-            "retain_cond": encode_conditions(sd1, retain)}
-    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
-    calls = []
-    original = AdvStep._latent
-
-    def record(self, idx, cond, g, base=False):
-        calls.append((cond is self.retain_cond, base))
-        return original(self, idx, cond, g, base)
-
-    monkeypatch.setattr(AdvStep, "_latent", record)
+    step, _ = _retain_step(sd1, AdvConfig(**{**TINY, "attack_steps": 0, "retain_source": source}),
+                           ["a red car", "a dog in a park"])
+    calls, _ = _record_latents(monkeypatch)
     with torch.no_grad():
         step(0, torch.Generator().manual_seed(0))
     assert calls == [(False, False), (True, source == "base")]
@@ -246,25 +251,13 @@ def test_retain_latents_come_from_the_chosen_model(sd1, source, monkeypatch):
 def test_retain_only_step_is_the_retain_term_alone(sd1, monkeypatch):
     import torch.nn.functional as F
 
-    from erasekit.methods.harden.adv import AdvStep
-    from erasekit.models.conditioning import encode_conditions
     from erasekit.models.unet_io import predict
     from erasekit.training import randint
 
     retain = ["a red car", "a dog in a park", "a bowl of fruit"]
     cfg = AdvConfig(**{**TINY, "attack_steps": 0, "defence_weight": 0.0, "retain_weight": 2.0})
-    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
-            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain),
-            "retain_cond": encode_conditions(sd1, retain)}
-    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
-    calls = []
-    original = AdvStep._latent
-
-    def record(self, idx, cond, g, base=False):
-        calls.append(cond is self.retain_cond)
-        return original(self, idx, cond, g, base)
-
-    monkeypatch.setattr(AdvStep, "_latent", record)
+    step, base = _retain_step(sd1, cfg, retain)
+    calls, original = _record_latents(monkeypatch)
     with torch.no_grad():
         loss = float(step(0, torch.Generator().manual_seed(5)))
         g = torch.Generator().manual_seed(5)
@@ -272,7 +265,7 @@ def test_retain_only_step_is_the_retain_term_alone(sd1, monkeypatch):
         rz, rt = original(step, pick, base["retain_cond"], g)
         want = 2.0 * F.mse_loss(predict(sd1.unet, rz, rt, sd1.text_encoder(base["retain_ids"][pick])[0]),
                                 predict(sd1.unet, rz, rt, base["retain_cond"][pick]))
-    assert calls[0] is True and all(calls)  # no concept latent is drawn: the erasure term is off
+    assert calls and all(retain for retain, _ in calls)  # no concept latent is drawn: the erasure term is off
     assert loss == pytest.approx(float(want), rel=1e-5)
 
 
