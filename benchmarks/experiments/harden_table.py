@@ -171,7 +171,7 @@ BAR_NAMES = ("UnlearnDiffAtk", "Ring-A-Bell", "resurgence", "preservation", "pla
 
 
 def _group(base: str) -> str | None:
-    """Issue 31's two groups: full TRCE, and the fine-tuning methods other than TRCE's own variants."""
+    """The two groups the hardening bars are read for: full TRCE, and the fine-tuning methods other than TRCE's own variants."""
     if base == "trce":
         return "TRCE"
     return "fine-tuning" if get_method(base).family == "fine-tune" and not base.startswith("trce") else None

@@ -17,11 +17,10 @@ and alternates, on the shared `Trainer` loop:
    projection and its gradient updates the soft tokens (straight-through), and the round's
    lowest-loss projection is what the defence trains against.
 
-2. **defence** (one optimiser step of the trained module): ESD's negative-guidance loss on the
-   adversarial prompt (``defence_target="anchor"``: the target is instead the base model's
-   prediction for the prompt's anchor prompt, the concept's anchor in the same template), weighted by
-   ``defence_weight`` (1; 0 with no attack leaves a retain-only fine-tune), plus ``retain_weight``
-   times the utility-retaining term on ``retain_batch`` retain prompts r::
+2. **defence** (one optimiser step of the trained module): ``defence_weight`` (1) times ESD's
+   negative-guidance loss on the adversarial prompt (``defence_target="anchor"``: toward the base
+   model's prediction for the prompt's anchor prompt instead), plus ``retain_weight`` times the
+   utility-retaining term on ``retain_batch`` retain prompts r (``defence_weight`` 0: that term alone)::
 
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
          + w || eps_cur(z_r, t, text_cur(r)) - eps_base(z_r, t, r) ||^2
