@@ -71,7 +71,8 @@ from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
 from erasekit.eval.attack_seeds import StaleDeltaError, pooled_row
 from erasekit.eval.attacks.run import default_detector
-from erasekit.eval.robustness import COLUMNS, StoredRowMismatch, folder_rows, markdown, run_rows, summary
+from erasekit.eval.robustness import (COLUMNS, StoredRowMismatch, folder_rows, markdown, preservation_text, run_rows,
+                                      summary)
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import list_methods
 from erasekit.methods.harden import variant_chain
@@ -168,8 +169,8 @@ def main() -> None:
         for c in ("method", "explicit", "synonym", "implicit", "preservation"):
             table.add_column(c)
         for r in rows:
-            pres = f"{r['adherence'] / original['adherence']:.2f}" if original and original.get("adherence") else "-"
-            table.add_row(r["method"], *(f"{r['tiers'][t]:.2f}" for t in ("explicit", "synonym", "implicit")), pres)
+            table.add_row(r["method"], *(f"{r['tiers'][t]:.2f}" for t in ("explicit", "synonym", "implicit")),
+                          preservation_text(r, original)[1])
         console.print(table)
         return
     # the folder's table holds every row stored there, not only this invocation's; attack rates pooled over seeds

@@ -73,6 +73,19 @@ def _reference(rows: dict[str, dict], name: str, concept: str, seed, folder: Pat
     return row if row is not None and (name == "original" or row.get("seed", 0) == seed) else None
 
 
+def _preservation_cells(rows: dict[str, dict], name: str, r: dict, original: dict | None, concept: str,
+                        folder: Path) -> tuple[float | None, str, str | None, dict | None]:
+    """(preservation, the "preservation (vs unhardened) | own attribute" cells, the unhardened row's label and
+    row) of row ``name``; no preservation where its prompt count differs from the original's."""
+    comparable = original and r.get("n_preserve") == original.get("n_preserve", r.get("n_preserve"))
+    pres, pres_text = preservation_text(r, original) if comparable else (None, "-")
+    unhardened = unhardened_label(name)
+    base = _reference(rows, unhardened, concept, r.get("seed", 0), folder) if unhardened else None
+    own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
+    attribute = attribute_preservation_text(r, original) if comparable else "-"
+    return pres, f"{pres_text}{own} | {attribute}", unhardened, base
+
+
 def _asked(args: dict) -> set[str]:
     """The row names a config measures (its folder may hold other configs' rows as well)."""
     methods = args.get("methods") or list_methods()
@@ -104,11 +117,7 @@ def table(configs: list[Path]) -> str:
         for name, r in sorted(((k, v) for k, v in rows.items() if k in asked), key=lambda kv: (kv[0] != "original", kv[0])):
             n = r["n_cases"]
             r = pooled_row(folder, r)
-            comparable = original and r.get("n_preserve") == original.get("n_preserve", r.get("n_preserve"))
-            pres, pres_text = preservation_text(r, original) if comparable else (None, "-")
-            unhardened = unhardened_label(name)
-            base = _reference(rows, unhardened, concept, r.get("seed", 0), folder) if unhardened else None
-            own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
+            pres, pres_cells, unhardened, base = _preservation_cells(rows, name, r, original, concept, folder)
             overrides = overrides_text(r.get("harden_overrides")) or "-"
             res = rate_with_interval(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
             verdict = "-"
@@ -117,14 +126,12 @@ def table(configs: list[Path]) -> str:
                 if "resurgence" not in r:
                     parts = verdict.split("/")
                     verdict = "/".join(parts[:2] + ["-"] + parts[3:])
-            if unhardened:
                 judged[(folder, name)] = {"experiment": path.stem, "row": name, "concept": concept, "seed": r.get("seed", 0),
                                           "cases": n, "verdict": verdict, "base": unhardened.split("+")[0]}
             lines.append(f"| {path.stem} | {name} | {overrides} | {n} | {r.get('seed', '-')} / {_seed(r.get('attack_seed'))} "
                          f"| {rate_with_interval(r['plain'], n)} | {attack_text(r, 'unlearndiff')} "
                          f"| {attack_text(r, 'ringabell')} | {res} "
-                         f"| {pres_text}{own} | {attribute_preservation_text(r, original) if comparable else '-'} "
-                         f"| {cost(r, 'erase')} "
+                         f"| {pres_cells} | {cost(r, 'erase')} "
                          f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
     lines += ["", "What each experiment asked:", ""]
     lines += [f"- `{p.stem}`: {json.loads(p.read_text()).get('about', '')}" for p in configs]
@@ -155,15 +162,10 @@ def screens(configs: list[Path]) -> list[str]:
         folder_stored = folder_rows(folder)
         original = _reference(folder_stored, "original", concept, None, folder)
         for name, r in sorted(rows.items()):
-            comparable = original and r.get("n_preserve") == original.get("n_preserve")
-            pres, pres_text = preservation_text(r, original) if comparable else (None, "-")
-            unhardened = unhardened_label(name)
-            base = _reference(folder_stored, unhardened, concept, r.get("seed", 0), folder) if unhardened else None
-            own = f" ({r['adherence'] / base['adherence']:.2f})" if base else ""
+            pres_cells = _preservation_cells(folder_stored, name, r, original, concept, folder)[1]
             tiers = " / ".join(f"{r['tiers'][t]:.2f}" for t in ("explicit", "synonym", "implicit"))
             lines.append(f"| {path.stem} | {name} | {overrides_text(r.get('harden_overrides')) or '-'} | {r.get('seed', 0)} "
-                         f"| {tiers} | {pres_text}{own} | {attribute_preservation_text(r, original) if comparable else '-'} "
-                         f"| {cost(r, 'harden')} |")
+                         f"| {tiers} | {pres_cells} | {cost(r, 'harden')} |")
     return lines if len(lines) > 7 else []
 
 
@@ -180,7 +182,7 @@ def _group(base: str) -> str | None:
 def nearest_to_bars(judged: dict[tuple[Path, str], dict]) -> list[str]:
     """Per concept, seed, group and number of attack cases: the hardened rows that miss the fewest bars (a bar
     not measured counts as missed), with the bars they miss."""
-    best: dict[tuple[str, int, str], list[dict]] = {}
+    best: dict[tuple[str, int, str, int], list[dict]] = {}
     for j in judged.values():
         if (group := _group(j["base"])) is None:
             continue

@@ -66,7 +66,7 @@ def _tiers_and_preservation(pipe, delta, concept: str, settings, per_tier: int, 
 def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence_steps: int, out: Path,
             settings: SamplingSettings, detector, detector_concept: str, hardening: str | None = None,
             per_tier: int = 32, n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None,
-            harden_overrides: dict | None = None, tag: str = "", reuse: bool = False,
+            harden_overrides: dict | list[dict] | None = None, tag: str = "", reuse: bool = False,
             method_overrides: dict | None = None, attacks: bool = True) -> dict:
     """One row: the original (``method=None``) or ``method``'s Shapes-preset erasure of ``concept`` (with
     ``method_overrides`` applied: the row is then labelled ``<method><tag>``), hardened by ``hardening`` when
@@ -127,7 +127,7 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
 
 
 def _harden_chain(pipe, delta: WeightDelta, spec, hardening: str, row: dict, out: Path, base_label: str, seed: int,
-                  overrides: dict | None, tag: str, reuse: bool) -> WeightDelta:
+                  overrides: dict | list[dict] | None, tag: str, reuse: bool) -> WeightDelta:
     """``delta`` hardened by each variant of ``hardening`` in turn (``adv+rece``: adv, then rece on its result),
     each with its Shapes preset; ``overrides`` apply to the last variant, or, given as a list, one dict to each
     variant in turn; fills ``row``'s hardening cost.
@@ -425,7 +425,7 @@ def row_label(method: str | None, hardening: str | None, tag: str = "", method_o
 
 def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], out: Path, settings: SamplingSettings,
              detector, detector_concept: str, *, n_cases: int = 16, resurgence_steps: int = 40, per_tier: int = 32,
-             n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None, harden_overrides: dict | None = None,
+             n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None, harden_overrides: dict | list[dict] | None = None,
              tag: str = "", reuse: bool = False, announce=None, method_overrides: dict | None = None,
              attack_seeds: list[int] | None = None, screen: bool = False) -> list[dict]:
     """The rows of ``variants`` ((method or None, hardening variant or None) pairs) for ``concept``.
