@@ -65,6 +65,8 @@ def test_target_and_anchor_prompts_are_aligned():
     ]
     assert spec.target_prompts(n_targets=1, n_templates=2) == ["a photo of a church", "church at night"]
     assert len(spec.anchor_prompts(1, 2)) == 2
+    assert spec.unnamed_prompts() == ["a photo of a", "at night", "an image of a"] * 2  # the target left out
+    assert spec.unnamed_prompts(1, 2) == ["a photo of a", "at night"]
 
 
 def test_empty_anchor_and_article_agreement():

@@ -307,3 +307,35 @@ def test_a_retain_only_fine_tune_needs_a_retain_term(sd1):
 def test_the_defence_weight_is_left_out_of_the_fingerprint_at_its_default():
     assert "defence_weight" not in AdvConfig.preset("shapes").fingerprint()
     assert AdvConfig.preset("shapes", defence_weight=0.0).fingerprint()["defence_weight"] == 0.0
+
+
+def test_unnamed_term_pulls_the_unnamed_prompt_toward_its_base_prediction_guided_away_from_the_concept(sd1):
+    import torch.nn.functional as F
+
+    from erasekit.methods.harden.adv import AdvStep
+    from erasekit.models.conditioning import encode_conditions
+    from erasekit.models.unet_io import predict
+    from erasekit.training import randint
+
+    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "defence_weight": 0.0, "retain_weight": 0.0,
+                       "unnamed_weight": 2.0, "unnamed_guidance": 1.5})
+    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
+            "uncond": encode_conditions(sd1, [""]), "retain_ids": None, "retain_cond": None,
+            "unnamed_ids": token_ids(sd1, ["a"]), "unnamed_cond": encode_conditions(sd1, ["a"])}
+    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    with torch.no_grad():
+        loss = float(step(0, torch.Generator().manual_seed(5)))
+        g = torch.Generator().manual_seed(5)
+        idx = torch.tensor([randint(1, g)])
+        z, t = step._latent(idx, base["unnamed_cond"], g)
+        eps_c, eps_u = predict(sd1.unet, z, t, base["cond"][idx]), predict(sd1.unet, z, t, base["unnamed_cond"][idx])
+        want = 2.0 * F.mse_loss(predict(sd1.unet, z, t, sd1.text_encoder(base["unnamed_ids"][idx])[0]),
+                                eps_u - 1.5 * (eps_c - eps_u))
+    assert loss == pytest.approx(float(want), rel=1e-4)
+    assert loss > 0
+
+
+def test_the_unnamed_term_is_a_loss_of_its_own_and_left_out_of_the_fingerprint_at_its_default():
+    shapes = AdvConfig.preset("shapes")
+    assert "unnamed_weight" not in shapes.fingerprint() and "unnamed_guidance" not in shapes.fingerprint()
+    assert AdvConfig.preset("shapes", unnamed_weight=1.0).fingerprint()["unnamed_weight"] == 1.0

@@ -184,6 +184,11 @@ class ConceptSpec(BaseModel):
         """The anchor in the same template, aligned one-to-one with `target_prompts`."""
         return [self.fill(tpl, self.anchor_for(t)) for t, tpl in self._grid(n_targets, n_templates)]
 
+    def unnamed_prompts(self, n_targets: int | None = None, n_templates: int | None = None) -> list[str]:
+        """Each template with the target left out, aligned one-to-one with `target_prompts`: what the
+        model draws when the concept's attribute is not named ("a red shape" -> "a shape")."""
+        return [self.fill(tpl, "") for _, tpl in self._grid(n_targets, n_templates)]
+
     def prompt_pairs(self, n_templates: int = 0) -> tuple[list[str], list[str]]:
         """Target prompts and their anchor prompts: every target in the first ``n_templates`` templates,
         or (0) the bare target words, each with its anchor."""

@@ -9,11 +9,13 @@ read as named, and per attribute), and the detector's penultimate features of
 the preservation images, for the Frechet distance to the original model's
 images on the same prompts and seeds.  The benchmark's cells, the erasure
 measurements of `measure_erasure` (one Shapes value) and the world model's
-`measure_adherence` are all made here.
+`measure_adherence` are all made here, and `unnamed_rate`: how often a value is drawn where
+no prompt names its attribute.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -21,8 +23,8 @@ import numpy as np
 from ..generation import SamplingSettings
 from ..world.vocabulary import TIERS
 from .generate import draw
-from .metrics import frechet_distance, preservation
-from .probes import Probe, adherence_probes, preservation_probes, tier_probes
+from .metrics import frechet_distance, preservation, wilson_interval
+from .probes import Probe, adherence_probes, preservation_probes, shows_target, tier_probes, unnamed_probes
 from .scoring import adherence, readings, target_rates
 from .tasks import ShapesTask, value_task
 
@@ -99,6 +101,19 @@ def preservation_readings(pipe, value: str, n_preserve: int = 48, settings: Samp
     keep = preservation_probes(value_task(value), n_preserve)
     read = readings(_reader(detector), _images(pipe, keep, settings or SamplingSettings(), None))
     return list(zip(keep, read))
+
+
+def unnamed_rate(pipe, value: str, n: int = 96, settings: SamplingSettings | None = None, detector=None) -> dict:
+    """How often the pipeline draws ``value`` where no prompt names its attribute (`unnamed_probes`):
+    {"value", "n", "hits", "rate", "interval" (95% Wilson), "read" (values read, counted)}."""
+    task = value_task(value)
+    probes = unnamed_probes(task, n)
+    read = readings(_reader(detector), _images(pipe, probes, settings or SamplingSettings(), None))
+    attribute = next(iter(task.targets[0]))
+    hits = sum(shows_target(r, task.targets[0]) for r in read)
+    counted = Counter(r[attribute] for r in read)
+    return {"value": value, "attribute": attribute, "n": n, "hits": hits, "rate": hits / n,
+            "interval": list(wilson_interval(hits, n)), "read": dict(counted.most_common())}
 
 
 def measure_adherence(pipe, per_tier: int = 64, seed: int = 0, settings: SamplingSettings | None = None,

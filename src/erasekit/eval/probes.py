@@ -14,6 +14,8 @@ cycled, template ``template_index`` cycled.
 - `preservation_probes`: prompt ``k`` names preservation set ``k % S`` (S sets)
   explicitly, plus the partner's ``(k + k // S)``-th value when the set does
   not name the partner; word choice 0, template ``k``; seeds ``PRESERVE_SEED + k``.
+- `unnamed_probes`: prompt ``k`` names only the partner's ``k``-th value (cycled), explicitly,
+  template ``k``; seeds ``UNNAMED_SEED + k``.
 - `adherence_probes`: the world model's adherence prompts, every (shape,
   color) pair in one tier, word choice ``k // pairs + k``, template ``k``.
 """
@@ -31,6 +33,8 @@ from .tasks import ShapesTask
 TARGET_SEED = 0
 PRESERVE_SEED = 10_000
 PRESERVATION_TIER = "preservation"
+UNNAMED_SEED = 20_000
+UNNAMED_TIER = "unnamed"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,19 @@ def preservation_probes(task: ShapesTask, n: int, seed: int = PRESERVE_SEED) -> 
             values[task.partner] = partner_values[(k + round_) % len(partner_values)]
         tiers = {a: "explicit" for a in values}
         probes.append(Probe(phrase(values, tiers, 0, k), values, seed + k, PRESERVATION_TIER))
+    return probes
+
+
+def unnamed_probes(task: ShapesTask, n: int, seed: int = UNNAMED_SEED) -> list[Probe]:
+    """``n`` prompts naming only the partner attribute (explicit, values cycled), never the target's
+    attribute: what the model draws there unasked ("a circle" for red); template ``k``, seeds ``seed + k``."""
+    if task.partner is None:
+        raise ValueError(f"task {task.key} has no partner attribute to name without its target")
+    partner_values = VALUES[task.partner]
+    probes = []
+    for k in range(n):
+        values = {task.partner: partner_values[k % len(partner_values)]}
+        probes.append(Probe(phrase(values, {task.partner: "explicit"}, 0, k), values, seed + k, UNNAMED_TIER))
     return probes
 
 

@@ -12,10 +12,9 @@ and alternates, on the shared `Trainer` loop:
 
        min_adv || eps_cur(z_s, t, text_cur([adv] + c)) - eps_base(z_s, t, c) ||^2
 
-   ``attack_space="tokens"`` keeps the attack on real words: every step the soft tokens are
-   projected to their nearest tokens of ``attack_vocabulary`` (cosine), the loss is taken at the
-   projection and its gradient updates the soft tokens (straight-through), and the round's
-   lowest-loss projection is what the defence trains against.
+   ``attack_space="tokens"`` keeps the attack on real words: each step projects the soft tokens to
+   their nearest (cosine) tokens of ``attack_vocabulary``, takes the loss there and updates the soft
+   tokens by its gradient (straight-through); the defence trains on the round's best projection.
 
 2. **defence** (one optimiser step of the trained module): ``defence_weight`` (1) times ESD's
    negative-guidance loss on the adversarial prompt (``defence_target="anchor"``: toward the base
@@ -25,19 +24,20 @@ and alternates, on the shared `Trainer` loop:
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
          + w || eps_cur(z_r, t, text_cur(r)) - eps_base(z_r, t, r) ||^2
          + w_e sum_r || text_cur(r) - text_base(r) ||^2 / sum_r || text_base(r) ||^2
+         + w_u || eps_cur(z_u, t, text_cur(u)) - [eps_base(z_u, u) - g_u (eps_base(z_u, c) - eps_base(z_u, u))] ||^2
 
-   The retain latents ``z_r`` are partial generations of the model being trained
-   (``retain_source="base"``: of the base model, so they hold what the retain prompts should draw).
-   The last term (``retain_embedding_weight`` w_e, on ``retain_embedding_batch`` retain prompts
-   per step; 0 in the release, text encoder only) holds the text encoder's output for the retain
-   prompts, all token rows, at the base model's: a relative squared drift, so w_e is scale-free.
+   ``z_r``: partial generations of the model being trained (``retain_source="base"``: of the base
+   model).  w_e (``retain_embedding_weight``, on ``retain_embedding_batch`` prompts; text encoder
+   only) holds the retain prompts' text-encoder output, all token rows, at the base model's (a
+   relative drift, so w_e is scale-free).  w_u (``unnamed_weight``, ``unnamed_guidance`` g_u)
+   steers the prompt's unnamed form u ("a red shape" -> "a shape", on latents the current model
+   draws for u) away from the concept, where nothing names it.  w_e and w_u are 0 in the release.
 
 ``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the
 release's ``text_encoder_full``), ``module="unet"`` the UNet parameters of ``unet_scope``.
-"Base" is the model before ``delta``: base conditioning is encoded before ``delta`` is copied in,
-and the base UNet is swapped in for the reference passes (`reference_weights`).  The result is
-one delta relative to the base model (`common.composed_delta`); ``metrics.attack_rounds`` holds
-each round's first and last attack loss.
+"Base" is the model before ``delta`` (its conditioning encoded before ``delta`` is copied in, its
+UNet swapped in for reference passes).  The result is one delta relative to the base model
+(`common.composed_delta`); ``metrics.attack_rounds`` holds each round's first and last attack loss.
 """
 
 from __future__ import annotations
@@ -124,7 +124,11 @@ class AdvConfig(FineTuneConfig):
                                            "text-embedding drift (text encoder only; 0: the release)")
     retain_embedding_batch: int = Field(32, ge=1, description="retain prompts per step in the embedding term")
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight",)
+    unnamed_weight: float = Field(0.0, ge=0, description="w_u: weight of the term steering the unnamed prompts "
+                                  "(the training prompts with the target left out) away from the concept")
+    unnamed_guidance: float = Field(1.0, gt=0, description="g_u: negative guidance of the unnamed-prompt term")
+
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
                    "attack_latents": "per_round",
@@ -176,6 +180,7 @@ class AdvStep:
         self.ids, self.retain_ids = base["ids"], base["retain_ids"]
         self.cond, self.uncond, self.retain_cond = base["cond"], base["uncond"], base["retain_cond"]
         self.anchor_cond = base.get("anchor_cond")
+        self.unnamed_ids, self.unnamed_cond = base.get("unnamed_ids"), base.get("unnamed_cond")
         self.sampler = DDIMSampler(pipe.scheduler, config.n_steps)
         self.steps = sampled_steps(config.n_steps, (0.0, 1.0))
         self.table = self.te.get_input_embeddings().weight
@@ -255,6 +260,8 @@ class AdvStep:
             loss = loss + cfg.retain_weight * F.mse_loss(predict(self.unet, rz, rt, self.encode(self.retain_ids[pick], None)), keep)
         if cfg.retain_embedding_weight > 0 and self.retain_ids is not None:
             loss = loss + cfg.retain_embedding_weight * self.embedding_drift(g)
+        if cfg.unnamed_weight > 0:
+            loss = loss + cfg.unnamed_weight * self.unnamed(g)
         return loss
 
     def defence(self, attacking: bool, g: torch.Generator) -> torch.Tensor:
@@ -270,6 +277,17 @@ class AdvStep:
                 eps_c, eps_u = both.chunk(2)
                 target = esd_target(eps_c, eps_u, cfg.negative_guidance)
         return F.mse_loss(predict(self.unet, z, t, self.encode(self.ids[idx], self.adv if attacking else None)), target)
+
+    def unnamed(self, g: torch.Generator) -> torch.Tensor:
+        """The unnamed-prompt term: ``u`` pulled toward the base model's ``u`` guided away from ``c``."""
+        idx = torch.tensor([randint(len(self.unnamed_ids), g)])
+        z, t = self._latent(idx, self.unnamed_cond, g)
+        with self._base():
+            both = predict(self.unet, torch.cat([z, z]), t,
+                           torch.cat([self.cond[idx].embeds, self.unnamed_cond[idx].embeds]))
+            eps_c, eps_u = both.chunk(2)
+            target = esd_target(eps_c, eps_u, self.config.unnamed_guidance)
+        return F.mse_loss(predict(self.unet, z, t, self.encode(self.unnamed_ids[idx], None)), target)
 
     def embedding_drift(self, g: torch.Generator) -> torch.Tensor:
         """sum ||text_cur(r) - text_base(r)||^2 / sum ||text_base(r)||^2 over a batch of retain prompts."""
@@ -294,8 +312,9 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise NotImplementedError("adv hardening encodes adversarial prompts with one CLIP text encoder (SD-1.x/2.x), not SDXL")
     require_supported_unet(pipe.unet, "adv")
-    if config.defence_weight == 0 and config.retain_weight == 0 and config.retain_embedding_weight == 0:
-        raise ValueError("defence_weight 0 leaves no loss: set retain_weight (or retain_embedding_weight) above 0")
+    if config.defence_weight == 0 and not (config.retain_weight or config.retain_embedding_weight or config.unnamed_weight):
+        raise ValueError("defence_weight 0 leaves no loss: set retain_weight (or retain_embedding_weight, "
+                         "unnamed_weight) above 0")
     if config.retain_embedding_weight > 0 and config.module != "text_encoder":
         raise ValueError("retain_embedding_weight holds the text encoder's output: it needs module='text_encoder'")
     t0 = time.perf_counter()
@@ -311,7 +330,11 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
               if config.retain_weight > 0 or config.retain_embedding_weight > 0 else [])
     anchors = (training_anchor_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
                if config.defence_target == "anchor" else None)
+    unnamed = (([""] if config.prompts == "bare" else concept.unnamed_prompts(config.n_synonyms, config.n_templates))
+               if config.unnamed_weight > 0 else [])
     base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
+            "unnamed_ids": token_ids(pipe, unnamed) if unnamed else None,
+            "unnamed_cond": encode_conditions(pipe, unnamed) if unnamed else None,
             "anchor_cond": encode_conditions(pipe, anchors) if anchors else None,
             "uncond": encode_conditions(pipe, [""]),
             "retain_ids": token_ids(pipe, retain) if retain else None,
