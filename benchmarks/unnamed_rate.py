@@ -124,8 +124,8 @@ def page() -> str:
              "|---|---|---|---|---|---|"]
     for name in FOLDERS:
         folder = ROOT / name
-        for path in sorted((folder / "unnamed").glob("*.json")):
-            got = json.loads(path.read_text())
+        found = [json.loads(p.read_text()) for p in (folder / "unnamed").glob("*.json")]
+        for got in sorted(found, key=lambda g: (g["row"] != "original", g["row"])):
             row = json.loads(row_file(folder, got["row"]).read_text())
             if "unlearndiff" in row:
                 row = pooled_row(folder, row)
@@ -136,7 +136,7 @@ def page() -> str:
             u = got["unnamed"]
             lo, hi = u["interval"]
             common = ", ".join(f"{v} {c}" for v, c in list(u["read"].items())[:3])
-            deleted = ("-" if got["row"] == "original"
+            deleted = ("-" if got["row"] == "original" or "unlearndiff" not in row
                        else f"{got['wins_deleted_row']} / {got['wins_deleted_original']} of {got['wins']}")
             lines.append(f"| {name} | {got['row']} | {uda} | "
                          f"{u['rate']:.2f} [{lo:.2f}, {hi:.2f}] ({u['hits']} / {u['n']}) | {common} | {deleted} |")

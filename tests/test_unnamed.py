@@ -46,3 +46,13 @@ def test_the_concepts_words_are_deleted_as_whole_words_only():
     assert without("circle pumpkin completely a red circle", words) == "circle pumpkin completely a circle"
     assert without("Crimson sea there is a red square, simple icon", words) == "sea there is a square, simple icon"
     assert without("a redwood and a ruby-red star", words) == "a redwood and a ruby-red star"
+
+
+@pytest.mark.slow
+def test_the_shapes_model_draws_red_unasked_where_no_colour_is_named(shapes_pipe):
+    from erasekit.eval.measure import unnamed_rate
+
+    got = unnamed_rate(shapes_pipe, "red", 24)
+    assert got["hits"] == got["read"]["red"] > 0 and sum(got["read"].values()) == 24
+    assert got["interval"][0] <= got["rate"] == got["hits"] / 24 <= got["interval"][1]
+    assert len(got["read"]) >= 4  # the colour is left to the model: several are drawn
