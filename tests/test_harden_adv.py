@@ -27,14 +27,17 @@ def sd1():
     return tiny_pipeline("sd1")
 
 
-def _retain_step(sd1, cfg, retain):
-    """An AdvStep on "a church" with ``retain`` as its retain prompts, and the base conditioning it holds."""
+def _retain_step(sd1, cfg, retain, unnamed=None):
+    """An AdvStep on "a church" with ``retain`` as its retain prompts (and ``unnamed`` as the prompt's
+    unnamed form), and the base conditioning it holds."""
     from erasekit.methods.harden.adv import AdvStep
     from erasekit.models.conditioning import encode_conditions
 
     base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
-            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain),
-            "retain_cond": encode_conditions(sd1, retain)}
+            "uncond": encode_conditions(sd1, [""]), "retain_ids": token_ids(sd1, retain) if retain else None,
+            "retain_cond": encode_conditions(sd1, retain) if retain else None,
+            "unnamed_ids": token_ids(sd1, unnamed) if unnamed else None,
+            "unnamed_cond": encode_conditions(sd1, unnamed) if unnamed else None}
     return AdvStep(sd1, CONCEPT, cfg, {}, base), base
 
 
@@ -113,13 +116,13 @@ def test_token_space_attack_trains_against_real_words_of_its_vocabulary(sd1, tmp
 
 
 def test_anchor_prompts_pair_each_training_prompt_with_its_anchor():
-    from erasekit.methods.esd import training_anchor_prompts as anchor_prompts
     from erasekit.methods.esd import training_prompts
 
-    grid, anchors = training_prompts(CONCEPT, "grid", None, None), anchor_prompts(CONCEPT, "grid", None, None)
+    grid, anchors = training_prompts(CONCEPT, "grid", None, None), training_prompts(CONCEPT, "grid", None, None, role="anchor")
     assert len(grid) == len(anchors) > 1
     assert all(a == g.replace("church", "building").replace("chapel", "building") for g, a in zip(grid, anchors))
-    assert anchor_prompts(CONCEPT, "bare", None, None) == ["building"]
+    assert training_prompts(CONCEPT, "bare", None, None, role="anchor") == ["building"]
+    assert training_prompts(CONCEPT, "bare", None, None, role="unnamed") == [""]
 
 
 def test_anchor_defence_loss_is_the_distance_to_the_base_prediction_for_the_anchor(sd1):
@@ -312,17 +315,12 @@ def test_the_defence_weight_is_left_out_of_the_fingerprint_at_its_default():
 def test_unnamed_term_pulls_the_unnamed_prompt_toward_its_base_prediction_guided_away_from_the_concept(sd1):
     import torch.nn.functional as F
 
-    from erasekit.methods.harden.adv import AdvStep
-    from erasekit.models.conditioning import encode_conditions
     from erasekit.models.unet_io import predict
     from erasekit.training import randint
 
     cfg = AdvConfig(**{**TINY, "attack_steps": 0, "defence_weight": 0.0, "retain_weight": 0.0,
                        "unnamed_weight": 2.0, "unnamed_guidance": 1.5})
-    base = {"ids": token_ids(sd1, ["a church"]), "cond": encode_conditions(sd1, ["a church"]),
-            "uncond": encode_conditions(sd1, [""]), "retain_ids": None, "retain_cond": None,
-            "unnamed_ids": token_ids(sd1, ["a"]), "unnamed_cond": encode_conditions(sd1, ["a"])}
-    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    step, base = _retain_step(sd1, cfg, None, unnamed=["a"])
     with torch.no_grad():
         loss = float(step(0, torch.Generator().manual_seed(5)))
         g = torch.Generator().manual_seed(5)

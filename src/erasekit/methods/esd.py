@@ -57,22 +57,21 @@ def variant_scope(config: "ESDConfig", variant: str) -> str:
     return VARIANT_SCOPES[variant]
 
 
-def training_prompts(concept: ConceptSpec, prompts: str, n_synonyms: int | None, n_templates: int | None) -> list[str]:
-    """"bare": the concept string alone (the authors' code); "grid": synonyms x templates."""
-    if prompts == "bare":
-        return [concept.canonical]
-    if prompts == "grid":
-        return concept.target_prompts(n_synonyms, n_templates)
-    raise ValueError(f"unknown prompts {prompts!r} (bare or grid)")
+_BARE = {"target": lambda c: c.canonical, "anchor": lambda c: c.anchor_for(c.canonical), "unnamed": lambda c: ""}
+_GRID = {"target": ConceptSpec.target_prompts, "anchor": ConceptSpec.anchor_prompts, "unnamed": ConceptSpec.unnamed_prompts}
 
 
-def training_anchor_prompts(concept: ConceptSpec, prompts: str, n_synonyms: int | None,
-                            n_templates: int | None) -> list[str]:
-    """The anchor prompt of each of `training_prompts`' prompts, in its order (target word -> anchor)."""
+def training_prompts(concept: ConceptSpec, prompts: str, n_synonyms: int | None, n_templates: int | None,
+                     role: Literal["target", "anchor", "unnamed"] = "target") -> list[str]:
+    """"bare": the concept string alone (the authors' code); "grid": synonyms x templates.
+
+    ``role`` "anchor" / "unnamed": the same prompts, in the same order, with the target word replaced by
+    its anchor / left out.
+    """
     if prompts == "bare":
-        return [concept.anchor_for(concept.canonical)]
+        return [_BARE[role](concept)]
     if prompts == "grid":
-        return concept.anchor_prompts(n_synonyms, n_templates)
+        return _GRID[role](concept, n_synonyms, n_templates)
     raise ValueError(f"unknown prompts {prompts!r} (bare or grid)")
 
 

@@ -62,7 +62,7 @@ from ...models.vocabulary import project_to_tokens, resolve_vocabulary
 from ...training import FineTuneConfig, Trainer, randint
 from ...training.config import run_key
 from ...training.trainer import reference_weights
-from ..esd import sampled_steps, training_anchor_prompts, training_prompts
+from ..esd import sampled_steps, training_prompts
 from ..losses import esd_target
 from .common import check_fits, composed_delta, copy_in
 
@@ -325,13 +325,12 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     names = sorted(set(trained) | set(delta.names if delta is not None else []))
     originals = snapshot(pipe, names)
     base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
-    prompts = training_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
+    grid = (concept, config.prompts, config.n_synonyms, config.n_templates)
+    prompts = training_prompts(*grid)
     retain = (_retain_prompts(pipe, concept, config)
               if config.retain_weight > 0 or config.retain_embedding_weight > 0 else [])
-    anchors = (training_anchor_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
-               if config.defence_target == "anchor" else None)
-    unnamed = (([""] if config.prompts == "bare" else concept.unnamed_prompts(config.n_synonyms, config.n_templates))
-               if config.unnamed_weight > 0 else [])
+    anchors = training_prompts(*grid, role="anchor") if config.defence_target == "anchor" else None
+    unnamed = training_prompts(*grid, role="unnamed") if config.unnamed_weight > 0 else []
     base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
             "unnamed_ids": token_ids(pipe, unnamed) if unnamed else None,
             "unnamed_cond": encode_conditions(pipe, unnamed) if unnamed else None,
