@@ -26,6 +26,7 @@ SOURCES = {
     "candidate": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate.md",
     "candidate-8probes": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-8probes.md",
     "candidate-retain": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-retain.md",
+    "candidate-kv": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "kv-retain-candidate.md",
     "cip-screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-cip-screen-screen.md",
     "red-contrast": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-contrast.md",
     "esd-screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-esd-screen-screen.md",

@@ -9,8 +9,9 @@ read as named, and per attribute), and the detector's penultimate features of
 the preservation images, for the Frechet distance to the original model's
 images on the same prompts and seeds.  The benchmark's cells, the erasure
 measurements of `measure_erasure` (one Shapes value) and the world model's
-`measure_adherence` are all made here, and `unnamed_rate`: how often a value is drawn where
-no prompt names its attribute.
+`measure_adherence` are all made here, with `unnamed_rate` (how often a value is drawn where
+no prompt names its attribute) and `value_confusion` (what each other value of the erased
+value's attribute is drawn as).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def measure_task(pipe, task: ShapesTask, per_tier: int, n_preserve: int, setting
 
     ``reader`` is a `ShapesConceptDetector` (``read`` and ``features``).
     """
+    if n_preserve < 1:
+        raise ValueError(f"measure_task needs at least one preservation prompt (got n_preserve={n_preserve})")
     tiers, keep = tier_probes(task, per_tier, n_preserve, adversarial)
     rates = {}
     for tier, probes in tiers.items():
@@ -114,6 +117,25 @@ def unnamed_rate(pipe, value: str, n: int = 96, settings: SamplingSettings | Non
     counted = Counter(r[attribute] for r in read)
     return {"value": value, "attribute": attribute, "n": n, "hits": hits, "rate": hits / n,
             "interval": list(wilson_interval(hits, n)), "read": dict(counted.most_common())}
+
+
+def value_confusion(pipe, value: str, n_preserve: int = 96, settings: SamplingSettings | None = None,
+                    detector=None) -> dict:
+    """What the preservation probes of one Shapes value (`preservation_readings`) are drawn as, per
+    value of its attribute: {"value", "attribute", "values": {v: {"n", "kept" (every named attribute
+    read as named), "read" (the attribute's readings, counted)}}}; ``value`` itself is never named."""
+    attribute = next(iter(value_task(value).targets[0]))
+    table: dict[str, dict] = {}
+    for probe, read in preservation_readings(pipe, value, n_preserve, settings, detector):
+        named = probe.expected.get(attribute)
+        if named is None:  # a preservation set that leaves the attribute unnamed
+            continue
+        row = table.setdefault(named, {"n": 0, "kept": 0, "read": Counter()})
+        row["n"] += 1
+        row["kept"] += all(read[a] == v for a, v in probe.expected.items())
+        row["read"][read[attribute]] += 1
+    return {"value": value, "attribute": attribute,
+            "values": {v: {**r, "read": dict(r["read"].most_common())} for v, r in sorted(table.items())}}
 
 
 def measure_adherence(pipe, per_tier: int = 64, seed: int = 0, settings: SamplingSettings | None = None,

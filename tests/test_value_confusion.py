@@ -1,0 +1,80 @@
+"""value_confusion: what the other values of an erased value's attribute are drawn as."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("value_confusion", ROOT / "benchmarks" / "value_confusion.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["value_confusion"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _token_row(pipe, word: str) -> int:
+    ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+    assert len(ids) == 1, f"{word!r} is not one token"
+    return ids[0]
+
+
+@pytest.mark.slow
+def test_a_colour_whose_word_reads_as_another_is_counted_as_drawn_as_that_colour(shapes_pipe):
+    from erasekit.eval.measure import value_confusion
+
+    before = value_confusion(shapes_pipe, "red", 30)
+    assert before["attribute"] == "color" and "red" not in before["values"]
+    assert sum(c["n"] for c in before["values"].values()) == 30
+    assert before["values"]["orange"]["read"].get("orange", 0) >= before["values"]["orange"]["n"] - 1
+    table = shapes_pipe.text_encoder.get_input_embeddings().weight
+    orange, yellow = _token_row(shapes_pipe, "orange"), _token_row(shapes_pipe, "yellow")
+    saved = table[orange].detach().clone()
+    try:
+        with __import__("torch").no_grad():
+            table[orange] = table[yellow]  # "orange" now reads as "yellow" to the text encoder
+        after = value_confusion(shapes_pipe, "red", 30)
+    finally:
+        with __import__("torch").no_grad():
+            table[orange] = saved
+    cell = after["values"]["orange"]
+    assert cell["read"].get("yellow", 0) > cell["n"] // 2 and cell["kept"] < cell["n"] // 2
+    assert after["values"]["blue"] == before["values"]["blue"]  # the other colours' prompts are untouched
+
+
+def test_measure_task_refuses_no_preservation_prompts_in_one_line():
+    from erasekit.eval.measure import measure_task
+    from erasekit.eval.tasks import value_task
+    from erasekit.generation import SamplingSettings
+
+    with pytest.raises(ValueError, match="at least one preservation prompt") as err:
+        measure_task(None, value_task("red"), 4, 0, SamplingSettings(), None)
+    assert "\n" not in str(err.value)
+
+
+def test_the_page_row_names_each_values_misreadings_and_the_stopping_rule(tmp_path):
+    script = _script()
+    config = {"value": "red", "per_tier": 4, "n_preserve": 6, "about": "x",
+              "rows": [{"name": "trust-a", "method": "trust", "overrides": {"lr": 0.01}}]}
+    got = {"name": "trust-a", "iterations": 40, "stopped_at": 40, "presence": [[0, 0.9], [40, 0.05]],
+           "erasure": {"target_rate": {"explicit": 0.25, "synonym": 0.5, "implicit": 0.0},
+                       "preservation_adherence": {"both": 0.5}},
+           "confusion": {"values": {"blue": {"n": 3, "kept": 3, "read": {"blue": 3}},
+                                    "orange": {"n": 3, "kept": 0, "read": {"yellow": 2, "orange": 1}}}}}
+    assert script.table_row(config, got) == ("| trust-a | trust | lr=0.01 | 0.25/0.50/0.00 | 0.50 | 3/3 | "
+                                             "0/3 (yellow 2) | 40 | 0.05 at 40 (stopped) |")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**config, "rows": config["rows"] * 2}))
+    with pytest.raises(ValueError, match="unique"):
+        script.load_config(path)
+
+
+def test_the_page_is_generated_from_the_stored_rows(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the script's paths are relative to the repository root
+    script = _script()
+    assert script.PAGE.read_text() == script.page()
