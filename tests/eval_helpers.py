@@ -1,12 +1,25 @@
-"""Helpers shared by the tests/test_eval_*.py files (tiny models saved to temp folders)."""
+"""Helpers shared by the evaluation tests (tiny models saved to temp folders, benchmark scripts loaded)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    """The repository's script at ``relative`` (e.g. ``benchmarks/unnamed_rate.py``) as a module."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def save_tiny_pipeline(folder: Path) -> Path:

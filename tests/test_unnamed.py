@@ -1,24 +1,17 @@
 """Unnamed prompts: the other attribute named alone, and the attack prompts with the concept's words deleted."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from eval_helpers import load_script
 
 from erasekit.eval.probes import PRESERVE_SEED, TARGET_SEED, unnamed_probes
 from erasekit.eval.tasks import get_task, value_task
 from erasekit.world.vocabulary import VALUES, load_vocabulary
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("unnamed_rate", ROOT / "benchmarks" / "unnamed_rate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["unnamed_rate"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/unnamed_rate.py")
 
 
 @pytest.mark.parametrize("value, partner", [("red", "shape"), ("circle", "color")])

@@ -1,21 +1,16 @@
 """value_confusion: what the other values of an erased value's attribute are drawn as."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from eval_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("value_confusion", ROOT / "benchmarks" / "value_confusion.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["value_confusion"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/value_confusion.py")
 
 
 def _token_row(pipe, word: str) -> int:
