@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from eval_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +32,11 @@ def test_a_colour_whose_word_reads_as_another_is_counted_as_drawn_as_that_colour
     orange, yellow = _token_row(shapes_pipe, "orange"), _token_row(shapes_pipe, "yellow")
     saved = table[orange].detach().clone()
     try:
-        with __import__("torch").no_grad():
+        with torch.no_grad():
             table[orange] = table[yellow]  # "orange" now reads as "yellow" to the text encoder
         after = value_confusion(shapes_pipe, "red", 30)
     finally:
-        with __import__("torch").no_grad():
+        with torch.no_grad():
             table[orange] = saved
     cell = after["values"]["orange"]
     assert cell["read"].get("yellow", 0) > cell["n"] // 2 and cell["kept"] < cell["n"] // 2
