@@ -1,13 +1,15 @@
-"""What an erasure does to the other values of the erased value's attribute, value by value.
+"""What an erasure does to the values it must keep, value by value.
 
-For each row of a config (``benchmarks/experiments/confusion/NAME.json``: the value, the seed and the
-rows, each a method with its ``shapes`` preset and overrides, or ``original``), erase on the Shapes
-model and measure:
+For each row of a config (``benchmarks/experiments/confusion/NAME.json``: a ``value`` or a benchmark
+``task`` key, the seed and the rows, each a method with its ``shapes`` preset and overrides, or
+``original``), erase on the Shapes model and measure:
 
-- the target rate per wording tier (`erasekit.eval.measure.measure_erasure`, ``per_tier`` prompts each)
-  and the preservation adherence (``n_preserve`` prompts, every named attribute read as named);
-- per other value of the attribute (`erasekit.eval.measure.value_confusion`, the same preservation
-  prompts): how many are kept and what the rest are drawn as;
+- the target rate per wording tier (``per_tier`` prompts each) and the preservation adherence
+  (``n_preserve`` prompts, every checked attribute read as named): `erasekit.eval.measure.measure_erasure`
+  for a value, `erasekit.eval.measure.measure_task` for a task;
+- on the same preservation prompts, how many are kept and what the rest are drawn as: per other value
+  of the erased value's attribute (`erasekit.eval.measure.value_confusion`), or per kept value set of
+  the task (`erasekit.eval.measure.task_confusion`);
 - for TRuST rows, the stopping rule's last presence on its probe images and where it stopped.
 
 Each row is written atomically to ``benchmarks/results/experiments/confusion/NAME/<row>.json`` and
@@ -32,6 +34,8 @@ PAGE = Path("docs/experiments/confusion.md")
 
 def load_config(path: Path) -> dict:
     config = json.loads(path.read_text())
+    if ("value" in config) == ("task" in config):
+        raise ValueError(f"{path}: give exactly one of 'value' (a Shapes value) and 'task' (a benchmark task key)")
     names = [r["name"] for r in config["rows"]]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: row names must be unique ({names})")
@@ -42,18 +46,51 @@ def resolved_config(config: dict, row: dict):
     """The method config a row runs with (its ``shapes`` preset, the seed, the row's overrides); None: original."""
     if not row.get("method"):
         return None
-    from erasekit.concepts.packs import get_concept
     from erasekit.eval.bench.erasing import method_run
 
     method = row["method"]
     overrides = {method: {"seed": config.get("seed", 0), **row.get("overrides", {})}}
-    return method_run(method, get_concept(f"shapes/{config['value']}"), "shapes", overrides).config
+    return method_run(method, erased_concept(config), "shapes", overrides).config
+
+
+def subject(config: dict) -> str:
+    """What a config erases, as its page names it: the value or ``task KEY``."""
+    return config["value"] if "value" in config else f"task {config['task']}"
+
+
+def erased_concept(config: dict):
+    """The concept spec a config erases: the Shapes value's, or the task's (its first concept)."""
+    from erasekit.concepts.packs import get_concept
+    from erasekit.eval.tasks import get_task
+
+    if "value" in config:
+        return get_concept(f"shapes/{config['value']}")
+    return get_task(config["task"]).specs()[0]
+
+
+def measure(pipe, reader, config: dict, settings) -> tuple[dict, dict]:
+    """(erasure numbers in `measure_erasure`'s layout, confusion) of the pipeline's current weights."""
+    from erasekit.eval.measure import measure_erasure, measure_task, task_confusion, value_confusion
+    from erasekit.eval.tasks import get_task
+    from erasekit.world.vocabulary import TIERS
+
+    per_tier, n = config["per_tier"], config["n_preserve"]
+    if "value" in config:
+        return (measure_erasure(pipe, config["value"], per_tier, n, settings, reader),
+                value_confusion(pipe, config["value"], n, settings, reader))
+    task = get_task(config["task"])
+    numbers, _ = measure_task(pipe, task, per_tier, n, settings, reader, features=False)
+    erasure = {"target": task.key, "target_rate": {t: numbers["target_rate"][t] for t in TIERS},
+               "preservation_adherence": {**numbers["preservation_adherence"],
+                                          "both": numbers["preservation_adherence"]["checked"]}}
+    return erasure, task_confusion(pipe, task, n, settings, reader)
 
 
 def row_key(config: dict, row: dict) -> dict:
     """What a stored row must match to be reused: the value, the counts and the resolved method config."""
     resolved = resolved_config(config, row)
-    return {"value": config["value"], "method": row.get("method"), "per_tier": config["per_tier"],
+    erased = {"value": config["value"]} if "value" in config else {"task": config["task"]}
+    return {**erased, "method": row.get("method"), "per_tier": config["per_tier"],
             "n_preserve": config["n_preserve"],
             "config": None if resolved is None else resolved.model_dump(mode="json")}
 
@@ -61,8 +98,6 @@ def row_key(config: dict, row: dict) -> dict:
 def measure_row(pipe, reader, config: dict, row: dict) -> dict:
     import torch
 
-    from erasekit.concepts.packs import get_concept
-    from erasekit.eval.measure import measure_erasure, value_confusion
     from erasekit.generation import SamplingSettings
     from erasekit.methods.base import get_method
     from erasekit.models.delta import apply_delta, revert_delta
@@ -72,7 +107,7 @@ def measure_row(pipe, reader, config: dict, row: dict) -> dict:
     out = {"key": row_key(config, row), "name": row["name"]}
     delta = None
     if row.get("method"):
-        concept = get_concept(f"shapes/{config['value']}")
+        concept = erased_concept(config)
         torch.manual_seed(config.get("seed", 0))
         start = time.process_time()
         delta = get_method(row["method"]).erase(pipe, concept, resolved_config(config, row))
@@ -82,9 +117,7 @@ def measure_row(pipe, reader, config: dict, row: dict) -> dict:
                    presence=metrics.get("presence_checks"))
         apply_delta(pipe, delta)
     try:
-        out["erasure"] = measure_erasure(pipe, config["value"], config["per_tier"], config["n_preserve"], settings,
-                                         reader)
-        out["confusion"] = value_confusion(pipe, config["value"], config["n_preserve"], settings, reader)
+        out["erasure"], out["confusion"] = measure(pipe, reader, config, settings)
     finally:
         if delta is not None:
             revert_delta(pipe, delta)
@@ -139,7 +172,8 @@ def page() -> str:
              "Columns: target rate on explicit / synonym / implicit prompts; kept = preservation prompts with "
              "every named attribute read as named (both attributes), over all of them; then, for each other value "
              "of the erased value's attribute, its preservation prompts kept / drawn, with what the rest were "
-             "drawn as; steps = fine-tuning iterations run; presence = the TRuST stopping rule's last measurement "
+             "drawn as (for a task: per kept value set of its checked attributes, named in `ATTRIBUTES` order, "
+             "shape first); steps = fine-tuning iterations run; presence = the TRuST stopping rule's last measurement "
              "on its probe images (mean detector probability of the concept; the rule stops at a tenth of its "
              "value before training) and the iteration it was taken at."]
     for path in sorted(CONFIGS.glob("*.json")):
@@ -150,7 +184,7 @@ def page() -> str:
         if not stored:
             continue
         values = list(next(iter(stored.values()))["confusion"]["values"])
-        lines += ["", f"## {config['value']}, seed {config.get('seed', 0)} (`{path}`)", "", config["about"], "",
+        lines += ["", f"## {subject(config)}, seed {config.get('seed', 0)} (`{path}`)", "", config["about"], "",
                   f"{config['per_tier']} prompts per tier, {config['n_preserve']} preservation prompts.", "",
                   "| row | method | overrides | target e/s/i | kept | " + " | ".join(values) + " | steps | presence |",
                   "|---|---|---|---|---|" + "---|" * len(values) + "---|---|"]

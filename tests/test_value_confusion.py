@@ -1,4 +1,4 @@
-"""value_confusion: what the other values of an erased value's attribute are drawn as."""
+"""value_confusion / task_confusion: what the values an erasure must keep are drawn as."""
 
 import json
 from pathlib import Path
@@ -41,6 +41,58 @@ def test_a_colour_whose_word_reads_as_another_is_counted_as_drawn_as_that_colour
     cell = after["values"]["orange"]
     assert cell["read"].get("yellow", 0) > cell["n"] // 2 and cell["kept"] < cell["n"] // 2
     assert after["values"]["blue"] == before["values"]["blue"]  # the other colours' prompts are untouched
+
+
+@pytest.mark.slow
+def test_a_combinations_kept_circle_whose_colour_word_reads_as_another_is_counted_as_drawn_so(shapes_pipe):
+    from erasekit.eval.measure import task_confusion
+    from erasekit.eval.tasks import get_task
+
+    task = get_task("combination")
+    before = task_confusion(shapes_pipe, task, 20)
+    assert before["attributes"] == ["shape", "color"] and "circle/red" not in before["values"]
+    assert {"circle/orange", "square/red", "circle/blue"} <= set(before["values"])
+    table = shapes_pipe.text_encoder.get_input_embeddings().weight
+    orange, yellow = _token_row(shapes_pipe, "orange"), _token_row(shapes_pipe, "yellow")
+    saved = table[orange].detach().clone()
+    try:
+        with torch.no_grad():
+            table[orange] = table[yellow]
+        after = task_confusion(shapes_pipe, task, 20)
+    finally:
+        with torch.no_grad():
+            table[orange] = saved
+    cell = after["values"]["circle/orange"]
+    assert cell["kept"] == 0 and cell["read"].get("circle/yellow", 0) >= cell["n"] - 1
+    assert after["values"]["square/red"] == before["values"]["square/red"]
+
+
+def test_the_confusion_table_groups_probes_by_their_named_values_and_counts_what_was_read():
+    from erasekit.eval.measure import confusion_table
+    from erasekit.eval.probes import Probe
+
+    def probe(**expected):
+        return Probe("p", expected, 0, "preservation")
+
+    pairs = [(probe(shape="circle", color="orange"), {"shape": "circle", "color": "orange"}),
+             (probe(shape="circle", color="orange"), {"shape": "square", "color": "yellow"}),
+             (probe(shape="circle", color="orange"), {"shape": "square", "color": "yellow"}),
+             (probe(shape="star", color="red"), {"shape": "star", "color": "red"}),
+             (probe(shape="star"), {"shape": "star", "color": "blue"})]  # colour unnamed: skipped
+    table = confusion_table(pairs, ("shape", "color"))
+    assert table == {"circle/orange": {"n": 3, "kept": 1, "read": {"square/yellow": 2, "circle/orange": 1}},
+                     "star/red": {"n": 1, "kept": 1, "read": {"star/red": 1}}}
+    by_colour = confusion_table(pairs, ("color",))
+    assert by_colour["orange"] == {"n": 3, "kept": 1, "read": {"yellow": 2, "orange": 1}}
+
+
+def test_a_confusion_config_names_exactly_one_of_a_value_and_a_task(tmp_path):
+    script = _script()
+    for erased in ({}, {"value": "red", "task": "combination"}):
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({**erased, "per_tier": 4, "n_preserve": 6, "about": "x", "rows": []}))
+        with pytest.raises(ValueError, match="exactly one"):
+            script.load_config(path)
 
 
 def test_measure_task_refuses_no_preservation_prompts_in_one_line():

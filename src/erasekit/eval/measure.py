@@ -10,8 +10,9 @@ the preservation images, for the Frechet distance to the original model's
 images on the same prompts and seeds.  The benchmark's cells, the erasure
 measurements of `measure_erasure` (one Shapes value) and the world model's
 `measure_adherence` are all made here, with `unnamed_rate` (how often a value is drawn where
-no prompt names its attribute) and `value_confusion` (what each other value of the erased
-value's attribute is drawn as).
+no prompt names its attribute), `value_confusion` (what each other value of the erased
+value's attribute is drawn as) and `task_confusion` (what each kept value set of a task is
+drawn as).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..generation import SamplingSettings
-from ..world.vocabulary import TIERS
+from ..world.vocabulary import ATTRIBUTES, TIERS
 from .generate import draw
 from .metrics import frechet_distance, preservation, wilson_interval
 from .probes import Probe, adherence_probes, preservation_probes, shows_target, tier_probes, unnamed_probes
@@ -101,7 +102,14 @@ def preservation_readings(pipe, value: str, n_preserve: int = 48, settings: Samp
                           detector=None) -> list[tuple[Probe, dict[str, str]]]:
     """Each preservation probe of one Shapes value (`measure_erasure`'s, same prompts and seeds) with
     what the detector reads in its image: the prompts behind the preservation adherence."""
-    keep = preservation_probes(value_task(value), n_preserve)
+    return task_preservation_readings(pipe, value_task(value), n_preserve, settings, detector)
+
+
+def task_preservation_readings(pipe, task: ShapesTask, n_preserve: int = 48, settings: SamplingSettings | None = None,
+                               detector=None) -> list[tuple[Probe, dict[str, str]]]:
+    """Each of a task's preservation probes (`measure_task`'s, same prompts and seeds) with what the
+    detector reads in its image."""
+    keep = preservation_probes(task, n_preserve)
     read = readings(_reader(detector), _images(pipe, keep, settings or SamplingSettings(), None))
     return list(zip(keep, read))
 
@@ -125,17 +133,35 @@ def value_confusion(pipe, value: str, n_preserve: int = 96, settings: SamplingSe
     value of its attribute: {"value", "attribute", "values": {v: {"n", "kept" (every named attribute
     read as named), "read" (the attribute's readings, counted)}}}; ``value`` itself is never named."""
     attribute = next(iter(value_task(value).targets[0]))
+    pairs = preservation_readings(pipe, value, n_preserve, settings, detector)
+    return {"value": value, "attribute": attribute, "values": confusion_table(pairs, (attribute,))}
+
+
+def task_confusion(pipe, task: ShapesTask, n_preserve: int = 48, settings: SamplingSettings | None = None,
+                   detector=None) -> dict:
+    """What a task's preservation probes (`task_preservation_readings`) are drawn as, per named value
+    set of its checked attributes (labelled ``"circle/orange"``, attributes in `ATTRIBUTES` order):
+    {"task", "attributes", "values": {label: {"n", "kept" (every named attribute read as named),
+    "read" (the checked attributes' readings, labelled alike, counted)}}}."""
+    attributes = tuple(a for a in ATTRIBUTES if a in task.checked)
+    pairs = task_preservation_readings(pipe, task, n_preserve, settings, detector)
+    return {"task": task.key, "attributes": list(attributes), "values": confusion_table(pairs, attributes)}
+
+
+def confusion_table(pairs: list[tuple[Probe, dict[str, str]]], attributes: tuple[str, ...]) -> dict[str, dict]:
+    """Probes grouped by their named values of ``attributes`` (joined by "/"): per group the probe
+    count, how many were kept (every named attribute read as named) and the readings of
+    ``attributes``, counted (most common first).  Probes that leave one of ``attributes`` unnamed
+    are skipped."""
     table: dict[str, dict] = {}
-    for probe, read in preservation_readings(pipe, value, n_preserve, settings, detector):
-        named = probe.expected.get(attribute)
-        if named is None:  # a preservation set that leaves the attribute unnamed
+    for probe, read in pairs:
+        if any(a not in probe.expected for a in attributes):
             continue
-        row = table.setdefault(named, {"n": 0, "kept": 0, "read": Counter()})
+        row = table.setdefault("/".join(probe.expected[a] for a in attributes), {"n": 0, "kept": 0, "read": Counter()})
         row["n"] += 1
         row["kept"] += all(read[a] == v for a, v in probe.expected.items())
-        row["read"][read[attribute]] += 1
-    return {"value": value, "attribute": attribute,
-            "values": {v: {**r, "read": dict(r["read"].most_common())} for v, r in sorted(table.items())}}
+        row["read"]["/".join(read[a] for a in attributes)] += 1
+    return {k: {**r, "read": dict(r["read"].most_common())} for k, r in sorted(table.items())}
 
 
 def measure_adherence(pipe, per_tier: int = 64, seed: int = 0, settings: SamplingSettings | None = None,
