@@ -1,8 +1,8 @@
 """What an erasure does to the values it must keep, value by value.
 
 For each row of a config (``benchmarks/experiments/confusion/NAME.json``: a ``value`` or a benchmark
-``task`` key, the seed and the rows, each a method with its ``shapes`` preset and overrides, or
-``original``), erase on the Shapes model and measure:
+``task`` key, the seed and the rows, each a method with its ``shapes`` preset and overrides and
+optionally an ``anchor`` replacing the concept's, or ``original``), erase on the Shapes model and measure:
 
 - the target rate per wording tier (``per_tier`` prompts each) and the preservation adherence
   (``n_preserve`` prompts, every checked attribute read as named): `erasekit.eval.measure.measure_erasure`
@@ -50,7 +50,7 @@ def resolved_config(config: dict, row: dict):
 
     method = row["method"]
     overrides = {method: {"seed": config.get("seed", 0), **row.get("overrides", {})}}
-    return method_run(method, erased_concept(config), "shapes", overrides).config
+    return method_run(method, erased_concept(config, row), "shapes", overrides).config
 
 
 def subject(config: dict) -> str:
@@ -58,14 +58,16 @@ def subject(config: dict) -> str:
     return config["value"] if "value" in config else f"task {config['task']}"
 
 
-def erased_concept(config: dict):
-    """The concept spec a config erases: the Shapes value's, or the task's (its first concept)."""
+def erased_concept(config: dict, row: dict | None = None):
+    """The concept spec a config erases: the Shapes value's, or the task's (its first concept), with
+    the row's ``anchor`` in place of the concept's own where the row names one."""
     from erasekit.concepts.packs import get_concept
     from erasekit.eval.tasks import get_task
 
-    if "value" in config:
-        return get_concept(f"shapes/{config['value']}")
-    return get_task(config["task"]).specs()[0]
+    concept = get_concept(f"shapes/{config['value']}") if "value" in config else get_task(config["task"]).specs()[0]
+    if row and row.get("anchor"):
+        concept = concept.model_copy(update={"anchor": row["anchor"], "target_anchors": {}})
+    return concept
 
 
 def measure(pipe, reader, config: dict, settings) -> tuple[dict, dict]:
@@ -91,7 +93,7 @@ def row_key(config: dict, row: dict) -> dict:
     resolved = resolved_config(config, row)
     erased = {"value": config["value"]} if "value" in config else {"task": config["task"]}
     return {**erased, "method": row.get("method"), "per_tier": config["per_tier"],
-            "n_preserve": config["n_preserve"],
+            "n_preserve": config["n_preserve"], **({"anchor": row["anchor"]} if row.get("anchor") else {}),
             "config": None if resolved is None else resolved.model_dump(mode="json")}
 
 
@@ -107,7 +109,7 @@ def measure_row(pipe, reader, config: dict, row: dict) -> dict:
     out = {"key": row_key(config, row), "name": row["name"]}
     delta = None
     if row.get("method"):
-        concept = erased_concept(config)
+        concept = erased_concept(config, row)
         torch.manual_seed(config.get("seed", 0))
         start = time.process_time()
         delta = get_method(row["method"]).erase(pipe, concept, resolved_config(config, row))
@@ -158,7 +160,8 @@ def table_row(config: dict, got: dict) -> str:
     if presence:
         stop = f"{presence[-1][1]:.2f} at {presence[-1][0]}" + (" (stopped)" if got.get("stopped_at") is not None else "")
     row = next(r for r in config["rows"] if r["name"] == got["name"])
-    overrides = ", ".join(f"{k}={v}" for k, v in row.get("overrides", {}).items()) or "-"
+    settings = {**({"anchor": row["anchor"]} if row.get("anchor") else {}), **row.get("overrides", {})}
+    overrides = ", ".join(f"{k}={v}" for k, v in settings.items()) or "-"
     steps = got.get("iterations")
     return (f"| {got['name']} | {row.get('method') or '-'} | {overrides} | {rates} | "
             f"{e['preservation_adherence']['both']:.2f} | " + " | ".join(cells)

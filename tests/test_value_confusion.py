@@ -95,6 +95,16 @@ def test_a_confusion_config_names_exactly_one_of_a_value_and_a_task(tmp_path):
             script.load_config(path)
 
 
+def test_a_rows_anchor_replaces_the_concepts_and_keys_its_stored_result():
+    script = _script()
+    config = {"task": "combination", "seed": 0, "per_tier": 4, "n_preserve": 6, "about": "x", "rows": []}
+    plain, moved = {"name": "a", "method": "trust"}, {"name": "b", "method": "trust", "anchor": "red square"}
+    assert script.erased_concept(config).anchor_prompts()[0] == "a green square"
+    assert script.erased_concept(config, moved).anchor_prompts()[0] == "a red square"
+    assert script.erased_concept(config, moved).target_prompts() == script.erased_concept(config).target_prompts()
+    assert script.row_key(config, moved)["anchor"] == "red square" and "anchor" not in script.row_key(config, plain)
+
+
 def test_measure_task_refuses_no_preservation_prompts_in_one_line():
     from erasekit.eval.measure import measure_task
     from erasekit.eval.tasks import value_task
