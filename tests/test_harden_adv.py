@@ -337,3 +337,48 @@ def test_the_unnamed_term_is_a_loss_of_its_own_and_left_out_of_the_fingerprint_a
     shapes = AdvConfig.preset("shapes")
     assert "unnamed_weight" not in shapes.fingerprint() and "unnamed_guidance" not in shapes.fingerprint()
     assert AdvConfig.preset("shapes", unnamed_weight=1.0).fingerprint()["unnamed_weight"] == 1.0
+
+
+def _kv_drift(sd1, names, prompts):
+    """sum over ``names`` of ||(W - W_base) S^T||^2 with S every token of ``prompts`` (W_base: ``names``' current weights)."""
+    from erasekit.methods.retain import KVMatchLoss
+    from erasekit.models.conditioning import encode_conditions
+
+    tokens = encode_conditions(sd1, prompts).embeds
+    params = dict(sd1.unet.named_parameters())
+    loss = KVMatchLoss({n: params[n].detach().clone() for n in names}, names, tokens.reshape(-1, tokens.shape[-1]))
+    return lambda delta: _with(sd1, delta, lambda: float(loss(params)))
+
+
+def _with(sd1, delta, read):
+    apply_delta(sd1, delta)
+    try:
+        with torch.no_grad():
+            return read()
+    finally:
+        revert_delta(sd1, delta)
+
+
+def test_kv_retain_term_pulls_the_retain_prompts_keys_and_values_back_to_the_base_model(sd1):
+    names = cross_attention_kv_names(sd1.unet)
+    base_w = snapshot(sd1, names)
+    g = torch.Generator().manual_seed(0)
+    damaged = WeightDelta.from_state_dicts(base_w, {n: t + 0.05 * torch.randn(t.shape, generator=g)
+                                                    for n, t in base_w.items()}, method="hand-made")
+    drift = _kv_drift(sd1, [n.removeprefix("unet.") for n in names], list(CONCEPT.preserve))
+    cfg = AdvConfig(**{**TINY, "module": "unet", "unet_scope": "cross_attn_kv", "attack_steps": 0, "defence_weight": 0.0,
+                       "retain": "concept+general", "retain_weight": 0.0, "retain_kv_weight": 1.0, "iterations": 12,
+                       "lr": 3e-3})
+    repaired = harden(sd1, damaged, CONCEPT, cfg)
+    assert drift(repaired) < 0.5 * drift(damaged)
+    assert repaired.manifest.config["harden"]["retain_kv_weight"] == 1.0
+
+
+def test_kv_retain_term_needs_the_unet_and_is_left_out_of_the_fingerprint_at_its_default(sd1):
+    with pytest.raises(ValueError, match="needs module='unet'") as err:
+        harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "retain_kv_weight": 1.0}))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="to_k/to_v"):
+        harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "module": "unet", "unet_scope": "non_cross_attn",
+                                                "retain_kv_weight": 1.0}))
+    assert "retain_kv_weight" not in AdvConfig.preset("shapes").fingerprint()

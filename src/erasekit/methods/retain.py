@@ -152,8 +152,10 @@ def kv_drift(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.T
 
 
 def text_kv_names(params: Mapping[str, torch.Tensor], width: int) -> list[str]:
-    """The cross-attention ``to_k``/``to_v`` weights among ``params`` that read text embeddings of ``width``."""
-    return [n for n, w in params.items() if n.endswith(("to_k.weight", "to_v.weight")) and w.shape[-1] == width]
+    """The cross-attention (``attn2``) ``to_k``/``to_v`` weights among ``params`` that read text embeddings
+    of ``width``; a self-attention K/V of the same width (the Shapes model's 128-channel blocks) is not one."""
+    return [n for n, w in params.items()
+            if n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) and w.shape[-1] == width]
 
 
 def kv_forget(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.Tensor],

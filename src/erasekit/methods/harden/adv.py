@@ -25,18 +25,20 @@ and alternates, on the shared `Trainer` loop:
          + w || eps_cur(z_r, t, text_cur(r)) - eps_base(z_r, t, r) ||^2
          + w_e sum_r || text_cur(r) - text_base(r) ||^2 / sum_r || text_base(r) ||^2
          + w_u || eps_cur(z_u, t, text_cur(u)) - [eps_base(z_u, u) - g_u (eps_base(z_u, c) - eps_base(z_u, u))] ||^2
+         + w_kv sum_W ||(W - W_base) S^T||^2 / ||W_base S^T||^2
 
-   ``z_r``: partial generations of the model being trained (``retain_source="base"``: of the base
-   model).  w_e (``retain_embedding_weight``, on ``retain_embedding_batch`` prompts; text encoder
-   only) holds the retain prompts' text-encoder output, all token rows, at the base model's (a
-   relative drift, so w_e is scale-free).  w_u (``unnamed_weight``, ``unnamed_guidance`` g_u)
-   steers the prompt's unnamed form u ("a red shape" -> "a shape", on latents the current model
-   draws for u) away from the concept, where nothing names it.  w_e and w_u are 0 in the release.
+   ``z_r``: partial generations of the trained model (``retain_source="base"``: the base model's).
+   Relative drifts from the base model, all token rows of the retain prompts: w_e
+   (``retain_embedding_weight``, ``retain_embedding_batch`` prompts; text encoder only) of their
+   text-encoder output, w_kv (``retain_kv_weight``; UNet only) of the keys and values the
+   cross-attention ``to_k``/``to_v`` weights W in scope give their tokens S.  w_u (``unnamed_weight``,
+   g_u ``unnamed_guidance``) steers the unnamed form u ("a red shape" -> "a shape", on latents the
+   current model draws for u) away from the concept.  w_e, w_u, w_kv are 0 in the release.
 
 ``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the
 release's ``text_encoder_full``), ``module="unet"`` the UNet parameters of ``unet_scope``.
-"Base" is the model before ``delta`` (its conditioning encoded before ``delta`` is copied in, its
-UNet swapped in for reference passes).  The result is one delta relative to the base model
+"Base" is the model before ``delta`` (conditioning encoded before it is copied in, UNet swapped in
+for reference passes).  The result is one delta relative to the base model
 (`common.composed_delta`); ``metrics.attack_rounds`` holds each round's first and last attack loss.
 """
 
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -64,6 +66,7 @@ from ...training.config import run_key
 from ...training.trainer import reference_weights
 from ..esd import sampled_steps, training_prompts
 from ..losses import esd_target
+from ..retain import KVMatchLoss, text_kv_names
 from .common import check_fits, composed_delta, copy_in
 
 TEXT_SCOPE = "text_encoder_full"
@@ -123,12 +126,14 @@ class AdvConfig(FineTuneConfig):
     retain_embedding_weight: float = Field(0.0, ge=0, description="w_e: weight of the retain prompts' relative "
                                            "text-embedding drift (text encoder only; 0: the release)")
     retain_embedding_batch: int = Field(32, ge=1, description="retain prompts per step in the embedding term")
+    retain_kv_weight: float = Field(0.0, ge=0, description="w_kv: weight of the term holding the retain prompts' "
+                                    "cross-attention keys and values at the base model's (UNet only; 0: the release)")
 
     unnamed_weight: float = Field(0.0, ge=0, description="w_u: weight of the term steering the unnamed prompts "
                                   "(the training prompts with the target left out) away from the concept")
     unnamed_guidance: float = Field(1.0, gt=0, description="g_u: negative guidance of the unnamed-prompt term")
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance", "retain_kv_weight")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
                    "attack_latents": "per_round",
@@ -175,7 +180,8 @@ class AdvStep:
     """One AdvUnlearn iteration (attack when due, then the defence loss); see the module docstring."""
 
     def __init__(self, pipe, concept: ConceptSpec, config: AdvConfig, base_unet: dict[str, torch.Tensor],
-                 base: dict[str, Any]):
+                 base: dict[str, Any], retain_kv: Callable[[], torch.Tensor] | None = None):
+        self.retain_kv = retain_kv
         self.pipe, self.unet, self.te, self.config, self.base_unet = pipe, pipe.unet, pipe.text_encoder, config, base_unet
         self.ids, self.retain_ids = base["ids"], base["retain_ids"]
         self.cond, self.uncond, self.retain_cond = base["cond"], base["uncond"], base["retain_cond"]
@@ -262,6 +268,8 @@ class AdvStep:
             loss = loss + cfg.retain_embedding_weight * self.embedding_drift(g)
         if cfg.unnamed_weight > 0:
             loss = loss + cfg.unnamed_weight * self.unnamed(g)
+        if self.retain_kv is not None:
+            loss = loss + cfg.retain_kv_weight * self.retain_kv()
         return loss
 
     def defence(self, attacking: bool, g: torch.Generator) -> torch.Tensor:
@@ -304,6 +312,20 @@ def _retain_prompts(pipe, concept: ConceptSpec, config: AdvConfig) -> list[str]:
     return own + general_prompts(pipe, config.retain_pool, exclude_words=list(concept.targets))
 
 
+def _retain_kv(trainer: Trainer, config: AdvConfig, base_unet: dict[str, torch.Tensor],
+               base: dict[str, Any]) -> Callable[[], torch.Tensor] | None:
+    """The w_kv term as a call (None when off): the retain prompts' keys and values drift from the base model's."""
+    if config.retain_kv_weight <= 0:
+        return None
+    tokens = base["retain_cond"].embeds
+    names = text_kv_names(trainer.params, tokens.shape[-1])
+    if not names:
+        raise ValueError(f"retain_kv_weight needs cross-attention to_k/to_v weights in unet_scope; "
+                         f"{config.unet_scope!r} has none")
+    loss = KVMatchLoss(base_unet, names, tokens.reshape(-1, tokens.shape[-1]))
+    return lambda: loss(trainer.params)
+
+
 def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: AdvConfig) -> WeightDelta:
     """The composed delta of ``delta`` (None: the base model) then AdvUnlearn hardening of ``concept``.
 
@@ -312,11 +334,14 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise NotImplementedError("adv hardening encodes adversarial prompts with one CLIP text encoder (SD-1.x/2.x), not SDXL")
     require_supported_unet(pipe.unet, "adv")
-    if config.defence_weight == 0 and not (config.retain_weight or config.retain_embedding_weight or config.unnamed_weight):
+    if config.defence_weight == 0 and not (config.retain_weight or config.retain_embedding_weight or config.unnamed_weight
+                                           or config.retain_kv_weight):
         raise ValueError("defence_weight 0 leaves no loss: set retain_weight (or retain_embedding_weight, "
-                         "unnamed_weight) above 0")
+                         "unnamed_weight, retain_kv_weight) above 0")
     if config.retain_embedding_weight > 0 and config.module != "text_encoder":
         raise ValueError("retain_embedding_weight holds the text encoder's output: it needs module='text_encoder'")
+    if config.retain_kv_weight > 0 and config.module != "unet":
+        raise ValueError("retain_kv_weight holds the UNet's cross-attention keys and values: it needs module='unet'")
     t0 = time.perf_counter()
     trained_module = pipe.text_encoder if config.module == "text_encoder" else pipe.unet
     prefix = "text_encoder." if config.module == "text_encoder" else "unet."
@@ -328,7 +353,7 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     grid = (concept, config.prompts, config.n_synonyms, config.n_templates)
     prompts = training_prompts(*grid)
     retain = (_retain_prompts(pipe, concept, config)
-              if config.retain_weight > 0 or config.retain_embedding_weight > 0 else [])
+              if config.retain_weight > 0 or config.retain_embedding_weight > 0 or config.retain_kv_weight > 0 else [])
     anchors = training_prompts(*grid, role="anchor") if config.defence_target == "anchor" else None
     unnamed = training_prompts(*grid, role="unnamed") if config.unnamed_weight > 0 else []
     base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
@@ -348,7 +373,7 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
                                           run_key=run_key("harden:adv", config, concept,
                                                           base=delta.delta_id if delta is not None else None),
                                           description="harden:adv")
-            step_fn = AdvStep(pipe, concept, config, base_unet, base)
+            step_fn = AdvStep(pipe, concept, config, base_unet, base, _retain_kv(trainer, config, base_unet, base))
             result = trainer.run(step_fn)
         metrics = {**result.metrics(), "scope": scope.name, "module": config.module, "attack_rounds": step_fn.rounds,
                    "attack_iterations": len(step_fn.rounds) * config.attack_steps,
