@@ -4,10 +4,9 @@
 and alternates, on the shared `Trainer` loop:
 
 1. **attack** (every ``attack_every`` iterations after ``warmup``): ``attack_tokens`` soft token
-   embeddings prepended to a concept prompt (after the start token) are optimised for
-   ``attack_steps`` steps (Adam at ``attack_lr``; ``fast_at``: signed gradients) so that the
-   CURRENT model, on latents ``z_s`` it generated for the prompt (``attack_source="base"``: the
-   BASE model generated them, so they hold the concept), predicts what the BASE model
+   embeddings prepended to a concept prompt (after the start token) are optimised for ``attack_steps``
+   steps (Adam at ``attack_lr``; ``fast_at``: signed gradients) so that the CURRENT model, on latents
+   ``z_s`` it generated for the prompt (``attack_source="base"``: the BASE model's), predicts what the BASE model
    predicts for the prompt::
 
        min_adv || eps_cur(z_s, t, text_cur([adv] + c)) - eps_base(z_s, t, c) ||^2
@@ -38,8 +37,8 @@ and alternates, on the shared `Trainer` loop:
 ``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the
 release's ``text_encoder_full``), ``module="unet"`` the UNet parameters of ``unet_scope``.
 "Base" is the model before ``delta`` (conditioning encoded before it is copied in, UNet swapped in
-for reference passes).  The result is one delta relative to the base model
-(`common.composed_delta`); ``metrics.attack_rounds`` holds each round's first and last attack loss.
+for reference passes).  The result is one delta relative to the base model (`common.composed_delta`);
+``metrics.attack_rounds`` holds each round's first and last attack loss.
 """
 
 from __future__ import annotations
