@@ -1,7 +1,6 @@
 """AdvUnlearn-style hardening: adversarial training of an erasure (after Zhang et al., NeurIPS 2024).
 
-`harden_adv(pipe, delta, concept, config)` starts from the base model with ``delta`` copied in
-and alternates, on the shared `Trainer` loop:
+`harden_adv(pipe, delta, concept, config)` starts from the base model with ``delta`` copied in and alternates:
 
 1. **attack** (every ``attack_every`` iterations after ``warmup``): ``attack_tokens`` soft token
    embeddings prepended to a concept prompt (after the start token) are optimised for ``attack_steps``
