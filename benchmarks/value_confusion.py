@@ -5,8 +5,7 @@ For each row of a config (``benchmarks/experiments/confusion/NAME.json``: a ``va
 optionally an ``anchor`` replacing the concept's, or ``original``), erase on the Shapes model and measure:
 
 - the target rate per wording tier (``per_tier`` prompts each) and the preservation adherence
-  (``n_preserve`` prompts, every checked attribute read as named): `erasekit.eval.measure.measure_erasure`
-  for a value, `erasekit.eval.measure.measure_task` for a task;
+  (``n_preserve`` prompts, every checked attribute read as named; `erasekit.eval.measure.measure_task`);
 - on the same preservation prompts, how many are kept and what the rest are drawn as: per other value
   of the erased value's attribute (`erasekit.eval.measure.value_confusion`), or per kept value set of
   the task (`erasekit.eval.measure.task_confusion`);
@@ -71,21 +70,20 @@ def erased_concept(config: dict, row: dict | None = None):
 
 
 def measure(pipe, reader, config: dict, settings) -> tuple[dict, dict]:
-    """(erasure numbers in `measure_erasure`'s layout, confusion) of the pipeline's current weights."""
-    from erasekit.eval.measure import measure_erasure, measure_task, task_confusion, value_confusion
-    from erasekit.eval.tasks import get_task
+    """(target rate per tier and preservation adherence, confusion) of the pipeline's current weights."""
+    from erasekit.eval.measure import measure_task, task_confusion, value_confusion
+    from erasekit.eval.tasks import get_task, value_task
     from erasekit.world.vocabulary import TIERS
 
     per_tier, n = config["per_tier"], config["n_preserve"]
-    if "value" in config:
-        return (measure_erasure(pipe, config["value"], per_tier, n, settings, reader),
-                value_confusion(pipe, config["value"], n, settings, reader))
-    task = get_task(config["task"])
+    task = value_task(config["value"]) if "value" in config else get_task(config["task"])
     numbers, _ = measure_task(pipe, task, per_tier, n, settings, reader, features=False)
-    erasure = {"target": task.key, "target_rate": {t: numbers["target_rate"][t] for t in TIERS},
-               "preservation_adherence": {**numbers["preservation_adherence"],
-                                          "both": numbers["preservation_adherence"]["checked"]}}
-    return erasure, task_confusion(pipe, task, n, settings, reader)
+    kept = numbers["preservation_adherence"]
+    erasure = {"target": config.get("value", task.key), "target_rate": {t: numbers["target_rate"][t] for t in TIERS},
+               "preservation_adherence": {**kept, "both": kept["checked"]}}
+    confusion = (value_confusion(pipe, config["value"], n, settings, reader) if "value" in config
+                 else task_confusion(pipe, task, n, settings, reader))
+    return erasure, confusion
 
 
 def row_key(config: dict, row: dict) -> dict:

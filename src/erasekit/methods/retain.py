@@ -30,7 +30,6 @@ from pydantic import Field
 from ..concepts.spec import ConceptSpec
 from ..models.conditioning import TextCondition, cat_conditions, encode_conditions
 from ..models.ddim import DDIMSampler
-from ..models.scopes import get_scope
 from ..models.unet_io import initial_latents, predict
 from ..training import MethodConfig, Trainer, randint, step_generator
 
@@ -237,8 +236,7 @@ class KVRetainTerm:
         embeds = encode_conditions(pipe, prompts).embeds
         tokens = embeds.reshape(-1, embeds.shape[-1]).float()
         self.trainer = trainer
-        text_kv = get_scope("cross_attn_kv").select(trainer.unet)
-        names = [n for n in text_kv_names(trainer.params, tokens.shape[-1]) if n in text_kv]
+        names = text_kv_names(trainer.params, tokens.shape[-1])
         if not names:
             raise ValueError("the K/V retain term needs cross-attention to_k/to_v weights in the scope "
                              "(e.g. esd-x's cross_attn); this scope has none")
