@@ -30,6 +30,7 @@ from erasekit.eval.robustness import (  # noqa: E402
     attribute_preservation_text, bars, cost, folder_rows, preservation_text, rate_with_interval, row_label,
     overrides_text, screen_rows, train_loss, unhardened_label)
 from erasekit.methods.base import get_method, list_methods  # noqa: E402
+from erasekit.world.atomic import write_text  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "experiments" / "harden"
 PAGE = ROOT / "docs" / "experiments" / "harden.md"
@@ -228,10 +229,7 @@ def main() -> int:
     text = table(sorted(CONFIGS.glob("*.json")))
     if a.check:
         return 0 if PAGE.exists() and PAGE.read_text() == text else 1
-    tmp = PAGE.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(PAGE)
-    print(f"wrote {PAGE}")
+    print(f"wrote {write_text(PAGE, text)}")
     return 0
 
 

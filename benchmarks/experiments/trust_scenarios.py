@@ -59,6 +59,7 @@ def main() -> None:
     from erasekit.eval.bench.erasing import method_run
     from erasekit.eval.measure import measure_task
     from erasekit.eval.tasks import get_task
+    from erasekit.world.atomic import write_text
     from erasekit.eval.detectors.shapes import ShapesConceptDetector
     from erasekit.generation import SamplingSettings
     from erasekit.methods.base import get_method
@@ -95,9 +96,7 @@ def main() -> None:
                      "per_tier": a.per_tier, "preserve": a.preserve})
         with jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(rows[-1]) + "\n")
-        tmp = md.with_suffix(".md.tmp")
-        tmp.write_text(markdown(rows), encoding="utf-8")
-        tmp.replace(md)
+        write_text(md, markdown(rows))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
 
 
