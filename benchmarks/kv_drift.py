@@ -76,22 +76,27 @@ def row_delta(pipe, folder: Path, record: dict) -> WeightDelta:
     if (stored / "manifest.json").exists():
         delta, how = WeightDelta.load(stored), "saved"
     else:
-        delta, how = rebuild(pipe, record), "rebuilt"
-    if delta.delta_id != record["delta_id"]:  # other code, or other float rounding (thread count)
-        raise SystemExit(f"{label}: {how} delta {delta.delta_id} is not the measured {record['delta_id']}")
+        delta, how = rebuild(pipe, folder, record), "rebuilt"
+    if delta.delta_id != record["delta_id"]:
+        raise SystemExit(f"{label}: {how} delta {delta.delta_id} is not the measured {record['delta_id']} "
+                         "(other code, or another torch thread count: sums round differently)")
     if how == "rebuilt":
         delta.save(stored)
     return delta
 
 
-def rebuild(pipe, record: dict) -> WeightDelta:
-    """A row's delta made again: its method's Shapes preset at its seed, then at most one hardening variant."""
+def rebuild(pipe, folder: Path, record: dict) -> WeightDelta:
+    """A row's delta made again: its method's Shapes preset at its seed (read from ``folder/deltas/<method>``
+    when saved there), then at most one hardening variant with the row's settings."""
     parts = record["method"].split("+")
     if len(parts) > 2 or record.get("method_overrides"):
         raise SystemExit(f"{record['method']}: no saved delta, and only a preset erasure with one hardening step is rebuilt")
     spec = get_concept(record["concept"])
     info = get_method(parts[0])
-    delta = info.erase(pipe, spec, info.config_cls.for_world("shapes", seed=record["seed"], **quiet(info.config_cls)))
+    if (folder / "deltas" / parts[0] / "manifest.json").exists():
+        delta = WeightDelta.load(folder / "deltas" / parts[0])
+    else:
+        delta = info.erase(pipe, spec, info.config_cls.for_world("shapes", seed=record["seed"], **quiet(info.config_cls)))
     if len(parts) == 2:
         cfg_cls = variant_config(parts[1].split("-")[0])
         delta = harden(pipe, delta, spec, cfg_cls(**{**record["harden_settings"], **quiet(cfg_cls)}))
