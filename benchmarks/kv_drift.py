@@ -7,11 +7,12 @@ weight, every token row of the base text encoder's output)::
     drift(P) = sum_l ||X_P (W'_l - W_l)^T||^2 / sum_l ||X_P W_l^T||^2
 
 for two prompt sets P: the concept's attack-case prompts (what the erasure must move) and 200
-general captions that do not name it (the hardening's retain prompts and what preservation
-measures; `erasekit.concepts.general.general_prompts`).  A row's delta is read from
-``FOLDER/deltas/<row>``; where that is absent it is rebuilt from the row's record (the method's
-Shapes preset at the row's seed, then one hardening variant with the row's ``harden_settings``) and
-its delta id is checked against the one the row measured.
+general captions that do not name it (`erasekit.concepts.general.general_prompts`, the general part
+of the ``adv`` hardening's retain prompts).  A row's delta is read from ``FOLDER/deltas/<row>``;
+where that is absent it is rebuilt from the row's record (the method's Shapes preset at the row's
+seed, or its erasure saved in ``FOLDER/deltas/<method>``, then one hardening variant with the row's
+``harden_settings``) and kept only if its delta id is the one the row measured: ids are bytes, so a
+rebuild needs the torch thread count the row was made with (``OMP_NUM_THREADS``).
 
 Each row's numbers are written atomically to ``FOLDER/kv-drift/<row>.json`` (keyed by its delta id)
 and reused; ``--page`` regenerates `docs/experiments/kv-drift.md` from what is stored for ``FOLDERS``.
@@ -35,6 +36,7 @@ from erasekit.eval.attacks import concept_cases
 from erasekit.eval.robustness import preservation_text, quiet
 from erasekit.methods.base import get_method
 from erasekit.methods.harden import harden, variant_config
+from erasekit.methods.retain import text_kv_names
 from erasekit.models.delta import WeightDelta
 from erasekit.models.loading import SHAPES_ID, load_pipeline
 
@@ -44,10 +46,10 @@ PAGE = Path("docs/experiments/kv-drift.md")
 N_GENERAL = 200
 
 
-def kv_weights(unet) -> dict[str, torch.Tensor]:
-    """The cross-attention key/value weights, by their name in a delta (``unet.<parameter>``)."""
-    return {f"unet.{n}": p.detach() for n, p in unet.named_parameters()
-            if ".attn2." in n and n.endswith(("to_k.weight", "to_v.weight"))}
+def kv_weights(pipe) -> dict[str, torch.Tensor]:
+    """The UNet's cross-attention key/value weights (`text_kv_names`), by their name in a delta (``unet.<name>``)."""
+    params = {n: p.detach() for n, p in pipe.unet.named_parameters()}
+    return {f"unet.{n}": params[n] for n in text_kv_names(params, pipe.text_encoder.config.hidden_size)}
 
 
 def relative_drift(base: dict[str, torch.Tensor], delta: WeightDelta, rows: torch.Tensor) -> float:
@@ -111,7 +113,7 @@ def measure(pipe, folder: Path, row: str) -> dict:
         return done
     delta = row_delta(pipe, folder, record)
     spec = get_concept(record["concept"])
-    base = kv_weights(pipe.unet)
+    base = kv_weights(pipe)
     concept_rows = encode(pipe, [c.prompt for c in concept_cases(spec, record["n_cases"], True)])
     general_rows = encode(pipe, general_prompts(pipe, N_GENERAL, exclude_words=list(spec.targets)))
     result = {"row": row, "delta_id": record["delta_id"], "n_general": N_GENERAL,

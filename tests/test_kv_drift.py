@@ -15,14 +15,14 @@ def script():
 
 
 def test_only_cross_attention_keys_and_values_are_measured(pipe, script):
-    names = script.kv_weights(pipe.unet)
+    names = script.kv_weights(pipe)
     assert names and all(".attn2." in n and n.endswith(("to_k.weight", "to_v.weight")) for n in names)
     width = pipe.text_encoder.config.hidden_size
     assert all(w.shape[1] == width for w in names.values())
 
 
 def test_scaling_every_key_and_value_by_one_plus_a_drifts_by_a_squared(pipe, script):
-    base = script.kv_weights(pipe.unet)
+    base = script.kv_weights(pipe)
     rows = script.encode(pipe, ["a photo of a cat", "a red square"])
     edited = {n: 1.3 * w for n, w in base.items()}
     delta = WeightDelta.from_state_dicts(base, edited, method="test")
@@ -30,7 +30,7 @@ def test_scaling_every_key_and_value_by_one_plus_a_drifts_by_a_squared(pipe, scr
 
 
 def test_a_key_value_edit_in_one_direction_moves_only_rows_along_it(pipe, script):
-    base = script.kv_weights(pipe.unet)
+    base = script.kv_weights(pipe)
     rows = script.encode(pipe, ["a photo of a cat", "a red square"])
     u = torch.linalg.svd(rows, full_matrices=False).Vh[0]  # the rows' main direction
     off = torch.linalg.svd(rows, full_matrices=True).Vh[-1]  # a direction the rows barely reach
