@@ -4,6 +4,7 @@ hardened rows are judged against the bars, and bad `bench --robustness` input is
 import json
 
 import pytest
+import torch
 
 from typer.testing import CliRunner
 
@@ -243,6 +244,7 @@ def test_a_screen_measures_tiers_and_preservation_only_and_its_delta_serves_the_
     (row,) = robustness.run_rows(*args, **kw)
     assert row["screen"] is True and set(row["tiers"]) == {"explicit", "synonym", "implicit"} and 0 < row["adherence"] <= 1
     assert not {"plain", "unlearndiff", "ringabell", "resurgence"} & set(row)
+    assert row["torch_threads"] == torch.get_num_threads()  # what a bitwise rebuild of its delta needs
     assert json.loads((tmp_path / "screens" / "uce+rece.json").read_text()) == row
     assert not (tmp_path / "uce+rece.json").exists()  # not a finished row of the folder
     cfg = RECEConfig.for_world("shapes", seed=0)

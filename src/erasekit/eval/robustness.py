@@ -28,6 +28,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from ..concepts.packs import get_concept
 from ..generation import SamplingSettings
 from ..methods.base import get_method
@@ -77,7 +79,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
     base_label = f"{method}{tag}" if method_overrides and method is not None else method
     label = base_label if hardening is None else f"{base_label}+{hardening}{tag}"
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
-                 "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve}
+                 "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,
+                 "torch_threads": torch.get_num_threads()}  # delta ids are bytes: a rebuild needs the same count
     if harden_overrides and hardening is not None:
         row["harden_overrides"] = harden_overrides
     if method_overrides and method is not None:
