@@ -71,18 +71,18 @@ def erased_concept(config: dict, row: dict | None = None):
 
 def measure(pipe, reader, config: dict, settings) -> tuple[dict, dict]:
     """(target rate per tier and preservation adherence, confusion) of the pipeline's current weights."""
-    from erasekit.eval.measure import measure_task, task_confusion, value_confusion
+    from erasekit.eval.measure import measure_task, task_confusion_of, value_confusion_of
     from erasekit.eval.tasks import get_task, value_task
     from erasekit.world.vocabulary import TIERS
 
     per_tier, n = config["per_tier"], config["n_preserve"]
     task = value_task(config["value"]) if "value" in config else get_task(config["task"])
-    numbers, _ = measure_task(pipe, task, per_tier, n, settings, reader, features=False)
+    pairs: list = []  # the preservation probes with their readings, drawn once for both tables
+    numbers, _ = measure_task(pipe, task, per_tier, n, settings, reader, features=False, keep_readings=pairs)
     kept = numbers["preservation_adherence"]
     erasure = {"target": config.get("value", task.key), "target_rate": {t: numbers["target_rate"][t] for t in TIERS},
                "preservation_adherence": {**kept, "both": kept["checked"]}}
-    confusion = (value_confusion(pipe, config["value"], n, settings, reader) if "value" in config
-                 else task_confusion(pipe, task, n, settings, reader))
+    confusion = value_confusion_of(config["value"], pairs) if "value" in config else task_confusion_of(task, pairs)
     return erasure, confusion
 
 

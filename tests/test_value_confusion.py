@@ -136,3 +136,20 @@ def test_the_page_is_generated_from_the_stored_rows(monkeypatch):
     monkeypatch.chdir(ROOT)  # the script's paths are relative to the repository root
     script = _script()
     assert script.PAGE.read_text() == script.page()
+
+
+def test_measure_task_hands_back_the_preservation_readings_it_drew(shapes_pipe):
+    from erasekit.eval.detectors.shapes import ShapesConceptDetector
+    from erasekit.eval.measure import measure_task, task_confusion, task_confusion_of, task_preservation_readings
+    from erasekit.eval.tasks import get_task
+    from erasekit.generation import SamplingSettings
+    from erasekit.world.assets_paths import load_detector
+
+    task, settings, reader = get_task("combination"), SamplingSettings(), ShapesConceptDetector(load_detector())
+    pairs: list = []
+    numbers, _ = measure_task(shapes_pipe, task, 1, 10, settings, reader, features=False, keep_readings=pairs)
+    drawn_again = task_preservation_readings(shapes_pipe, task, 10, settings, reader)
+    assert [(p.prompt, r) for p, r in pairs] == [(p.prompt, r) for p, r in drawn_again] and len(pairs) == 10
+    kept = sum(all(r[a] == v for a, v in p.expected.items() if a in task.checked) for p, r in pairs)
+    assert numbers["preservation_adherence"]["checked"] == kept / 10
+    assert task_confusion_of(task, pairs) == task_confusion(shapes_pipe, task, 10, settings, reader)

@@ -42,11 +42,13 @@ def _images(pipe, probes: list[Probe], settings: SamplingSettings, progress: Pro
 
 
 def measure_task(pipe, task: ShapesTask, per_tier: int, n_preserve: int, settings: SamplingSettings, reader,
-                 adversarial: list[Probe] | None = None, progress: Progress = None, features: bool = True
-                 ) -> tuple[dict, np.ndarray | None]:
+                 adversarial: list[Probe] | None = None, progress: Progress = None, features: bool = True,
+                 keep_readings: list | None = None) -> tuple[dict, np.ndarray | None]:
     """(numbers, preservation features or None) of the pipeline's current weights on the task's probes.
 
-    ``reader`` is a `ShapesConceptDetector` (``read`` and ``features``).
+    ``reader`` is a `ShapesConceptDetector` (``read`` and ``features``).  A list given as
+    ``keep_readings`` receives each preservation probe with what the reader reads in its image (the
+    pairs `task_preservation_readings` draws, without drawing them again).
     """
     if n_preserve < 1:
         raise ValueError(f"measure_task needs at least one preservation prompt (got n_preserve={n_preserve})")
@@ -55,11 +57,14 @@ def measure_task(pipe, task: ShapesTask, per_tier: int, n_preserve: int, setting
     for tier, probes in tiers.items():
         rates[tier] = target_rates(readings(reader, _images(pipe, probes, settings, progress)), probes, task)[tier]
     images = _images(pipe, keep, settings, progress)
+    read = readings(reader, images)
+    if keep_readings is not None:
+        keep_readings.extend(zip(keep, read))
     numbers = {
         "target_rate": rates,
         "target_rate_mean": float(np.mean([rates[t] for t in TIERS])),
         "n_per_tier": {t: len(p) for t, p in tiers.items()},
-        "preservation_adherence": adherence(readings(reader, images), [p.expected for p in keep], task.checked),
+        "preservation_adherence": adherence(read, [p.expected for p in keep], task.checked),
         "n_preserve": len(keep),
     }
     return numbers, (np.asarray(reader.features(images), dtype=np.float64) if features else None)
@@ -132,8 +137,12 @@ def value_confusion(pipe, value: str, n_preserve: int = 96, settings: SamplingSe
     """What the preservation probes of one Shapes value (`preservation_readings`) are drawn as, per
     value of its attribute: {"value", "attribute", "values": {v: {"n", "kept" (every named attribute
     read as named), "read" (the attribute's readings, counted)}}}; ``value`` itself is never named."""
+    return value_confusion_of(value, preservation_readings(pipe, value, n_preserve, settings, detector))
+
+
+def value_confusion_of(value: str, pairs: list[tuple[Probe, dict[str, str]]]) -> dict:
+    """`value_confusion`'s table from its preservation probes' readings ``pairs``."""
     attribute = next(iter(value_task(value).targets[0]))
-    pairs = preservation_readings(pipe, value, n_preserve, settings, detector)
     return {"value": value, "attribute": attribute, "values": confusion_table(pairs, (attribute,))}
 
 
@@ -143,8 +152,12 @@ def task_confusion(pipe, task: ShapesTask, n_preserve: int = 48, settings: Sampl
     set of its checked attributes (labelled ``"circle/orange"``, attributes in `ATTRIBUTES` order):
     {"task", "attributes", "values": {label: {"n", "kept" (every named attribute read as named),
     "read" (the checked attributes' readings, labelled alike, counted)}}}."""
+    return task_confusion_of(task, task_preservation_readings(pipe, task, n_preserve, settings, detector))
+
+
+def task_confusion_of(task: ShapesTask, pairs: list[tuple[Probe, dict[str, str]]]) -> dict:
+    """`task_confusion`'s table from its preservation probes' readings ``pairs``."""
     attributes = tuple(a for a in ATTRIBUTES if a in task.checked)
-    pairs = task_preservation_readings(pipe, task, n_preserve, settings, detector)
     return {"task": task.key, "attributes": list(attributes), "values": confusion_table(pairs, attributes)}
 
 
