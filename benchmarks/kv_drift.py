@@ -37,6 +37,7 @@ from erasekit.eval.robustness import preservation_text, quiet
 from erasekit.methods.base import get_method
 from erasekit.methods.harden import harden, variant_config
 from erasekit.methods.retain import text_kv_names
+from erasekit.models.conditioning import encode_conditions
 from erasekit.models.delta import WeightDelta
 from erasekit.models.loading import SHAPES_ID, load_pipeline
 
@@ -53,7 +54,8 @@ def kv_weights(pipe) -> dict[str, torch.Tensor]:
 
 
 def relative_drift(base: dict[str, torch.Tensor], delta: WeightDelta, rows: torch.Tensor) -> float:
-    """sum_l ||rows (W'_l - W_l)^T||^2 / sum_l ||rows W_l^T||^2 over the K/V weights ``base``."""
+    """sum_l ||rows (W'_l - W_l)^T||^2 / sum_l ||rows W_l^T||^2 over the K/V weights ``base``: one share of
+    the whole, where the retain term's `erasekit.methods.retain.kv_drift` sums one ratio per weight."""
     moved = total = 0.0
     for name, w in base.items():
         new = delta.tensors[name].to(w.dtype) if name in delta.tensors else w
@@ -64,11 +66,9 @@ def relative_drift(base: dict[str, torch.Tensor], delta: WeightDelta, rows: torc
 
 @torch.no_grad()
 def encode(pipe, prompts: list[str]) -> torch.Tensor:
-    """Every token row of the base text encoder's output for ``prompts``, stacked."""
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    out = pipe.text_encoder(ids)[0]
-    return out.reshape(-1, out.shape[-1])
+    """Every token row of what the base text encoder hands the UNet for ``prompts`` (`encode_conditions`), stacked."""
+    embeds = encode_conditions(pipe, prompts).embeds
+    return embeds.reshape(-1, embeds.shape[-1])
 
 
 def row_delta(pipe, folder: Path, record: dict) -> WeightDelta:
