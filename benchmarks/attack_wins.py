@@ -21,10 +21,13 @@ import statistics
 import sys
 from pathlib import Path
 
+from erasekit.eval.atomic import write_text
+from erasekit.eval.attacks.run import attack_names, attack_title
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "robustness-harden"
 PAGE = ROOT / "docs" / "experiments" / "attack-wins.md"
-ATTACKS = {"unlearndiff": "UnlearnDiffAtk", "ringabell": "Ring-A-Bell"}
+ATTACKS = {name: attack_title(name) for name in attack_names()}
 CLEAR = 0.5
 LISTED = 3  # prompts are listed for hardened rows with at most this many wins
 
@@ -92,9 +95,7 @@ def main() -> int:
     text = page()
     if a.check:
         return 0 if PAGE.exists() and PAGE.read_text() == text else 1
-    tmp = PAGE.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(PAGE)
+    write_text(PAGE, text)
     print(f"wrote {PAGE}")
     return 0
 

@@ -47,20 +47,27 @@ class UnknownAttackError(UnknownNameError):
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """An attack's config class and the config field that bounds its search (with the field's unit)."""
+    """An attack's config class, the config field that bounds its search (with the field's unit), and the
+    name tables print for it (the attack it follows)."""
 
     config_cls: type[MethodConfig]
     budget_field: str
     budget_unit: str
+    title: str
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack", UnknownAttackError)
-ATTACKS.add("unlearndiff", AttackSpec(UnlearnDiffConfig, "steps", "optimisation steps"))
-ATTACKS.add("ringabell", AttackSpec(RingABellConfig, "generations", "generations"))
+ATTACKS.add("unlearndiff", AttackSpec(UnlearnDiffConfig, "steps", "optimisation steps", "UnlearnDiffAtk"))
+ATTACKS.add("ringabell", AttackSpec(RingABellConfig, "generations", "generations", "Ring-A-Bell"))
 
 
 def attack_names() -> list[str]:
     return ATTACKS.names()
+
+
+def attack_title(attack: str) -> str:
+    """The name tables print for ``attack`` ("UnlearnDiffAtk" for ``unlearndiff``)."""
+    return ATTACKS.get(attack).title
 
 
 def attack_config(attack: str, world: str = "sd", **overrides: Any) -> MethodConfig:
