@@ -40,7 +40,7 @@ def test_scenario_plan_errors_are_one_line(kwargs, message):
 def test_eval_of_a_scenario_equals_its_bench_measurement(shapes_pipe, tmp_path):
     from erasekit.eval.detectors.shapes import ShapesConceptDetector
     from erasekit.eval.evaluate import evaluate
-    from erasekit.eval.measure import measure_task
+    from erasekit.eval.measure import measure_target_rates, measure_task
     from erasekit.generation import SamplingSettings
 
     res = evaluate("shapes", "shapes:multi", tmp_path / "eval", n=3, n_preserve=3, steps=8, batch_size=1,
@@ -52,6 +52,9 @@ def test_eval_of_a_scenario_equals_its_bench_measurement(shapes_pipe, tmp_path):
     assert metrics["adherence"]["checked"] == ["color"]
     assert metrics["adherence"]["original"]["both"] == numbers["preservation_adherence"]["checked"]
     assert metrics["preservation"] == 1.0 and set(metrics["asr_ci95"]) == {*TIERS, "all"}
+    # the target rates alone: the same probes and images, without the preservation prompts
+    assert measure_target_rates(shapes_pipe, get_task("multi"), 3, settings, ShapesConceptDetector()) == \
+        numbers["target_rate"]
 
 
 def test_preservation_readings_are_the_prompts_behind_the_preservation_adherence(shapes_pipe):

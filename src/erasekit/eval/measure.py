@@ -26,7 +26,8 @@ from ..generation import SamplingSettings
 from ..world.vocabulary import ATTRIBUTES, TIERS
 from .generate import draw
 from .metrics import frechet_distance, preservation, wilson_interval
-from .probes import Probe, adherence_probes, preservation_probes, shows_target, tier_probes, unnamed_probes
+from .probes import (Probe, adherence_probes, preservation_probes, shows_target, target_tiers, tier_probes,
+                     unnamed_probes)
 from .scoring import adherence, readings, target_rates
 from .tasks import ShapesTask, value_task
 
@@ -41,6 +42,19 @@ def _images(pipe, probes: list[Probe], settings: SamplingSettings, progress: Pro
     return draw(pipe, [p.row(k) for k, p in enumerate(probes)], settings, progress=progress)
 
 
+def _tier_rates(pipe, task: ShapesTask, tiers: dict[str, list[Probe]], settings: SamplingSettings, reader,
+                progress: Progress) -> dict[str, float]:
+    return {tier: target_rates(readings(reader, _images(pipe, probes, settings, progress)), probes, task)[tier]
+            for tier, probes in tiers.items()}
+
+
+def measure_target_rates(pipe, task: ShapesTask, per_tier: int, settings: SamplingSettings, reader,
+                         adversarial: list[Probe] | None = None, progress: Progress = None) -> dict[str, float]:
+    """Per wording tier (and ``adversarial``), the target rate of the pipeline's current weights: the
+    same probes and images as `measure_task`'s, without its preservation probes."""
+    return _tier_rates(pipe, task, target_tiers(task, per_tier, adversarial), settings, reader, progress)
+
+
 def measure_task(pipe, task: ShapesTask, per_tier: int, n_preserve: int, settings: SamplingSettings, reader,
                  adversarial: list[Probe] | None = None, progress: Progress = None, features: bool = True,
                  keep_readings: list | None = None) -> tuple[dict, np.ndarray | None]:
@@ -53,9 +67,7 @@ def measure_task(pipe, task: ShapesTask, per_tier: int, n_preserve: int, setting
     if n_preserve < 1:
         raise ValueError(f"measure_task needs at least one preservation prompt (got n_preserve={n_preserve})")
     tiers, keep = tier_probes(task, per_tier, n_preserve, adversarial)
-    rates = {}
-    for tier, probes in tiers.items():
-        rates[tier] = target_rates(readings(reader, _images(pipe, probes, settings, progress)), probes, task)[tier]
+    rates = _tier_rates(pipe, task, tiers, settings, reader, progress)
     images = _images(pipe, keep, settings, progress)
     read = readings(reader, images)
     if keep_readings is not None:

@@ -112,10 +112,15 @@ def unnamed_probes(task: ShapesTask, n: int, seed: int = UNNAMED_SEED) -> list[P
 def tier_probes(task: ShapesTask, per_tier: int, n_preserve: int, adversarial: list[Probe] | None = None
                 ) -> tuple[dict[str, list[Probe]], list[Probe]]:
     """Target probes per wording tier (plus ``adversarial`` when given) and the preservation probes."""
+    return target_tiers(task, per_tier, adversarial), preservation_probes(task, n_preserve)
+
+
+def target_tiers(task: ShapesTask, per_tier: int, adversarial: list[Probe] | None = None) -> dict[str, list[Probe]]:
+    """Target probes per wording tier, plus ``adversarial`` (as the tier of that name) when given."""
     tiers = {tier: target_probes(task, tier, per_tier) for tier in TIERS}
     if adversarial:
         tiers["adversarial"] = list(adversarial)
-    return tiers, preservation_probes(task, n_preserve)
+    return tiers
 
 
 def adherence_probes(tier: str, n: int, seed: int = 0) -> list[Probe]:

@@ -1,0 +1,202 @@
+"""Steps and wall-clock seconds until an erasure first meets the bars: TRuST, SalUn and SalUn++.
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/experiments/trust_steps_to_bar.py \
+        --scenario object style attribute combination conditional --method trust salun salun++ --seed 0
+    python benchmarks/experiments/trust_steps_to_bar.py --report     # rewrite the table from the stored rows
+
+For each scenario, method and seed the method's ``shapes`` preset erases with a training checkpoint
+every ``--every`` steps (outside the repository, deleted once read).  The checkpoints are then
+measured in step order, each with the scenario's probes (``--per-tier`` prompts per wording tier, and
+``--preserve`` preservation prompts where the target rate has fallen far enough to need them) against
+the scenario's original benchmark cell, until one meets the bars (the target rate, mean of the wording tiers, at most a fifth of the
+original's, and preservation at least 0.9).  That checkpoint's step is the run's *steps to the bar*,
+and the wall-clock seconds from the start of the erasure (setup included) to the moment the
+checkpoint was written are its *seconds to the bar*.  A method that stops by itself (TRuST's
+stopping rule) is measured up to its stopping step, since its weights do not change after it.
+
+Every method gets the same oracle: the first checkpoint that meets the bars, which none of them can
+see while training (SalUn and SalUn++ run their fixed budget; TRuST stops on its own presence
+measurement, recorded as ``stopped at``).  Rows go to
+``benchmarks/results/experiments/trust/steps-to-bar.jsonl`` as each run finishes (a rerun skips the
+runs already there), and ``steps-to-bar.md`` is rewritten from all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+CELLS = RESULTS / "bench" / "cells"
+OUT = RESULTS / "experiments" / "trust"
+ROWS, TABLE = OUT / "steps-to-bar.jsonl", OUT / "steps-to-bar.md"
+FALL, KEPT = 5.0, 0.9
+
+
+def meets(rate: float, original: float, preservation: float) -> bool:
+    return rate * FALL <= original and preservation >= KEPT
+
+
+def _cell(value, fmt: str = "") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The per-run table, then the means over the scenario/seed pairs every method reached."""
+    out = ["Steps and wall-clock seconds (one thread, erasure setup included) until the first training "
+           "checkpoint that meets the bars (target rate at most a fifth of the original's, preservation >= 0.9); "
+           f"checkpoints every {rows[0]['every'] if rows else '-'} steps, each measured with "
+           f"{rows[0]['per_tier'] if rows else '-'} prompts per tier and "
+           f"{rows[0]['preserve'] if rows else '-'} preservation prompts. '–': no checkpoint within the run met "
+           "them (its last measured checkpoint's rate and preservation are shown); preservation '–': not measured, "
+           "the rate had not fallen fivefold.", "",
+           "| scenario | method | seed | steps to the bar | seconds to the bar | rate / original | preservation "
+           "| steps run (stopped at) | run seconds | s per step |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        hit = next((c for c in r["checkpoints"] if c["meets"]), None)
+        last = hit or r["checkpoints"][-1]
+        stopped = f" ({r['stopped_at']})" if r.get("stopped_at") is not None else ""
+        out.append(f"| {r['scenario']} | {r['method']} | {r['seed']} | {_cell(hit and hit['step'])} | "
+                   f"{_cell(hit and hit['seconds'], '.1f')} | {last['rate']:.2f} / {r['original_rate']:.2f} | "
+                   f"{_cell(last['preservation'], '.2f')} | {r['steps_run']}{stopped} | {r['run_seconds']:.1f} | "
+                   f"{r['run_seconds'] / max(1, r['steps_run']):.3f} |")
+    methods = sorted({r["method"] for r in rows})
+    reached: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        hit = next((c for c in r["checkpoints"] if c["meets"]), None)
+        if hit is not None:
+            reached.setdefault((r["scenario"], r["seed"]), {})[r["method"]] = hit
+    common = [k for k, v in reached.items() if set(v) == set(methods)]
+    out += ["", f"Reached by every method ({', '.join(methods)}): "
+            + (", ".join(f"{s} seed {d}" for s, d in sorted(common)) or "none") + ".", ""]
+    out += ["| method | runs that reached the bars | mean steps to the bar (pairs every method reached) "
+            "| mean seconds to the bar (same pairs) |", "|---|---|---|---|"]
+    for m in methods:
+        runs = [r for r in rows if r["method"] == m]
+        n = sum(1 for k in reached.values() if m in k)
+        steps = [reached[k][m]["step"] for k in common]
+        secs = [reached[k][m]["seconds"] for k in common]
+        out.append(f"| {m} | {n} of {len(runs)} | {_cell(statistics.mean(steps) if steps else None, '.1f')} | "
+                   f"{_cell(statistics.mean(secs) if secs else None, '.1f')} |")
+    return "\n".join(out) + "\n"
+
+
+def load_rows() -> list[dict]:
+    return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()] if ROWS.exists() else []
+
+
+def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> dict:
+    """Erase with checkpoints, then measure them in order until one meets the bars."""
+    import torch
+    from safetensors import safe_open
+
+    from erasekit.eval.bench.erasing import method_run
+    from erasekit.eval.measure import measure_target_rates, measure_task
+    from erasekit.eval.tasks import get_task
+    from erasekit.methods.base import get_method
+    from erasekit.training.checkpoints import list_checkpoints
+    from erasekit.world.vocabulary import TIERS
+
+    scenario = get_task(key)
+    original = json.loads((CELLS / key / "original.json").read_text())
+    concept = scenario.specs()[0]
+    folder = Path(tempfile.mkdtemp(prefix=f"steps-to-bar-{key}-{method}-{seed}-"))
+    try:
+        settings_of_run = {"seed": seed, "checkpoint_dir": str(folder), "checkpoint_every": a.every,
+                           "keep_checkpoints": 100000, "progress": False}
+        run = method_run(method, concept, "shapes", {method: settings_of_run})
+        torch.manual_seed(seed)
+        start = time.time()
+        delta = get_method(method).erase(pipe, concept, run.config)
+        run_seconds = time.time() - start
+        metrics = delta.manifest.metrics
+        stopped = metrics.get("stopped_at")
+        params = dict(pipe.unet.named_parameters())
+        found = list_checkpoints(folder)
+        saved = {}
+        rows = []
+        try:
+            for step, path in found:
+                if stopped is not None and step > stopped and rows:
+                    break  # the weights no longer change
+                seconds = path.stat().st_mtime - start
+                with safe_open(str(path), framework="pt") as f, torch.no_grad():
+                    for name in f.keys():
+                        if name.startswith("param/"):
+                            n = name[len("param/"):]
+                            saved.setdefault(n, params[n].detach().clone())
+                            params[n].copy_(f.get_tensor(name))
+                rates = measure_target_rates(pipe, scenario, a.per_tier, settings, reader)
+                rate, kept = statistics.mean(rates[t] for t in TIERS), None
+                if meets(rate, original["target_rate_mean"], 1.0):  # preservation decides: measure it
+                    numbers, _ = measure_task(pipe, scenario, a.per_tier, a.preserve, settings, reader,
+                                              features=False)
+                    kept = numbers["preservation_adherence"]["checked"] / original["preservation_adherence"]["checked"]
+                ok = kept is not None and meets(rate, original["target_rate_mean"], kept)
+                rows.append({"step": step, "seconds": seconds, "rate": rate, "preservation": kept, "meets": ok})
+                print(f"  {key} {method} seed {seed} step {step}: rate {rate:.2f} kept {_cell(kept, '.2f')}"
+                      f"{' MEETS' if ok else ''}", flush=True)
+                if ok:
+                    break
+        finally:
+            with torch.no_grad():
+                for n, t in saved.items():
+                    params[n].copy_(t)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"scenario": key, "method": method, "seed": seed, "original_rate": original["target_rate_mean"],
+            "checkpoints": rows, "steps_run": metrics.get("iterations"), "stopped_at": stopped,
+            "run_seconds": run_seconds, "every": a.every, "per_tier": a.per_tier, "preserve": a.preserve,
+            "delta_id": delta.delta_id, "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", nargs="+", default=["object", "style", "attribute", "combination", "conditional"])
+    ap.add_argument("--method", nargs="+", default=["trust", "salun", "salun++"])
+    ap.add_argument("--seed", nargs="+", type=int, default=[0])
+    ap.add_argument("--every", type=int, default=10, help="steps between checkpoints")
+    ap.add_argument("--per-tier", type=int, default=16)
+    ap.add_argument("--preserve", type=int, default=32)
+    ap.add_argument("--report", action="store_true", help="only rewrite the table from the stored rows")
+    a = ap.parse_args()
+
+    from erasekit.world.atomic import write_text
+
+    if a.report:
+        write_text(TABLE, markdown(load_rows()))
+        print(f"wrote {TABLE}")
+        return
+
+    from erasekit.eval.detectors.shapes import ShapesConceptDetector
+    from erasekit.generation import SamplingSettings
+    from erasekit.models.loading import load_pipeline, resolve_model_path
+
+    pipe = load_pipeline("shapes")
+    settings = SamplingSettings.for_model(resolve_model_path("shapes"))
+    reader = ShapesConceptDetector()
+    OUT.mkdir(parents=True, exist_ok=True)
+    for seed in a.seed:
+        for key in a.scenario:
+            for method in a.method:
+                done = {(r["scenario"], r["method"], r["seed"], r["every"], r["per_tier"], r["preserve"])
+                        for r in load_rows()}
+                if (key, method, seed, a.every, a.per_tier, a.preserve) in done:
+                    continue
+                row = measure_run(pipe, settings, reader, key, method, seed, a)
+                with ROWS.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                write_text(TABLE, markdown(load_rows()))
+                print(markdown([row]).splitlines()[4], flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -1,0 +1,37 @@
+"""The steps-to-the-bar table: the first checkpoint that meets both bars, and means over the pairs all reached."""
+
+from __future__ import annotations
+
+from eval_helpers import load_script
+
+
+def _row(scenario, method, seed, checkpoints, steps_run=150, stopped_at=None):
+    return {"scenario": scenario, "method": method, "seed": seed, "original_rate": 0.9, "every": 10,
+            "per_tier": 16, "preserve": 32, "steps_run": steps_run, "stopped_at": stopped_at, "run_seconds": 30.0,
+            "checkpoints": [{"step": s, "seconds": 2.0 * s, "rate": r, "preservation": k,
+                             "meets": script().meets(r, 0.9, k) if k is not None else False}
+                            for s, r, k in checkpoints]}
+
+
+def script():
+    return load_script("benchmarks/experiments/trust_steps_to_bar.py")
+
+
+def test_the_bars_need_a_fivefold_fall_and_the_preservation():
+    s = script()
+    assert s.meets(0.18, 0.9, 0.9) and not s.meets(0.19, 0.9, 1.0) and not s.meets(0.0, 0.9, 0.89)
+
+
+def test_the_table_reports_the_first_checkpoint_that_meets_both_bars():
+    rows = [_row("object", "trust", 0, [(10, 0.5, None), (20, 0.1, 0.8), (30, 0.1, 0.95), (40, 0.0, 1.0)], 80, 40),
+            _row("object", "salun", 0, [(10, 0.1, 0.92)]),
+            _row("style", "trust", 0, [(10, 0.3, None), (20, 0.2, None)], 200),
+            _row("style", "salun", 0, [(10, 0.1, 0.95)])]
+    lines = script().markdown(rows).splitlines()
+    body = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in lines if line.startswith("| object")
+            or line.startswith("| style")}
+    assert "| 30 | 60.0 | 0.10 / 0.90 | 0.95 | 80 (40) |" in body[("object", "trust", "0")]
+    assert "| – | – | 0.20 / 0.90 | – | 200 |" in body[("style", "trust", "0")]
+    # means over the pairs every method reached: object seed 0 only
+    assert "Reached by every method (salun, trust): object seed 0." in lines
+    assert "| trust | 1 of 2 | 30.0 | 60.0 |" in lines and "| salun | 2 of 2 | 10.0 | 20.0 |" in lines
