@@ -33,5 +33,5 @@ def test_the_table_reports_the_first_checkpoint_that_meets_both_bars():
     assert "| 30 | 60.0 | 0.10 / 0.90 | 0.95 | 80 (40) |" in body[("object", "trust", "0")]
     assert "| – | – | 0.20 / 0.90 | – | 200 |" in body[("style", "trust", "0")]
     # means over the pairs every method reached: object seed 0 only
-    assert "Reached by every method (salun, trust): object seed 0." in lines
+    assert "Reached by every method (trust, salun): object seed 0." in lines
     assert "| trust | 1 of 2 | 30.0 | 60.0 |" in lines and "| salun | 2 of 2 | 10.0 | 20.0 |" in lines

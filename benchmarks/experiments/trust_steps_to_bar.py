@@ -37,6 +37,15 @@ CELLS = RESULTS / "bench" / "cells"
 OUT = RESULTS / "experiments" / "trust"
 ROWS, TABLE = OUT / "steps-to-bar.jsonl", OUT / "steps-to-bar.md"
 FALL, KEPT = 5.0, 0.9
+SCENARIOS = ["object", "style", "attribute", "combination", "conditional"]
+METHODS = ["trust", "salun", "salun++"]
+
+
+def _order(row: dict) -> tuple:
+    def index(items: list[str], value: str) -> int:
+        return items.index(value) if value in items else len(items)
+
+    return index(SCENARIOS, row["scenario"]), index(METHODS, row["method"]), row["method"], row["seed"]
 
 
 def meets(rate: float, original: float, preservation: float) -> bool:
@@ -59,6 +68,7 @@ def markdown(rows: list[dict]) -> str:
            "| scenario | method | seed | steps to the bar | seconds to the bar | rate / original | preservation "
            "| steps run (stopped at) | run seconds | s per step |",
            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = sorted(rows, key=_order)
     for r in rows:
         hit = next((c for c in r["checkpoints"] if c["meets"]), None)
         last = hit or r["checkpoints"][-1]
@@ -67,7 +77,7 @@ def markdown(rows: list[dict]) -> str:
                    f"{_cell(hit and hit['seconds'], '.1f')} | {last['rate']:.2f} / {r['original_rate']:.2f} | "
                    f"{_cell(last['preservation'], '.2f')} | {r['steps_run']}{stopped} | {r['run_seconds']:.1f} | "
                    f"{r['run_seconds'] / max(1, r['steps_run']):.3f} |")
-    methods = sorted({r["method"] for r in rows})
+    methods = sorted({r["method"] for r in rows}, key=lambda m: _order({"scenario": "", "method": m, "seed": 0}))
     reached: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         hit = next((c for c in r["checkpoints"] if c["meets"]), None)
@@ -159,8 +169,8 @@ def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", nargs="+", default=["object", "style", "attribute", "combination", "conditional"])
-    ap.add_argument("--method", nargs="+", default=["trust", "salun", "salun++"])
+    ap.add_argument("--scenario", nargs="+", default=SCENARIOS)
+    ap.add_argument("--method", nargs="+", default=METHODS)
     ap.add_argument("--seed", nargs="+", type=int, default=[0])
     ap.add_argument("--every", type=int, default=10, help="steps between checkpoints")
     ap.add_argument("--per-tier", type=int, default=16)
