@@ -66,7 +66,7 @@ def markdown(rows: list[dict]) -> str:
            "them (its last measured checkpoint's rate and preservation are shown); preservation '–': not measured, "
            "the rate had not fallen fivefold.", "",
            "| scenario | method | seed | steps to the bar | seconds to the bar | rate / original | preservation "
-           "| steps run (stopped at) | run seconds | s per step |",
+           "| steps run (stopped at) | run seconds | run seconds per step |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     rows = sorted(rows, key=_order)
     for r in rows:
