@@ -102,6 +102,23 @@ def load_rows() -> list[dict]:
     return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()] if ROWS.exists() else []
 
 
+def _check_last_checkpoint(pipe, delta, path: Path, params: dict) -> None:
+    """The last checkpoint holds the weights the delta gives (so checkpoints are the run's weights)."""
+    import torch
+    from safetensors import safe_open
+
+    from erasekit.models.delta import apply_delta, revert_delta
+
+    apply_delta(pipe, delta)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in (k for k in f.keys() if k.startswith("param/")):
+                if not torch.equal(f.get_tensor(name), params[name[len("param/"):]].detach().cpu()):
+                    raise SystemExit(f"error: {path} does not hold the erasure's {name[len('param/'):]}")
+    finally:
+        revert_delta(pipe, delta)
+
+
 def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> dict:
     """Erase with checkpoints, then measure them in order until one meets the bars."""
     import torch
@@ -130,6 +147,7 @@ def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> 
         stopped = metrics.get("stopped_at")
         params = dict(pipe.unet.named_parameters())
         found = list_checkpoints(folder)
+        _check_last_checkpoint(pipe, delta, found[-1][1], params)
         saved = {}
         rows = []
         try:
