@@ -41,11 +41,13 @@ SCENARIOS = ["object", "style", "attribute", "combination", "conditional"]
 METHODS = ["trust", "salun", "salun++"]
 
 
-def _order(row: dict) -> tuple:
-    def index(items: list[str], value: str) -> int:
-        return items.index(value) if value in items else len(items)
+def _rank(items: list[str], value: str) -> int:
+    """Where ``value`` stands in ``items`` (after all of them when it is not there)."""
+    return items.index(value) if value in items else len(items)
 
-    return index(SCENARIOS, row["scenario"]), index(METHODS, row["method"]), row["method"], row["seed"]
+
+def _order(row: dict) -> tuple:
+    return _rank(SCENARIOS, row["scenario"]), _rank(METHODS, row["method"]), row["method"], row["seed"]
 
 
 def meets(rate: float, original: float, preservation: float) -> bool:
@@ -77,7 +79,7 @@ def markdown(rows: list[dict]) -> str:
                    f"{_cell(hit and hit['seconds'], '.1f')} | {last['rate']:.2f} / {r['original_rate']:.2f} | "
                    f"{_cell(last['preservation'], '.2f')} | {r['steps_run']}{stopped} | {r['run_seconds']:.1f} | "
                    f"{r['run_seconds'] / max(1, r['steps_run']):.3f} |")
-    methods = sorted({r["method"] for r in rows}, key=lambda m: _order({"scenario": "", "method": m, "seed": 0}))
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (_rank(METHODS, m), m))
     reached: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         hit = next((c for c in r["checkpoints"] if c["meets"]), None)
@@ -102,19 +104,25 @@ def load_rows() -> list[dict]:
     return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()] if ROWS.exists() else []
 
 
+def _checkpoint_params(path: Path) -> dict:
+    """The trained tensors a training checkpoint holds, by UNet parameter name."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k[len("param/"):]: f.get_tensor(k) for k in f.keys() if k.startswith("param/")}
+
+
 def _check_last_checkpoint(pipe, delta, path: Path, params: dict) -> None:
     """The last checkpoint holds the weights the delta gives (so checkpoints are the run's weights)."""
     import torch
-    from safetensors import safe_open
 
     from erasekit.models.delta import apply_delta, revert_delta
 
     apply_delta(pipe, delta)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            for name in (k for k in f.keys() if k.startswith("param/")):
-                if not torch.equal(f.get_tensor(name), params[name[len("param/"):]].detach().cpu()):
-                    raise SystemExit(f"error: {path} does not hold the erasure's {name[len('param/'):]}")
+        for n, t in _checkpoint_params(path).items():
+            if not torch.equal(t, params[n].detach().cpu()):
+                raise SystemExit(f"error: {path} does not hold the erasure's {n}")
     finally:
         revert_delta(pipe, delta)
 
@@ -122,10 +130,10 @@ def _check_last_checkpoint(pipe, delta, path: Path, params: dict) -> None:
 def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> dict:
     """Erase with checkpoints, then measure them in order until one meets the bars."""
     import torch
-    from safetensors import safe_open
 
     from erasekit.eval.bench.erasing import method_run
-    from erasekit.eval.measure import measure_target_rates, measure_task
+    from erasekit.eval.measure import measure_target_rates, task_preservation_readings
+    from erasekit.eval.scoring import adherence
     from erasekit.eval.tasks import get_task
     from erasekit.methods.base import get_method
     from erasekit.training.checkpoints import list_checkpoints
@@ -155,18 +163,16 @@ def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> 
                 if stopped is not None and step > stopped and rows:
                     break  # the weights no longer change
                 seconds = path.stat().st_mtime - start
-                with safe_open(str(path), framework="pt") as f, torch.no_grad():
-                    for name in f.keys():
-                        if name.startswith("param/"):
-                            n = name[len("param/"):]
-                            saved.setdefault(n, params[n].detach().clone())
-                            params[n].copy_(f.get_tensor(name))
+                with torch.no_grad():
+                    for n, t in _checkpoint_params(path).items():
+                        saved.setdefault(n, params[n].detach().clone())
+                        params[n].copy_(t)
                 rates = measure_target_rates(pipe, scenario, a.per_tier, settings, reader)
                 rate, kept = statistics.mean(rates[t] for t in TIERS), None
                 if meets(rate, original["target_rate_mean"], 1.0):  # preservation decides: measure it
-                    numbers, _ = measure_task(pipe, scenario, a.per_tier, a.preserve, settings, reader,
-                                              features=False)
-                    kept = numbers["preservation_adherence"]["checked"] / original["preservation_adherence"]["checked"]
+                    pairs = task_preservation_readings(pipe, scenario, a.preserve, settings, reader)
+                    adherent = adherence([r for _, r in pairs], [p.expected for p, _ in pairs], scenario.checked)
+                    kept = adherent["checked"] / original["preservation_adherence"]["checked"]
                 ok = kept is not None and meets(rate, original["target_rate_mean"], kept)
                 rows.append({"step": step, "seconds": seconds, "rate": rate, "preservation": kept, "meets": ok})
                 print(f"  {key} {method} seed {seed} step {step}: rate {rate:.2f} kept {_cell(kept, '.2f')}"
