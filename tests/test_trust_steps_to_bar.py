@@ -35,3 +35,17 @@ def test_the_table_reports_the_first_checkpoint_that_meets_both_bars():
     # means over the pairs every method reached: object seed 0 only
     assert "Reached by every method (trust, salun): object seed 0." in lines
     assert "| trust | 1 of 2 | 30.0 | 60.0 |" in lines and "| salun | 2 of 2 | 10.0 | 20.0 |" in lines
+
+
+def test_overrides_apply_to_every_method_or_to_the_one_named():
+    s = script()
+    got = s.method_overrides(["lr=0.01", "trust:mask_every=5", "retain_kv_weight=0.03"], ["trust", "salun"])
+    assert got == {"trust": {"lr": 0.01, "mask_every": 5, "retain_kv_weight": 0.03},
+                   "salun": {"lr": 0.01, "retain_kv_weight": 0.03}}
+
+
+def test_a_setting_is_named_in_its_table():
+    row = _row("object", "trust", 0, [(10, 0.1, 0.95)])
+    row["overrides"] = {"lr": 0.01}
+    lines = script().markdown([row, _row("object", "salun", 0, [(10, 0.1, 0.95)])]).splitlines()
+    assert "Overrides of the `shapes` presets: trust: lr=0.01; salun: none." in lines

@@ -3,6 +3,7 @@
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/experiments/trust_steps_to_bar.py \
         --scenario object style attribute combination conditional --method trust salun salun++ --seed 0
     python benchmarks/experiments/trust_steps_to_bar.py --report     # rewrite the table from the stored rows
+    ... --name matched --set lr=0.01 --set trust:mask_every=5      # the presets with overrides, own files
 
 For each scenario, method and seed the method's ``shapes`` preset erases with a training checkpoint
 every ``--every`` steps (outside the repository, deleted once read).  The checkpoints are then
@@ -18,7 +19,9 @@ Every method gets the same oracle: the first checkpoint that meets the bars, whi
 see while training (SalUn and SalUn++ run their fixed budget; TRuST stops on its own presence
 measurement, recorded as ``stopped at``).  Rows go to
 ``benchmarks/results/experiments/trust/steps-to-bar.jsonl`` as each run finishes (a rerun skips the
-runs already there), and ``steps-to-bar.md`` is rewritten from all of them.
+runs already there), and ``steps-to-bar.md`` is rewritten from all of them.  ``--set [METHOD:]FIELD=VALUE``
+overrides a field of every method's preset (or of METHOD's only); such runs go to
+``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CELLS = RESULTS / "bench" / "cells"
 OUT = RESULTS / "experiments" / "trust"
-ROWS, TABLE = OUT / "steps-to-bar.jsonl", OUT / "steps-to-bar.md"
 FALL, KEPT = 5.0, 0.9
 SCENARIOS = ["object", "style", "attribute", "combination", "conditional"]
 METHODS = ["trust", "salun", "salun++"]
@@ -66,7 +68,14 @@ def markdown(rows: list[dict]) -> str:
            f"{rows[0]['per_tier'] if rows else '-'} prompts per tier and "
            f"{rows[0]['preserve'] if rows else '-'} preservation prompts. '–': no checkpoint within the run met "
            "them (its last measured checkpoint's rate and preservation are shown); preservation '–': not measured, "
-           "the rate had not fallen fivefold.", "",
+           "the rate had not fallen fivefold.", ""]
+    settings = sorted({(r["method"], json.dumps(r.get("overrides") or {}, sort_keys=True)) for r in rows},
+                      key=lambda mo: (_rank(METHODS, mo[0]), mo))
+    if any(o != "{}" for _, o in settings):
+        out += ["Overrides of the `shapes` presets: " + "; ".join(
+            f"{m}: " + (", ".join(f"{k}={v}" for k, v in json.loads(o).items()) or "none") for m, o in settings)
+            + ".", ""]
+    out += [
            "| scenario | method | seed | steps to the bar | seconds to the bar | rate / original | preservation "
            "| steps run (stopped at) | run seconds | run seconds per step |",
            "|---|---|---|---|---|---|---|---|---|---|"]
@@ -100,8 +109,33 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def load_rows() -> list[dict]:
-    return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()] if ROWS.exists() else []
+def files(name: str | None) -> tuple[Path, Path]:
+    """The rows file and the table of a setting (None: the presets as they are)."""
+    stem = "steps-to-bar" + (f"-{name}" if name else "")
+    return OUT / f"{stem}.jsonl", OUT / f"{stem}.md"
+
+
+def load_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def method_overrides(items: list[str], methods: list[str]) -> dict[str, dict]:
+    """``[METHOD:]FIELD=VALUE`` items as per-method overrides (VALUE read as JSON, else kept as text)."""
+    out: dict[str, dict] = {m: {} for m in methods}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set takes [METHOD:]FIELD=VALUE, got {item!r}")
+        method, _, field = field.rpartition(":")
+        if method and method not in out:
+            raise SystemExit(f"error: --set {item!r} names {method!r}, which is not among --method {methods}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        for m in [method] if method else methods:
+            out[m][field] = parsed
+    return out
 
 
 def _checkpoint_params(path: Path) -> dict:
@@ -127,7 +161,7 @@ def _check_last_checkpoint(pipe, delta, path: Path, params: dict) -> None:
         revert_delta(pipe, delta)
 
 
-def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> dict:
+def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a, overrides: dict) -> dict:
     """Erase with checkpoints, then measure them in order until one meets the bars."""
     import torch
 
@@ -144,7 +178,7 @@ def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> 
     concept = scenario.specs()[0]
     folder = Path(tempfile.mkdtemp(prefix=f"steps-to-bar-{key}-{method}-{seed}-"))
     try:
-        settings_of_run = {"seed": seed, "checkpoint_dir": str(folder), "checkpoint_every": a.every,
+        settings_of_run = {**overrides, "seed": seed, "checkpoint_dir": str(folder), "checkpoint_every": a.every,
                            "keep_checkpoints": 100000, "progress": False}
         run = method_run(method, concept, "shapes", {method: settings_of_run})
         torch.manual_seed(seed)
@@ -188,7 +222,7 @@ def measure_run(pipe, settings, reader, key: str, method: str, seed: int, a) -> 
     return {"scenario": key, "method": method, "seed": seed, "original_rate": original["target_rate_mean"],
             "checkpoints": rows, "steps_run": metrics.get("iterations"), "stopped_at": stopped,
             "run_seconds": run_seconds, "every": a.every, "per_tier": a.per_tier, "preserve": a.preserve,
-            "delta_id": delta.delta_id, "torch_threads": torch.get_num_threads()}
+            "overrides": overrides, "delta_id": delta.delta_id, "torch_threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -199,14 +233,21 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10, help="steps between checkpoints")
     ap.add_argument("--per-tier", type=int, default=16)
     ap.add_argument("--preserve", type=int, default=32)
+    ap.add_argument("--set", action="append", default=[], metavar="[METHOD:]FIELD=VALUE",
+                    help="override a preset field of every method (or of METHOD only); needs --name")
+    ap.add_argument("--name", default=None, help="stem suffix of this setting's rows and table")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from the stored rows")
     a = ap.parse_args()
+    if a.set and not a.name:
+        ap.error("--set needs --name (the presets' own rows stay in steps-to-bar.jsonl)")
+    overrides = method_overrides(a.set, a.method)
+    rows_file, table = files(a.name)
 
     from erasekit.world.atomic import write_text
 
     if a.report:
-        write_text(TABLE, markdown(load_rows()))
-        print(f"wrote {TABLE}")
+        write_text(table, markdown(load_rows(rows_file)))
+        print(f"wrote {table}")
         return
 
     from erasekit.eval.detectors.shapes import ShapesConceptDetector
@@ -220,15 +261,16 @@ def main() -> None:
     for seed in a.seed:
         for key in a.scenario:
             for method in a.method:
-                done = {(r["scenario"], r["method"], r["seed"], r["every"], r["per_tier"], r["preserve"])
-                        for r in load_rows()}
-                if (key, method, seed, a.every, a.per_tier, a.preserve) in done:
+                done = {(r["scenario"], r["method"], r["seed"], r["every"], r["per_tier"], r["preserve"],
+                         json.dumps(r.get("overrides") or {}, sort_keys=True)) for r in load_rows(rows_file)}
+                if (key, method, seed, a.every, a.per_tier, a.preserve,
+                        json.dumps(overrides[method], sort_keys=True)) in done:
                     continue
-                row = measure_run(pipe, settings, reader, key, method, seed, a)
-                with ROWS.open("a", encoding="utf-8") as f:
+                row = measure_run(pipe, settings, reader, key, method, seed, a, overrides[method])
+                with rows_file.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
-                write_text(TABLE, markdown(load_rows()))
-                print(markdown([row]).splitlines()[4], flush=True)
+                write_text(table, markdown(load_rows(rows_file)))
+                print(next(line for line in markdown([row]).splitlines() if line.startswith(f"| {key} |")), flush=True)
 
 
 if __name__ == "__main__":
