@@ -36,11 +36,14 @@ from ..methods.base import get_method
 from ..methods.harden import VARIANTS, harden, variant_chain, variant_config
 from ..models.delta import WeightDelta, apply_delta, revert_delta
 from .attacks import concept_cases, judge_prompts, model_state, run_attack, run_resurgence
+from .attacks.run import attack_title
 from .attack_seeds import ATTACKS, attack_text, pooled_row, run_attack_seeds
 from .attacks.common import FoundPrompt
 from .measure import measure_erasure
 from .metrics import wilson_interval
 from .tasks import value_task
+
+UDA, RAB = attack_title("unlearndiff"), attack_title("ringabell")  # the attacks' names in table headers
 
 COLUMNS = ("plain", "ringabell", "unlearndiff", "resurgence")
 
@@ -298,7 +301,7 @@ def markdown(rows: list[dict], concept: str, n_cases: int, steps: int) -> str:
              f"plain prompts, prompts found by each attack, and after {steps} resurgence fine-tuning steps "
              "(mean over explicit/synonym/implicit tiers); tiers: explicit/synonym/implicit probe prompts; "
              "preservation: other values' adherence relative to the original model's.", "",
-             "| method | tiers | preservation | plain | Ring-A-Bell | UnlearnDiffAtk | resurgence (before -> after) "
+             f"| method | tiers | preservation | plain | {RAB} | {UDA} | resurgence (before -> after) "
              "| erase s (iterations) | harden s (iterations) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -320,7 +323,7 @@ def rate_with_interval(rate: float, n: int) -> str:
 
 
 def bars(row: dict, plain_before: float | None, preservation: float | None) -> str:
-    """yes/no per bar (UnlearnDiffAtk, Ring-A-Bell, resurgence, preservation, plain) for ``row`` (a `pooled_row`
+    """yes/no per bar (the UnlearnDiffAtk-style attack, the Ring-A-Bell-style one, resurgence, preservation, plain) for ``row`` (a `pooled_row`
     where attacks ran with several seeds: the bars read the pooled rates)."""
     checks = [row["unlearndiff"] <= BAR_RATE, row["ringabell"] <= BAR_RATE, row.get("resurgence", 1.0) <= BAR_RATE,
               preservation is not None and preservation >= BAR_PRESERVATION,
@@ -375,9 +378,9 @@ def summary(root: Path, only: set[str] | None = None) -> str:
              "adherence / the original's [95% Wilson interval of the adherent count, over the original's adherence] "
              "(/ the unhardened erasure's); seconds (iterations) of the base erasure and of the hardening; train "
              "attack = the adv hardening's own attack loss, first -> last step, mean of its last 10 rounds. "
-             f"bars: UnlearnDiffAtk <= {BAR_RATE}, Ring-A-Bell <= {BAR_RATE}, resurgence <= {BAR_RATE}, "
+             f"bars: {UDA} <= {BAR_RATE}, {RAB} <= {BAR_RATE}, resurgence <= {BAR_RATE}, "
              f"preservation >= {BAR_PRESERVATION}, plain no worse than unhardened.", "",
-             "| run | method | plain | UnlearnDiffAtk | Ring-A-Bell | resurgence | preservation (vs unhardened) | erase s (it) "
+             f"| run | method | plain | {UDA} | {RAB} | resurgence | preservation (vs unhardened) | erase s (it) "
              "| harden s (it) | train attack | bars UDA/RaB/res/pres/plain |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder, rows in groups.items():
