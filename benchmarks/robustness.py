@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="JSON overrides of the hardening's shapes preset (rows are labelled with --harden-tag)")
     ap.add_argument("--harden-tag", default="", help="suffix of the hardened rows' labels, e.g. '-short'")
     ap.add_argument("--method-config", type=json.loads, default=None,
-                    help="JSON overrides of every method's shapes preset (rows are labelled <method><--harden-tag>)")
+                    help="JSON overrides of every method's shapes preset (rows are labelled <method><--method-tag>)")
+    ap.add_argument("--method-tag", default=None,
+                    help="suffix of the labels of rows with --method-config (default: --harden-tag)")
     ap.add_argument("--reuse-deltas", action="store_true",
                     help="hardened rows start from OUT/deltas/<method> when it holds the same seed's delta")
     ap.add_argument("--no-original", action="store_true", help="skip the original model's row")
@@ -160,7 +162,8 @@ def main() -> None:
                         resurgence_steps=a.resurgence_steps, per_tier=a.tier_prompts, n_preserve=a.preservation_prompts,
                         seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
                         reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
-                        method_overrides=a.method_config, attack_seeds=a.attack_seeds, screen=a.screen)
+                        method_overrides=a.method_config, attack_seeds=a.attack_seeds, screen=a.screen,
+                        method_tag=a.method_tag)
     except (StoredRowMismatch, StaleDeltaError) as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     if a.screen:

@@ -57,6 +57,11 @@ def test_row_labels():
     assert row_label(None, None) == "original"
     assert row_label("uce", None) == "uce"
     assert row_label("uce", "adv", "-rw4") == "uce+adv-rw4"
+    # method overrides: labelled by the harden tag, or by their own tag so that the unhardened row keeps one name
+    assert row_label("trce", None, "-eta30", {"eta": 30}) == "trce-eta30"
+    assert row_label("trce", "adv", "-unet", {"eta": 30}, "-eta30") == "trce-eta30+adv-unet"
+    assert row_label("trce", None, "-unet", {"eta": 30}, "-eta30") == "trce-eta30"
+    assert unhardened_label("trce-eta30+adv-unet") == "trce-eta30"
     for label, base in (("kscu+adv-g1", "kscu"), ("salun++", None), ("salun+++adv", "salun++"), ("trce-t+rece", "trce-t"),
                         ("original", None), ("trce-t", None), ("trce+adv+rece", "trce"),
                         ("salun+++adv+rece-e6", "salun++")):

@@ -72,15 +72,15 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
             settings: SamplingSettings, detector, detector_concept: str, hardening: str | None = None,
             per_tier: int = 32, n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None,
             harden_overrides: dict | list[dict] | None = None, tag: str = "", reuse: bool = False,
-            method_overrides: dict | None = None, attacks: bool = True) -> dict:
+            method_overrides: dict | None = None, attacks: bool = True, method_tag: str | None = None) -> dict:
     """One row: the original (``method=None``) or ``method``'s Shapes-preset erasure of ``concept`` (with
-    ``method_overrides`` applied: the row is then labelled ``<method><tag>``), hardened by ``hardening`` when
+    ``method_overrides`` applied: the row is then labelled `row_label`'s way), hardened by ``hardening`` when
     given; artefacts (deltas, attack prompts, resurgence) are written under ``out``.  ``attacks=False`` (a
     screen) stops after the wording tiers and preservation: no plain cases, attacks or resurgence."""
     spec = get_concept(concept)
     cases = concept_cases(spec, n_cases, True)
-    base_label = f"{method}{tag}" if method_overrides and method is not None else method
-    label = base_label if hardening is None else f"{base_label}+{hardening}{tag}"
+    base_label = row_label(method, None, tag, method_overrides, method_tag) if method is not None else None
+    label = row_label(method, hardening, tag, method_overrides, method_tag) if method is not None else None
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
                  "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,
                  "torch_threads": torch.get_num_threads()}  # delta ids are bytes: a rebuild needs the same count
@@ -420,12 +420,13 @@ def unhardened_label(label: str) -> str | None:
     return None
 
 
-def row_label(method: str | None, hardening: str | None, tag: str = "", method_overrides: dict | None = None) -> str:
-    """``original``, ``<method>`` (``<method><tag>`` with method overrides) or ``...+<variant><tag>``:
-    a row's name and file stem."""
+def row_label(method: str | None, hardening: str | None, tag: str = "", method_overrides: dict | None = None,
+              method_tag: str | None = None) -> str:
+    """``original``, ``<method>`` (with method overrides ``<method><method_tag>``, or ``<method><tag>`` when no
+    ``method_tag`` is given) or ``...+<variant><tag>``: a row's name and file stem."""
     if method is None:
         return "original"
-    base = f"{method}{tag}" if method_overrides else method
+    base = f"{method}{tag if method_tag is None else method_tag}" if method_overrides else method
     return base if hardening is None else f"{base}+{hardening}{tag}"
 
 
@@ -433,7 +434,7 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
              detector, detector_concept: str, *, n_cases: int = 16, resurgence_steps: int = 40, per_tier: int = 32,
              n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None, harden_overrides: dict | list[dict] | None = None,
              tag: str = "", reuse: bool = False, announce=None, method_overrides: dict | None = None,
-             attack_seeds: list[int] | None = None, screen: bool = False) -> list[dict]:
+             attack_seeds: list[int] | None = None, screen: bool = False, method_tag: str | None = None) -> list[dict]:
     """The rows of ``variants`` ((method or None, hardening variant or None) pairs) for ``concept``.
 
     ``screen``: each row measures only the wording tiers and preservation (`measure_row` with
@@ -450,7 +451,7 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for method, hardening in variants:
-        label = row_label(method, hardening, tag, method_overrides)
+        label = row_label(method, hardening, tag, method_overrides, method_tag)
         path = out / "screens" / f"{label}.json" if screen else out / f"{label}.json"
         request = {"concept": concept, "n_cases": n_cases, "seed": seed, "attack_seed": attack_seed,
                    "per_tier": per_tier, "n_preserve": n_preserve}
@@ -463,7 +464,7 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
                 announce(label)
             row = measure_row(pipe, method, concept, n_cases, resurgence_steps, out, settings, detector,
                               detector_concept, hardening, per_tier, n_preserve, seed, attack_seed, harden_overrides,
-                              tag, reuse, method_overrides, attacks=not screen)
+                              tag, reuse, method_overrides, attacks=not screen, method_tag=method_tag)
             write_json(path, row)
         for attack in ATTACKS if attack_seeds and method is not None and not screen else ():
             run_attack_seeds(pipe, out, row, attack, attack_seeds, settings, detector, detector_concept, announce)
