@@ -1,4 +1,4 @@
-"""Measure one TRuST setting on benchmark scenarios with fewer probes than a cell (a quick check).
+"""Measure one method setting (TRuST's by default) on benchmark scenarios, with fewer probes than a cell by default.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/experiments/trust_scenarios.py \
         --scenario attribute combination style object --set lr=0.01 --set mask_every=5 --name fast-candidate
@@ -9,7 +9,8 @@ with ``--per-tier`` prompts per wording tier and ``--preserve`` preservation pro
 model is not re-measured: the fall and preservation are taken against the scenario's original
 benchmark cell (32 prompts per tier, 48 preservation prompts), so they carry that cell's sampling
 noise as well.  Each row is appended to ``benchmarks/results/experiments/trust/<name>.jsonl`` as soon
-as it is done, and ``<name>.md`` is rewritten with every row so far.
+as it is done (``--topic`` names another folder than ``trust``), and ``<name>.md`` is rewritten with every
+row so far.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from run import overrides_of  # noqa: E402  (benchmarks/experiments is the scrip
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CELLS = RESULTS / "bench" / "cells"
-OUT = RESULTS / "experiments" / "trust"
 
 
 
@@ -38,7 +38,9 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['scenario']} | {r['method']} | {r['seed']} | "
                      + (", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-")
                      + f" | {r['target_rate']:.2f} | {fall:.1f} | {r['preservation']:.2f} | {'yes' if ok else 'no'} "
-                     f"| {r['steps']} | {r['neurons_changed']} | {r['cpu_seconds']:.1f} | {r['per_tier']} / {r['preserve']} |")
+                     f"| {r['steps'] if r['steps'] is not None else '–'} | "
+                     f"{r['neurons_changed'] if r['neurons_changed'] is not None else '–'} | {r['cpu_seconds']:.1f} "
+                     f"| {r['per_tier']} / {r['preserve']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -51,6 +53,7 @@ def main() -> None:
     ap.add_argument("--per-tier", type=int, default=8)
     ap.add_argument("--preserve", type=int, default=16)
     ap.add_argument("--name", required=True, help="results file stem")
+    ap.add_argument("--topic", default="trust", help="folder under benchmarks/results/experiments")
     a = ap.parse_args()
     overrides = overrides_of(ap, a.set)
 
@@ -69,8 +72,9 @@ def main() -> None:
     pipe = load_pipeline("shapes")
     settings = SamplingSettings.for_model(resolve_model_path("shapes"))
     reader = ShapesConceptDetector()
-    jsonl, md = OUT / f"{a.name}.jsonl", OUT / f"{a.name}.md"
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "experiments" / a.topic
+    jsonl, md = out / f"{a.name}.jsonl", out / f"{a.name}.md"
+    out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
     for key in a.scenario:
         scenario = get_task(key)
