@@ -87,14 +87,19 @@ def _preservation_cells(rows: dict[str, dict], name: str, r: dict, original: dic
     return pres, f"{pres_text}{own} | {attribute}", unhardened, base
 
 
+def _registered(label: str, methods: list[str]) -> str:
+    """The registered method an unhardened row's label names (``trce-eta100`` -> ``trce``; ``trce-t`` stays)."""
+    return max((m for m in methods if label == m or label.startswith(f"{m}-")), key=len, default=label)
+
+
 def _asked(args: dict) -> set[str]:
     """The row names a config measures (its folder may hold other configs' rows as well)."""
     methods = args.get("methods") or list_methods()
-    tag, overrides = args.get("harden_tag", ""), args.get("method_config")
-    names = set() if args.get("hardened_only") else {row_label(m, None, tag, overrides) for m in methods}
+    tag, overrides, method_tag = args.get("harden_tag", ""), args.get("method_config"), args.get("method_tag")
+    names = set() if args.get("hardened_only") else {row_label(m, None, tag, overrides, method_tag) for m in methods}
     if not (args.get("hardened_only") or args.get("no_original")):
         names.add("original")
-    return names | {row_label(m, h, tag, overrides) for h in args.get("harden") or [] for m in methods}
+    return names | {row_label(m, h, tag, overrides, method_tag) for h in args.get("harden") or [] for m in methods}
 
 
 def table(configs: list[Path]) -> str:
@@ -119,7 +124,9 @@ def table(configs: list[Path]) -> str:
             n = r["n_cases"]
             r = pooled_row(folder, r)
             pres, pres_cells, unhardened, base = _preservation_cells(rows, name, r, original, concept, folder)
-            overrides = overrides_text(r.get("harden_overrides")) or "-"
+            overrides = "; ".join(filter(None, [
+                f"erasure: {overrides_text(r['method_overrides'])}" if r.get("method_overrides") else "",
+                overrides_text(r.get("harden_overrides")) if r.get("harden_overrides") else ""])) or "-"
             res = rate_with_interval(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
             verdict = "-"
             if unhardened:
@@ -128,7 +135,8 @@ def table(configs: list[Path]) -> str:
                     parts = verdict.split("/")
                     verdict = "/".join(parts[:2] + ["-"] + parts[3:])
                 judged[(folder, name)] = {"experiment": path.stem, "row": name, "concept": concept, "seed": r.get("seed", 0),
-                                          "cases": n, "verdict": verdict, "base": unhardened.split("+")[0]}
+                                          "cases": n, "verdict": verdict,
+                                          "base": _registered(unhardened.split("+")[0], args.get("methods") or list_methods())}
             lines.append(f"| {path.stem} | {name} | {overrides} | {n} | {r.get('seed', '-')} / {_seed(r.get('attack_seed'))} "
                          f"| {rate_with_interval(r['plain'], n)} | {attack_text(r, 'unlearndiff')} "
                          f"| {attack_text(r, 'ringabell')} | {res} "
