@@ -110,6 +110,7 @@ def table(configs: list[Path]) -> str:
     for path in configs:
         doc = json.loads(path.read_text())
         args = doc["args"]
+        methods = args.get("methods") or list_methods()
         if args.get("screen"):
             continue  # the screens section
         folder = ROOT / args["out"]
@@ -124,9 +125,8 @@ def table(configs: list[Path]) -> str:
             n = r["n_cases"]
             r = pooled_row(folder, r)
             pres, pres_cells, unhardened, base = _preservation_cells(rows, name, r, original, concept, folder)
-            overrides = "; ".join(filter(None, [
-                f"erasure: {overrides_text(r['method_overrides'])}" if r.get("method_overrides") else "",
-                overrides_text(r.get("harden_overrides")) if r.get("harden_overrides") else ""])) or "-"
+            erasure = f"erasure: {overrides_text(r['method_overrides'])}" if r.get("method_overrides") else ""
+            overrides = "; ".join(t for t in (erasure, overrides_text(r.get("harden_overrides"))) if t) or "-"
             res = rate_with_interval(r["resurgence"], 3 * 16) if "resurgence" in r else "-"
             verdict = "-"
             if unhardened:
@@ -136,7 +136,7 @@ def table(configs: list[Path]) -> str:
                     verdict = "/".join(parts[:2] + ["-"] + parts[3:])
                 judged[(folder, name)] = {"experiment": path.stem, "row": name, "concept": concept, "seed": r.get("seed", 0),
                                           "cases": n, "verdict": verdict,
-                                          "base": _registered(unhardened.split("+")[0], args.get("methods") or list_methods())}
+                                          "base": _registered(unhardened.split("+")[0], methods)}
             lines.append(f"| {path.stem} | {name} | {overrides} | {n} | {r.get('seed', '-')} / {_seed(r.get('attack_seed'))} "
                          f"| {rate_with_interval(r['plain'], n)} | {attack_text(r, 'unlearndiff')} "
                          f"| {attack_text(r, 'ringabell')} | {res} "
