@@ -49,3 +49,16 @@ def test_a_setting_is_named_in_its_table():
     row["overrides"] = {"lr": 0.01}
     lines = script().markdown([row, _row("object", "salun", 0, [(10, 0.1, 0.95)])]).splitlines()
     assert "Overrides of the `shapes` presets: trust: lr=0.01; salun: none." in lines
+
+
+def test_the_comparison_lines_up_settings_and_averages_the_pairs_all_reached():
+    fast = [_row("object", "trust", 0, [(10, 0.1, 0.95)]), _row("style", "trust", 0, [(20, 0.1, 0.9)])]
+    for row in fast:
+        row["overrides"] = {"regularizer": "none"}
+    slow = [_row("object", "trust", 0, [(10, 0.5, None), (30, 0.1, 0.95)]),
+            _row("style", "trust", 0, [(10, 0.3, None)], 200)]
+    table = script().comparison({"base": slow, "no-csr": fast})
+    lines = table.splitlines()
+    assert "scenario/seed pairs that every line reached: object seed 0." in lines[0]
+    assert "| base | trust | none | 30 | – | 1 of 2 | 30.0 |" in lines
+    assert "| no-csr | trust | regularizer=none | 10 | 20 | 2 of 2 | 10.0 |" in lines

@@ -21,7 +21,9 @@ measurement, recorded as ``stopped at``).  Rows go to
 ``benchmarks/results/experiments/trust/steps-to-bar.jsonl`` as each run finishes (a rerun skips the
 runs already there), and ``steps-to-bar.md`` is rewritten from all of them.  ``--set [METHOD:]FIELD=VALUE``
 overrides a field of every method's preset (or of METHOD's only); such runs go to
-``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with.
+``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with.  ``--compare NAME...
+--out STEM`` writes one table of steps to the bar per (setting, method) and scenario/seed pair, read
+from those settings' rows (``preset``: the presets' own rows), to ``<STEM>.md``.
 """
 
 from __future__ import annotations
@@ -106,6 +108,43 @@ def markdown(rows: list[dict]) -> str:
         secs = [reached[k][m]["seconds"] for k in common]
         out.append(f"| {m} | {n} of {len(runs)} | {_cell(statistics.mean(steps) if steps else None, '.1f')} | "
                    f"{_cell(statistics.mean(secs) if secs else None, '.1f')} |")
+    return "\n".join(out) + "\n"
+
+
+def _first_hit(row: dict) -> dict | None:
+    return next((c for c in row["checkpoints"] if c["meets"]), None)
+
+
+def comparison(settings: dict[str, list[dict]]) -> str:
+    """Steps to the bar of every (setting, method) on every scenario/seed pair, and their means.
+
+    The mean is taken over the pairs that every (setting, method) reached, so each line averages the
+    same scenarios."""
+    lines = {}
+    for name, rows in settings.items():
+        for r in rows:
+            lines.setdefault((name, r["method"]), {})[(r["scenario"], r["seed"])] = r
+    pairs = sorted({k for runs in lines.values() for k in runs}, key=lambda k: (_rank(SCENARIOS, k[0]), k))
+    reached = {line: {k for k, r in runs.items() if _first_hit(r)} for line, runs in lines.items()}
+    common = [k for k in pairs if all(k in got for got in reached.values())]
+    out = ["Steps to the first checkpoint that meets the bars, per setting (its overrides of the `shapes` "
+           "presets) and method; '–': not met within the run, blank: not run. The mean is over the "
+           "scenario/seed pairs that every line reached: "
+           + (", ".join(f"{s} seed {d}" for s, d in common) or "none") + ".", "",
+           "| setting | method | overrides | " + " | ".join(f"{s} s{d}" for s, d in pairs)
+           + " | runs that met the bars | mean steps (common pairs) |",
+           "|---|---|---|" + "---|" * len(pairs) + "---|---|"]
+    for (name, method), runs in lines.items():
+        overrides = sorted({json.dumps(r.get("overrides") or {}, sort_keys=True) for r in runs.values()})
+        shown = "; ".join(", ".join(f"{k}={v}" for k, v in json.loads(o).items()) or "none" for o in overrides)
+        cells = []
+        for k in pairs:
+            hit = _first_hit(runs[k]) if k in runs else None
+            cells.append("" if k not in runs else _cell(hit and hit["step"]))
+        steps = [_first_hit(runs[k])["step"] for k in common]
+        out.append(f"| {name} | {method} | {shown} | " + " | ".join(cells)
+                   + f" | {len(reached[(name, method)])} of {len(runs)} | "
+                   f"{_cell(statistics.mean(steps) if steps else None, '.1f')} |")
     return "\n".join(out) + "\n"
 
 
@@ -237,7 +276,22 @@ def main() -> None:
                     help="override a preset field of every method (or of METHOD only); needs --name")
     ap.add_argument("--name", default=None, help="stem suffix of this setting's rows and table")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from the stored rows")
+    ap.add_argument("--compare", nargs="+", metavar="NAME", help="settings whose rows one table compares "
+                    "('preset': the presets' own rows); needs --out")
+    ap.add_argument("--out", default=None, help="stem of the --compare table, in the results folder")
     a = ap.parse_args()
+    if a.compare:
+        from erasekit.world.atomic import write_text
+
+        if not a.out:
+            ap.error("--compare needs --out")
+        stored = {n: load_rows(files(None if n == "preset" else n)[0]) for n in a.compare}
+        missing = [n for n, rows in stored.items() if not rows]
+        if missing:
+            ap.error(f"no stored rows for {missing}")
+        write_text(OUT / f"{a.out}.md", comparison(stored))
+        print(f"wrote {OUT / f'{a.out}.md'}")
+        return
     if a.set and not a.name:
         ap.error("--set needs --name (the presets' own rows stay in steps-to-bar.jsonl)")
     overrides = method_overrides(a.set, a.method)
