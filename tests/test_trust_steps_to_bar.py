@@ -62,3 +62,15 @@ def test_the_comparison_lines_up_settings_and_averages_the_pairs_all_reached():
     assert "scenario/seed pairs that every line reached: object seed 0." in lines[0]
     assert "| base | trust | none | 30 | – | 1 of 2 | 30.0 |" in lines
     assert "| no-csr | trust | regularizer=none | 10 | 20 | 2 of 2 | 10.0 |" in lines
+
+
+def test_a_reference_column_averages_only_the_pairs_both_lines_reached():
+    salun = [_row("object", "salun", 0, [(20, 0.1, 0.95)]), _row("style", "salun", 0, [(40, 0.1, 0.95)]),
+             _row("attribute", "salun", 0, [(10, 0.5, None)])]
+    trust = [_row("object", "trust", 0, [(10, 0.1, 0.95)]), _row("style", "trust", 0, [(20, 0.5, None)]),
+             _row("attribute", "trust", 0, [(30, 0.1, 0.95)])]
+    lines = script().comparison({"a": salun, "b": trust}, [("a", "salun")]).splitlines()
+    assert lines[2].endswith("| steps / seconds vs a salun (pairs both reached) |")
+    # object is the only pair both reached: 10 steps (20 s) against 20 steps (40 s)
+    assert next(line for line in lines if line.startswith("| b |")).endswith("| 10.0 / 20.0 steps, 20.0 / 40.0 s (1) |")
+    assert next(line for line in lines if line.startswith("| a |")).endswith("| – |")

@@ -22,7 +22,7 @@ measurement, recorded as ``stopped at``).  Rows go to
 runs already there), and ``steps-to-bar.md`` is rewritten from all of them.  ``--set [METHOD:]FIELD=VALUE``
 overrides a field of every method's preset (or of METHOD's only); such runs go to
 ``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with.  ``--compare NAME...
---out STEM`` writes one table of steps to the bar per (setting, method) and scenario/seed pair, read
+--out STEM [--reference NAME:METHOD...]`` writes one table of steps to the bar per (setting, method) and scenario/seed pair, read
 from those settings' rows (``preset``: the presets' own rows), to ``<STEM>.md``.
 """
 
@@ -115,11 +115,12 @@ def _first_hit(row: dict) -> dict | None:
     return next((c for c in row["checkpoints"] if c["meets"]), None)
 
 
-def comparison(settings: dict[str, list[dict]]) -> str:
+def comparison(settings: dict[str, list[dict]], references: list[tuple[str, str]] = ()) -> str:
     """Steps to the bar of every (setting, method) on every scenario/seed pair, and their means.
 
     The mean is taken over the pairs that every (setting, method) reached, so each line averages the
-    same scenarios."""
+    same scenarios.  Each reference ``(setting, method)`` adds a column: the line's mean steps and
+    seconds to the bar beside the reference's, over the pairs both reached."""
     lines = {}
     for name, rows in settings.items():
         for r in rows:
@@ -132,8 +133,9 @@ def comparison(settings: dict[str, list[dict]]) -> str:
            "scenario/seed pairs that every line reached: "
            + (", ".join(f"{s} seed {d}" for s, d in common) or "none") + ".", "",
            "| setting | method | overrides | " + " | ".join(f"{s} s{d}" for s, d in pairs)
-           + " | runs that met the bars | mean steps (common pairs) |",
-           "|---|---|---|" + "---|" * len(pairs) + "---|---|"]
+           + " | runs that met the bars | mean steps (common pairs) |"
+           + "".join(f" steps / seconds vs {n} {m} (pairs both reached) |" for n, m in references),
+           "|---|---|---|" + "---|" * len(pairs) + "---|---|" + "---|" * len(references)]
     for (name, method), runs in lines.items():
         overrides = sorted({json.dumps(r.get("overrides") or {}, sort_keys=True) for r in runs.values()})
         shown = "; ".join(", ".join(f"{k}={v}" for k, v in json.loads(o).items()) or "none" for o in overrides)
@@ -142,9 +144,18 @@ def comparison(settings: dict[str, list[dict]]) -> str:
             hit = _first_hit(runs[k]) if k in runs else None
             cells.append("" if k not in runs else _cell(hit and hit["step"]))
         steps = [_first_hit(runs[k])["step"] for k in common]
+        versus = []
+        for ref in references:
+            both = sorted(reached[(name, method)] & reached.get(ref, set())) if ref != (name, method) else []
+            hits = [(_first_hit(runs[k]), _first_hit(lines[ref][k])) for k in both]
+            versus.append(f"{statistics.mean(a['step'] for a, _ in hits):.1f} / "
+                          f"{statistics.mean(b['step'] for _, b in hits):.1f} steps, "
+                          f"{statistics.mean(a['seconds'] for a, _ in hits):.1f} / "
+                          f"{statistics.mean(b['seconds'] for _, b in hits):.1f} s ({len(hits)})" if hits else "–")
         out.append(f"| {name} | {method} | {shown} | " + " | ".join(cells)
                    + f" | {len(reached[(name, method)])} of {len(runs)} | "
-                   f"{_cell(statistics.mean(steps) if steps else None, '.1f')} |")
+                   f"{_cell(statistics.mean(steps) if steps else None, '.1f')} |"
+                   + "".join(f" {v} |" for v in versus))
     return "\n".join(out) + "\n"
 
 
@@ -279,6 +290,8 @@ def main() -> None:
     ap.add_argument("--compare", nargs="+", metavar="NAME", help="settings whose rows one table compares "
                     "('preset': the presets' own rows); needs --out")
     ap.add_argument("--out", default=None, help="stem of the --compare table, in the results folder")
+    ap.add_argument("--reference", nargs="*", default=[], metavar="SETTING:METHOD",
+                    help="--compare lines each line is also set against, over the pairs both reached")
     a = ap.parse_args()
     if a.compare:
         from erasekit.world.atomic import write_text
@@ -289,7 +302,10 @@ def main() -> None:
         missing = [n for n, rows in stored.items() if not rows]
         if missing:
             ap.error(f"no stored rows for {missing}")
-        write_text(OUT / f"{a.out}.md", comparison(stored))
+        references = [tuple(r.split(":", 1)) for r in a.reference]
+        if any(len(r) != 2 or r[0] not in stored for r in references):
+            ap.error(f"--reference takes SETTING:METHOD with SETTING among --compare, got {a.reference}")
+        write_text(OUT / f"{a.out}.md", comparison(stored, references))
         print(f"wrote {OUT / f'{a.out}.md'}")
         return
     if a.set and not a.name:
