@@ -25,6 +25,8 @@ SOURCES = {
     "steps-to-bar": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "steps-to-bar.md",
     "steps-to-bar-kv": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "steps-to-bar-kv-candidate.md",
     "steps-to-bar-ablation": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "steps-to-bar-ablation.md",
+    "steps-to-bar-preset-ablation": ROOT / "benchmarks" / "results" / "experiments" / "trust"
+    / "steps-to-bar-preset-ablation.md",
     "screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-screen-screen.md",
     "candidate": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate.md",
     "candidate-8probes": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-8probes.md",

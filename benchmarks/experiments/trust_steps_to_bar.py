@@ -123,7 +123,7 @@ def comparison(settings: dict[str, list[dict]], references: list[tuple[str, str]
     seconds to the bar beside the reference's, over the pairs both reached."""
     lines = {}
     for name, rows in settings.items():
-        for r in rows:
+        for r in sorted(rows, key=_order):
             lines.setdefault((name, r["method"]), {})[(r["scenario"], r["seed"])] = r
     pairs = sorted({k for runs in lines.values() for k in runs}, key=lambda k: (_rank(SCENARIOS, k[0]), k))
     reached = {line: {k for k, r in runs.items() if _first_hit(r)} for line, runs in lines.items()}
