@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from eval_helpers import load_script
 
 
@@ -74,3 +75,8 @@ def test_a_reference_column_averages_only_the_pairs_both_lines_reached():
     # object is the only pair both reached: 10 steps (20 s) against 20 steps (40 s)
     assert next(line for line in lines if line.startswith("| b |")).endswith("| 10.0 / 20.0 steps, 20.0 / 40.0 s (1) |")
     assert next(line for line in lines if line.startswith("| a |")).endswith("| – |")
+
+
+def test_a_reference_without_rows_is_refused():
+    with pytest.raises(ValueError, match="no rows for the references"):
+        script().comparison({"a": [_row("object", "salun", 0, [(20, 0.1, 0.95)])]}, [("a", "sal")])

@@ -21,9 +21,10 @@ measurement, recorded as ``stopped at``).  Rows go to
 ``benchmarks/results/experiments/trust/steps-to-bar.jsonl`` as each run finishes (a rerun skips the
 runs already there), and ``steps-to-bar.md`` is rewritten from all of them.  ``--set [METHOD:]FIELD=VALUE``
 overrides a field of every method's preset (or of METHOD's only); such runs go to
-``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with.  ``--compare NAME...
---out STEM [--reference NAME:METHOD...]`` writes one table of steps to the bar per (setting, method) and scenario/seed pair, read
-from those settings' rows (``preset``: the presets' own rows), to ``<STEM>.md``.
+``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with.
+``--compare NAME... --out STEM [--reference NAME:METHOD...]`` writes one table of the steps to the
+bar per (setting, method) and scenario/seed pair, read from those settings' rows (``preset``: the
+presets' own rows), to ``<STEM>.md``.
 """
 
 from __future__ import annotations
@@ -115,6 +116,15 @@ def _first_hit(row: dict) -> dict | None:
     return next((c for c in row["checkpoints"] if c["meets"]), None)
 
 
+def _versus(hits: list[tuple[dict, dict]]) -> str:
+    """Mean steps and seconds to the bar of a line beside a reference's, over (line, reference) hits."""
+    if not hits:
+        return "–"
+    steps = [statistics.mean(h[i]["step"] for h in hits) for i in (0, 1)]
+    seconds = [statistics.mean(h[i]["seconds"] for h in hits) for i in (0, 1)]
+    return f"{steps[0]:.1f} / {steps[1]:.1f} steps, {seconds[0]:.1f} / {seconds[1]:.1f} s ({len(hits)})"
+
+
 def comparison(settings: dict[str, list[dict]], references: list[tuple[str, str]] = ()) -> str:
     """Steps to the bar of every (setting, method) on every scenario/seed pair, and their means.
 
@@ -125,6 +135,9 @@ def comparison(settings: dict[str, list[dict]], references: list[tuple[str, str]
     for name, rows in settings.items():
         for r in sorted(rows, key=_order):
             lines.setdefault((name, r["method"]), {})[(r["scenario"], r["seed"])] = r
+    unknown = [ref for ref in references if ref not in lines]
+    if unknown:
+        raise ValueError(f"no rows for the references {unknown}")
     pairs = sorted({k for runs in lines.values() for k in runs}, key=lambda k: (_rank(SCENARIOS, k[0]), k))
     reached = {line: {k for k, r in runs.items() if _first_hit(r)} for line, runs in lines.items()}
     common = [k for k in pairs if all(k in got for got in reached.values())]
@@ -144,14 +157,9 @@ def comparison(settings: dict[str, list[dict]], references: list[tuple[str, str]
             hit = _first_hit(runs[k]) if k in runs else None
             cells.append("" if k not in runs else _cell(hit and hit["step"]))
         steps = [_first_hit(runs[k])["step"] for k in common]
-        versus = []
-        for ref in references:
-            both = sorted(reached[(name, method)] & reached.get(ref, set())) if ref != (name, method) else []
-            hits = [(_first_hit(runs[k]), _first_hit(lines[ref][k])) for k in both]
-            versus.append(f"{statistics.mean(a['step'] for a, _ in hits):.1f} / "
-                          f"{statistics.mean(b['step'] for _, b in hits):.1f} steps, "
-                          f"{statistics.mean(a['seconds'] for a, _ in hits):.1f} / "
-                          f"{statistics.mean(b['seconds'] for _, b in hits):.1f} s ({len(hits)})" if hits else "–")
+        versus = ["–" if ref == (name, method) else
+                  _versus([(_first_hit(runs[k]), _first_hit(lines[ref][k]))
+                           for k in sorted(reached[(name, method)] & reached[ref])]) for ref in references]
         out.append(f"| {name} | {method} | {shown} | " + " | ".join(cells)
                    + f" | {len(reached[(name, method)])} of {len(runs)} | "
                    f"{_cell(statistics.mean(steps) if steps else None, '.1f')} |"
@@ -303,9 +311,13 @@ def main() -> None:
         if missing:
             ap.error(f"no stored rows for {missing}")
         references = [tuple(r.split(":", 1)) for r in a.reference]
-        if any(len(r) != 2 or r[0] not in stored for r in references):
-            ap.error(f"--reference takes SETTING:METHOD with SETTING among --compare, got {a.reference}")
-        write_text(OUT / f"{a.out}.md", comparison(stored, references))
+        if any(len(r) != 2 for r in references):
+            ap.error(f"--reference takes SETTING:METHOD, got {a.reference}")
+        try:
+            table = comparison(stored, references)
+        except ValueError as e:
+            ap.error(str(e))
+        write_text(OUT / f"{a.out}.md", table)
         print(f"wrote {OUT / f'{a.out}.md'}")
         return
     if a.set and not a.name:
