@@ -18,23 +18,23 @@ from erasekit.eval.atomic import write_text
 from erasekit.eval.robustness import summary
 
 ROOT = Path(__file__).resolve().parents[2]
+TRUST_RESULTS = ROOT / "benchmarks" / "results" / "experiments" / "trust"
 PAGE = ROOT / "docs" / "experiments" / "trust.md"
 SOURCES = {
     "robustness": ROOT / "benchmarks" / "results" / "robustness-trust" / "summary.md",
-    "steps": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "step-seconds.md",
-    "steps-to-bar": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "steps-to-bar.md",
-    "steps-to-bar-kv": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "steps-to-bar-kv-candidate.md",
-    "steps-to-bar-ablation": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "steps-to-bar-ablation.md",
-    "steps-to-bar-preset-ablation": ROOT / "benchmarks" / "results" / "experiments" / "trust"
-    / "steps-to-bar-preset-ablation.md",
-    "screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-screen-screen.md",
-    "candidate": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate.md",
-    "candidate-8probes": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-8probes.md",
-    "candidate-retain": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "fast-candidate-retain.md",
-    "candidate-kv": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "kv-retain-candidate.md",
-    "cip-screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-cip-screen-screen.md",
-    "red-contrast": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-contrast.md",
-    "esd-screen": ROOT / "benchmarks" / "results" / "experiments" / "trust" / "red-esd-screen-screen.md",
+    "steps": TRUST_RESULTS / "step-seconds.md",
+    "steps-to-bar": TRUST_RESULTS / "steps-to-bar.md",
+    "steps-to-bar-kv": TRUST_RESULTS / "steps-to-bar-kv-candidate.md",
+    "steps-to-bar-ablation": TRUST_RESULTS / "steps-to-bar-ablation.md",
+    "steps-to-bar-preset-ablation": TRUST_RESULTS / "steps-to-bar-preset-ablation.md",
+    "screen": TRUST_RESULTS / "red-screen-screen.md",
+    "candidate": TRUST_RESULTS / "fast-candidate.md",
+    "candidate-8probes": TRUST_RESULTS / "fast-candidate-8probes.md",
+    "candidate-retain": TRUST_RESULTS / "fast-candidate-retain.md",
+    "candidate-kv": TRUST_RESULTS / "kv-retain-candidate.md",
+    "cip-screen": TRUST_RESULTS / "red-cip-screen-screen.md",
+    "red-contrast": TRUST_RESULTS / "red-contrast.md",
+    "esd-screen": TRUST_RESULTS / "red-esd-screen-screen.md",
 }
 
 

@@ -63,6 +63,16 @@ def _cell(value, fmt: str = "") -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _first_hit(row: dict) -> dict | None:
+    """The run's first checkpoint that meets the bars (None: none did)."""
+    return next((c for c in row["checkpoints"] if c["meets"]), None)
+
+
+def _overrides_text(stored: str) -> str:
+    """A row's overrides (as stored JSON text) as ``field=value, ...`` ("none" when empty)."""
+    return ", ".join(f"{k}={v}" for k, v in json.loads(stored).items()) or "none"
+
+
 def markdown(rows: list[dict]) -> str:
     """The per-run table, then the means over the scenario/seed pairs every method reached."""
     out = ["Steps and wall-clock seconds (one thread, erasure setup included) until the first training "
@@ -76,7 +86,7 @@ def markdown(rows: list[dict]) -> str:
                       key=lambda mo: (_rank(METHODS, mo[0]), mo))
     if any(o != "{}" for _, o in settings):
         out += ["Overrides of the `shapes` presets: " + "; ".join(
-            f"{m}: " + (", ".join(f"{k}={v}" for k, v in json.loads(o).items()) or "none") for m, o in settings)
+            f"{m}: {_overrides_text(o)}" for m, o in settings)
             + ".", ""]
     out += [
            "| scenario | method | seed | steps to the bar | seconds to the bar | rate / original | preservation "
@@ -84,7 +94,7 @@ def markdown(rows: list[dict]) -> str:
            "|---|---|---|---|---|---|---|---|---|---|"]
     rows = sorted(rows, key=_order)
     for r in rows:
-        hit = next((c for c in r["checkpoints"] if c["meets"]), None)
+        hit = _first_hit(r)
         last = hit or r["checkpoints"][-1]
         stopped = f" ({r['stopped_at']})" if r.get("stopped_at") is not None else ""
         out.append(f"| {r['scenario']} | {r['method']} | {r['seed']} | {_cell(hit and hit['step'])} | "
@@ -94,7 +104,7 @@ def markdown(rows: list[dict]) -> str:
     methods = sorted({r["method"] for r in rows}, key=lambda m: (_rank(METHODS, m), m))
     reached: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        hit = next((c for c in r["checkpoints"] if c["meets"]), None)
+        hit = _first_hit(r)
         if hit is not None:
             reached.setdefault((r["scenario"], r["seed"]), {})[r["method"]] = hit
     common = [k for k, v in reached.items() if set(v) == set(methods)]
@@ -110,10 +120,6 @@ def markdown(rows: list[dict]) -> str:
         out.append(f"| {m} | {n} of {len(runs)} | {_cell(statistics.mean(steps) if steps else None, '.1f')} | "
                    f"{_cell(statistics.mean(secs) if secs else None, '.1f')} |")
     return "\n".join(out) + "\n"
-
-
-def _first_hit(row: dict) -> dict | None:
-    return next((c for c in row["checkpoints"] if c["meets"]), None)
 
 
 def _versus(hits: list[tuple[dict, dict]]) -> str:
@@ -151,7 +157,7 @@ def comparison(settings: dict[str, list[dict]], references: list[tuple[str, str]
            "|---|---|---|" + "---|" * len(pairs) + "---|---|" + "---|" * len(references)]
     for (name, method), runs in lines.items():
         overrides = sorted({json.dumps(r.get("overrides") or {}, sort_keys=True) for r in runs.values()})
-        shown = "; ".join(", ".join(f"{k}={v}" for k, v in json.loads(o).items()) or "none" for o in overrides)
+        shown = "; ".join(_overrides_text(o) for o in overrides)
         cells = []
         for k in pairs:
             hit = _first_hit(runs[k]) if k in runs else None
