@@ -13,8 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative: str):
-    """The repository's script at ``relative`` (e.g. ``benchmarks/unnamed_rate.py``) as a module."""
+    """The repository's script at ``relative`` (e.g. ``benchmarks/unnamed_rate.py``) as a module.
+
+    The script's folder goes on ``sys.path``, as when Python runs the script, so its sibling imports resolve."""
     path = ROOT / relative
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module

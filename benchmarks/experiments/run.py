@@ -75,17 +75,22 @@ def load(path: Path) -> dict:
     return doc
 
 
+def setting_value(text: str):
+    """A ``--set`` VALUE: read as JSON (numbers, booleans, null, lists), else kept as text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def overrides_of(ap, items: list[str]) -> dict:
-    """``--set FIELD=VALUE`` items as config overrides (VALUE read as JSON, else kept as text); bad ones exit 2."""
+    """``--set FIELD=VALUE`` items as config overrides (VALUE as ``setting_value`` reads it); bad ones exit 2."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--set takes FIELD=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+        overrides[key] = setting_value(value)
     return overrides
 
 

@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from run import setting_value  # noqa: E402  (benchmarks/experiments is the script's folder)
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CELLS = RESULTS / "bench" / "cells"
 OUT = RESULTS / "experiments" / "trust"
@@ -184,7 +186,7 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def method_overrides(items: list[str], methods: list[str]) -> dict[str, dict]:
-    """``[METHOD:]FIELD=VALUE`` items as per-method overrides (VALUE read as JSON, else kept as text)."""
+    """``[METHOD:]FIELD=VALUE`` items as per-method overrides (VALUE as ``run.setting_value`` reads it)."""
     out: dict[str, dict] = {m: {} for m in methods}
     for item in items:
         field, sep, value = item.partition("=")
@@ -193,12 +195,8 @@ def method_overrides(items: list[str], methods: list[str]) -> dict[str, dict]:
         method, _, field = field.rpartition(":")
         if method and method not in out:
             raise SystemExit(f"error: --set {item!r} names {method!r}, which is not among --method {methods}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
         for m in [method] if method else methods:
-            out[m][field] = parsed
+            out[m][field] = setting_value(value)
     return out
 
 
