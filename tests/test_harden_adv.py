@@ -103,6 +103,26 @@ def test_attack_lowers_its_loss_and_unet_mode_trains_only_its_scope(sd1, source)
     assert sum(r["loss_last"] for r in rounds) < sum(r["loss_first"] for r in rounds)
 
 
+def test_text_layers_train_only_the_named_transformer_layers_of_the_text_encoder(sd1):
+    hardened = harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "iterations": 3, "warmup": 1, "text_layers": [0]}))
+    assert hardened.names and all(n.startswith("text_encoder.") and ".encoder.layers.0." in n
+                                for n in hardened.names)
+    assert any(float(t.abs().max()) > 0 for t in hardened.tensors.values())  # layer 0 moved
+    assert hardened.manifest.metrics["scope"] == "text_encoder_layer0"
+    full = {n for n, _ in sd1.text_encoder.named_parameters() if "encoder.layers." in n}
+    assert len(hardened.names) < len(full)
+
+
+def test_text_layers_are_checked_and_left_out_of_the_fingerprint_at_their_default(sd1):
+    n = sd1.text_encoder.config.num_hidden_layers
+    with pytest.raises(ValueError, match=f"layers 0..{n - 1}"):
+        harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "text_layers": [n]}))
+    with pytest.raises(ValueError, match="module='text_encoder'"):
+        harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "module": "unet", "text_layers": [0]}))
+    assert "text_layers" not in AdvConfig.preset("shapes").fingerprint()
+    assert AdvConfig.preset("shapes", text_layers=[0]).fingerprint()["text_layers"] == [0]
+
+
 @pytest.mark.slow
 def test_token_space_attack_trains_against_real_words_of_its_vocabulary(sd1, tmp_path):
     words = tmp_path / "words.txt"

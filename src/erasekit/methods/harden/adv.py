@@ -34,7 +34,8 @@
    current model draws for u) away from the concept.  w_e, w_u, w_kv are 0 in the release.
 
 ``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the
-release's ``text_encoder_full``), ``module="unet"`` the UNet parameters of ``unet_scope``.
+release's ``text_encoder_full``; ``text_layers=[0]``: only transformer layer 0, the release's
+``text_encoder_layer0``), ``module="unet"`` the UNet parameters of ``unet_scope``.
 "Base" is the model before ``delta`` (conditioning encoded before it is copied in, UNet swapped in
 for reference passes).  The result is one delta relative to the base model (`common.composed_delta`);
 ``metrics.attack_rounds`` holds each round's first and last attack loss.
@@ -75,6 +76,14 @@ if TEXT_SCOPE not in list_scopes():
 PLACEHOLDER_ID = 0  # token id at the adversarial positions; its embedding is replaced
 
 
+def text_layers_scope(layers: list[int]) -> ParameterScope:
+    """The text encoder's transformer layers ``layers`` only (the release's ``text_encoder_layer<digits>``)."""
+    prefixes = tuple(f"encoder.layers.{i}." for i in sorted(set(layers)))
+    return ParameterScope("text_encoder_layer" + "_".join(str(i) for i in sorted(set(layers))),
+                          lambda s: s.name.removeprefix("text_model.").startswith(prefixes),
+                          f"a CLIP text encoder's transformer layers {sorted(set(layers))}")
+
+
 class AdvConfig(FineTuneConfig):
     """AdvUnlearn hardening; defaults follow the release's documented run (SD-1.4).
 
@@ -95,6 +104,9 @@ class AdvConfig(FineTuneConfig):
     lr: float = 1e-5
     module: Literal["text_encoder", "unet"] = "text_encoder"
     unet_scope: str = "cross_attn"
+    text_layers: list[int] | None = Field(None, description="text encoder only: train just these transformer "
+                                          "layers (0-based; the release's text_encoder_layer0 is [0]); None: all "
+                                          "layers and the final norm (text_encoder_full)")
     n_steps: int = 50
     guidance: float = 3.0
     negative_guidance: float = 1.0
@@ -132,6 +144,13 @@ class AdvConfig(FineTuneConfig):
     unnamed_guidance: float = Field(1.0, gt=0, description="g_u: negative guidance of the unnamed-prompt term")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance", "retain_kv_weight")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """As `FineTuneConfig.fingerprint`, less ``text_layers`` at None (the whole text encoder, as before it existed)."""
+        dump = super().fingerprint()
+        if self.text_layers is None:
+            dump.pop("text_layers")
+        return dump
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
                    "attack_latents": "per_round",
@@ -303,6 +322,20 @@ class AdvStep:
         return (self.encode(self.retain_ids[pick], None) - base).pow(2).sum() / base.pow(2).sum()
 
 
+def _trained_scope(pipe, config: AdvConfig) -> ParameterScope:
+    """The scope ``config`` trains: ``unet_scope``, the whole text encoder, or its ``text_layers``."""
+    if config.module == "unet":
+        if config.text_layers is not None:
+            raise ValueError("text_layers picks text-encoder layers: it needs module='text_encoder'")
+        return get_scope(config.unet_scope)
+    if config.text_layers is None:
+        return get_scope(TEXT_SCOPE)
+    n = pipe.text_encoder.config.num_hidden_layers
+    if not config.text_layers or any(not 0 <= i < n for i in config.text_layers):
+        raise ValueError(f"text_layers must name layers 0..{n - 1} of this text encoder, got {config.text_layers}")
+    return text_layers_scope(config.text_layers)
+
+
 def _retain_prompts(pipe, concept: ConceptSpec, config: AdvConfig) -> list[str]:
     from ...concepts.general import general_prompts
 
@@ -343,7 +376,7 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     t0 = time.perf_counter()
     trained_module = pipe.text_encoder if config.module == "text_encoder" else pipe.unet
     prefix = "text_encoder." if config.module == "text_encoder" else "unet."
-    scope = get_scope(TEXT_SCOPE if config.module == "text_encoder" else config.unet_scope)
+    scope = _trained_scope(pipe, config)
     trained = list(scope.select(trained_module, prefix=prefix))
     names = sorted(set(trained) | set(delta.names if delta is not None else []))
     originals = snapshot(pipe, names)
