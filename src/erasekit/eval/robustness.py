@@ -203,7 +203,7 @@ def stored_hardening(folder: Path, base: WeightDelta, variant: str, cfg) -> Weig
     if not (folder / "manifest.json").exists():
         return None
     config = json.loads((folder / "manifest.json").read_text()).get("config", {})  # read before the tensors
-    recorded = {k: v for k, v in (config.get("harden") or {}).items() if not cfg.at_default_extension(k, v)}
+    recorded = {k: v for k, v in (config.get("harden") or {}).items() if not cfg.left_out_at_default(k, v)}
     same = json.loads(json.dumps({"variant": variant, **cfg.fingerprint()})) == recorded
     chain = config.get("chain", [])
     return WeightDelta.load(folder) if same and len(chain) >= 2 and chain[-2].get("delta_id") == base.delta_id else None

@@ -26,6 +26,9 @@ class MethodConfig(BaseModel):
     # left out of `fingerprint`, so adding such an option does not make results measured
     # before it existed look stale.
     EXTENSIONS: ClassVar[tuple[str, ...]] = ()
+    # Options of the paper or its release added after results were stored, whose default is what
+    # ran before; at that default they are left out of `fingerprint` as well.
+    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def extensions(cls) -> set[str]:
@@ -33,15 +36,20 @@ class MethodConfig(BaseModel):
         return {n for klass in cls.__mro__ for n in getattr(klass, "EXTENSIONS", ())}
 
     @classmethod
-    def at_default_extension(cls, name: str, value: Any) -> bool:
-        """Whether ``name`` is an extension and ``value`` its default (a setting that decides nothing)."""
-        return name in cls.extensions() and value == cls.model_fields[name].default
+    def optional_fields(cls) -> set[str]:
+        """The fields left out of `fingerprint` at their defaults: `EXTENSIONS` and `LATER_OPTIONS`."""
+        return cls.extensions() | {n for klass in cls.__mro__ for n in getattr(klass, "LATER_OPTIONS", ())}
+
+    @classmethod
+    def left_out_at_default(cls, name: str, value: Any) -> bool:
+        """Whether ``name`` is an optional field and ``value`` its default (a setting that decides nothing new)."""
+        return name in cls.optional_fields() and value == cls.model_fields[name].default
 
     def fingerprint(self) -> dict[str, Any]:
-        """What decides the result: every field, less the `EXTENSIONS` still at their defaults."""
+        """What decides the result: every field, less the optional fields still at their defaults."""
         dump = self.model_dump()
-        for name in sorted(self.extensions()):
-            if self.at_default_extension(name, getattr(self, name)):
+        for name in sorted(self.optional_fields()):
+            if self.left_out_at_default(name, getattr(self, name)):
                 dump.pop(name)
         return dump
 

@@ -10,9 +10,9 @@
 
        min_adv || eps_cur(z_s, t, text_cur([adv] + c)) - eps_base(z_s, t, c) ||^2
 
-   ``attack_space="tokens"`` keeps the attack on real words: each step projects the soft tokens to
-   their nearest (cosine) tokens of ``attack_vocabulary``, takes the loss there and updates the soft
-   tokens by its gradient (straight-through); the defence trains on the round's best projection.
+   ``attack_space="tokens"`` keeps the attack on real words: each step projects the soft tokens to their
+   nearest (cosine) tokens of ``attack_vocabulary``, takes the loss there and updates the soft tokens by
+   its gradient (straight-through); the defence trains on the round's best projection.
 
 2. **defence** (one optimiser step of the trained module): ``defence_weight`` (1) times ESD's
    negative-guidance loss on the adversarial prompt (``defence_target="anchor"``: toward the base
@@ -33,12 +33,11 @@
    g_u ``unnamed_guidance``) steers the unnamed form u ("a red shape" -> "a shape", on latents the
    current model draws for u) away from the concept.  w_e, w_u, w_kv are 0 in the release.
 
-``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the
-release's ``text_encoder_full``; ``text_layers=[0]``: only transformer layer 0, the release's
-``text_encoder_layer0``), ``module="unet"`` the UNet parameters of ``unet_scope``.
-"Base" is the model before ``delta`` (conditioning encoded before it is copied in, UNet swapped in
-for reference passes).  The result is one delta relative to the base model (`common.composed_delta`);
-``metrics.attack_rounds`` holds each round's first and last attack loss.
+``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the release's
+``text_encoder_full``; ``text_layers=[0]``: layer 0 alone, its ``text_encoder_layer0``), ``module="unet"``
+the UNet parameters of ``unet_scope``.  "Base" is the model before ``delta`` (conditioning encoded
+before it is copied in, UNet swapped in for reference passes).  The result is one delta relative to the
+base model; ``metrics.attack_rounds`` holds each round's first and last attack loss.
 """
 
 from __future__ import annotations
@@ -144,13 +143,7 @@ class AdvConfig(FineTuneConfig):
     unnamed_guidance: float = Field(1.0, gt=0, description="g_u: negative guidance of the unnamed-prompt term")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance", "retain_kv_weight")
-
-    def fingerprint(self) -> dict[str, Any]:
-        """As `FineTuneConfig.fingerprint`, less ``text_layers`` at None (the whole text encoder, as before it existed)."""
-        dump = super().fingerprint()
-        if self.text_layers is None:
-            dump.pop("text_layers")
-        return dump
+    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("text_layers",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
                    "attack_latents": "per_round",
