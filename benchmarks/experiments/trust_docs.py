@@ -5,7 +5,8 @@
 Each marker pair ``<!-- trust-NAME:start -->`` / ``<!-- trust-NAME:end -->`` receives the markdown
 file that a measurement script wrote (see ``SOURCES``); a missing file leaves its block as it is.
 The ``robustness-seeds`` block renders the robustness benchmark's stored rows of TRuST, SalUn and
-ESD on both seeds (``benchmarks/results/robustness-harden``).  No computation: rerun the scripts
+ESD on both seeds (``benchmarks/results/robustness-harden``), and the ``table`` block the benchmark
+cells of TRuST, SalUn and SalUn++ (`trust_table.table`).  No computation: rerun the scripts
 named in the page to refresh the files and rows.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from erasekit.eval.atomic import write_text
 from erasekit.eval.robustness import summary
+from trust_table import table  # noqa: E402  (benchmarks/experiments is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[2]
 TRUST_RESULTS = ROOT / "benchmarks" / "results" / "experiments" / "trust"
@@ -58,6 +60,7 @@ def main() -> None:
     for name, source in SOURCES.items():
         if source.exists():
             page = fill(page, name, source.read_text(encoding="utf-8"))
+    page = fill(page, "table", table())
     page = fill(page, "robustness-seeds", summary(BENCHMARK_ROWS, COMPARED))
     write_text(PAGE, page)
     print(f"wrote {PAGE}")

@@ -24,6 +24,11 @@ CELLS = Path(__file__).resolve().parents[1] / "results" / "bench" / "cells"
 CHANGES = Path(__file__).resolve().parents[1] / "results" / "trust-changes"
 
 
+def cell_name(method: str, seed: int) -> str:
+    """The file name the benchmark gives ``method``'s cell at config seed ``seed``."""
+    return f"{method}.json" if seed == 0 else f"{method}@seed{seed}.json"
+
+
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -39,14 +44,14 @@ def rows(cells: Path, methods: list[str], seeds: list[int]) -> list[list[str]]:
         base = original["target_rate_mean"] if original else None
         for method in methods:
             for seed in seeds:
-                cell = _load(cells / scen / (f"{method}.json" if seed == 0 else f"{method}@seed{seed}.json"))
+                cell = _load(cells / scen / cell_name(method, seed))
                 if cell is None or (method == "trust" and "mask_unit" not in cell["configs"][0]):
                     continue  # missing, or a cell of the entry-mask TRuST that preceded the neuron masks
                 rate, keep = cell["target_rate_mean"], cell["preservation"]
                 fall = (base / rate if rate > 0 else float("inf")) if base is not None else None
                 ok = fall is not None and fall >= 5 and keep >= 0.9
                 mm = (cell.get("method_metrics") or [{}])[0]
-                extra = _load(CHANGES / scen / f"{method}.json") if seed == 0 and not mm else None
+                extra = _load(CHANGES / scen / cell_name(method, seed)) if not mm else None
                 mark = ""
                 if extra is not None:
                     mm = extra["method_metrics"]  # the same config erased again without evaluation
@@ -61,20 +66,27 @@ def rows(cells: Path, methods: list[str], seeds: list[int]) -> list[list[str]]:
     return out
 
 
+HEAD = ["scenario", "method", "seed", "target rate", "fall (x)", "preservation", "bars", "erase s", "CPU s", "steps",
+        "neurons changed", "entries changed", "share holding 90% of sq. change", "mask Jaccard"]
+NOTE = ("*: from a change-only rerun of the same config (trust_changes.py, one thread); the cell's delta was "
+        "made on two threads, so its floats, and these counts, can differ slightly.")
+
+
+def table(cells: Path = CELLS, methods: tuple[str, ...] = ("trust", "salun", "salun++"),
+          seeds: tuple[int, ...] = (0, 1)) -> str:
+    """The markdown table of the cells, with its footnote."""
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(cells, list(methods), list(seeds))]
+    return "\n".join(lines) + "\n\n" + NOTE + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=Path, default=CELLS)
     ap.add_argument("--methods", nargs="+", default=["trust", "salun", "salun++"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     args = ap.parse_args()
-    head = ["scenario", "method", "seed", "target rate", "fall (x)", "preservation", "bars", "erase s", "CPU s", "steps",
-            "neurons changed", "entries changed", "share holding 90% of sq. change", "mask Jaccard"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in rows(args.cells, args.methods, args.seeds):
-        print("| " + " | ".join(r) + " |")
-    print("\n*: from a change-only rerun of the same config (trust_changes.py, one thread); the cell's delta was "
-          "made on two threads, so its floats, and these counts, can differ slightly.")
+    print(table(args.cells, tuple(args.methods), tuple(args.seeds)), end="")
 
 
 if __name__ == "__main__":
