@@ -78,7 +78,7 @@ PLACEHOLDER_ID = 0  # token id at the adversarial positions; its embedding is re
 def text_layers_scope(layers: list[int]) -> ParameterScope:
     """The text encoder's transformer layers ``layers`` only (the release's ``text_encoder_layer<digits>``)."""
     prefixes = tuple(f"encoder.layers.{i}." for i in sorted(set(layers)))
-    return ParameterScope("text_encoder_layer" + "_".join(str(i) for i in sorted(set(layers))),
+    return ParameterScope("text_encoder_layer" + "".join(str(i) for i in sorted(set(layers))),
                           lambda s: s.name.removeprefix("text_model.").startswith(prefixes),
                           f"a CLIP text encoder's transformer layers {sorted(set(layers))}")
 
