@@ -32,6 +32,7 @@ SOURCES = {
     "steps-to-bar-xi": TRUST_RESULTS / "steps-to-bar-xi.md",
     "xi1-candidate": TRUST_RESULTS / "xi1-cip-candidate.md",
     "xi1-candidate-probes32": TRUST_RESULTS / "xi1-cip-candidate-probes32.md",
+    "xi1-csr-candidate": TRUST_RESULTS / "xi1-csr-candidate-probes32.md",
     "screen": TRUST_RESULTS / "red-screen-screen.md",
     "candidate": TRUST_RESULTS / "fast-candidate.md",
     "candidate-8probes": TRUST_RESULTS / "fast-candidate-8probes.md",

@@ -44,6 +44,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stored_rows(jsonl: Path) -> list[dict]:
+    """Every row of ``jsonl`` (none when it does not exist yet)."""
+    return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", nargs="+", required=True)
@@ -75,7 +80,6 @@ def main() -> None:
     out = RESULTS / "experiments" / a.topic
     jsonl, md = out / f"{a.name}.jsonl", out / f"{a.name}.md"
     out.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
     for key in a.scenario:
         scenario = get_task(key)
         original = json.loads((CELLS / key / "original.json").read_text())
@@ -91,7 +95,7 @@ def main() -> None:
         finally:
             revert_delta(pipe, delta)
         m = delta.manifest.metrics
-        rows.append({"scenario": key, "method": a.method, "seed": a.seed, "overrides": overrides,
+        row = ({"scenario": key, "method": a.method, "seed": a.seed, "overrides": overrides,
                      "target_rate": numbers["target_rate_mean"], "original_rate": original["target_rate_mean"],
                      "preservation": numbers["preservation_adherence"]["checked"]
                      / original["preservation_adherence"]["checked"],
@@ -99,9 +103,9 @@ def main() -> None:
                      "entries_changed": m.get("entries_changed"), "cpu_seconds": cpu, "delta_id": delta.delta_id,
                      "per_tier": a.per_tier, "preserve": a.preserve})
         with jsonl.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(rows[-1]) + "\n")
-        write_text(md, markdown(rows))
-        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+            f.write(json.dumps(row) + "\n")
+        write_text(md, markdown(stored_rows(jsonl)))  # re-read: another run may share the file
+        print(markdown([row]).splitlines()[-1], flush=True)
 
 
 if __name__ == "__main__":
