@@ -30,6 +30,9 @@ def test_bars_need_a_fivefold_drop_and_ninety_percent_preservation():
     original = _cell(0.9, 0.8)  # bar rate 0.85 (mean of explicit and synonym)
     assert meets_bars(original, _cell(0.17, 0.17, 0.9)) is True      # exactly 5x, exactly 0.9
     assert meets_bars(original, _cell(0.18, 0.18, 0.99)) is False    # 4.7x
+    # exactly 5x in counts (7/48 against 35/48), though 7/48 * 5 rounds above 35/48
+    assert meets_bars(_cell(35 / 48, 35 / 48), _cell(7 / 48, 7 / 48, 1.0)) is True
+    assert meets_bars(_cell(35 / 48, 35 / 48), _cell(7 / 48 + 1e-6, 7 / 48 + 1e-6, 1.0)) is False
     assert meets_bars(original, _cell(0.0, 0.0, 0.8958)) is False    # shown as 0.896, not rounded up to 0.90
     assert meets_bars(_cell(0.0), _cell(0.0)) is None                # the original never drew it: no verdict
     assert meets_bars(None, _cell(0.0)) is None

@@ -21,6 +21,7 @@ def script():
 def test_the_bars_need_a_fivefold_fall_and_the_preservation():
     s = script()
     assert s.meets(0.18, 0.9, 0.9) and not s.meets(0.19, 0.9, 1.0) and not s.meets(0.0, 0.9, 0.89)
+    assert s.meets(7 / 48, 35 / 48, 1.0)  # exactly a fivefold fall, whose quotient rounds to 4.999...
 
 
 def test_the_table_reports_the_first_checkpoint_that_meets_both_bars():

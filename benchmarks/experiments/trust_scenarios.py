@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from run import overrides_of  # noqa: E402  (benchmarks/experiments is the script's folder)
+from trust_table import meets  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CELLS = RESULTS / "bench" / "cells"
@@ -34,7 +35,7 @@ def markdown(rows: list[dict]) -> str:
              "| erase CPU s | prompts per tier / preservation |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fall = r["original_rate"] / r["target_rate"] if r["target_rate"] > 0 else float("inf")
-        ok = fall >= 5 and r["preservation"] >= 0.9
+        ok = meets(r["target_rate"], r["original_rate"], r["preservation"])
         lines.append(f"| {r['scenario']} | {r['method']} | {r['seed']} | "
                      + (", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-")
                      + f" | {r['target_rate']:.2f} | {fall:.1f} | {r['preservation']:.2f} | {'yes' if ok else 'no'} "

@@ -39,11 +39,11 @@ import time
 from pathlib import Path
 
 from run import setting_value  # noqa: E402  (benchmarks/experiments is the script's folder)
+from trust_table import meets  # noqa: E402  (the bars)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CELLS = RESULTS / "bench" / "cells"
 OUT = RESULTS / "experiments" / "trust"
-FALL, KEPT = 5.0, 0.9
 SCENARIOS = ["object", "style", "attribute", "combination", "conditional"]
 METHODS = ["trust", "salun", "salun++"]
 
@@ -55,10 +55,6 @@ def _rank(items: list[str], value: str) -> int:
 
 def _order(row: dict) -> tuple:
     return _rank(SCENARIOS, row["scenario"]), _rank(METHODS, row["method"]), row["method"], row["seed"]
-
-
-def meets(rate: float, original: float, preservation: float) -> bool:
-    return rate * FALL <= original and preservation >= KEPT
 
 
 def _cell(value, fmt: str = "") -> str:

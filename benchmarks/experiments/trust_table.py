@@ -18,10 +18,20 @@ import argparse
 import json
 from pathlib import Path
 
+from erasekit.eval.bench.markdown import falls_enough
+
 SCENARIOS = ("object", "style", "attribute", "combination", "conditional")
 CELLS = Path(__file__).resolve().parents[1] / "results" / "bench" / "cells"
 # change-only runs (trust_changes.py) for cells measured before the methods recorded these metrics
 CHANGES = Path(__file__).resolve().parents[1] / "results" / "trust-changes"
+
+
+FALL, KEPT = 5.0, 0.9  # the bars: the target rate falls FALL-fold, preservation stays >= KEPT
+
+
+def meets(rate: float, original: float, preservation: float) -> bool:
+    """Both bars, the fall read as the benchmark reads it (`falls_enough`: an exact fivefold fall counts)."""
+    return falls_enough(rate, original, FALL) and preservation >= KEPT
 
 
 def cell_name(method: str, seed: int) -> str:
@@ -49,7 +59,7 @@ def rows(cells: Path, methods: list[str], seeds: list[int]) -> list[list[str]]:
                     continue  # missing, or a cell of the entry-mask TRuST that preceded the neuron masks
                 rate, keep = cell["target_rate_mean"], cell["preservation"]
                 fall = (base / rate if rate > 0 else float("inf")) if base is not None else None
-                ok = fall is not None and fall >= 5 and keep >= 0.9
+                ok = base is not None and meets(rate, base, keep)
                 mm = (cell.get("method_metrics") or [{}])[0]
                 extra = _load(CHANGES / scen / cell_name(method, seed)) if not mm else None
                 mark = ""
