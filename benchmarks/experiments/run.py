@@ -75,6 +75,11 @@ def load(path: Path) -> dict:
     return doc
 
 
+def jsonl_rows(path: Path) -> list[dict]:
+    """Every row of a results file, one JSON object per line (none when the file does not exist yet)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def setting_value(text: str):
     """A ``--set`` VALUE: read as JSON (numbers, booleans, null, lists), else kept as text."""
     try:

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from run import overrides_of  # noqa: E402  (benchmarks/experiments is the script's folder)
+from run import jsonl_rows, overrides_of  # noqa: E402  (benchmarks/experiments is the script's folder)
 from trust_table import meets  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -43,11 +43,6 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['neurons_changed'] if r['neurons_changed'] is not None else '–'} | {r['cpu_seconds']:.1f} "
                      f"| {r['per_tier']} / {r['preserve']} |")
     return "\n".join(lines) + "\n"
-
-
-def stored_rows(jsonl: Path) -> list[dict]:
-    """Every row of ``jsonl`` (none when it does not exist yet)."""
-    return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
 
 
 def main() -> None:
@@ -96,16 +91,16 @@ def main() -> None:
         finally:
             revert_delta(pipe, delta)
         m = delta.manifest.metrics
-        row = ({"scenario": key, "method": a.method, "seed": a.seed, "overrides": overrides,
-                     "target_rate": numbers["target_rate_mean"], "original_rate": original["target_rate_mean"],
-                     "preservation": numbers["preservation_adherence"]["checked"]
-                     / original["preservation_adherence"]["checked"],
-                     "numbers": numbers, "steps": m.get("iterations"), "neurons_changed": m.get("neurons_changed"),
-                     "entries_changed": m.get("entries_changed"), "cpu_seconds": cpu, "delta_id": delta.delta_id,
-                     "per_tier": a.per_tier, "preserve": a.preserve})
+        row = {"scenario": key, "method": a.method, "seed": a.seed, "overrides": overrides,
+               "target_rate": numbers["target_rate_mean"], "original_rate": original["target_rate_mean"],
+               "preservation": numbers["preservation_adherence"]["checked"]
+               / original["preservation_adherence"]["checked"],
+               "numbers": numbers, "steps": m.get("iterations"), "neurons_changed": m.get("neurons_changed"),
+               "entries_changed": m.get("entries_changed"), "cpu_seconds": cpu, "delta_id": delta.delta_id,
+               "per_tier": a.per_tier, "preserve": a.preserve}
         with jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        write_text(md, markdown(stored_rows(jsonl)))  # re-read: another run may share the file
+        write_text(md, markdown(jsonl_rows(jsonl)))  # re-read: another run may share the file
         print(markdown([row]).splitlines()[-1], flush=True)
 
 

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import setting_value  # noqa: E402  (benchmarks/experiments is the script's folder)
+from run import jsonl_rows, setting_value  # noqa: E402  (benchmarks/experiments is the script's folder)
 from trust_table import meets  # noqa: E402  (the bars)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -177,10 +177,6 @@ def files(name: str | None) -> tuple[Path, Path]:
     return OUT / f"{stem}.jsonl", OUT / f"{stem}.md"
 
 
-def load_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def method_overrides(items: list[str], methods: list[str]) -> dict[str, dict]:
     """``[METHOD:]FIELD=VALUE`` items as per-method overrides (VALUE as ``run.setting_value`` reads it)."""
     out: dict[str, dict] = {m: {} for m in methods}
@@ -306,7 +302,7 @@ def main() -> None:
 
         if not a.out:
             ap.error("--compare needs --out")
-        stored = {n: load_rows(files(None if n == "preset" else n)[0]) for n in a.compare}
+        stored = {n: jsonl_rows(files(None if n == "preset" else n)[0]) for n in a.compare}
         missing = [n for n, rows in stored.items() if not rows]
         if missing:
             ap.error(f"no stored rows for {missing}")
@@ -328,7 +324,7 @@ def main() -> None:
     from erasekit.world.atomic import write_text
 
     if a.report:
-        write_text(table, markdown(load_rows(rows_file)))
+        write_text(table, markdown(jsonl_rows(rows_file)))
         print(f"wrote {table}")
         return
 
@@ -344,14 +340,14 @@ def main() -> None:
         for key in a.scenario:
             for method in a.method:
                 done = {(r["scenario"], r["method"], r["seed"], r["every"], r["per_tier"], r["preserve"],
-                         json.dumps(r.get("overrides") or {}, sort_keys=True)) for r in load_rows(rows_file)}
+                         json.dumps(r.get("overrides") or {}, sort_keys=True)) for r in jsonl_rows(rows_file)}
                 if (key, method, seed, a.every, a.per_tier, a.preserve,
                         json.dumps(overrides[method], sort_keys=True)) in done:
                     continue
                 row = measure_run(pipe, settings, reader, key, method, seed, a, overrides[method])
                 with rows_file.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
-                write_text(table, markdown(load_rows(rows_file)))
+                write_text(table, markdown(jsonl_rows(rows_file)))
                 print(next(line for line in markdown([row]).splitlines() if line.startswith(f"| {key} |")), flush=True)
 
 

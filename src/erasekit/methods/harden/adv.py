@@ -77,10 +77,11 @@ PLACEHOLDER_ID = 0  # token id at the adversarial positions; its embedding is re
 
 def text_layers_scope(layers: list[int]) -> ParameterScope:
     """The text encoder's transformer layers ``layers`` only (the release's ``text_encoder_layer<digits>``)."""
-    prefixes = tuple(f"encoder.layers.{i}." for i in sorted(set(layers)))
-    return ParameterScope("text_encoder_layer" + "".join(str(i) for i in sorted(set(layers))),
+    layers = sorted(set(layers))
+    prefixes = tuple(f"encoder.layers.{i}." for i in layers)
+    return ParameterScope("text_encoder_layer" + "".join(map(str, layers)),
                           lambda s: s.name.removeprefix("text_model.").startswith(prefixes),
-                          f"a CLIP text encoder's transformer layers {sorted(set(layers))}")
+                          f"a CLIP text encoder's transformer layers {layers}")
 
 
 class AdvConfig(FineTuneConfig):
