@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from erasekit.concepts.packs import get_concept, in_context_prompts
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.base import get_method
 from erasekit.methods.saliency import SCORERS, jaccard, neuron_masks, neuron_scores, register_scorer, rows_to_entries
@@ -121,11 +122,11 @@ class _FakeStep:
     scorer_name = "detector"
 
     def __init__(self, pipe):
-        self.pipe, self.unet, self.prompts = pipe, pipe.unet, ["a", "b"]
+        self.pipe, self.unet, self.prompts, self.embeds = pipe, pipe.unet, ["a", "b"], None
 
 
 def _stops_at(pipe, presences: list[float]) -> int | None:
-    rule = StopRule(_FakeStep(pipe), TRuSTConfig(stop_ratio=0.2, stop_every=5, stop_probes=2, stop_steps=2))
+    rule = StopRule(_FakeStep(pipe), TRuSTConfig(stop_ratio=0.2, stop_every=5, stop_probes=2, stop_steps=2), PLAIN)
     values = iter(presences)
     rule.presence = lambda: next(values)
     for step in range(5 * len(presences)):
@@ -190,3 +191,31 @@ def test_image_scorers_skip_the_unused_anchor_reference_and_the_delta_is_unchang
     without = get_method("trust").erase(pipe, PLAIN, cfg)
     assert seen and all(seen)
     assert without.delta_id == with_reference.delta_id
+
+
+def test_in_context_probes_measure_the_concept_on_prompts_training_never_sees(pipe):
+    """stop_prompts='in-context': the probes name red beside a shape ("a crimson star"), never "a red shape"."""
+    seen = []
+
+    def recording_scorer(pipe, concept, **_):
+        def score(s):
+            if s.x0 is None:
+                return s.output.float().pow(2).mean()
+            seen.append(s.prompt)
+            return torch.tensor(1.0)
+        return score
+
+    if "test-recording" not in SCORERS:
+        register_scorer("test-recording", recording_scorer)
+    red = get_concept("shapes/red")
+    cfg = dict(iterations=1, stop_ratio=0.5, stop_every=1, stop_probes=6, stop_steps=1, scorer="test-recording",
+               saliency_momentum=0.0)
+    get_method("trust").erase(pipe, red, tiny_cfg(**cfg, stop_prompts="in-context"))
+    context = in_context_prompts(red)
+    assert "a crimson star" in context and len(context) == 4 * 6 * 8  # words x shapes x templates
+    assert len(seen) == 6 and set(seen) <= set(context) and not set(seen) & set(red.target_prompts())
+    seen.clear()
+    get_method("trust").erase(pipe, red, tiny_cfg(**cfg))
+    assert len(seen) == 6 and set(seen) <= set(red.target_prompts())
+    with pytest.raises(ValueError, match="not a Shapes value concept"):
+        get_method("trust").erase(pipe, PLAIN, tiny_cfg(**cfg, stop_prompts="in-context"))

@@ -81,3 +81,10 @@ def test_a_reference_column_averages_only_the_pairs_both_lines_reached():
 def test_a_reference_without_rows_is_refused():
     with pytest.raises(ValueError, match="no rows for the references"):
         script().comparison({"a": [_row("object", "salun", 0, [(20, 0.1, 0.95)])]}, [("a", "sal")])
+
+
+def test_a_set_value_reads_as_json_and_python_none_as_null():
+    run = load_script("benchmarks/experiments/run.py")
+    assert run.setting_value("None") is None and run.setting_value("null") is None
+    assert run.setting_value("0.01") == 0.01 and run.setting_value("true") is True
+    assert run.setting_value("cip") == "cip"

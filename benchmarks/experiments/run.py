@@ -81,7 +81,9 @@ def jsonl_rows(path: Path) -> list[dict]:
 
 
 def setting_value(text: str):
-    """A ``--set`` VALUE: read as JSON (numbers, booleans, null, lists), else kept as text."""
+    """A ``--set`` VALUE: read as JSON (numbers, booleans, null, lists), ``None`` as null, else kept as text."""
+    if text == "None":
+        return None
     try:
         return json.loads(text)
     except json.JSONDecodeError:

@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from ..models.registry import Registry, UnknownNameError
-from ..world.captions import describe
+from ..world.captions import Mention, caption, describe
 from ..world.vocabulary import load_vocabulary
 from .spec import ConceptSpec
 
@@ -146,6 +146,32 @@ def _shapes_pack() -> dict[str, ConceptSpec]:
     specs = [_shapes_value_concept(a, v) for a in SHAPES_KINDS for v in vocab.values(a)]
     specs += [_shapes_red_circle(), _shapes_circle_on_dark()]
     return {s.name: s for s in specs}
+
+
+# A Shapes value named beside a value of this second attribute, as the world's captions pair them.
+_CONTEXT_ATTRIBUTE = {"shape": "color", "color": "shape", "style": "shape"}
+
+
+def in_context_prompts(spec: ConceptSpec) -> list[str]:
+    """Prompts that name a Shapes concept's own words beside each value of a second attribute.
+
+    A value concept's prompts name only its attribute ("a red shape"); here each of its target
+    words is put beside each value of the attribute captions pair it with (shapes for a colour or
+    a style, colours for a shape), in every template: "a crimson star", "clip art of a red circle".
+    A combination or a conditional concept already names two attributes: its target prompts.
+    """
+    if spec.combination is not None or spec.condition is not None:
+        return spec.target_prompts()
+    vocab = load_vocabulary()
+    value = spec.name.partition("/")[2]
+    if not spec.name.startswith("shapes/") or value not in vocab.all_values:
+        raise ValueError(f"in-context prompts pair a Shapes value with another attribute; {spec.name!r} is not "
+                         "a Shapes value concept")
+    attribute = vocab.attribute_of(value)
+    other = _CONTEXT_ATTRIBUTE[attribute]
+    return [caption({attribute: Mention(value, "explicit", word),
+                     other: Mention(v, "explicit", vocab.words(other, v, "explicit")[0])}, template)
+            for word in spec.targets for v in vocab.values(other) for template in vocab.templates]
 
 
 # ------------------------------------------------------------------ data-file packs

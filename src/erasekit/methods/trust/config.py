@@ -83,6 +83,9 @@ class TRuSTConfig(FineTuneConfig):
     stop_every: int = Field(10, description="iterations between presence measurements")
     stop_probes: int = Field(8, description="images generated per presence measurement")
     stop_steps: int = Field(10, description="DDIM steps of those images")
+    stop_prompts: Literal["targets", "in-context"] = Field(
+        "targets", description="extension: probe prompts of the presence measurements: the training prompts, or the "
+                               "concept's words beside a second attribute's values (Shapes concepts)")
     beta: float | None = Field(None, description="regulariser weight; None: BETA_DEFAULTS")
     gamma: float = Field(1.0, description="weight of the retain term")
     retain_preserve: bool = Field(False, description="also keep the concept's preserve prompts in the retain term")
@@ -91,7 +94,7 @@ class TRuSTConfig(FineTuneConfig):
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("mask_contrast", "retain_kv_weight", "retain_mask",
                                              "forget_loss", "forget_target", "negative_guidance", "batch_size",
-                                             "csr_hessian")
+                                             "csr_hessian", "stop_prompts")
     PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET}
 
     @field_validator("mask_every")

@@ -108,7 +108,7 @@ class TrustStep:
         self.rows: dict[str, torch.Tensor] | None = None  # neuron masks (mask_unit="neuron")
         self.saliency_ema: dict[str, torch.Tensor] | None = None
         self.jaccards: list[float] = []
-        self.stop = StopRule(self, config) if config.stop_ratio is not None else None
+        self.stop = StopRule(self, config, concept) if config.stop_ratio is not None else None
         self.union = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in self.params.items()}
         self.mask_sizes: list[int] = []
         self.term_sums = torch.zeros(4, dtype=torch.float64)  # forget, retain, regulariser, K/V retain

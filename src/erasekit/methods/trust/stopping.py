@@ -2,8 +2,10 @@
 
 `StopRule`: every ``stop_every`` iterations (from iteration 0, before any
 update) the CURRENT model generates ``stop_probes`` images from fixed seeded
-noise on the target prompts (DDIM ``stop_steps`` steps, CFG ``guidance``), and
-the step's image scorer (Shapes detector probability, or CLIP score) measures
+noise on probe prompts (DDIM ``stop_steps`` steps, CFG ``guidance``): the target
+prompts, or with ``stop_prompts="in-context"`` the concept's words beside a second
+attribute's values (`erasekit.concepts.packs.in_context_prompts`), which training never
+sees.  The step's image scorer (Shapes detector probability, or CLIP score) measures
 the concept on each; their mean is the presence ``P``.  Training stops at the
 first check with ``P <= stop_ratio * P_0`` (``P_0``: the check at iteration 0);
 the remaining iterations change nothing.  The probes draw from their own
@@ -21,6 +23,9 @@ from typing import Any
 
 import torch
 
+from ...concepts.packs import in_context_prompts
+from ...concepts.spec import ConceptSpec
+from ...models.conditioning import encode_conditions
 from ...models.ddim import DDIMSampler
 from ...models.unet_io import initial_latents
 from ...training import step_generator
@@ -32,13 +37,18 @@ PROBE_SALT = -3
 class StopRule:
     """Presence checks of one TRuST run (see the module docstring); checkpointable."""
 
-    def __init__(self, step, config):
+    def __init__(self, step, config, concept: ConceptSpec):
         if step.scorer_name == "forget":
             raise ValueError("stop_ratio measures the concept on generated images, so it needs an image scorer "
                              "(scorer='detector' on the Shapes world, or 'clip'), not 'forget'")
         self.step, self.config = step, config
+        if config.stop_prompts == "in-context":
+            self.prompts = in_context_prompts(concept)
+            self.embeds = encode_conditions(step.pipe, self.prompts)
+        else:
+            self.prompts, self.embeds = step.prompts, step.embeds
         g = step_generator(config.seed, PROBE_SALT)
-        order = torch.randperm(len(step.prompts), generator=g).tolist()
+        order = torch.randperm(len(self.prompts), generator=g).tolist()
         self.index = [order[i % len(order)] for i in range(config.stop_probes)]
         self.noise = initial_latents(step.unet, g, batch=config.stop_probes)
         self.sampler = DDIMSampler(step.pipe.scheduler, config.stop_steps)
@@ -49,9 +59,9 @@ class StopRule:
     def presence(self) -> float:
         """Mean scorer value on the probe images of the current model."""
         s = self.step
-        z = self.sampler.denoise(s.unet, self.noise, 0, self.sampler.n_steps, s.embeds[self.index], s.uncond,
+        z = self.sampler.denoise(s.unet, self.noise, 0, self.sampler.n_steps, self.embeds[self.index], s.uncond,
                                  self.config.guidance)
-        values = [float(s.scorer(ScoreSample(z=z[k : k + 1], t=0, cond=s.embeds[i : i + 1], prompt=s.prompts[i],
+        values = [float(s.scorer(ScoreSample(z=z[k : k + 1], t=0, cond=self.embeds[i : i + 1], prompt=self.prompts[i],
                                              output=None, reference=None, x0=z[k : k + 1])))
                   for k, i in enumerate(self.index)]
         return sum(values) / len(values)
