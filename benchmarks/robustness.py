@@ -34,8 +34,8 @@ step's cost (``harden_chain``) and is compared with the unhardened erasure.
 
 ``--harden-config JSON`` overrides the hardening preset (rows then carry ``--harden-tag`` and the
 overrides); ``--reuse-deltas`` starts hardened rows from the unhardened row's saved delta of the
-same seed instead of erasing again, and reuses ``OUT/deltas/<row>`` when it hardened that same base
-delta with the same settings.  ``--seed`` seeds the base erasure and the hardening; rows are written to
+same seed and erasure settings instead of erasing again, and reuses ``OUT/deltas/<row>`` when it
+hardened that same base delta with the same settings.  ``--seed`` seeds the base erasure and the hardening; rows are written to
 ``OUT/<method>.json`` (``OUT`` defaults to ``benchmarks/results/robustness/<concept>``).
 
 ``--attack-seeds 1 2 3`` attacks every erasure row's saved delta again with each of those attack seeds
@@ -54,7 +54,9 @@ and whether it meets the bars (<= 0.05 under each attack and after resurgence, p
 >= 0.95 of the original's, plain rate no worse than without hardening).
 
 Each (method) row is written atomically to ``OUT/<method>.json`` as soon as it is
-done and reused on a rerun (delete it to recompute); the table is printed and
+done, with the settings its erasure ran with (``erase_settings``), and reused on a rerun
+(delete it to recompute); a stored row measured with other settings (another resolution, seed,
+overrides or preset) stops the run with a one-line error.  The table is printed and
 written to ``OUT/robustness.md``.
 """
 

@@ -130,6 +130,31 @@ def test_a_stored_row_is_read_back_only_when_it_was_measured_with_the_settings_a
         stored_row(path, request)                                  # stored with overrides, asked without
 
 
+def test_a_row_records_its_erasure_settings_and_a_changed_preset_is_refused(tmp_path, monkeypatch):
+    """A stored row measured under another preset is not read back as this one's, nor its delta reused."""
+    from erasekit.eval.robustness import StoredRowMismatch, delta_settings, erase_config, erase_settings, stored_row
+    from erasekit.methods.trust import TRuSTConfig
+
+    settings = erase_settings(erase_config("trust", 0), "object")
+    assert settings["lr"] == TRuSTConfig.PRESETS["shapes"]["lr"] and "progress" not in settings
+    assert erase_settings(erase_config("trust", 0, {"lr": 0.5}), "object")["lr"] == 0.5
+    path = tmp_path / "trust.json"
+    row = _row("trust", 0.0, 0.8125, 0.125, 0.0, 0.95, seed=0, attack_seed=None)
+    path.write_text(json.dumps({**row, "erase_settings": settings}))
+    request = {"concept": "circle", "n_cases": 16, "seed": 0, "erase_settings": settings}
+    assert stored_row(path, request)["method"] == "trust"
+    monkeypatch.setitem(TRuSTConfig.PRESETS, "shapes", {**TRuSTConfig.PRESETS["shapes"], "lr": 0.5})
+    changed = {**request, "erase_settings": erase_settings(erase_config("trust", 0), "object")}
+    with pytest.raises(StoredRowMismatch, match="erase_settings"):
+        stored_row(path, changed)
+
+    class _Delta:  # what a saved delta's manifest records: the full config dump, runtime fields and all
+        class manifest:
+            config = {**TRuSTConfig.preset("shapes", lr=0.5, progress=False).model_dump(), "concept": "circle"}
+
+    assert delta_settings(_Delta, TRuSTConfig, "object") == changed["erase_settings"] != settings
+
+
 @pytest.mark.slow
 def test_benchmark_script_refuses_a_folder_measured_at_another_resolution_in_one_line(tmp_path):
     import subprocess

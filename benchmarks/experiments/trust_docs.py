@@ -34,6 +34,7 @@ SOURCES = {
     "xi1-candidate-probes32": TRUST_RESULTS / "xi1-cip-candidate-probes32.md",
     "xi1-csr-candidate": TRUST_RESULTS / "xi1-csr-candidate-probes32.md",
     "paper-masks": TRUST_RESULTS / "paper-masks-lr1e-2-kv.md",
+    "steps-to-bar-paper-masks": TRUST_RESULTS / "steps-to-bar-paper-masks.md",
     "paper-masks-nostop": TRUST_RESULTS / "paper-masks-lr1e-2-kv-nostop.md",
     "paper-masks-in-context": TRUST_RESULTS / "paper-masks-lr1e-2-kv-in-context.md",
     "screen": TRUST_RESULTS / "red-screen-screen.md",

@@ -46,6 +46,30 @@ from .tasks import value_task
 UDA, RAB = attack_title("unlearndiff"), attack_title("ringabell")  # the attacks' names in table headers
 
 COLUMNS = ("plain", "ringabell", "unlearndiff", "resurgence")
+# Config fields that change how a run is carried out, not what it computes.
+RUNTIME_FIELDS = ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "progress")
+
+
+def erase_config(method: str, seed: int, method_overrides: dict | None = None):
+    """The config a row's erasure runs with: ``method``'s Shapes preset, quiet, ``seed`` and the overrides."""
+    info = get_method(method)
+    return info.config_cls.for_world("shapes", seed=seed, **quiet(info.config_cls), **(method_overrides or {}))
+
+
+def erase_settings(config, kind: str) -> dict:
+    """What decides a row's erasure of a concept of ``kind``: the fingerprint of the config it runs with there
+    (`for_kind`), less its runtime fields, as JSON stores it."""
+    resolved = config.for_kind(kind).fingerprint()
+    return json.loads(json.dumps({k: v for k, v in resolved.items() if k not in RUNTIME_FIELDS}, default=str))
+
+
+def delta_settings(delta: WeightDelta, config_cls, kind: str) -> dict | None:
+    """`erase_settings` of the config a saved delta records (None when it no longer parses as ``config_cls``)."""
+    recorded = {k: v for k, v in delta.manifest.config.items() if k in config_cls.model_fields}
+    try:
+        return erase_settings(config_cls(**recorded), kind)
+    except ValueError:
+        return None
 
 
 def _plain_rate(pipe, delta, cases, detector, detector_concept, settings) -> float:
@@ -91,14 +115,16 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
     delta, delta_dir = None, None
     if method is not None:
         info = get_method(method)
+        config = erase_config(method, seed, method_overrides)
+        row["erase_settings"] = erase_settings(config, spec.kind)
         t0 = time.perf_counter()
         stored = out / "deltas" / base_label
-        if reuse and (stored / "manifest.json").exists() and WeightDelta.load(stored).manifest.seed == seed:
-            delta = WeightDelta.load(stored)  # the same method, preset and seed: the unhardened row's delta
+        saved = WeightDelta.load(stored) if reuse and (stored / "manifest.json").exists() else None
+        if saved is not None and saved.manifest.seed == seed and delta_settings(saved, info.config_cls, spec.kind) == row["erase_settings"]:
+            delta = saved  # the same method, settings and seed: the unhardened row's delta
             row["erase_reused"] = True
             row["erase_seconds"] = delta.manifest.wall_time_s
         else:
-            config = info.config_cls.for_world("shapes", seed=seed, **quiet(info.config_cls), **(method_overrides or {}))
             delta = info.erase(pipe, spec, config)
             row["erase_seconds"] = time.perf_counter() - t0
         row["erase_iterations"] = delta.manifest.metrics.get("iterations")
@@ -217,8 +243,8 @@ def stored_row(path: Path, request: dict) -> dict | None:
     """The finished row stored at ``path``, None when there is none (or it holds no measurements yet).
 
     Raises `StoredRowMismatch` when the stored row records a setting of ``request`` (concept, cases,
-    seeds, prompt counts, overrides) with another value, so a rerun never mixes resolutions or seeds
-    in one folder; settings a row predates are not compared.
+    seeds, prompt counts, overrides, the erasure's settings) with another value, so a rerun never mixes
+    resolutions, seeds or presets in one folder; settings a row predates are not compared.
     """
     if not path.exists():
         return None
@@ -459,6 +485,8 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
             request["harden_overrides"] = harden_overrides
         if method is not None and method_overrides:
             request["method_overrides"] = method_overrides
+        if method is not None:
+            request["erase_settings"] = erase_settings(erase_config(method, seed, method_overrides), get_concept(concept).kind)
         if (row := stored_row(path, request)) is None:
             if announce is not None:
                 announce(label)

@@ -23,8 +23,8 @@ class TRuSTKVConfig(TRuSTConfig):
     combinations and conditional concepts with one setting (docs/experiments/trust.md).
 
     SD defaults are TRuST's (lr 1e-5, 200 iterations, CSR beta 1) with the changes above;
-    they are untested on Stable Diffusion.  ``shapes`` preset: TRuST's, with 600 iterations
-    and CSR beta 0.1 (at beta 1 CSR holds a colour back).  The seed barely matters: the K/V
+    they are untested on Stable Diffusion.  ``shapes`` preset: the Shapes sampling and pools, lr 1e-3,
+    600 iterations and CSR beta 0.1 (at beta 1 CSR holds a colour back), no stopping rule.  The seed barely matters: the K/V
     losses and the masks drawn from them are deterministic, and only CSR's term draws samples.
     """
 
