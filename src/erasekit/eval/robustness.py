@@ -46,8 +46,6 @@ from .tasks import value_task
 UDA, RAB = attack_title("unlearndiff"), attack_title("ringabell")  # the attacks' names in table headers
 
 COLUMNS = ("plain", "ringabell", "unlearndiff", "resurgence")
-# Config fields that change how a run is carried out, not what it computes.
-RUNTIME_FIELDS = ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "progress")
 
 
 def erase_config(method: str, seed: int, method_overrides: dict | None = None):
@@ -60,7 +58,8 @@ def erase_settings(config, kind: str) -> dict:
     """What decides a row's erasure of a concept of ``kind``: the fingerprint of the config it runs with there
     (`for_kind`), less its runtime fields, as JSON stores it."""
     resolved = config.for_kind(kind).fingerprint()
-    return json.loads(json.dumps({k: v for k, v in resolved.items() if k not in RUNTIME_FIELDS}, default=str))
+    runtime = type(config).RUNTIME_FIELDS
+    return json.loads(json.dumps({k: v for k, v in resolved.items() if k not in runtime}, default=str))
 
 
 def delta_settings(delta: WeightDelta, config_cls, kind: str) -> dict | None:

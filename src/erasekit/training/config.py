@@ -29,6 +29,8 @@ class MethodConfig(BaseModel):
     # Options of the paper or its release added after results were stored, whose default is what
     # ran before; at that default they are left out of `fingerprint` as well.
     LATER_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    # Settings of how a run is carried out, not of what it computes (none here; see FineTuneConfig).
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def extensions(cls) -> set[str]:
@@ -111,11 +113,13 @@ class FineTuneConfig(MethodConfig):
 
     # Trainer options beyond the papers (their default is the papers' constant learning rate).
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("lr_schedule",)
+    # Settings of how a run is carried out, not of what it computes.
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume",
+                                                 "progress")
     # Settings a checkpoint may be resumed across: those that do not change the result, and the
     # learning rate and its schedule, which the checkpoint records and the trainer checks itself
     # (another lr resumes only with resume='new-lr').
-    RUN_KEY_EXCLUDE: ClassVar[tuple[str, ...]] = ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "progress",
-                       "gradient_checkpointing", "lr", "lr_schedule")
+    RUN_KEY_EXCLUDE: ClassVar[tuple[str, ...]] = RUNTIME_FIELDS + ("gradient_checkpointing", "lr", "lr_schedule")
 
 
 def run_key(method: str, config: FineTuneConfig, concept: ConceptSpec | None = None, **extra: Any) -> str:
