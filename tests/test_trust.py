@@ -609,8 +609,10 @@ def test_registry_and_presets():
     s = SalUnConfig()
     assert s.static and s.regularizer == "none" and s.scorer == "forget"
     assert TRuSTConfig.preset("shapes").n_steps == 25 and SalUnConfig.preset("shapes").iterations == 150
-    shapes = TRuSTConfig.preset("shapes")  # one Shapes preset: sampling, lr and the stopping rule
-    assert (shapes.n_steps, shapes.lr, shapes.stop_ratio, shapes.gamma) == (25, 1e-3, 0.1, 1.0)
+    shapes = TRuSTConfig.preset("shapes")  # one Shapes preset: sampling, lr, the K/V term and the stopping rule
+    assert (shapes.n_steps, shapes.lr, shapes.stop_ratio, shapes.gamma) == (25, 1e-2, 0.1, 1.0)
+    assert (shapes.stop_prompts, shapes.retain_preserve, shapes.retain_kv_weight) == ("in-context", True, 0.03)
+    assert (shapes.xi, shapes.mask_every, shapes.regularizer) == (c.xi, c.mask_every, c.regularizer)  # the paper's
     assert (c.mask_unit, c.stop_ratio, c.cip_toward) == ("neuron", None, "zero")
     pp = get_method("salun++").config_cls()
     assert (pp.mask_every, pp.saliency_samples, pp.mask_unit, pp.regularizer) == (1, 1, "entry", "none")

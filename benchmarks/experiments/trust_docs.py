@@ -49,7 +49,7 @@ SOURCES = {
 
 
 BENCHMARK_ROWS = ROOT / "benchmarks" / "results" / "robustness-harden"
-COMPARED = {"trust", "trust-paper-kv", "salun", "salun++", "esd-x", "esd-u"}
+COMPARED = {"trust", "trust-lr1e-3", "salun", "salun++", "esd-x", "esd-u"}
 
 
 def fill(page: str, name: str, body: str) -> str:

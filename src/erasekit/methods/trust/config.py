@@ -20,8 +20,8 @@ from ..saliency import DEFAULT_CLIP
 
 SCOPE = "cross_attn_qkv"
 BETA_DEFAULTS = {"cip": 1e-5, "csr": 1.0}
-SHAPES_PRESET = {"iterations": 200, "lr": 1e-3, "n_steps": 25, "guidance": 3.0, "pool_size": 8, "retain_pool_size": 8,
-                 "stop_ratio": 0.1}
+SHAPES_PRESET = {"iterations": 200, "lr": 1e-2, "n_steps": 25, "guidance": 3.0, "pool_size": 8, "retain_pool_size": 8,
+                 "stop_ratio": 0.1, "stop_prompts": "in-context", "retain_preserve": True, "retain_kv_weight": 0.03}
 
 
 class TRuSTConfig(FineTuneConfig):
@@ -32,10 +32,11 @@ class TRuSTConfig(FineTuneConfig):
     ``beta`` None takes `BETA_DEFAULTS` per regulariser (with ``cip+csr`` a
     given beta applies to both).  ``scope`` None = ``cross_attn_qkv``.
 
-    Preset ``shapes``: the Shapes model's sampling (25 DDIM steps, CFG 3), lr 1e-3,
-    pools of 8 latents, and the stopping rule at a tenfold fall of the detector's
-    measured presence within a 200-iteration budget (``scorer="auto"`` resolves to
-    the Shapes detector there).
+    Preset ``shapes`` (the Shapes model's scale and sampling): 25 DDIM steps, CFG 3,
+    lr 1e-2, pools of 8 latents, the preservation prompts' keys and values held at
+    weight 0.03 (``retain_preserve``, ``retain_kv_weight``), and the stopping rule at a
+    tenfold fall of the detector's measured presence on in-context probes within a
+    200-iteration budget (``scorer="auto"`` resolves to the Shapes detector there).
     """
 
     iterations: int = 200
