@@ -45,6 +45,7 @@ SOURCES = {
     "cip-screen": TRUST_RESULTS / "red-cip-screen-screen.md",
     "red-contrast": TRUST_RESULTS / "red-contrast.md",
     "esd-screen": TRUST_RESULTS / "red-esd-screen-screen.md",
+    "combination-neurons": TRUST_RESULTS / "combination-neurons.md",
 }
 
 

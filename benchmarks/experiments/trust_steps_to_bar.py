@@ -22,9 +22,9 @@ measurement, recorded as ``stopped at``).  Rows go to
 runs already there), and ``steps-to-bar.md`` is rewritten from all of them.  ``--set [METHOD:]FIELD=VALUE``
 overrides a field of every method's preset (or of METHOD's only); such runs go to
 ``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with.
-``--compare NAME... --out STEM [--reference NAME:METHOD...]`` writes one table of the steps to the
-bar per (setting, method) and scenario/seed pair, read from those settings' rows (``preset``: the
-presets' own rows), to ``<STEM>.md``.
+``--compare NAME[:METHOD]... --out STEM [--reference NAME:METHOD...]`` writes one table of the steps
+to the bar per (setting, method) and scenario/seed pair, read from those settings' rows (``preset``:
+the presets' own rows; ``:METHOD`` keeps one method's), to ``<STEM>.md``.
 """
 
 from __future__ import annotations
@@ -291,8 +291,8 @@ def main() -> None:
                     help="override a preset field of every method (or of METHOD only); needs --name")
     ap.add_argument("--name", default=None, help="stem suffix of this setting's rows and table")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from the stored rows")
-    ap.add_argument("--compare", nargs="+", metavar="NAME", help="settings whose rows one table compares "
-                    "('preset': the presets' own rows); needs --out")
+    ap.add_argument("--compare", nargs="+", metavar="NAME[:METHOD]", help="settings whose rows one table "
+                    "compares ('preset': the presets' own rows; ':METHOD' keeps one method's); needs --out")
     ap.add_argument("--out", default=None, help="stem of the --compare table, in the results folder")
     ap.add_argument("--reference", nargs="*", default=[], metavar="SETTING:METHOD",
                     help="--compare lines each line is also set against, over the pairs both reached")
@@ -302,7 +302,11 @@ def main() -> None:
 
         if not a.out:
             ap.error("--compare needs --out")
-        stored = {n: jsonl_rows(files(None if n == "preset" else n)[0]) for n in a.compare}
+        stored = {}
+        for item in a.compare:  # NAME or NAME:METHOD (that setting's rows of one method)
+            name, _, only = item.partition(":")
+            rows = jsonl_rows(files(None if name == "preset" else name)[0])
+            stored[name] = [r for r in rows if not only or r["method"] == only]
         missing = [n for n, rows in stored.items() if not rows]
         if missing:
             ap.error(f"no stored rows for {missing}")
