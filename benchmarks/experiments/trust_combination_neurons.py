@@ -2,9 +2,10 @@
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/experiments/trust_combination_neurons.py --seed 0 1
 
-For the combination red circle, and for each of its parts alone (red, circle), TRuST's ``shapes`` preset (config seed ``--seed``, no stopping rule) trains
-``--steps`` steps and records every neuron mask it selects (`erase`'s ``mask_callback``): the
-output rows of the cross-attention Q/K/V it would change.  For each pair the table gives the
+For the combination red circle, and for each of its parts alone (red, circle), TRuST's ``shapes``
+preset (config seed ``--seed``, no stopping rule) trains ``--steps`` steps and records every neuron
+mask it selects (`erase`'s ``mask_callback``): the output rows of the cross-attention Q/K/V it would
+change.  For each seed the table gives the
 combination's neurons (union over the steps), its parts' neurons, the share of the combination's
 neurons that are also a part's (coverage), and that share for a random set of as many neurons
 (the parts' share of all neurons: what coverage would be if the combination's neurons were drawn
