@@ -210,12 +210,16 @@ def test_in_context_probes_measure_the_concept_on_prompts_training_never_sees(pi
     red = get_concept("shapes/red")
     cfg = dict(iterations=1, stop_ratio=0.5, stop_every=1, stop_probes=6, stop_steps=1, scorer="test-recording",
                saliency_momentum=0.0)
-    get_method("trust").erase(pipe, red, tiny_cfg(**cfg, stop_prompts="in-context"))
+    delta = get_method("trust").erase(pipe, red, tiny_cfg(**cfg, stop_prompts="in-context"))
+    assert delta.manifest.metrics["stop_probes_from"] == "in-context"
     context = in_context_prompts(red)
     assert "a crimson star" in context and len(context) == 4 * 6 * 8  # words x shapes x templates
     assert len(seen) == 6 and set(seen) <= set(context) and not set(seen) & set(red.target_prompts())
     seen.clear()
     get_method("trust").erase(pipe, red, tiny_cfg(**cfg))
     assert len(seen) == 6 and set(seen) <= set(red.target_prompts())
-    with pytest.raises(ValueError, match="not a Shapes value concept"):
-        get_method("trust").erase(pipe, PLAIN, tiny_cfg(**cfg, stop_prompts="in-context"))
+    # a concept with no in-context set (free text, another world's) keeps its training prompts, and says so
+    assert in_context_prompts(PLAIN) is None
+    delta = get_method("trust").erase(pipe, PLAIN, tiny_cfg(**cfg, stop_prompts="in-context"))
+    assert len(seen) == 12 and set(seen[6:]) <= set(PLAIN.target_prompts())
+    assert delta.manifest.metrics["stop_probes_from"] == "targets"

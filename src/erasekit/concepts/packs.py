@@ -152,21 +152,21 @@ def _shapes_pack() -> dict[str, ConceptSpec]:
 _CONTEXT_ATTRIBUTE = {"shape": "color", "color": "shape", "style": "shape"}
 
 
-def in_context_prompts(spec: ConceptSpec) -> list[str]:
+def in_context_prompts(spec: ConceptSpec) -> list[str] | None:
     """Prompts that name a Shapes concept's own words beside each value of a second attribute.
 
     A value concept's prompts name only its attribute ("a red shape"); here each of its target
     words is put beside each value of the attribute captions pair it with (shapes for a colour or
     a style, colours for a shape), in every template: "a crimson star", "clip art of a red circle".
     A combination or a conditional concept already names two attributes: its target prompts.
+    Any other concept (free text, another world's) has no such set: None.
     """
     if spec.combination is not None or spec.condition is not None:
         return spec.target_prompts()
     vocab = load_vocabulary()
     value = spec.name.partition("/")[2]
     if not spec.name.startswith("shapes/") or value not in vocab.all_values:
-        raise ValueError(f"in-context prompts pair a Shapes value with another attribute; {spec.name!r} is not "
-                         "a Shapes value concept")
+        return None
     attribute = vocab.attribute_of(value)
     other = _CONTEXT_ATTRIBUTE[attribute]
     return [caption({attribute: Mention(value, "explicit", word),

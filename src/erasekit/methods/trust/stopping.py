@@ -5,7 +5,8 @@ update) the CURRENT model generates ``stop_probes`` images from fixed seeded
 noise on probe prompts (DDIM ``stop_steps`` steps, CFG ``guidance``): the target
 prompts, or with ``stop_prompts="in-context"`` the concept's words beside a second
 attribute's values (`erasekit.concepts.packs.in_context_prompts`), which training never
-sees.  The step's image scorer (Shapes detector probability, or CLIP score) measures
+sees; a concept without such a set (free text, another world's) keeps the training
+prompts, and the delta's metrics name the set used (``stop_probes_from``).  The step's image scorer (Shapes detector probability, or CLIP score) measures
 the concept on each; their mean is the presence ``P``.  Training stops at the
 first check with ``P <= stop_ratio * P_0`` (``P_0``: the check at iteration 0);
 the remaining iterations change nothing.  The probes draw from their own
@@ -42,11 +43,11 @@ class StopRule:
             raise ValueError("stop_ratio measures the concept on generated images, so it needs an image scorer "
                              "(scorer='detector' on the Shapes world, or 'clip'), not 'forget'")
         self.step, self.config = step, config
-        if config.stop_prompts == "in-context":
-            self.prompts = in_context_prompts(concept)
-            self.embeds = encode_conditions(step.pipe, self.prompts)
-        else:
-            self.prompts, self.embeds = step.prompts, step.embeds
+        context = in_context_prompts(concept) if config.stop_prompts == "in-context" else None
+        if context is not None:
+            self.prompts, self.embeds, self.source = context, encode_conditions(step.pipe, context), "in-context"
+        else:  # the training prompts: asked for, or a concept without an in-context set
+            self.prompts, self.embeds, self.source = step.prompts, step.embeds, "targets"
         g = step_generator(config.seed, PROBE_SALT)
         order = torch.randperm(len(self.prompts), generator=g).tolist()
         self.index = [order[i % len(order)] for i in range(config.stop_probes)]
@@ -93,7 +94,7 @@ class StopRule:
     def metrics(self, iterations: int) -> dict[str, Any]:
         trained = self.stopped_at if self.stopped_at is not None else iterations
         return {"iterations": trained, "iterations_budget": self.config.iterations, "stopped_at": self.stopped_at,
-                "presence_checks": [list(h) for h in self.history]}
+                "presence_checks": [list(h) for h in self.history], "stop_probes_from": self.source}
 
 
 @torch.no_grad()
