@@ -6,8 +6,9 @@ noise on probe prompts (DDIM ``stop_steps`` steps, CFG ``guidance``): the target
 prompts, or with ``stop_prompts="in-context"`` the concept's words beside a second
 attribute's values (`erasekit.concepts.packs.in_context_prompts`), which training never
 sees; a concept without such a set (free text, another world's) keeps the training
-prompts, and the delta's metrics name the set used (``stop_probes_from``).  The step's image scorer (Shapes detector probability, or CLIP score) measures
-the concept on each; their mean is the presence ``P``.  Training stops at the
+prompts, and the delta's metrics name the set used (``stop_probes_from``).  The step's
+image scorer (Shapes detector probability, or CLIP score) measures the concept on
+each; their mean is the presence ``P``.  Training stops at the
 first check with ``P <= stop_ratio * P_0`` (``P_0``: the check at iteration 0);
 the remaining iterations change nothing.  The probes draw from their own
 generator, so checking does not alter the training samples.
