@@ -570,6 +570,14 @@ def test_detector_terms_of_shapes_concepts():
     assert detector_terms(get_concept("shapes/star")) == [("shape", "star")]
     with pytest.raises(ScorerUnavailableError):
         detector_terms(PLAIN)
+    # free text of one word per attribute maps (so the Shapes preset's stopping rule can measure it)
+    from erasekit.cli.free_text import free_text_concept
+
+    assert detector_terms(free_text_concept("a red star", world="shapes")) == [("color", "red"), ("shape", "star")]
+    assert detector_terms(free_text_concept("crimson", world="shapes")) == [("color", "red")]
+    for text in ("cowboy hat", "red blue"):  # unknown words; two values of one attribute
+        with pytest.raises(ScorerUnavailableError):
+            detector_terms(free_text_concept(text, world="shapes"))
 
 
 def test_clip_scorer_missing_weights_one_line_and_auto_fallback(pipe, tmp_path):

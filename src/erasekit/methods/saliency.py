@@ -148,7 +148,10 @@ def forget_scorer(pipe, concept: ConceptSpec, **_: Any) -> Scorer:
 
 
 def detector_terms(concept: ConceptSpec) -> list[tuple[str, str]]:
-    """(attribute, value) pairs of a Shapes concept: 'red circle' -> [('color','red'), ('shape','circle')]."""
+    """(attribute, value) pairs of a Shapes concept: 'red circle' -> [('color','red'), ('shape','circle')].
+
+    A concept given as free text maps when its target is one attribute word or a phrase of one
+    word per attribute ("red star"); otherwise `ScorerUnavailableError`."""
     from ..world.vocabulary import ATTRIBUTES, TIERS, load_vocabulary
 
     vocab = load_vocabulary()
@@ -170,6 +173,10 @@ def detector_terms(concept: ConceptSpec) -> list[tuple[str, str]]:
     terms = [resolve(w) for w in words]
     if any(t is None for t in terms) and concept.combination is None and concept.condition is None:
         terms = [resolve(concept.canonical)]
+        if terms[0] is None:  # a phrase of one word per attribute: "red star", "a striped circle"
+            parts = [resolve(w) for w in concept.canonical.split() if w.lower() not in ("a", "an", "the")]
+            if parts and len({t[0] for t in parts if t is not None}) == len(parts):
+                terms = parts
     if not terms or any(t is None for t in terms):
         raise ScorerUnavailableError(
             f"detector scorer: concept {concept.name!r} does not map onto Shapes detector attributes")

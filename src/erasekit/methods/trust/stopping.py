@@ -42,7 +42,8 @@ class StopRule:
     def __init__(self, step, config, concept: ConceptSpec):
         if step.scorer_name == "forget":
             raise ValueError("stop_ratio measures the concept on generated images, so it needs an image scorer "
-                             "(scorer='detector' on the Shapes world, or 'clip'), not 'forget'")
+                             "(scorer='detector' on the Shapes world, or 'clip'), not 'forget'; set stop_ratio to "
+                             "null to train the whole budget")
         self.step, self.config = step, config
         context = in_context_prompts(concept) if config.stop_prompts == "in-context" else None
         if context is not None:
