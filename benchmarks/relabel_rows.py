@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from erasekit.concepts.packs import get_concept
-from erasekit.eval.robustness import erase_config, erase_settings, unhardened_label
+from erasekit.eval.robustness import erase_config, erase_settings, folder_rows, stored_rows, unhardened_label
 from erasekit.world.atomic import write_text
 
 RECORD_DIRS = ("attack-seeds", "unnamed", "screens")  # files <label>[-<attack>-seed<k>].json with a "row" field
@@ -28,12 +28,7 @@ RECORD_DIRS = ("attack-seeds", "unnamed", "screens")  # files <label>[-<attack>-
 
 def relabels(folder: Path, old: str) -> dict[str, str]:
     """{label: new label suffix} of the rows in ``folder`` labelled ``old`` or hardened from it."""
-    out = {}
-    for path in folder.glob("*.json"):
-        label = path.stem
-        if label == old or unhardened_label(label) == old:
-            out[label] = label[len(old):]
-    return out
+    return {label: label[len(old):] for label in folder_rows(folder) if label == old or unhardened_label(label) == old}
 
 
 def _moves(folder: Path, label: str, new: str) -> list[tuple[Path, Path]]:
@@ -97,9 +92,7 @@ def main() -> None:
     ap.add_argument("--drop-overrides", action="store_true")
     a = ap.parse_args()
     overrides = overrides_of(ap, a.set)
-    folders = sorted({p.parent for p in a.root.glob("**/*.json")
-                      if "deltas" not in p.parts and p.parent.name not in ("attacks", "resurgence", *RECORD_DIRS)})
-    for folder in folders:
+    for folder in stored_rows(a.root):
         for line in relabel_folder(folder, a.old, a.to, a.method, overrides, a.drop_overrides):
             print(line)
 

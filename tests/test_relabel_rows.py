@@ -27,7 +27,7 @@ def _write(path: Path, data: dict) -> None:
 def _folder(tmp_path: Path) -> Path:
     folder = tmp_path / "circle" / "cases48"
     for label in ("trust", "trust+adv", "trust-kv"):
-        _write(folder / f"{label}.json", {"method": label, "concept": "circle", "seed": 0, "adherence": 1.0})
+        _write(folder / f"{label}.json", {"method": label, "concept": "circle", "seed": 0, "adherence": 1.0, "unlearndiff": 0.5})
         _write(folder / "attack-seeds" / f"{label}-unlearndiff-seed1.json", {"row": label, "won": 3})
         _write(folder / "resurgence" / label / "resurgence.json", {"method": "trust"})
         _write(folder / "attacks" / f"{label}-ringabell" / "attack.json", {"method": "trust"})
@@ -65,9 +65,9 @@ def test_a_taken_name_renames_nothing(tmp_path):
 def test_dropping_overrides_needs_the_presets_settings(tmp_path):
     folder = tmp_path / "circle"
     preset = erase_settings(erase_config("trust", 0), "object")
-    _write(folder / "trust-new.json", {"method": "trust-new", "concept": "circle", "seed": 0, "adherence": 1.0,
+    _write(folder / "trust-new.json", {"method": "trust-new", "concept": "circle", "seed": 0, "adherence": 1.0, "unlearndiff": 0.5,
                                        "method_overrides": {"lr": 0.01}, "erase_settings": preset})
-    _write(folder / "trust-other.json", {"method": "trust-other", "concept": "circle", "seed": 0, "adherence": 1.0,
+    _write(folder / "trust-other.json", {"method": "trust-other", "concept": "circle", "seed": 0, "adherence": 1.0, "unlearndiff": 0.5,
                                          "method_overrides": FORMER,
                                          "erase_settings": erase_settings(erase_config("trust", 0, FORMER), "object")})
     relabel_rows.relabel_folder(folder, "trust-new", "trust", "trust", {}, drop=True)

@@ -32,19 +32,17 @@ def neurons(pipe, concept: str, seed: int, steps: int) -> tuple[set[tuple[str, i
     info = get_method("trust")
     config = info.config_cls.for_world("shapes", seed=seed, iterations=steps, stop_ratio=None, progress=False)
     chosen: set[tuple[str, int]] = set()
-    total = 0
+    sizes: dict[str, int] = {}
 
     def record(step: int, masks: dict[str, torch.Tensor]) -> None:
-        nonlocal total
-        total = 0
         for name, mask in masks.items():
             rows = mask.reshape(mask.shape[0], -1).any(dim=1)
-            total += rows.numel()
+            sizes[name] = rows.numel()
             chosen.update((name, int(i)) for i in rows.nonzero().flatten())
 
     torch.manual_seed(seed)
     info.erase(pipe, get_concept(concept), config, mask_callback=record)
-    return chosen, total
+    return chosen, sum(sizes.values())
 
 
 def markdown(rows: list[dict]) -> str:
