@@ -21,7 +21,7 @@ from pathlib import Path
 
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.robustness import erase_config, erase_settings, folder_rows, stored_rows, unhardened_label
-from erasekit.world.atomic import write_text
+from erasekit.world.atomic import write_json
 
 RECORD_DIRS = ("attack-seeds", "unnamed", "screens")  # files <label>[-<attack>-seed<k>].json with a "row" field
 
@@ -73,9 +73,9 @@ def relabel_folder(folder: Path, old: str, to: str, method: str, overrides: dict
             if dst.suffix == ".json" and dst.parent != folder:
                 record = json.loads(dst.read_text())
                 if record.get("row") == label:
-                    write_text(dst, json.dumps({**record, "row": new}, indent=1) + "\n")
+                    write_json(dst, {**record, "row": new})
         row["method"] = new
-        write_text(folder / f"{new}.json", json.dumps(row, indent=1) + "\n")
+        write_json(folder / f"{new}.json", row)
         done.append(f"{folder}: {label} -> {new}")
     return done
 
