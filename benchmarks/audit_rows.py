@@ -196,7 +196,8 @@ def report(fill: bool) -> str:
              "(for a hardened row, its base erasure's id). A row that does not was measured with other "
              "settings or other code; its numbers describe the delta it measured, not today's preset. Delta ids "
              "depend on the torch thread count: the row's recorded count, else one thread, then two. *Id not "
-             "recorded*: a hardened row with neither a saved delta nor an unhardened row beside it.", "",
+             "recorded*: a row from before rows recorded their delta id, or a hardened row with neither a "
+             "saved delta nor an unhardened row beside it.", "",
              "| erasure (row label) | rows | reproduce | do not reproduce | id not recorded | not run |", "|---|---|---|---|---|---|"]
     for m in methods:
         mine = [j for j in judged if j[0]["base"] == m]
