@@ -213,16 +213,25 @@ def report(fill: bool) -> str:
         lines.append(f"| {_shown(e['folder'])} | {e['label']} | {e['method']} "
                      f"{json.dumps(e['overrides']) if e['overrides'] else ''} | {seed} | {e['expected']} ({e['source']}) |")
     if fill:
-        for e, v, threads in judged:
-            if v == "reproduces" and not e["has_settings"]:
-                path = Path(e["folder"]) / f"{e['label']}.json"
-                row = json.loads(path.read_text())
-                config = erase_config(e["method"], e["seed"], e["overrides"])
-                row["erase_settings"] = erase_settings(config, get_concept(e["concept"]).kind)
-                row.setdefault("torch_threads", threads)
-                row.setdefault("seed", e["seed"])  # verified: the erasure at this seed gave the row's id
-                write_json(path, row)
+        fill_settings(judged)
     return "\n".join(lines) + "\n"
+
+
+def fill_settings(judged: list[tuple[dict, str, int | None]]) -> int:
+    """Write ``erase_settings``, the thread count that reproduced the row and its seed into every row that
+    reproduces and records no settings; returns how many rows were written."""
+    written = 0
+    for e, v, threads in judged:
+        if v == "reproduces" and not e["has_settings"]:
+            path = Path(e["folder"]) / f"{e['label']}.json"
+            row = json.loads(path.read_text())
+            config = erase_config(e["method"], e["seed"], e["overrides"])
+            row["erase_settings"] = erase_settings(config, get_concept(e["concept"]).kind)
+            row.setdefault("torch_threads", threads)
+            row.setdefault("seed", e["seed"])  # verified: the erasure at this seed gave the row's id
+            write_json(path, row)
+            written += 1
+    return written
 
 
 def main() -> None:
@@ -236,7 +245,9 @@ def main() -> None:
         print(f"wrote {PAGE}")
         return
     i, _, n = a.shard.partition("/")
-    run(int(i), int(n or 1))
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        ap.error(f"--shard takes I/N with 0 <= I < N, got {a.shard!r}")
+    run(int(i), int(n))
 
 
 if __name__ == "__main__":

@@ -70,3 +70,10 @@ def test_rows_are_judged_by_the_delta_bytes_and_only_verified_rows_are_filled(tm
 
 def test_the_page_is_generated_from_the_records():
     assert audit_rows.PAGE.read_text() == audit_rows.report(fill=False)
+
+
+def test_a_bad_shard_is_a_one_line_error(capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["audit_rows.py", "--shard", "2/2"])
+    with pytest.raises(SystemExit) as exc:
+        audit_rows.main()
+    assert exc.value.code == 2 and "--shard takes I/N" in capsys.readouterr().err
