@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 from erasekit.concepts.packs import get_concept
-from erasekit.eval.robustness import (erase_config, erase_settings, folder_rows, row_label, stored_rows,
-                                      unhardened_label)
+from erasekit.eval.robustness import erase_config, erase_settings, row_label, stored_rows, unhardened_label
 from erasekit.methods.base import get_method, list_methods
 from erasekit.world.atomic import write_json, write_text
 
@@ -72,8 +71,9 @@ def registered_method(base: str, overrides: dict | None, known: dict[str, str | 
     return max(fits, key=len) if fits else None
 
 
-def expected_base_id(folder: Path, label: str, row: dict) -> tuple[str | None, str]:
-    """(the delta id of the row's erasure, where it was read); None when nothing records it."""
+def expected_base_id(folder: Path, label: str, row: dict, beside_rows: dict[str, dict]) -> tuple[str | None, str]:
+    """(the delta id of the row's erasure, where it was read); None when nothing records it.
+    ``beside_rows``: the rows of ``folder``, keyed by label."""
     base = unhardened_label(label)
     if base is None:
         return row.get("delta_id"), "row"
@@ -82,7 +82,7 @@ def expected_base_id(folder: Path, label: str, row: dict) -> tuple[str | None, s
         chain = json.loads(manifest.read_text()).get("config", {}).get("chain") or []
         if chain and chain[0].get("delta_id"):
             return chain[0]["delta_id"], "saved hardened delta"
-    beside = folder_rows(folder).get(base)
+    beside = beside_rows.get(base)
     return (beside.get("delta_id"), "unhardened row beside it") if beside else (None, "not recorded")
 
 
@@ -96,7 +96,7 @@ def audit_rows() -> list[dict]:
                     continue
                 base = unhardened_label(label) or label
                 overrides = row.get("method_overrides") or {}
-                expected, source = expected_base_id(folder, label, row)
+                expected, source = expected_base_id(folder, label, row, rows)
                 out.append({"folder": str(folder), "label": label, "base": base,
                             "method": registered_method(base, overrides, known), "concept": row["concept"],
                             "seed": row.get("seed", 0), "seed_recorded": "seed" in row, "overrides": overrides,
