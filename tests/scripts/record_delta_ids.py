@@ -1,24 +1,30 @@
 """Record the delta id of every registered method on small, fixed cases: the bit-identical guard.
 
 A delta's id hashes the bytes of every tensor it changes (and of their originals), so
-two code versions that compute the same edit produce the same id.  Each case is one
-method on one pipeline (a tiny SD-1/SD-2/SDXL pipeline, or the shipped Shapes model)
-with one preset and a few overrides that keep it small (a handful of iterations,
-trajectories and pool entries).  ``tests/test_delta_ids.py`` recomputes them.
+two code versions that compute the same edit produce the same id on one kind of CPU.  Another
+CPU rounds differently (`erasekit.models.arithmetic`), so each case keeps its ids per arithmetic
+signature, and a summary that does not depend on the CPU: per changed tensor, the L2 norm of the
+change and how many entries changed.  ``tests/test_delta_ids.py`` recomputes every case: the same
+tensors must change, the summary must agree within `RTOL`, and where this machine's signature
+has an id, the id must be equal.  Each case is one method on one pipeline (a tiny SD-1/SD-2/SDXL
+pipeline, or the shipped Shapes model) with one preset and a few overrides that keep it small (a
+handful of iterations, trajectories and pool entries).
 
-Regenerate the stored ids (after a deliberate change of what a method computes):
+Record (after a deliberate change of what a method computes, or to add this machine's ids):
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python tests/scripts/record_delta_ids.py
 
-``--check`` compares instead of writing (exit 1 on a mismatch); ``--family sd1``
-limits either to one pipeline family.  Everything runs on one CPU thread, so the
-ids do not depend on the machine's core count.
+A case whose summary still agrees keeps the other machines' ids and gains this one's; a case whose
+summary changed keeps only this machine's.  ``--check`` compares instead of writing (exit 1 on a
+mismatch); ``--family sd1`` limits either to one pipeline family.  Everything runs on one CPU
+thread, so the ids do not depend on the machine's core count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,6 +32,10 @@ from pathlib import Path
 import torch
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "delta_ids.json"
+# How far a summary may move between CPUs.  Another summation order (the cases on two threads instead of
+# one) moved every summary by less than a tenth of this.
+RTOL = 2e-2
+FLOOR = 1e-5
 FAMILIES = ("sd1", "sd2", "sdxl", "shapes")
 
 # The concept every tiny-pipeline case erases (an object, so each method takes its object scope).
@@ -101,23 +111,47 @@ def concept_of(case: dict):
     return get_concept(case["concept"]) if case["family"] == "shapes" else ConceptSpec(**TINY_CONCEPT)
 
 
-def delta_id(pipe, case: dict) -> str:
+@torch.no_grad()
+def summary(pipe, delta) -> dict[str, list[float]]:
+    """{tensor: [L2 norm of the change, changed entries]} in float64 against ``pipe``'s (original) weights."""
+    from erasekit.models.delta import resolve_tensors
+
+    live = resolve_tensors(pipe, delta.names)
+    out = {}
+    for name in delta.names:
+        change = delta.tensors[name].double() - live[name].detach().cpu().double()
+        out[name] = [float(change.norm()), int((change != 0).sum())]
+    return out
+
+
+def summaries_agree(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool:
+    """The same tensors changed, each by a norm within `RTOL` (plus `FLOOR` of the whole change's norm, for
+    tensors that barely moved) and an entry count within `RTOL` (plus two entries) of the other's."""
+    if a.keys() != b.keys():
+        return False
+    floor = FLOOR * math.sqrt(sum(v[0] ** 2 for v in a.values()))
+    return all(abs(a[n][0] - b[n][0]) <= RTOL * max(a[n][0], b[n][0]) + floor
+               and abs(a[n][1] - b[n][1]) <= RTOL * max(a[n][1], b[n][1]) + 2 for n in a)
+
+
+def erase(pipe, case: dict):
     from erasekit.methods.base import get_method
 
     info = get_method(case["method"])
     config = info.config_cls.preset(case["preset"], **case["overrides"])
-    return info.erase(pipe, concept_of(case), config).delta_id
+    return info.erase(pipe, concept_of(case), config)
 
 
 def compute(family: str, log=None) -> list[dict]:
-    """Every case of ``family`` with its ``delta_id``, on one CPU thread."""
+    """Every case of ``family`` with its ``delta_id`` here and its summary, on one CPU thread."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         pipe, out = pipeline(family), []
         for case in cases(family):
             t0 = time.perf_counter()
-            out.append({**case, "delta_id": delta_id(pipe, case)})
+            delta = erase(pipe, case)
+            out.append({**case, "delta_id": delta.delta_id, "summary": summary(pipe, delta)})
             if log:
                 log(f"{family:6s} {case['method']:8s} {case['preset']:18s} {out[-1]['delta_id']}"
                     f"  ({time.perf_counter() - t0:.1f}s)")
@@ -126,36 +160,65 @@ def compute(family: str, log=None) -> list[dict]:
         torch.set_num_threads(before)
 
 
+def stored_id(case: dict, here: str) -> str | None:
+    """The id a stored case holds for arithmetic signature ``here``, if any."""
+    from erasekit.models.arithmetic import same_arithmetic
+
+    return next((i for sig, i in case["delta_ids"].items() if same_arithmetic(sig, here)), None)
+
+
+def problems(stored: dict, fresh: dict, here: str) -> list[str]:
+    """Why a freshly computed case is not the stored one ([] when it is)."""
+    if not summaries_agree(stored["summary"], fresh["summary"]):
+        only = sorted(stored["summary"].keys() ^ fresh["summary"].keys())
+        return [f"{key(fresh)}: the change differs from the stored summary"
+                + (f" (tensors changed in one only: {', '.join(only[:3])})" if only else "")]
+    want = stored_id(stored, here)
+    if want is not None and want != fresh["delta_id"]:
+        return [f"{key(fresh)}: delta id {fresh['delta_id']}, stored {want} for {here}"]
+    return []
+
+
+def merged(stored: dict | None, fresh: dict, here: str) -> dict:
+    """The case to store: a summary that still agrees keeps the other machines' ids beside this one's."""
+    case = {k: v for k, v in fresh.items() if k not in ("delta_id", "summary")}
+    if stored is not None and summaries_agree(stored["summary"], fresh["summary"]):
+        return {**case, "delta_ids": {**stored["delta_ids"], here: fresh["delta_id"]}, "summary": stored["summary"]}
+    return {**case, "delta_ids": {here: fresh["delta_id"]}, "summary": fresh["summary"]}
+
+
 def key(case: dict) -> str:
     return f"{case['family']}/{case['method']}@{case['preset']}/{case['concept']}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from erasekit.models.arithmetic import signature
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--family", choices=FAMILIES, action="append")
     parser.add_argument("--check", action="store_true", help="compare with --out instead of writing it")
     args = parser.parse_args(argv)
     families = args.family or list(FAMILIES)
-    stored = json.loads(args.out.read_text())["cases"] if args.out.exists() else []
+    stored = {key(c): c for c in json.loads(args.out.read_text())["cases"]} if args.out.exists() else {}
+    here = signature()
     fresh = [c for f in families for c in compute(f, log=lambda s: print(s, file=sys.stderr))]
     if args.check:
-        want = {key(c): c["delta_id"] for c in stored if c["family"] in families}
-        got = {key(c): c["delta_id"] for c in fresh}
-        bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-        for k in bad:
-            print(f"MISMATCH {k}: stored {want.get(k)} computed {got.get(k)}")
+        bad = [p for c in fresh for p in (problems(stored[key(c)], c, here) if key(c) in stored
+                                          else [f"{key(c)}: not stored"])]
+        for p in bad:
+            print(f"MISMATCH {p}")
         return 1 if bad else 0
-    kept = [c for c in stored if c["family"] not in families]
-    ordered = sorted(kept + fresh, key=lambda c: FAMILIES.index(c["family"]))
-    doc = {"about": "delta ids of every method on fixed small cases; regenerate with "
-                    "`PYTHONPATH=src OMP_NUM_THREADS=1 python tests/scripts/record_delta_ids.py`",
+    kept = {**stored, **{key(c): merged(stored.get(key(c)), c, here) for c in fresh}}
+    ordered = sorted(kept.values(), key=lambda c: FAMILIES.index(c["family"]))
+    doc = {"about": "delta ids of every method on fixed small cases, per arithmetic signature, and a summary of each "
+                    "change; record with `PYTHONPATH=src OMP_NUM_THREADS=1 python tests/scripts/record_delta_ids.py`",
            "torch": torch.__version__, "cases": ordered}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(args.out)
-    print(f"wrote {len(ordered)} delta ids to {args.out}")
+    print(f"wrote {len(ordered)} cases to {args.out} (ids for {here})")
     return 0
 
 

@@ -7,16 +7,6 @@ import platform
 from pathlib import Path
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_gb() -> str:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -30,12 +20,13 @@ def _memory_gb() -> str:
 def environment() -> dict:
     import torch
 
+    from ...models.arithmetic import cpu_model
     from ...models.delta import library_versions
 
     return {
         "versions": library_versions(),
         "os": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
