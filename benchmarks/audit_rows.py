@@ -11,9 +11,12 @@ compares the delta id (a hash of the delta's bytes) with the id the row measured
 (``chain``), or else the id of the unhardened row beside it (the base a hardened row reuses).  Delta ids
 depend on the torch thread count: a row that records none is tried with one thread, then (a second
 run of the script) with two where one thread gave another id; a row that records no seed is tried at
-seed 0.
+seed 0.  They also depend on the CPU's arithmetic (`erasekit.models.arithmetic`): a row is compared
+only with erasures run under its own signature, and the script runs only the rows measured under
+this machine's (a row measured on another kind of CPU stays *not run* here).  Rows and records from
+before rows recorded it were all made on AMD EPYC machines (`LEGACY_ARITHMETIC`).
 
-Each erasure is run once per (method, concept, seed, overrides, threads) and recorded in
+Each erasure is run once per (method, concept, seed, overrides, threads, arithmetic) and recorded in
 ``benchmarks/results/row-audit/erasures-<shard>.jsonl`` as it finishes, so a stopped run resumes.
 ``--report`` writes ``docs/experiments/row-audit.md``: per method, how many rows reproduce, and every
 row that does not.  A row that does not reproduce was measured with other settings or other code
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -34,6 +38,7 @@ import torch
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.robustness import erase_config, erase_settings, row_label, stored_rows, unhardened_label
 from erasekit.methods.base import get_method, list_methods
+from erasekit.models.arithmetic import same_arithmetic, signature
 from erasekit.world.atomic import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +46,7 @@ ROOTS = [ROOT / "benchmarks" / "results" / name for name in ("robustness", "robu
 RECORDS = ROOT / "benchmarks" / "results" / "row-audit"
 PAGE = ROOT / "docs" / "experiments" / "row-audit.md"
 EXPERIMENTS = ROOT / "benchmarks" / "experiments"
+LEGACY_ARITHMETIC = "AMD EPYC / unknown"
 
 
 def config_methods() -> dict[str, str | None]:
@@ -101,16 +107,17 @@ def audit_rows() -> list[dict]:
                             "method": registered_method(base, overrides, known), "concept": row["concept"],
                             "seed": row.get("seed", 0), "seed_recorded": "seed" in row, "overrides": overrides,
                             "threads": row.get("torch_threads"), "expected": expected, "source": source,
+                            "arithmetic": row.get("arithmetic", LEGACY_ARITHMETIC),
                             "has_settings": "erase_settings" in row})
     return out
 
 
-def thread_counts(entry: dict, records: dict[str, dict]) -> list[int]:
+def thread_counts(entry: dict, records: dict[str, list[dict]]) -> list[int]:
     """The thread counts to compare a row's erasure at: its recorded count; else one thread, and two
     once one thread has been run and gave another id."""
     if entry["threads"]:
         return [entry["threads"]]
-    one = records.get(erasure_key(entry, 1))
+    one = record_for(records, entry, 1)
     return [1, 2] if one is not None and one["delta_id"] != entry["expected"] else [1]
 
 
@@ -118,27 +125,34 @@ def erasure_key(entry: dict, threads: int) -> str:
     return json.dumps([entry["method"], entry["concept"], entry["seed"], entry["overrides"], threads], sort_keys=True)
 
 
-def load_records() -> dict[str, dict]:
-    records = {}
+def record_for(records: dict[str, list[dict]], entry: dict, threads: int) -> dict | None:
+    """The recorded erasure of ``entry`` at ``threads`` made under the row's own arithmetic, if any."""
+    return next((r for r in records.get(erasure_key(entry, threads), [])
+                 if same_arithmetic(r.get("arithmetic", LEGACY_ARITHMETIC), entry["arithmetic"])), None)
+
+
+def load_records() -> dict[str, list[dict]]:
+    """{erasure key: every record of it (one per arithmetic it was run under)}."""
+    records: dict[str, list[dict]] = {}
     for path in sorted(RECORDS.glob("erasures-*.jsonl")):
         for line in path.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
-                records[record["key"]] = record
+                records.setdefault(record["key"], []).append(record)
     return records
 
 
 def run(shard: int, shards: int) -> None:
     from erasekit.models.loading import load_pipeline
 
-    records = load_records()
+    records, here = load_records(), signature()
     todo = []
     for entry in audit_rows():
-        if entry["method"] is None or entry["expected"] is None:
+        if entry["method"] is None or entry["expected"] is None or not same_arithmetic(entry["arithmetic"], here):
             continue
         for threads in thread_counts(entry, records):
             key = erasure_key(entry, threads)
-            if key not in records and key not in todo:
+            if record_for(records, entry, threads) is None and key not in todo:
                 todo.append(key)
     mine = [k for i, k in enumerate(sorted(todo)) if i % shards == shard]
     print(f"{len(todo)} erasures to run, {len(mine)} in shard {shard}/{shards}", flush=True)
@@ -154,7 +168,7 @@ def run(shard: int, shards: int) -> None:
             delta = get_method(method).erase(pipe, get_concept(concept), erase_config(method, seed, overrides))
         finally:
             torch.set_num_threads(before)
-        record = {"key": key, "delta_id": delta.delta_id, "seconds": round(time.perf_counter() - t0, 1)}
+        record = {"key": key, "delta_id": delta.delta_id, "arithmetic": here, "seconds": round(time.perf_counter() - t0, 1)}
         with out.open("a", encoding="utf-8") as f:  # one line per finished erasure: a stop loses at most one
             f.write(json.dumps(record) + "\n")
         print(f"[{n}/{len(mine)}] {method} {concept} seed {seed} {overrides or ''} threads {threads}: "
@@ -168,14 +182,14 @@ def _shown(folder: str) -> str:
     return str(path.relative_to(results)) if path.is_relative_to(results) else str(path)
 
 
-def verdict(entry: dict, records: dict[str, dict]) -> tuple[str, int | None]:
+def verdict(entry: dict, records: dict[str, list[dict]]) -> tuple[str, int | None]:
     """(verdict, threads that reproduced) of one row."""
     if entry["method"] is None:
         return "no registered method", None
     if entry["expected"] is None:
         return "erasure id not recorded", None
     tried = thread_counts(entry, records)
-    got = [records.get(erasure_key(entry, t)) for t in tried]
+    got = [record_for(records, entry, t) for t in tried]
     if any(g is None for g in got):
         return "not run yet", None
     for t, g in zip(tried, got):
@@ -195,9 +209,13 @@ def report(fill: bool) -> str:
              "`shapes` preset at the row's seed and its `method_overrides`, gives the delta id the row measured "
              "(for a hardened row, its base erasure's id). A row that does not was measured with other "
              "settings or other code; its numbers describe the delta it measured, not today's preset. Delta ids "
-             "depend on the torch thread count: the row's recorded count, else one thread, then two. *Id not "
+             "depend on the torch thread count (the row's recorded count, else one thread, then two) and on "
+             "the CPU's arithmetic: a row is compared only with erasures run under its own signature (CPU model / "
+             "torch kernel level), and *not run* counts rows no machine of that kind has checked yet. *Id not "
              "recorded*: a row from before rows recorded their delta id, or a hardened row with neither a "
              "saved delta nor an unhardened row beside it.", "",
+             "Rows per arithmetic: " + "; ".join(f"{a}: {n}" for a, n in sorted(Counter(
+                 e["arithmetic"] for e in entries).items())) + ".", "",
              "| erasure (row label) | rows | reproduce | do not reproduce | id not recorded | not run |", "|---|---|---|---|---|---|"]
     for m in methods:
         mine = [j for j in judged if j[0]["base"] == m]

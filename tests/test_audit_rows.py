@@ -11,6 +11,7 @@ import pytest
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.robustness import erase_config, erase_settings
 from erasekit.methods.base import get_method
+from erasekit.models.arithmetic import signature
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("audit_rows", ROOT / "benchmarks" / "audit_rows.py")
@@ -20,7 +21,8 @@ _spec.loader.exec_module(audit_rows)
 
 def _row(folder: Path, label: str, **fields) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    row = {"method": label, "concept": "circle", "seed": 0, "torch_threads": 1, "unlearndiff": 0.5, **fields}
+    row = {"method": label, "concept": "circle", "seed": 0, "torch_threads": 1, "arithmetic": signature(),
+           "unlearndiff": 0.5, **fields}
     (folder / f"{label}.json").write_text(json.dumps(row))
 
 
@@ -44,6 +46,7 @@ def test_rows_are_judged_by_the_delta_bytes_and_only_verified_rows_are_filled(tm
     _row(folder, "uce+rece", delta_id="hardened-uce")          # base id: the unhardened row beside it
     _row(folder, "trce-t", delta_id="0" * 16)                   # measured with something else
     _row(folder, "trce-t+adv", delta_id="hardened-trce-t")      # base id: its saved delta's chain
+    _row(folder, "esd-x", delta_id="1" * 16, arithmetic="Another CPU / AVX2")  # not comparable here: not run
     saved = folder / "deltas" / "trce-t+adv"
     saved.mkdir(parents=True)
     (saved / "manifest.json").write_text(json.dumps({"config": {"chain": [{"method": "trce-t", "delta_id": ids["trce-t"]},
@@ -54,13 +57,15 @@ def test_rows_are_judged_by_the_delta_bytes_and_only_verified_rows_are_filled(tm
 
     audit_rows.run(0, 1)
     records = audit_rows.load_records()
-    assert len(records) == 2  # one erasure per (method, concept, seed, overrides, threads), shared by its rows
+    assert len(records) == 2  # one erasure per (method, concept, seed, overrides, threads, arithmetic), shared by its rows
+    assert all(r["arithmetic"] == signature() for rs in records.values() for r in rs)
     verdicts = {e["label"]: audit_rows.verdict(e, records)[0] for e in audit_rows.audit_rows()}
     assert verdicts == {"uce": "reproduces", "uce+rece": "reproduces", "trce-t": "does not reproduce",
-                        "trce-t+adv": "reproduces"}
+                        "trce-t+adv": "reproduces", "esd-x": "not run yet"}
 
     page = audit_rows.report(fill=True)
     assert "| trce-t | 2 | 1 | 1 | 0 | 0 |" in page and f"| {folder} | trce-t | trce-t  | 0 | {'0' * 16} (row) |" in page
+    assert "| esd-x | 1 | 0 | 0 | 0 | 1 |" in page and "Another CPU / AVX2: 1" in page
     kind = get_concept("circle").kind
     for label in ("uce", "uce+rece", "trce-t+adv"):
         row = json.loads((folder / f"{label}.json").read_text())

@@ -34,6 +34,7 @@ from ..concepts.packs import get_concept
 from ..generation import SamplingSettings
 from ..methods.base import get_method
 from ..methods.harden import VARIANTS, harden, variant_chain, variant_config
+from ..models.arithmetic import signature
 from ..models.delta import WeightDelta, apply_delta, revert_delta
 from .attacks import concept_cases, judge_prompts, model_state, run_attack, run_resurgence
 from .attacks.run import attack_title
@@ -106,7 +107,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
     label = row_label(method, hardening, tag, method_overrides, method_tag) if method is not None else None
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
                  "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,
-                 "torch_threads": torch.get_num_threads()}  # delta ids are bytes: a rebuild needs the same count
+                 # delta ids are bytes: a rebuild needs the same thread count and CPU arithmetic
+                 "torch_threads": torch.get_num_threads(), "arithmetic": signature()}
     if harden_overrides and hardening is not None:
         row["harden_overrides"] = harden_overrides
     if method_overrides and method is not None:

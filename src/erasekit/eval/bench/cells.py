@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from ...generation import SamplingSettings
+from ...models.arithmetic import signature
 from ...models.delta import apply_delta, revert_delta
 from ...training.progress import rich_progress
 from .adversarial import AdversarialSource
@@ -238,7 +239,7 @@ def _measure_method(pipe, scenario, variant, plan, settings, reader, adv, origin
         "composition": "single delta" if len(outcome.steps) == 1 else
                        f"sequential: {len(outcome.steps)} erasures, each on top of the previous, composed into one delta",
         "scopes": scopes, "changed": changed, "memory": outcome.memory,
-        "delta_ids": [d.delta_id for d in outcome.steps], "hardware": machine_line(),
+        "delta_ids": [d.delta_id for d in outcome.steps], "arithmetic": signature(), "hardware": machine_line(),
         "method_metrics": [{k: v for k, v in d.manifest.metrics.items() if v is None or isinstance(v, (int, float, str))}
                            for d in outcome.steps],
     }
