@@ -62,4 +62,5 @@ def test_arithmetic_signatures_match_by_cpu_and_kernel_level():
     assert same_arithmetic("AMD EPYC / AVX2", "AMD EPYC / AVX2")
     assert not same_arithmetic("AMD EPYC / AVX2", "AMD EPYC / AVX512")
     assert same_arithmetic("AMD EPYC / unknown", "AMD EPYC / AVX512")  # recorded before the level was
+    assert same_arithmetic("AMD EPYC / AVX512", "AMD EPYC / unknown")
     assert not same_arithmetic("AMD EPYC / unknown", "Intel(R) Xeon(R) Processor / AVX512")

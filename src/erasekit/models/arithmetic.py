@@ -32,8 +32,8 @@ def signature() -> str:
 
 
 def same_arithmetic(stored: str, here: str | None = None) -> bool:
-    """Whether ids recorded under ``stored`` are comparable here.  A signature recorded before the kernel
-    level was (``"<CPU model> / unknown"``) matches on the model alone."""
-    here = here or signature()
-    model, _, level = stored.rpartition(" / ")
-    return stored == here or (level == "unknown" and here.rpartition(" / ")[0] == model)
+    """Whether ids recorded under ``stored`` are comparable with ids made under ``here`` (default: this
+    machine).  A signature recorded before the kernel level was (``"<CPU model> / unknown"``) matches
+    on the model alone."""
+    (model_a, _, level_a), (model_b, _, level_b) = stored.rpartition(" / "), (here or signature()).rpartition(" / ")
+    return model_a == model_b and (level_a == level_b or "unknown" in (level_a, level_b))
