@@ -1,6 +1,6 @@
 """benchmarks/audit_rows.py: a stored row reproduces when today's preset gives the delta id it measured (a
-hardened row: its base's id, from its saved delta's chain or the unhardened row beside it); only verified
-rows get erase_settings written into them."""
+hardened row: its base's id, recorded in the row or read from the unhardened row beside it measured under
+the same arithmetic); only verified rows get erase_settings written into them."""
 
 import importlib.util
 import json
@@ -45,12 +45,9 @@ def test_rows_are_judged_by_the_delta_bytes_and_only_verified_rows_are_filled(tm
     _row(folder, "uce", delta_id=ids["uce"])
     _row(folder, "uce+rece", delta_id="hardened-uce")          # base id: the unhardened row beside it
     _row(folder, "trce-t", delta_id="0" * 16)                   # measured with something else
-    _row(folder, "trce-t+adv", delta_id="hardened-trce-t")      # base id: its saved delta's chain
+    _row(folder, "trce-t+adv", delta_id="hardened-trce-t", base_delta_id=ids["trce-t"])  # base id: the row's own
     _row(folder, "esd-x", delta_id="1" * 16, arithmetic="Another CPU / AVX2")  # not comparable here: not run
-    saved = folder / "deltas" / "trce-t+adv"
-    saved.mkdir(parents=True)
-    (saved / "manifest.json").write_text(json.dumps({"config": {"chain": [{"method": "trce-t", "delta_id": ids["trce-t"]},
-                                                                          {"method": "harden:adv"}]}}))
+    _row(folder, "esd-x+adv", delta_id="hardened-esd-x")        # the row beside it is another CPU's: no base id
     monkeypatch.setattr(audit_rows, "ROOTS", [tmp_path / "robustness"])
     monkeypatch.setattr(audit_rows, "RECORDS", tmp_path / "records")
     monkeypatch.setattr("erasekit.models.loading.load_pipeline", lambda name: shapes_pipe)
@@ -61,11 +58,11 @@ def test_rows_are_judged_by_the_delta_bytes_and_only_verified_rows_are_filled(tm
     assert all(r["arithmetic"] == signature() for rs in records.values() for r in rs)
     verdicts = {e["label"]: audit_rows.verdict(e, records)[0] for e in audit_rows.audit_rows()}
     assert verdicts == {"uce": "reproduces", "uce+rece": "reproduces", "trce-t": "does not reproduce",
-                        "trce-t+adv": "reproduces", "esd-x": "not run yet"}
+                        "trce-t+adv": "reproduces", "esd-x": "not run yet", "esd-x+adv": "erasure id not recorded"}
 
     page = audit_rows.report(fill=True)
     assert "| trce-t | 2 | 1 | 1 | 0 | 0 |" in page and f"| {folder} | trce-t | trce-t  | 0 | {'0' * 16} (row) |" in page
-    assert "| esd-x | 1 | 0 | 0 | 0 | 1 |" in page and "Another CPU / AVX2: 1" in page
+    assert "| esd-x | 2 | 0 | 0 | 1 | 1 |" in page and "Another CPU / AVX2: 1" in page
     kind = get_concept("circle").kind
     for label in ("uce", "uce+rece", "trce-t+adv"):
         row = json.loads((folder / f"{label}.json").read_text())

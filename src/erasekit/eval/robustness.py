@@ -106,9 +106,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
     base_label = row_label(method, None, tag, method_overrides, method_tag) if method is not None else None
     label = row_label(method, hardening, tag, method_overrides, method_tag) if method is not None else None
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
-                 "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,
-                 # delta ids are bytes: a rebuild needs the same thread count and CPU arithmetic
-                 "torch_threads": torch.get_num_threads(), "arithmetic": signature()}
+                 "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,  # ids are bytes: a
+                 "torch_threads": torch.get_num_threads(), "arithmetic": signature()}  # rebuild needs both
     if harden_overrides and hardening is not None:
         row["harden_overrides"] = harden_overrides
     if method_overrides and method is not None:
@@ -128,7 +127,7 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
         else:
             delta = info.erase(pipe, spec, config)
             row["erase_seconds"] = time.perf_counter() - t0
-        row["erase_iterations"] = delta.manifest.metrics.get("iterations")
+        row["erase_iterations"], row["base_delta_id"] = delta.manifest.metrics.get("iterations"), delta.delta_id
         if hardening is not None:
             delta = _harden_chain(pipe, delta, spec, hardening, row, out, base_label, seed, harden_overrides, tag, reuse)
         delta_dir = out / "deltas" / label
