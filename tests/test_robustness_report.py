@@ -216,7 +216,7 @@ def test_a_hardening_chain_applies_each_variant_in_turn_and_reuses_a_saved_first
     by_hand = harden(shapes_pipe, once, spec, RECEConfig.for_world("shapes"))
     row: dict = {}
     chained = _harden_chain(shapes_pipe, base, spec, "rece+rece", row, tmp_path, "uce", 0, None, "", reuse=True)
-    assert chained.delta_id == by_hand.delta_id
+    assert chained.delta_id == by_hand.delta_id and row["base_delta_id"] == base.delta_id  # what the audit checks
     assert [s["variant"] for s in row["harden_chain"]] == ["rece", "rece"]
     assert row["harden_chain"][0]["reused"] is True and "reused" not in row["harden_chain"][1]
     assert row["harden_iterations"] == f"{len(once.manifest.metrics['rounds'])}+{len(by_hand.manifest.metrics['rounds'])}"

@@ -106,8 +106,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
     base_label = row_label(method, None, tag, method_overrides, method_tag) if method is not None else None
     label = row_label(method, hardening, tag, method_overrides, method_tag) if method is not None else None
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
-                 "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,  # ids are bytes: a
-                 "torch_threads": torch.get_num_threads(), "arithmetic": signature()}  # rebuild needs both
+                 "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,
+                 "torch_threads": torch.get_num_threads(), "arithmetic": signature()}  # ids are bytes of both
     if harden_overrides and hardening is not None:
         row["harden_overrides"] = harden_overrides
     if method_overrides and method is not None:
@@ -127,7 +127,7 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
         else:
             delta = info.erase(pipe, spec, config)
             row["erase_seconds"] = time.perf_counter() - t0
-        row["erase_iterations"], row["base_delta_id"] = delta.manifest.metrics.get("iterations"), delta.delta_id
+        row["erase_iterations"] = delta.manifest.metrics.get("iterations")
         if hardening is not None:
             delta = _harden_chain(pipe, delta, spec, hardening, row, out, base_label, seed, harden_overrides, tag, reuse)
         delta_dir = out / "deltas" / label
@@ -162,11 +162,11 @@ def _harden_chain(pipe, delta: WeightDelta, spec, hardening: str, row: dict, out
                   overrides: dict | list[dict] | None, tag: str, reuse: bool) -> WeightDelta:
     """``delta`` hardened by each variant of ``hardening`` in turn (``adv+rece``: adv, then rece on its result),
     each with its Shapes preset; ``overrides`` apply to the last variant, or, given as a list, one dict to each
-    variant in turn; fills ``row``'s hardening cost.
+    variant in turn; fills ``row``'s hardening cost and the base erasure's id (``base_delta_id``).
 
     With ``reuse``, a step whose delta is saved under ``out/deltas/<label so far>`` from the same base delta and
     settings (for example the ``adv`` row's delta, the first step of ``adv+rece``) is read back."""
-    steps = variant_chain(hardening)
+    steps, row["base_delta_id"] = variant_chain(hardening), delta.delta_id
     per_step = chain_overrides(steps, overrides)
     done: list[dict] = []
     for i, variant in enumerate(steps):
