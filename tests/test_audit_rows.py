@@ -36,6 +36,7 @@ def test_a_row_label_names_its_registered_method(base, overrides, method):
     assert audit_rows.registered_method(base, overrides, audit_rows.config_methods()) == method
 
 
+@pytest.mark.usefixtures("one_thread")  # the rows record one thread: erase at one under any OMP_NUM_THREADS
 def test_rows_are_judged_by_the_delta_bytes_and_only_verified_rows_are_filled(tmp_path, monkeypatch, shapes_pipe):
     ids = {}
     for method in ("uce", "trce-t"):

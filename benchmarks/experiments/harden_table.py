@@ -102,10 +102,20 @@ def _asked(args: dict) -> set[str]:
     return names | {row_label(m, h, tag, overrides, method_tag) for h in args.get("harden") or [] for m in methods}
 
 
+def _gap(r: dict) -> str:
+    """A ``proj`` row's restoration gap: how far RECE's closed-form adversarial embedding stays from the concept's
+    base keys and values, in units of the concept-to-anchor gap (0: fully back)."""
+    return f"{r['restoration_gap']:.3f}" if "restoration_gap" in r else "-"
+
+
+def _training(r: dict) -> str:
+    return _gap(r) if "restoration_gap" in r else train_loss(r.get("train_attack"))
+
+
 def table(configs: list[Path]) -> str:
     lines = [INTRO, "| experiment | row | overrides | cases | seed / attack seed | plain | UnlearnDiffAtk | Ring-A-Bell "
              "| resurgence | preservation (vs unhardened) | own attribute | erase s (it) | harden s (it) "
-             "| train attack | bars UDA/RaB/res/pres/plain |", "|" + "---|" * 15]
+             "| train attack (proj: restoration gap) | bars UDA/RaB/res/pres/plain |", "|" + "---|" * 15]
     judged: dict[tuple[Path, str], dict] = {}
     for path in configs:
         doc = json.loads(path.read_text())
@@ -141,7 +151,7 @@ def table(configs: list[Path]) -> str:
                          f"| {rate_with_interval(r['plain'], n)} | {attack_text(r, 'unlearndiff')} "
                          f"| {attack_text(r, 'ringabell')} | {res} "
                          f"| {pres_cells} | {cost(r, 'erase')} "
-                         f"| {cost(r, 'harden')} | {train_loss(r.get('train_attack'))} | {verdict} |")
+                         f"| {cost(r, 'harden')} | {_training(r)} | {verdict} |")
     lines += ["", "What each experiment asked:", ""]
     lines += [f"- `{p.stem}`: {json.loads(p.read_text()).get('about', '')}" for p in configs]
     lines += screens(configs)
@@ -157,7 +167,7 @@ def screens(configs: list[Path]) -> list[str]:
              "wording tiers (explicit / synonym / implicit) and preservation, as in the table above, to choose what is "
              "worth attacking; rows in `OUT/screens/`, their deltas where a full run with `--reuse-deltas` reuses them.",
              "", "| experiment | row | overrides | seed | tiers e / s / i | preservation (vs unhardened) | own attribute "
-             "| harden s (it) |", "|" + "---|" * 8]
+             "| harden s (it) | proj: restoration gap |", "|" + "---|" * 9]
     for path in configs:
         args = json.loads(path.read_text())["args"]
         if not args.get("screen"):
@@ -165,7 +175,7 @@ def screens(configs: list[Path]) -> list[str]:
         folder = ROOT / args["out"]
         rows = {k: v for k, v in screen_rows(folder).items() if k in _asked(args)}
         if not rows:
-            lines.append(f"| {path.stem} | not measured | - | - | - | - | - | - |")
+            lines.append(f"| {path.stem} | not measured | - | - | - | - | - | - | - |")
             continue
         concept = args.get("concept", "circle")
         folder_stored = folder_rows(folder)
@@ -174,7 +184,7 @@ def screens(configs: list[Path]) -> list[str]:
             pres_cells = _preservation_cells(folder_stored, name, r, original, concept, folder)[1]
             tiers = " / ".join(f"{r['tiers'][t]:.2f}" for t in ("explicit", "synonym", "implicit"))
             lines.append(f"| {path.stem} | {name} | {overrides_text(r.get('harden_overrides')) or '-'} | {r.get('seed', 0)} "
-                         f"| {tiers} | {pres_cells} | {cost(r, 'harden')} |")
+                         f"| {tiers} | {pres_cells} | {cost(r, 'harden')} | {_gap(r)} |")
     return lines if len(lines) > 7 else []
 
 

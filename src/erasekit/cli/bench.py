@@ -51,7 +51,7 @@ def bench(
                                                    "the robustness rows (both attacks, resurgence) of this concept "
                                                    "(repeatable) for the --method selection, then rebuild the report."),
     harden: Optional[list[str]] = typer.Option(None, "--harden", help="With --robustness: also each method hardened "
-                                               "by this variant (rece, adv, or a chain such as adv+rece; repeatable)."),
+                                               "by this variant (rece, adv, proj, or a chain such as adv+rece; repeatable)."),
     attack_seed: Optional[list[int]] = typer.Option(None, "--attack-seed", help="With --robustness: also attack "
                                                     "every erasure row with this attack seed (repeatable); the report "
                                                     "pools each attack's rate over the row's seeds."),

@@ -41,7 +41,7 @@ def erase(
                                  "24 GB GPU and exit without loading weights or training."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a delta already in --out."),
     harden: Optional[str] = typer.Option(None, "--harden", help="Then harden the erasure against attacks: rece "
-                                         "(closed form) or adv (adversarial training); one delta is written."),
+                                         "(closed form), adv (adversarial training) or proj (K/V null space); one delta is written."),
 ):
     """Erase a concept; writes the weight delta and its manifest."""
     from ..methods.base import UnknownMethodError, get_method
@@ -52,8 +52,11 @@ def erase(
     except UnknownMethodError as err:
         fail(str(err))
     checks.seed_range(seed)
-    if harden is not None and harden not in ("rece", "adv"):
-        fail(f"unknown hardening variant {harden!r} (available: rece, adv)")
+    if harden is not None:
+        from ..methods.harden import VARIANTS
+
+        if harden not in VARIANTS:
+            fail(f"unknown hardening variant {harden!r} (available: {', '.join(VARIANTS)})")
     if harden is not None and len(concept or []) + len(target or []) > 1:
         fail("--harden hardens one concept: erase several, then run `erasekit harden` per concept")
     if not dry_run:

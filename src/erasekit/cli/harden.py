@@ -17,7 +17,8 @@ def harden(
     concept: str = typer.Option(..., help="The erased concept (name or YAML/JSON concept file)."),
     out: Path = typer.Option(..., help="Run folder of the composed delta (base erasure + hardening)."),
     variant: str = typer.Option("rece", help="rece: closed-form adversarial embedding + K/V edit (RECE); "
-                                "adv: adversarial training of the text encoder or a UNet scope (AdvUnlearn)."),
+                                "adv: adversarial training of the text encoder or a UNet scope (AdvUnlearn); "
+                                "proj: the concept's text directions put in the K/V null space (erasekit's)."),
     model: str = typer.Option("shapes"),
     preset: Optional[str] = typer.Option(None, help="Config preset (default: 'shapes' on the Shapes model, else 'sd')."),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file of hardening config overrides."),

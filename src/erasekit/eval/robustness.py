@@ -265,12 +265,12 @@ def quiet(config_cls) -> dict:
 
 
 def _harden_cost(metrics: dict) -> dict:
-    """Iterations (``rece``: rounds) of a hardening run and, where it attacked, its training attack's last rounds."""
+    """A hardening run's iterations (rece, proj: rounds), proj's restoration gap, its training attack's last rounds."""
     cost = {"harden_iterations": len(metrics["rounds"]) if "rounds" in metrics else metrics.get("iterations")}
+    cost.update({k: v for k, v in (metrics.get("rounds") or [{}])[-1].items() if k == "restoration_gap"})  # proj
     rounds = metrics.get("attack_rounds", [])
     if rounds:
-        tail = rounds[-10:]
-        cost["harden_attack_steps"] = metrics.get("attack_iterations")
+        cost["harden_attack_steps"], tail = metrics.get("attack_iterations"), rounds[-10:]
         cost["train_attack"] = {"rounds": len(rounds),
                                 "last10_loss_first": sum(r["loss_first"] for r in tail) / len(tail),
                                 "last10_loss_last": sum(r["loss_last"] for r in tail) / len(tail)}

@@ -16,9 +16,10 @@ from ...concepts.spec import ConceptSpec
 from ...models.delta import WeightDelta
 from ...training.config import MethodConfig
 from .adv import AdvConfig, harden_adv
+from .proj import ProjConfig, harden_proj
 from .rece import RECEConfig, adversarial_embedding, harden_rece, reproduction_error
 
-VARIANTS: dict[str, type[MethodConfig]] = {"rece": RECEConfig, "adv": AdvConfig}
+VARIANTS: dict[str, type[MethodConfig]] = {"rece": RECEConfig, "adv": AdvConfig, "proj": ProjConfig}
 
 
 def harden(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: MethodConfig) -> WeightDelta:
@@ -27,6 +28,8 @@ def harden(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Method
         return harden_adv(pipe, delta, concept, config)
     if isinstance(config, RECEConfig):
         return harden_rece(pipe, delta, concept, config)
+    if isinstance(config, ProjConfig):
+        return harden_proj(pipe, delta, concept, config)
     raise TypeError(f"no hardening variant takes a {type(config).__name__}")
 
 
@@ -45,5 +48,5 @@ def variant_chain(text: str) -> list[str]:
     return steps
 
 
-__all__ = ["AdvConfig", "RECEConfig", "VARIANTS", "adversarial_embedding", "harden", "harden_adv", "harden_rece",
+__all__ = ["AdvConfig", "ProjConfig", "RECEConfig", "VARIANTS", "adversarial_embedding", "harden", "harden_adv", "harden_proj", "harden_rece",
            "reproduction_error", "variant_chain", "variant_config"]
