@@ -402,3 +402,26 @@ def test_kv_retain_term_needs_the_unet_and_is_left_out_of_the_fingerprint_at_its
         harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "module": "unet", "unet_scope": "non_cross_attn",
                                                 "retain_kv_weight": 1.0}))
     assert "retain_kv_weight" not in AdvConfig.preset("shapes").fingerprint()
+
+
+def test_extra_targets_join_the_training_prompts_and_the_recorded_concept_stays_the_concept(sd1, monkeypatch):
+    """``extra_targets`` are trained in the concept's templates beside its own targets; the manifest records the
+    concept as given, and the field stays out of the fingerprint at its default (existing delta ids unchanged)."""
+    from erasekit.methods.harden import adv
+
+    seen = {}
+    original = adv.AdvStep.__init__
+
+    def spy(self, pipe, concept, config, *args, **kwargs):
+        seen["targets"] = list(concept.targets)
+        seen["prompts"] = adv.training_prompts(concept, config.prompts, config.n_synonyms, config.n_templates)
+        return original(self, pipe, concept, config, *args, **kwargs)
+
+    monkeypatch.setattr(adv.AdvStep, "__init__", spy)
+    cfg = AdvConfig(**{**TINY, "iterations": 2, "warmup": 1, "prompts": "grid", "extra_targets": ["stone tower"]})
+    hardened = harden(sd1, None, CONCEPT, cfg)
+    assert seen["targets"] == ["church", "chapel", "stone tower"]
+    assert any("stone tower" in p for p in seen["prompts"])
+    assert hardened.manifest.metrics["training_prompts"] == len(seen["prompts"])
+    assert hardened.manifest.config["concept"]["targets"] == ["church", "chapel"]
+    assert "extra_targets" not in AdvConfig(**TINY).fingerprint() and "extra_targets" in cfg.fingerprint()

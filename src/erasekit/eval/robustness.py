@@ -211,7 +211,8 @@ def overrides_text(overrides: dict | list[dict] | None) -> str:
     """``k=v, ...``; a list (one dict per chain step) joins the steps' texts with ``; ``, an empty step as ``-``."""
     if isinstance(overrides, list):
         return "; ".join(overrides_text(o) or "-" for o in overrides)
-    return ", ".join(f"{k}={v}" for k, v in (overrides or {}).items())
+    return ", ".join(f"{k}={v if not isinstance(v, list) or len(v) <= 4 else f'[{len(v)} items: {v[0]!r}, ...]'}"
+                     for k, v in (overrides or {}).items())  # a long list (extra_targets) by its length
 
 
 def _stored_step(folder: Path, last: bool, base: WeightDelta, variant: str, cfg) -> WeightDelta | None:
@@ -328,8 +329,7 @@ def markdown(rows: list[dict], concept: str, n_cases: int, steps: int) -> str:
              "(mean over explicit/synonym/implicit tiers); tiers: explicit/synonym/implicit probe prompts; "
              "preservation: other values' adherence relative to the original model's.", "",
              f"| method | tiers | preservation | plain | {RAB} | {UDA} | resurgence (before -> after) "
-             "| erase s (iterations) | harden s (iterations) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| erase s (iterations) | harden s (iterations) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         res = f"{r['resurgence_before']:.2f} -> {r['resurgence']:.2f}" if "resurgence" in r else "-"
         erase_s = cost(r, "erase")

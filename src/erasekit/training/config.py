@@ -45,7 +45,7 @@ class MethodConfig(BaseModel):
     @classmethod
     def left_out_at_default(cls, name: str, value: Any) -> bool:
         """Whether ``name`` is an optional field and ``value`` its default (a setting that decides nothing new)."""
-        return name in cls.optional_fields() and value == cls.model_fields[name].default
+        return name in cls.optional_fields() and value == cls.model_fields[name].get_default(call_default_factory=True)
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the result: every field, less the optional fields still at their defaults."""

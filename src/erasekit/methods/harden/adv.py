@@ -142,8 +142,12 @@ class AdvConfig(FineTuneConfig):
     unnamed_weight: float = Field(0.0, ge=0, description="w_u: weight of the term steering the unnamed prompts "
                                   "(the training prompts with the target left out) away from the concept")
     unnamed_guidance: float = Field(1.0, gt=0, description="g_u: negative guidance of the unnamed-prompt term")
+    extra_targets: list[str] = Field(default_factory=list, description="more target phrases hardened with the "
+                                     "concept's own, in its templates (e.g. combinations of kept words that the "
+                                     "base model draws as the concept); the concept's preserve list is unchanged")
 
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance", "retain_kv_weight")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance", "retain_kv_weight",
+                                             "extra_targets")
     LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("text_layers",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
@@ -368,6 +372,9 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     if config.retain_kv_weight > 0 and config.module != "unet":
         raise ValueError("retain_kv_weight holds the UNet's cross-attention keys and values: it needs module='unet'")
     t0 = time.perf_counter()
+    recorded = concept
+    if config.extra_targets:
+        concept = concept.model_copy(update={"targets": [*concept.targets, *config.extra_targets]})
     trained_module = pipe.text_encoder if config.module == "text_encoder" else pipe.unet
     prefix = "text_encoder." if config.module == "text_encoder" else "unet."
     scope = _trained_scope(pipe, config)
@@ -403,7 +410,7 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
         metrics = {**result.metrics(), "scope": scope.name, "module": config.module, "attack_rounds": step_fn.rounds,
                    "attack_iterations": len(step_fn.rounds) * config.attack_steps,
                    "training_prompts": len(prompts), "retain_prompts": len(retain)}
-        delta_out = composed_delta(pipe, originals, delta, "adv", concept, config, metrics, t0)
+        delta_out = composed_delta(pipe, originals, delta, "adv", recorded, config, metrics, t0)
     finally:
         copy_in(pipe, originals)
     return delta_out
