@@ -65,7 +65,7 @@ from ...training.trainer import reference_weights
 from ..esd import sampled_steps, training_prompts
 from ..losses import esd_target
 from ..retain import KVMatchLoss, text_kv_names
-from .common import check_fits, composed_delta, copy_in
+from .common import composed_delta, copy_in, load_base
 
 TEXT_SCOPE = "text_encoder_full"
 if TEXT_SCOPE not in list_scopes():
@@ -395,9 +395,7 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
             "uncond": encode_conditions(pipe, [""]),
             "retain_ids": token_ids(pipe, retain) if retain else None,
             "retain_cond": encode_conditions(pipe, retain) if retain else None}
-    check_fits(pipe, delta)
-    if delta is not None:
-        copy_in(pipe, delta.tensors)
+    load_base(pipe, delta)
     other = pipe.unet if config.module == "text_encoder" else pipe.text_encoder
     try:
         with _frozen(other):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ...concepts.spec import ConceptSpec
-from ...models.delta import DeltaMismatchError, WeightDelta, peak_memory_bytes, resolve_tensors
+from ...models.delta import DeltaMismatchError, WeightDelta, peak_memory_bytes, resolve_tensors, snapshot
 from ...training.config import MethodConfig
 
 
@@ -29,6 +29,43 @@ def copy_in(pipe, values: dict[str, torch.Tensor]) -> None:
     """Copy ``values`` (qualified names) into ``pipe``'s live tensors."""
     for name, t in resolve_tensors(pipe, values).items():
         t.copy_(values[name])
+
+
+def load_base(pipe, delta: WeightDelta | None) -> None:
+    """Copy ``delta`` (None: nothing) into ``pipe``, which must hold the base tensors it expects."""
+    check_fits(pipe, delta)
+    if delta is not None:
+        copy_in(pipe, delta.tensors)
+
+
+def kv_snapshot(pipe, delta: WeightDelta | None) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The base model's tensors that a closed-form K/V hardening may change (every cross-attention key and
+    value projection, and ``delta``'s tensors), and copies of the key and value weights in layer order."""
+    from ..closed_form import cross_attention_kv_names
+
+    kv_names = cross_attention_kv_names(pipe.unet)
+    originals = snapshot(pipe, sorted(set(kv_names) | set(delta.names if delta is not None else [])))
+    return originals, [originals[n].clone() for n in kv_names]
+
+
+def preserved_prompts(pipe, concept: ConceptSpec, config: MethodConfig) -> list[str]:
+    """A closed-form hardening's preserved prompts: the empty prompt (``preserve: empty``), the concept's
+    preserve list (at most ``max_preserve``), or that list plus ``n_general`` general prompts."""
+    if config.preserve == "empty":
+        return [""]
+    own = list(concept.preserve[: config.max_preserve])
+    if config.preserve == "concept":
+        return own
+    from ...concepts.general import general_prompts
+
+    return own + general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
+
+
+def kv_projections(unet) -> list[torch.nn.Linear]:
+    """Every cross-attention key and value projection of ``unet``, in layer order."""
+    from ...models.scopes import cross_attention_layers
+
+    return [getattr(attn, p) for attn in cross_attention_layers(unet).values() for p in ("to_k", "to_v")]
 
 
 def chain_of(delta: WeightDelta | None) -> list[dict]:

@@ -39,12 +39,12 @@ import torch
 from pydantic import Field
 
 from ...concepts.spec import ConceptSpec
-from ...models.delta import WeightDelta, snapshot
+from ...models.delta import WeightDelta
 from ...models.text import encode_prompts
 from ...training.config import MethodConfig
-from ..closed_form import cross_attention_kv_names, second_moment
-from .common import check_fits, composed_delta, copy_in
-from .rece import _kv, adversarial_embedding, reproduction_error
+from ..closed_form import second_moment
+from .common import composed_delta, copy_in, kv_projections, kv_snapshot, load_base, preserved_prompts
+from .rece import adversarial_embedding, reproduction_error
 
 
 class ProjConfig(MethodConfig):
@@ -126,21 +126,14 @@ def harden_proj(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: P
 
     ``pipe`` must hold the base model (``delta`` not applied); it is left as it was found.
     """
-    from .rece import _preserved
-
     t0 = time.perf_counter()
-    kv_names = cross_attention_kv_names(pipe.unet)
-    names = sorted(set(kv_names) | set(delta.names if delta is not None else []))
-    originals = snapshot(pipe, names)
-    base_kv = [originals[n].clone() for n in kv_names]
+    originals, base_kv = kv_snapshot(pipe, delta)
     width = base_kv[0].shape[1]
     sources, anchors = concept.prompt_pairs(config.n_templates)
     concept_rows = _rows(pipe, sources, width)
     base_anchor_rows = _rows(pipe, anchors, width)
-    preserve = _preserved(pipe, concept, config)
-    check_fits(pipe, delta)
-    if delta is not None:
-        copy_in(pipe, delta.tensors)
+    preserve = preserved_prompts(pipe, concept, config)
+    load_base(pipe, delta)
     rounds = []
     try:
         anchor_rows = _rows(pipe, anchors, width)
@@ -149,7 +142,7 @@ def harden_proj(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: P
         concept_moment = second_moment(energy)
         preserve_moment = second_moment(preserve_rows)
         held = second_moment(torch.cat([preserve_rows, concept_rows, anchor_rows])) if config.refit else None
-        projections = _kv(pipe.unet)
+        projections = kv_projections(pipe.unet)
         erased = [p.weight.detach().clone() for p in projections]
         basis = None
         for r in range(config.rounds):

@@ -43,14 +43,13 @@ import torch
 from pydantic import Field
 
 from ...concepts.spec import ConceptSpec
-from ...models.delta import WeightDelta, snapshot
-from ...models.scopes import cross_attention_layers
+from ...models.delta import WeightDelta
 from ...models.conditioning import encode_conditions
 from ...models.text import encode_prompts, token_ids
 from ...training.config import MethodConfig
-from ..closed_form import closed_form_edit, cross_attention_kv_names, second_moment
+from ..closed_form import closed_form_edit, second_moment
 from .adv import AdvConfig, AdvStep
-from .common import check_fits, composed_delta, copy_in
+from .common import composed_delta, copy_in, kv_projections, kv_snapshot, load_base, preserved_prompts
 
 
 # the adv variant's Shapes attack (the ``attack`` of its shapes preset), for ``attack_rounds``
@@ -134,21 +133,6 @@ def _prompts(concept: ConceptSpec, config: RECEConfig) -> tuple[list[str], list[
     return sources, anchors
 
 
-def _preserved(pipe, concept: ConceptSpec, config: RECEConfig) -> list[str]:
-    if config.preserve == "empty":
-        return [""]
-    own = list(concept.preserve[: config.max_preserve])
-    if config.preserve == "concept":
-        return own
-    from ...concepts.general import general_prompts
-
-    return own + general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
-
-
-def _kv(unet) -> list[torch.nn.Linear]:
-    return [getattr(attn, p) for attn in cross_attention_layers(unet).values() for p in ("to_k", "to_v")]
-
-
 class PromptAttack:
     """The adv variant's soft-prompt attack on ``pipe``'s current weights, for RECE's ``attack_rounds``."""
 
@@ -180,7 +164,7 @@ def rece_epoch(pipe, base_kv: list[torch.Tensor], source_rows: torch.Tensor, anc
     """One RECE round on ``pipe``'s cross-attention K/V, in place; returns the round's measurements.
 
     ``attacked`` (source, anchor) rows are edited as they are, beside the closed-form embeddings."""
-    projections = _kv(pipe.unet)
+    projections = kv_projections(pipe.unet)
     current = [p.weight for p in projections]
     closed = adversarial_embedding(current, base_kv, source_rows, config.embedding_reg)
     before = reproduction_error(current, base_kv, closed, source_rows)
@@ -206,16 +190,11 @@ def harden_rece(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: R
     """
     config = config.for_concept(concept)
     t0 = time.perf_counter()
-    kv_names = cross_attention_kv_names(pipe.unet)
-    names = sorted(set(kv_names) | set(delta.names if delta is not None else []))
-    originals = snapshot(pipe, names)
-    base_kv = [originals[n].clone() for n in kv_names]
+    originals, base_kv = kv_snapshot(pipe, delta)
     sources, anchors = _prompts(concept, config)
     source_rows = encode_prompts(pipe, sources).reshape(-1, base_kv[0].shape[1]).double().cpu()
-    preserve = _preserved(pipe, concept, config)
-    check_fits(pipe, delta)
-    if delta is not None:
-        copy_in(pipe, delta.tensors)
+    preserve = preserved_prompts(pipe, concept, config)
+    load_base(pipe, delta)
     rounds = []
     try:
         # the concept rows above are the base encoder's (what the base model computed); the anchor targets
