@@ -36,7 +36,7 @@ from erasekit.world.assets_paths import load_detector
 from erasekit.world.vocabulary import load_vocabulary
 
 ROOT = Path("benchmarks/results/robustness-harden")
-FOLDERS = ["red/cases48", "red/cases48-seed1"]
+FOLDERS = ["circle/cases48", "red/cases48", "red/cases48-seed1"]
 PAGE = Path("docs/experiments/mixtures.md")
 GUIDANCE = 3.0
 
