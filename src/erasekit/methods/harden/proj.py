@@ -136,19 +136,19 @@ def harden_proj(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: P
     load_base(pipe, delta)
     rounds = []
     try:
-        anchor_rows = _rows(pipe, anchors, width)
+        # held rows are those of the encoder the hardened model reads (the delta's, if it changed it)
+        changed_text = delta is not None and any(n.startswith("text_encoder.") for n in delta.names)
+        anchor_rows = _rows(pipe, anchors, width) if changed_text else base_anchor_rows
         preserve_rows = _rows(pipe, preserve, width)
-        energy = concept_rows - anchor_rows if config.source == "difference" else concept_rows
+        energy = concept_rows - base_anchor_rows if config.source == "difference" else concept_rows
         concept_moment = second_moment(energy)
         preserve_moment = second_moment(preserve_rows)
         held = second_moment(torch.cat([preserve_rows, concept_rows, anchor_rows])) if config.refit else None
         projections = kv_projections(pipe.unet)
         erased = [p.weight.detach().clone() for p in projections]
-        basis = None
+        adv = None
         for r in range(config.rounds):
-            if r > 0:
-                current = [p.weight for p in projections]
-                adv = adversarial_embedding(current, base_kv, concept_rows, config.embedding_reg)
+            if adv is not None:  # the previous round's adversarial embeddings, on the weights it left
                 concept_moment = concept_moment + second_moment(adv - concept_rows)
             basis = concept_directions(concept_moment, preserve_moment, config.rank * (r + 1), config.preserve_ridge)
             with torch.no_grad():
