@@ -394,6 +394,27 @@ def test_kv_retain_term_pulls_the_retain_prompts_keys_and_values_back_to_the_bas
     assert repaired.manifest.config["harden"]["retain_kv_weight"] == 1.0
 
 
+def test_retain_terms_held_at_the_erased_model_keep_what_the_delta_moved(sd1):
+    """With ``retain_reference="erased"`` the retain terms' reference is the model the run starts from: the
+    K/V and noise-space retain terms are zero there, so a retain-only run leaves the delta's K/V as they were,
+    where the base reference pulls them back."""
+    names = cross_attention_kv_names(sd1.unet)
+    base_w = snapshot(sd1, names)
+    g = torch.Generator().manual_seed(0)
+    moved = WeightDelta.from_state_dicts(base_w, {n: t + 0.05 * torch.randn(t.shape, generator=g)
+                                                  for n, t in base_w.items()}, method="hand-made")
+    settings = {**TINY, "module": "unet", "unet_scope": "cross_attn_kv", "attack_steps": 0, "defence_weight": 0.0,
+                "retain": "concept+general", "retain_weight": 1.0, "retain_kv_weight": 1.0, "iterations": 6,
+                "lr": 3e-3}
+    kept = harden(sd1, moved, CONCEPT, AdvConfig(**settings, retain_reference="erased"))
+    pulled = harden(sd1, moved, CONCEPT, AdvConfig(**settings))
+    off = [float((kept.tensors[n] - moved.tensors[n]).abs().max()) for n in names]
+    back = [float((pulled.tensors[n] - moved.tensors[n]).abs().max()) for n in names]
+    assert max(off) < 1e-6 < min(back)
+    assert kept.manifest.config["harden"]["retain_reference"] == "erased"
+    assert "retain_reference" not in AdvConfig.preset("shapes").fingerprint()
+
+
 def test_kv_retain_term_needs_the_unet_and_is_left_out_of_the_fingerprint_at_its_default(sd1):
     with pytest.raises(ValueError, match="needs module='unet'") as err:
         harden(sd1, None, CONCEPT, AdvConfig(**{**TINY, "retain_kv_weight": 1.0}))

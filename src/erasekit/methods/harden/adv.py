@@ -32,6 +32,8 @@
    cross-attention ``to_k``/``to_v`` weights W in scope give their tokens S.  w_u (``unnamed_weight``,
    g_u ``unnamed_guidance``) steers the unnamed form u ("a red shape" -> "a shape", on latents the
    current model draws for u) away from the concept.  w_e, w_u, w_kv are 0 in the release.
+   ``retain_reference="erased"`` holds the retain terms (w, w_e, w_kv) at the erased model the run
+   starts from (``delta`` applied; retain prompts encoded by its text encoder) instead of the base model.
 
 ``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the release's
 ``text_encoder_full``; ``text_layers=[0]``: layer 0 alone, its ``text_encoder_layer0``), ``module="unet"``
@@ -133,6 +135,9 @@ class AdvConfig(FineTuneConfig):
     retain: Literal["general", "concept+general"] = "general"
     retain_source: Literal["current", "base"] = Field("current", description="model that generates the retain "
                                                       "latents: the one being trained (release) or the base model")
+    retain_reference: Literal["base", "erased"] = Field(
+        "base", description="model the retain terms hold the retain prompts at: the base model before the delta "
+                            "(release) or the erased model the hardening starts from (the delta applied)")
     retain_embedding_weight: float = Field(0.0, ge=0, description="w_e: weight of the retain prompts' relative "
                                            "text-embedding drift (text encoder only; 0: the release)")
     retain_embedding_batch: int = Field(32, ge=1, description="retain prompts per step in the embedding term")
@@ -147,7 +152,7 @@ class AdvConfig(FineTuneConfig):
                                      "base model draws as the concept); the concept's preserve list is unchanged")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance", "retain_kv_weight",
-                                             "extra_targets")
+                                             "extra_targets", "retain_reference")
     LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("text_layers",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
@@ -195,8 +200,10 @@ class AdvStep:
     """One AdvUnlearn iteration (attack when due, then the defence loss); see the module docstring."""
 
     def __init__(self, pipe, concept: ConceptSpec, config: AdvConfig, base_unet: dict[str, torch.Tensor],
-                 base: dict[str, Any], retain_kv: Callable[[], torch.Tensor] | None = None):
+                 base: dict[str, Any], retain_kv: Callable[[], torch.Tensor] | None = None,
+                 keep_unet: dict[str, torch.Tensor] | None = None):
         self.retain_kv = retain_kv
+        self.keep_unet = base_unet if keep_unet is None else keep_unet  # the retain term's reference UNet tensors
         self.pipe, self.unet, self.te, self.config, self.base_unet = pipe, pipe.unet, pipe.text_encoder, config, base_unet
         self.ids, self.retain_ids = base["ids"], base["retain_ids"]
         self.cond, self.uncond, self.retain_cond = base["cond"], base["uncond"], base["retain_cond"]
@@ -229,6 +236,10 @@ class AdvStep:
 
     def _base(self):
         return reference_weights(self.unet, self.base_unet) if self.base_unet else torch.no_grad()
+
+    def _keep(self):
+        """The retain term's reference model: the base UNet, or with ``retain_reference="erased"`` the erased one."""
+        return reference_weights(self.unet, self.keep_unet) if self.keep_unet else torch.no_grad()
 
     def attack(self, step: int, g: torch.Generator) -> None:
         cfg = self.config
@@ -276,7 +287,7 @@ class AdvStep:
         if cfg.retain_weight > 0 and self.retain_ids is not None:
             pick = torch.tensor([randint(len(self.retain_ids), g) for _ in range(cfg.retain_batch)])
             rz, rt = self._latent(pick, self.retain_cond, g, base=cfg.retain_source == "base")
-            with self._base():
+            with self._keep():
                 keep = predict(self.unet, rz, rt, self.retain_cond[pick])
             loss = loss + cfg.retain_weight * F.mse_loss(predict(self.unet, rz, rt, self.encode(self.retain_ids[pick], None)), keep)
         if cfg.retain_embedding_weight > 0 and self.retain_ids is not None:
@@ -341,9 +352,10 @@ def _retain_prompts(pipe, concept: ConceptSpec, config: AdvConfig) -> list[str]:
     return own + general_prompts(pipe, config.retain_pool, exclude_words=list(concept.targets))
 
 
-def _retain_kv(trainer: Trainer, config: AdvConfig, base_unet: dict[str, torch.Tensor],
+def _retain_kv(trainer: Trainer, config: AdvConfig, keep_unet: dict[str, torch.Tensor],
                base: dict[str, Any]) -> Callable[[], torch.Tensor] | None:
-    """The w_kv term as a call (None when off): the retain prompts' keys and values drift from the base model's."""
+    """The w_kv term as a call (None when off): the retain prompts' keys and values drift from those the
+    reference UNet tensors ``keep_unet`` give them."""
     if config.retain_kv_weight <= 0:
         return None
     tokens = base["retain_cond"].embeds
@@ -351,7 +363,7 @@ def _retain_kv(trainer: Trainer, config: AdvConfig, base_unet: dict[str, torch.T
     if not names:
         raise ValueError(f"retain_kv_weight needs cross-attention to_k/to_v weights in unet_scope; "
                          f"{config.unet_scope!r} has none")
-    loss = KVMatchLoss(base_unet, names, tokens.reshape(-1, tokens.shape[-1]))
+    loss = KVMatchLoss(keep_unet, names, tokens.reshape(-1, tokens.shape[-1]))
     return lambda: loss(trainer.params)
 
 
@@ -398,12 +410,18 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     load_base(pipe, delta)
     other = pipe.unet if config.module == "text_encoder" else pipe.text_encoder
     try:
+        if config.retain_reference == "erased" and retain:
+            base["retain_cond"] = encode_conditions(pipe, retain)  # the erased model's text encoder
         with _frozen(other):
             trainer = Trainer.from_config(trained_module, scope, config, config.iterations,
                                           run_key=run_key("harden:adv", config, concept,
                                                           base=delta.delta_id if delta is not None else None),
                                           description="harden:adv")
-            step_fn = AdvStep(pipe, concept, config, base_unet, base, _retain_kv(trainer, config, base_unet, base))
+            keep_unet = base_unet
+            if config.retain_reference == "erased":  # the trained UNet tensors as they start; the rest stay erased
+                keep_unet = dict(trainer.originals) if config.module == "unet" else {}
+            step_fn = AdvStep(pipe, concept, config, base_unet, base, _retain_kv(trainer, config, keep_unet, base),
+                              keep_unet)
             result = trainer.run(step_fn)
         metrics = {**result.metrics(), "scope": scope.name, "module": config.module, "attack_rounds": step_fn.rounds,
                    "attack_iterations": len(step_fn.rounds) * config.attack_steps,
