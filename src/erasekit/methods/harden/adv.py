@@ -26,20 +26,18 @@
          + w_kv sum_W ||(W - W_base) S^T||^2 / ||W_base S^T||^2
 
    ``z_r``: partial generations of the trained model (``retain_source="base"``: the base model's).
-   Relative drifts from the base model, all token rows of the retain prompts: w_e
-   (``retain_embedding_weight``, ``retain_embedding_batch`` prompts; text encoder only) of their
-   text-encoder output, w_kv (``retain_kv_weight``; UNet only) of the keys and values the
-   cross-attention ``to_k``/``to_v`` weights W in scope give their tokens S.  w_u (``unnamed_weight``,
-   g_u ``unnamed_guidance``) steers the unnamed form u ("a red shape" -> "a shape", on latents the
-   current model draws for u) away from the concept.  w_e, w_u, w_kv are 0 in the release.
-   ``retain_reference="erased"`` holds the retain terms (w, w_e, w_kv) at the erased model the run
-   starts from (``delta`` applied; retain prompts encoded by its text encoder) instead of the base model.
+   w_e (``retain_embedding_weight``, ``retain_embedding_batch`` prompts; text encoder only) and w_kv
+   (``retain_kv_weight``; UNet only) hold relative drifts over all token rows of the retain prompts: of
+   their text-encoder output, and of the keys and values the cross-attention ``to_k``/``to_v`` weights W
+   in scope give their tokens S.  The retain terms' reference ("base" above) is the base model, or with
+   ``retain_reference="erased"`` the erased model the run starts from.  w_u (``unnamed_weight``, g_u
+   ``unnamed_guidance``) steers the unnamed form u ("a red shape" -> "a shape", on latents the current
+   model draws for u) away from the concept.  w_e, w_u, w_kv are 0 in the release.
 
 ``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the release's
-``text_encoder_full``; ``text_layers=[0]``: layer 0 alone, its ``text_encoder_layer0``), ``module="unet"``
-the UNet parameters of ``unet_scope``.  "Base" is the model before ``delta`` (conditioning encoded
-before it is copied in, UNet swapped in for reference passes).  The result is one delta relative to the
-base model; ``metrics.attack_rounds`` holds each round's first and last attack loss.
+``text_encoder_full``; ``text_layers=[0]``: its ``text_encoder_layer0``), ``module="unet"`` the UNet's
+``unet_scope``.  "Base" is the model before ``delta`` (conditioning encoded before it is copied in, UNet
+swapped in for reference passes); the result is one delta relative to it (``metrics.attack_rounds``).
 """
 
 from __future__ import annotations
