@@ -404,12 +404,13 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
             "anchor_cond": encode_conditions(pipe, anchors) if anchors else None,
             "uncond": encode_conditions(pipe, [""]),
             "retain_ids": token_ids(pipe, retain) if retain else None,
-            "retain_cond": encode_conditions(pipe, retain) if retain else None}
+            # with retain_reference "erased" they are encoded below, by the erased model's text encoder
+            "retain_cond": encode_conditions(pipe, retain) if retain and config.retain_reference == "base" else None}
     load_base(pipe, delta)
     other = pipe.unet if config.module == "text_encoder" else pipe.text_encoder
     try:
         if config.retain_reference == "erased" and retain:
-            base["retain_cond"] = encode_conditions(pipe, retain)  # the erased model's text encoder
+            base["retain_cond"] = encode_conditions(pipe, retain)
         with _frozen(other):
             trainer = Trainer.from_config(trained_module, scope, config, config.iterations,
                                           run_key=run_key("harden:adv", config, concept,
