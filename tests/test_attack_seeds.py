@@ -80,6 +80,7 @@ def test_extra_seeds_run_once_on_the_rows_delta_and_are_reused(shapes_pipe, red_
     assert not result_path(folder, "uce", "ringabell", 0).exists()
     stored = json.loads(result_path(folder, "uce", "ringabell", 1).read_text())
     assert stored["delta_id"] == row["delta_id"] and stored["n_cases"] == 2 and stored["won"] == len(stored["won_cases"])
+    assert len(stored["won_prompts"]) == stored["won"] and all(isinstance(p, str) for p in stored["won_prompts"])
     assert seed_counts(folder, row, "ringabell") == {0: 1, 1: stored["won"]}
 
     def no_attack(*args, **kwargs):

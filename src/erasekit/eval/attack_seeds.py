@@ -5,7 +5,8 @@ A robustness row (`erasekit.eval.robustness`) runs each attack once, with the at
 attack's random draws (its search's initial tokens and the noise of its steps); the delta, the
 cases, the judge and the budget are the row's.  `run_attack_seeds` runs an attack again on the
 row's saved delta with other seeds and stores each run as
-``<folder>/attack-seeds/<row>-<attack>-seed<k>.json`` (atomic, reused on a rerun).
+``<folder>/attack-seeds/<row>-<attack>-seed<k>.json`` (the cases won and their adversarial prompts;
+atomic, reused on a rerun).
 
 `seed_counts` gathers the cases won under every seed (the row's own count for its seed, the stored
 runs for the others, skipping runs made on another delta or another number of cases), and
@@ -72,9 +73,10 @@ def run_attack_seeds(pipe, folder: Path, row: dict, attack: str, seeds: list[int
                 announce(f"{label} {attack} attack seed {seed}")
             result = run_attack(pipe, attack, spec, delta=delta, config={"seed": seed}, cases=cases, detector=detector,
                                 detector_concept=detector_concept, settings=settings)
-            won = [f.case_number for f in result.found if f.success]
+            won = [f for f in result.found if f.success]
             write_json(path, {"row": label, "attack": attack, "seed": seed, "n_cases": len(cases), "won": len(won),
-                              "won_cases": won, "delta_id": None if delta is None else delta.delta_id,
+                              "won_cases": [f.case_number for f in won], "won_prompts": [f.prompt for f in won],
+                              "delta_id": None if delta is None else delta.delta_id,
                               "seconds": result.seconds})
         runs.append(json.loads(path.read_text(encoding="utf-8")))
     return runs
