@@ -39,6 +39,14 @@ def test_the_table_reports_the_first_checkpoint_that_meets_both_bars():
     assert "| trust | 1 of 2 | 30.0 | 60.0 |" in lines and "| salun | 2 of 2 | 10.0 | 20.0 |" in lines
 
 
+def test_the_trajectory_lists_every_measured_checkpoint_with_its_fall():
+    rows = [_row("combination", "trust", 1, [(2, 0.45, None), (4, 0.0, 0.8), (6, 0.09, 0.95)], 40, 40)]
+    lines = [line for line in script().trajectory(rows).splitlines() if line.startswith("| combination")]
+    assert lines == ["| combination | trust | 1 | 2 | 0.45 / 0.90 | 2.0 | – | no |",
+                     "| combination | trust | 1 | 4 | 0.00 / 0.90 | inf | 0.80 | no |",
+                     "| combination | trust | 1 | 6 | 0.09 / 0.90 | 10.0 | 0.95 | yes |"]
+
+
 def test_overrides_apply_to_every_method_or_to_the_one_named():
     s = script()
     got = s.method_overrides(["lr=0.01", "trust:mask_every=5", "retain_kv_weight=0.03"], ["trust", "salun"])

@@ -46,6 +46,8 @@ SOURCES = {
     "red-contrast": TRUST_RESULTS / "red-contrast.md",
     "esd-screen": TRUST_RESULTS / "red-esd-screen-screen.md",
     "combination-neurons": TRUST_RESULTS / "combination-neurons.md",
+    "combination-every2": TRUST_RESULTS / "steps-to-bar-comb-every2.md",
+    "combination-every2-rpool32": TRUST_RESULTS / "steps-to-bar-comb-every2-rpool32.md",
 }
 
 

@@ -21,7 +21,8 @@ measurement, recorded as ``stopped at``).  Rows go to
 ``benchmarks/results/experiments/trust/steps-to-bar.jsonl`` as each run finishes (a rerun skips the
 runs already there), and ``steps-to-bar.md`` is rewritten from all of them.  ``--set [METHOD:]FIELD=VALUE``
 overrides a field of every method's preset (or of METHOD's only); such runs go to
-``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with.
+``steps-to-bar-<--name>.{jsonl,md}``, each row with the overrides it ran with (``--trajectory`` adds
+every measured checkpoint to the table).
 ``--compare NAME[:METHOD]... --out STEM [--reference NAME:METHOD...]`` writes one table of the steps
 to the bar per (setting, method) and scenario/seed pair, read from those settings' rows (``preset``:
 the presets' own rows; ``:METHOD`` keeps one method's), to ``<STEM>.md``.
@@ -117,6 +118,21 @@ def markdown(rows: list[dict]) -> str:
         secs = [reached[k][m]["seconds"] for k in common]
         out.append(f"| {m} | {n} of {len(runs)} | {_cell(statistics.mean(steps) if steps else None, '.1f')} | "
                    f"{_cell(statistics.mean(secs) if secs else None, '.1f')} |")
+    return "\n".join(out) + "\n"
+
+
+def trajectory(rows: list[dict]) -> str:
+    """Every measured checkpoint of every run: its step, target rate, fall and preservation."""
+    out = ["Every measured checkpoint, in step order, until the first that meets the bars (preservation '–': "
+           "not measured, the rate had not fallen fivefold).", "",
+           "| scenario | method | seed | step | rate / original | fall (x) | preservation | meets the bars |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=_order):
+        for c in r["checkpoints"]:
+            fall = r["original_rate"] / c["rate"] if c["rate"] > 0 else float("inf")
+            out.append(f"| {r['scenario']} | {r['method']} | {r['seed']} | {c['step']} | "
+                       f"{c['rate']:.2f} / {r['original_rate']:.2f} | {fall:.1f} | {_cell(c['preservation'], '.2f')} | "
+                       f"{'yes' if c['meets'] else 'no'} |")
     return "\n".join(out) + "\n"
 
 
@@ -291,6 +307,7 @@ def main() -> None:
                     help="override a preset field of every method (or of METHOD only); needs --name")
     ap.add_argument("--name", default=None, help="stem suffix of this setting's rows and table")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from the stored rows")
+    ap.add_argument("--trajectory", action="store_true", help="append every measured checkpoint to the table")
     ap.add_argument("--compare", nargs="+", metavar="NAME[:METHOD]", help="settings whose rows one table "
                     "compares ('preset': the presets' own rows; ':METHOD' keeps one method's); needs --out")
     ap.add_argument("--out", default=None, help="stem of the --compare table, in the results folder")
@@ -327,8 +344,11 @@ def main() -> None:
 
     from erasekit.world.atomic import write_text
 
+    def render(rows: list[dict]) -> str:
+        return markdown(rows) + ("\n" + trajectory(rows) if a.trajectory else "")
+
     if a.report:
-        write_text(table, markdown(jsonl_rows(rows_file)))
+        write_text(table, render(jsonl_rows(rows_file)))
         print(f"wrote {table}")
         return
 
@@ -351,7 +371,7 @@ def main() -> None:
                 row = measure_run(pipe, settings, reader, key, method, seed, a, overrides[method])
                 with rows_file.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
-                write_text(table, markdown(jsonl_rows(rows_file)))
+                write_text(table, render(jsonl_rows(rows_file)))
                 print(next(line for line in markdown([row]).splitlines() if line.startswith(f"| {key} |")), flush=True)
 
 
