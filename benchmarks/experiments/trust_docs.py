@@ -48,6 +48,9 @@ SOURCES = {
     "combination-neurons": TRUST_RESULTS / "combination-neurons.md",
     "combination-every2": TRUST_RESULTS / "steps-to-bar-comb-every2.md",
     "combination-every2-rpool32": TRUST_RESULTS / "steps-to-bar-comb-every2-rpool32.md",
+    "combination-every2-b4": TRUST_RESULTS / "steps-to-bar-comb-every2-b4.md",
+    "combination-every2-b4-g10": TRUST_RESULTS / "steps-to-bar-comb-every2-b4-g10-rpool32.md",
+    "b4-g10-cells": TRUST_RESULTS / "b4-g10-rpool32-cells.md",
 }
 
 
