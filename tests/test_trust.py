@@ -461,6 +461,13 @@ def test_batch_size_draws_that_many_forget_and_retain_samples(pipe, monkeypatch)
     assert per_step == (3 * 2, 3) and (calls.count(False), calls.count(True)) == (3 * 3, 3 * 2)
     assert one.delta_id != two.delta_id
     assert "batch_size" not in tiny_cfg().fingerprint()  # at its default it leaves earlier runs' ids alone
+    calls.clear()
+    get_method("trust").erase(pipe, COMBO, tiny_cfg(gamma=1.0, retain_batch_size=3))
+    # retain_batch_size sets the retain draws alone: one forget sample per step, three retain samples
+    assert (calls.count(False), calls.count(True)) == (3 * 2, 3 * 3)
+    assert "retain_batch_size" not in tiny_cfg().fingerprint()
+    with pytest.raises(ValueError):
+        tiny_cfg(retain_batch_size=0)
 
 
 def test_esd_forget_target_is_the_frozen_models_negatively_guided_prediction(pipe, monkeypatch):

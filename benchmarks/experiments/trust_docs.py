@@ -51,6 +51,8 @@ SOURCES = {
     "combination-every2-b4": TRUST_RESULTS / "steps-to-bar-comb-every2-b4.md",
     "combination-every2-b4-g10": TRUST_RESULTS / "steps-to-bar-comb-every2-b4-g10-rpool32.md",
     "b4-g10-cells": TRUST_RESULTS / "b4-g10-rpool32-cells.md",
+    "b4-g3-cells": TRUST_RESULTS / "b4-g3-rpool32-cells.md",
+    "rb4-g10-cells": TRUST_RESULTS / "rb4-g10-rpool32-cells.md",
 }
 
 

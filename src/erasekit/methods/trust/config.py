@@ -72,6 +72,8 @@ class TRuSTConfig(FineTuneConfig):
                               "(extension)")
     negative_guidance: float = Field(1.0, description="g of the esd forgetting target")
     batch_size: int = Field(1, description="extension: forget and retain samples per iteration")
+    retain_batch_size: int | None = Field(None, description="extension: retain samples per iteration "
+                                                            "(None: batch_size)")
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr",
                                                                  description="CSR (Hessian), CIP (L1), both, none")
     csr_hessian: Literal["exact", "finite-difference"] = Field(
@@ -95,7 +97,7 @@ class TRuSTConfig(FineTuneConfig):
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("mask_contrast", "retain_kv_weight", "retain_mask",
                                              "forget_loss", "forget_target", "negative_guidance", "batch_size",
-                                             "csr_hessian", "stop_prompts")
+                                             "retain_batch_size", "csr_hessian", "stop_prompts")
     PRESETS: ClassVar[dict] = {"shapes": SHAPES_PRESET}
 
     @field_validator("mask_every")
@@ -120,6 +122,13 @@ class TRuSTConfig(FineTuneConfig):
             raise ValueError("must be >= 1")
         return v
 
+    @field_validator("retain_batch_size")
+    @classmethod
+    def _retain_batch(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("retain_batch_size is >= 1, or None to take batch_size")
+        return v
+
     @field_validator("mask_contrast", "retain_kv_weight")
     @classmethod
     def _contrast(cls, v: float) -> float:
@@ -140,6 +149,11 @@ class TRuSTConfig(FineTuneConfig):
         if v is not None and not 0 < v <= 1:
             raise ValueError("topk is a fraction in (0, 1]")
         return v
+
+    @property
+    def retain_draws(self) -> int:
+        """Retain samples per iteration: ``retain_batch_size``, else ``batch_size``."""
+        return self.retain_batch_size or self.batch_size
 
     @property
     def static(self) -> bool:

@@ -179,7 +179,7 @@ class SalUnStep(TrustStep):
         loss, l_retain = l_forget, torch.zeros((), device=l_forget.device)
         if self.retain and cfg.gamma > 0:
             if cfg.retain_target == "noise":
-                draws = [randint(len(self.retain_pool.index), g) for _ in range(cfg.batch_size)]
+                draws = [randint(len(self.retain_pool.index), g) for _ in range(cfg.retain_draws)]
                 drawn = [(*noised_draw(self.retain_pool, k, g), self.retain_pool.index[k]) for k in draws]
                 zr, tr, target = (torch.cat([d[n] for d in drawn]) for n in range(3))
                 js = [d[3] for d in drawn]

@@ -122,8 +122,9 @@ class TrustStep:
                           self.config.seed, salt)
 
     def draw_batch(self, g: torch.Generator, retain: bool = False):
-        """``batch_size`` draws stacked: (x_t, per-sample t, condition rows, prompt indices)."""
-        draws = [self.draw(g, retain) for _ in range(self.config.batch_size)]
+        """``batch_size`` draws (retain: ``retain_draws``) stacked: (x_t, per-sample t, condition rows, prompt indices)."""
+        n = self.config.retain_draws if retain else self.config.batch_size
+        draws = [self.draw(g, retain) for _ in range(n)]
         embeds = self.retain_embeds if retain else self.embeds
         idx = [d[2] for d in draws]
         z = torch.cat([d[0] for d in draws])
