@@ -72,8 +72,8 @@ class TRuSTConfig(FineTuneConfig):
                               "(extension)")
     negative_guidance: float = Field(1.0, description="g of the esd forgetting target")
     batch_size: int = Field(1, description="extension: forget and retain samples per iteration")
-    retain_batch_size: int | None = Field(None, description="extension: retain samples per iteration "
-                                                            "(None: batch_size)")
+    retain_batch_size: int | None = Field(None, ge=1, description="extension: retain samples per iteration "
+                                                                  "(None: batch_size)")
     regularizer: Literal["csr", "cip", "cip+csr", "none"] = Field("csr",
                                                                  description="CSR (Hessian), CIP (L1), both, none")
     csr_hessian: Literal["exact", "finite-difference"] = Field(
@@ -120,13 +120,6 @@ class TRuSTConfig(FineTuneConfig):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("retain_batch_size")
-    @classmethod
-    def _retain_batch(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("retain_batch_size is >= 1, or None to take batch_size")
         return v
 
     @field_validator("mask_contrast", "retain_kv_weight")
