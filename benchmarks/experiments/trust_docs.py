@@ -53,6 +53,7 @@ SOURCES = {
     "b4-g10-cells": TRUST_RESULTS / "b4-g10-rpool32-cells.md",
     "b4-g3-cells": TRUST_RESULTS / "b4-g3-rpool32-cells.md",
     "rb4-g10-cells": TRUST_RESULTS / "rb4-g10-rpool32-cells.md",
+    "b2-g10-cells": TRUST_RESULTS / "b2-g10-rpool32-cells.md",
     "b4-g10-stop5-cells": TRUST_RESULTS / "b4-g10-rpool32-stop5-cells.md",
     "b4-g10-stop02-cells": TRUST_RESULTS / "b4-g10-rpool32-stop02-cells.md",
 }
