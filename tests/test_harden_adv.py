@@ -446,3 +446,30 @@ def test_extra_targets_join_the_training_prompts_and_the_recorded_concept_stays_
     assert hardened.manifest.metrics["training_prompts"] == len(seen["prompts"])
     assert hardened.manifest.config["concept"]["targets"] == ["church", "chapel"]
     assert "extra_targets" not in AdvConfig(**TINY).fingerprint() and "extra_targets" in cfg.fingerprint()
+
+
+def test_replayed_rounds_join_the_defence_loss_as_a_mean_over_the_adversarial_prompts(sd1, monkeypatch):
+    """With ``replay_batch`` k the defence loss on fixed latents is the mean of its loss on the latest round's
+    adversarial prompt and on k prompts drawn from the rounds so far; every round joins the pool."""
+    from erasekit.methods.harden.adv import AdvStep
+
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(AdvStep, "_latent", lambda self, idx, cond, g, base=False: (z.expand(len(idx), -1, -1, -1), 500))
+    d = sd1.text_encoder.get_input_embeddings().weight.shape[1]
+    latest, earlier = torch.randn(1, 2, d), torch.randn(1, 2, d)
+    cfg = AdvConfig(**{**TINY, "module": "unet"})
+    step, _ = _retain_step(sd1, cfg, None)
+    losses = {}
+    with torch.no_grad():
+        for name, adv in (("latest", latest), ("earlier", earlier)):
+            step.adv = adv
+            losses[name] = float(step.defence(True, torch.Generator().manual_seed(1)))
+        replay, _ = _retain_step(sd1, AdvConfig(**{**cfg.model_dump(), "replay_batch": 2}), None)
+        replay.adv, replay.pool = latest, [(0, earlier)]
+        mixed = float(replay.defence(True, torch.Generator().manual_seed(1)))
+    assert mixed == pytest.approx((losses["latest"] + 2 * losses["earlier"]) / 3, rel=1e-4)
+    assert losses["latest"] != pytest.approx(losses["earlier"], rel=1e-3)
+    replay.attack(0, torch.Generator().manual_seed(2))
+    replay.attack(1, torch.Generator().manual_seed(3))
+    assert len(replay.pool) == 3 and torch.equal(replay.pool[-1][1], replay.adv)
+    assert "replay_batch" not in cfg.fingerprint() and AdvConfig(**TINY, replay_batch=1).fingerprint()["replay_batch"] == 1

@@ -15,8 +15,8 @@
    its gradient (straight-through); the defence trains on the round's best projection.
 
 2. **defence** (one optimiser step of the trained module): ``defence_weight`` (1) times ESD's
-   negative-guidance loss on the adversarial prompt (``defence_target="anchor"``: toward the base
-   model's prediction for the prompt's anchor prompt instead), plus ``retain_weight`` times the
+   negative-guidance loss on the adversarial prompt and ``replay_batch`` (0) earlier rounds' (``defence_target=
+   "anchor"``: toward the base model's prediction for the prompt's anchor prompt instead), plus ``retain_weight`` times the
    utility-retaining term on ``retain_batch`` retain prompts r (``defence_weight`` 0: that term alone)::
 
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
@@ -145,12 +145,14 @@ class AdvConfig(FineTuneConfig):
     unnamed_weight: float = Field(0.0, ge=0, description="w_u: weight of the term steering the unnamed prompts "
                                   "(the training prompts with the target left out) away from the concept")
     unnamed_guidance: float = Field(1.0, gt=0, description="g_u: negative guidance of the unnamed-prompt term")
+    replay_batch: int = Field(0, ge=0, description="earlier attack rounds' adversarial prompts added to each "
+                              "defence step, drawn uniformly from every round so far (0: the release, the latest only)")
     extra_targets: list[str] = Field(default_factory=list, description="more target phrases hardened with the "
                                      "concept's own, in its templates (e.g. combinations of kept words that the "
                                      "base model draws as the concept); the concept's preserve list is unchanged")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance", "retain_kv_weight",
-                                             "extra_targets", "retain_reference")
+                                             "extra_targets", "retain_reference", "replay_batch")
     LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("text_layers",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
@@ -215,6 +217,7 @@ class AdvStep:
         self.allowed = (resolve_vocabulary(pipe.tokenizer, config.attack_vocabulary)
                         if config.attack_space == "tokens" else torch.arange(self.table.shape[0]))
         self.adv_prompt = 0
+        self.pool: list[tuple[int, torch.Tensor]] = []  # every round's (prompt index, adversarial embedding)
         self.rounds: list[dict[str, float]] = []
 
     def encode(self, ids: torch.Tensor, adv: torch.Tensor | None) -> torch.Tensor:
@@ -270,6 +273,8 @@ class AdvStep:
                     best, best_ids = losses[-1], ids
         self.soft, self.adv_prompt = adv.detach(), int(idx)
         self.adv = self.table[best_ids.to(self.table.device)].detach() if best_ids is not None else self.soft
+        if cfg.replay_batch:
+            self.pool.append((self.adv_prompt, self.adv))
         record = {"step": step, "loss_first": losses[0] if losses else float("nan"),
                   "loss_last": losses[-1] if losses else float("nan")}
         if best_ids is not None:
@@ -299,16 +304,21 @@ class AdvStep:
     def defence(self, attacking: bool, g: torch.Generator) -> torch.Tensor:
         """The erasure loss on the adversarial prompt (or a plain concept prompt before the attack starts)."""
         cfg = self.config
-        idx = torch.tensor([self.adv_prompt if attacking else randint(len(self.ids), g)])
+        pairs = [(self.adv_prompt if attacking else randint(len(self.ids), g), self.adv)]
+        if attacking and cfg.replay_batch:
+            pairs += [self.pool[randint(len(self.pool), g)] for _ in range(cfg.replay_batch)]
+        idx = torch.tensor([i for i, _ in pairs])
         z, t = self._latent(idx, self.cond, g)
         with self._base():
             if cfg.defence_target == "anchor":
                 target = predict(self.unet, z, t, self.anchor_cond[idx])
             else:
-                both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, self.uncond.embeds]))
+                uncond = self.uncond.embeds.expand(len(idx), -1, -1)
+                both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, uncond]))
                 eps_c, eps_u = both.chunk(2)
                 target = esd_target(eps_c, eps_u, cfg.negative_guidance)
-        return F.mse_loss(predict(self.unet, z, t, self.encode(self.ids[idx], self.adv if attacking else None)), target)
+        adv = torch.cat([a for _, a in pairs]) if attacking else None
+        return F.mse_loss(predict(self.unet, z, t, self.encode(self.ids[idx], adv)), target)
 
     def unnamed(self, g: torch.Generator) -> torch.Tensor:
         """The unnamed-prompt term: ``u`` pulled toward the base model's ``u`` guided away from ``c``."""
