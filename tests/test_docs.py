@@ -42,6 +42,7 @@ estimate_docs = importlib.util.module_from_spec(_est_spec)
 _est_spec.loader.exec_module(estimate_docs)
 
 
+@pytest.mark.slow  # the estimate traces the SD-1.5 and SDXL UNets on the meta device: about 2 minutes
 def test_memory_and_time_tables_are_generated_from_the_estimate_and_the_measurements():
     assert estimate_docs.main(["--check"]) == 0
 
