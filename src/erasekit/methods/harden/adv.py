@@ -15,8 +15,8 @@
    its gradient (straight-through); the defence trains on the round's best projection.
 
 2. **defence** (one optimiser step of the trained module): ``defence_weight`` (1) times ESD's
-   negative-guidance loss on the adversarial prompt and ``replay_batch`` (0) earlier rounds' (``defence_target=
-   "anchor"``: toward the base model's prediction for the prompt's anchor prompt instead), plus ``retain_weight`` times the
+   negative-guidance loss on the adversarial prompt and on ``replay_batch`` (0) earlier rounds' beside it
+   (``defence_target="anchor"``: toward the base model's prediction for the anchor prompt), plus ``retain_weight`` times the
    utility-retaining term on ``retain_batch`` retain prompts r (``defence_weight`` 0: that term alone)::
 
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
