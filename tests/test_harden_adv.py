@@ -473,3 +473,29 @@ def test_replayed_rounds_join_the_defence_loss_as_a_mean_over_the_adversarial_pr
     replay.attack(1, torch.Generator().manual_seed(3))
     assert len(replay.pool) == 3 and torch.equal(replay.pool[-1][1], replay.adv)
     assert "replay_batch" not in cfg.fingerprint() and AdvConfig(**TINY, replay_batch=1).fingerprint()["replay_batch"] == 1
+
+
+def test_in_context_prompts_name_the_concept_beside_every_value_of_the_paired_attribute(sd1):
+    """``prompts`` "in-context": every target word beside every colour (a shape concept) in every template;
+    "in-context-synonyms" leaves out the canonical word, which the benchmark's attack cases name; anchors
+    put the anchor in the target word's place, prompt for prompt; the run trains on that set."""
+    from erasekit.concepts.packs import get_concept
+    from erasekit.methods.harden.adv import concept_prompts
+    from erasekit.world.vocabulary import load_vocabulary
+
+    circle, vocab = get_concept("circle", "shapes"), load_vocabulary()
+    n_colours, n_templates = len(vocab.values("color")), len(vocab.templates)
+    full = concept_prompts(circle, AdvConfig(prompts="in-context"))
+    held_out = concept_prompts(circle, AdvConfig(prompts="in-context-synonyms"))
+    anchors = concept_prompts(circle, AdvConfig(prompts="in-context-synonyms"), "anchor")
+    assert len(full) == len(circle.targets) * n_colours * n_templates and "clip art of a red circle" in full
+    assert len(held_out) == (len(circle.targets) - 1) * n_colours * n_templates
+    assert not any("circle" in p.split() for p in held_out) and "an image showing a green disc" in held_out
+    for word in circle.targets[1:]:
+        assert all(a == p.replace(word, circle.anchor) for p, a in zip(held_out, anchors) if word in p.split())
+    with pytest.raises(ValueError, match="no unnamed form"):
+        concept_prompts(circle, AdvConfig(prompts="in-context"), "unnamed")
+    with pytest.raises(ValueError, match="needs a Shapes value concept"):
+        concept_prompts(CONCEPT, AdvConfig(prompts="in-context"))
+    cfg = AdvConfig(**{**TINY, "iterations": 2, "warmup": 1, "prompts": "in-context-synonyms"})
+    assert harden(sd1, None, circle, cfg).manifest.metrics["training_prompts"] == len(held_out)

@@ -152,17 +152,18 @@ def _shapes_pack() -> dict[str, ConceptSpec]:
 _CONTEXT_ATTRIBUTE = {"shape": "color", "color": "shape", "style": "shape"}
 
 
-def in_context_prompts(spec: ConceptSpec) -> list[str] | None:
+def in_context_prompts(spec: ConceptSpec, words: list[str] | None = None) -> list[str] | None:
     """Prompts that name a Shapes concept's own words beside each value of a second attribute.
 
     A value concept's prompts name only its attribute ("a red shape"); here each of its target
-    words is put beside each value of the attribute captions pair it with (shapes for a colour or
-    a style, colours for a shape), in every template: "a crimson star", "clip art of a red circle".
+    words (or ``words``, in their place and order) is put beside each value of the attribute
+    captions pair it with (shapes for a colour or a style, colours for a shape), in every
+    template: "a crimson star", "clip art of a red circle"; the order is word, value, template.
     A combination or a conditional concept already names two attributes: its target prompts.
     Any other concept (free text, another world's) has no such set: None.
     """
     if spec.combination is not None or spec.condition is not None:
-        return spec.target_prompts()
+        return None if words is not None else spec.target_prompts()
     vocab = load_vocabulary()
     value = spec.name.partition("/")[2]
     if not spec.name.startswith("shapes/") or value not in vocab.all_values:
@@ -171,7 +172,8 @@ def in_context_prompts(spec: ConceptSpec) -> list[str] | None:
     other = _CONTEXT_ATTRIBUTE[attribute]
     return [caption({attribute: Mention(value, "explicit", word),
                      other: Mention(v, "explicit", vocab.words(other, v, "explicit")[0])}, template)
-            for word in spec.targets for v in vocab.values(other) for template in vocab.templates]
+            for word in (spec.targets if words is None else words) for v in vocab.values(other)
+            for template in vocab.templates]
 
 
 # ------------------------------------------------------------------ data-file packs

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ...concepts.packs import in_context_prompts
 from ...concepts.spec import ConceptSpec
 from ...models.conditioning import encode_conditions
 from ...models.ddim import DDIMSampler
@@ -110,7 +111,10 @@ class AdvConfig(FineTuneConfig):
     n_steps: int = 50
     guidance: float = 3.0
     negative_guidance: float = 1.0
-    prompts: Literal["bare", "grid"] = "bare"
+    prompts: Literal["bare", "grid", "in-context", "in-context-synonyms"] = Field(
+        "bare", description="concept prompts: the concept string (release), synonyms x templates, or (Shapes "
+        "concepts) each target word beside every value of the paired attribute in every template; "
+        "in-context-synonyms: without the canonical word, which the benchmark's attack cases name")
     n_synonyms: int | None = None
     n_templates: int | None = None
     warmup: int = 200
@@ -160,6 +164,28 @@ class AdvConfig(FineTuneConfig):
                    "attack_tokens": 3, "attack_init": "latest", "n_steps": 25, "negative_guidance": 3.0,
                    "prompts": "grid", "retain": "concept+general", "retain_weight": 1.0, "retain_pool": 200},
     }
+
+
+def concept_prompts(concept: ConceptSpec, config: AdvConfig,
+                    role: Literal["target", "anchor", "unnamed"] = "target") -> list[str]:
+    """The prompts the attack and the defence draw from (``role``: their anchor or unnamed forms, same order).
+
+    "bare" and "grid" as ESD's; "in-context": `in_context_prompts` of the concept's target words,
+    "in-context-synonyms" of all but the first (canonical) one.  An anchor prompt puts the target's
+    anchor in the target word's place.
+    """
+    if not config.prompts.startswith("in-context"):
+        return training_prompts(concept, config.prompts, config.n_synonyms, config.n_templates, role=role)
+    if role == "unnamed":
+        raise ValueError(f"prompts {config.prompts!r} has no unnamed form: use prompts 'grid' with unnamed_weight")
+    words = concept.targets if config.prompts == "in-context" else concept.targets[1:]
+    if not words:
+        raise ValueError(f"prompts 'in-context-synonyms' needs a synonym: {concept.name} has one target word")
+    prompts = in_context_prompts(concept, [concept.anchor_for(w) for w in words] if role == "anchor" else words)
+    if prompts is None:
+        raise ValueError(f"prompts {config.prompts!r} needs a Shapes value concept (a shape, colour or style), "
+                         f"not {concept.name}")
+    return prompts
 
 
 @contextlib.contextmanager
@@ -402,12 +428,11 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     names = sorted(set(trained) | set(delta.names if delta is not None else []))
     originals = snapshot(pipe, names)
     base_unet = {n[len("unet."):]: t for n, t in originals.items() if n.startswith("unet.")}
-    grid = (concept, config.prompts, config.n_synonyms, config.n_templates)
-    prompts = training_prompts(*grid)
+    prompts = concept_prompts(concept, config)
     retain = (_retain_prompts(pipe, concept, config)
               if config.retain_weight > 0 or config.retain_embedding_weight > 0 or config.retain_kv_weight > 0 else [])
-    anchors = training_prompts(*grid, role="anchor") if config.defence_target == "anchor" else None
-    unnamed = training_prompts(*grid, role="unnamed") if config.unnamed_weight > 0 else []
+    anchors = concept_prompts(concept, config, "anchor") if config.defence_target == "anchor" else None
+    unnamed = concept_prompts(concept, config, "unnamed") if config.unnamed_weight > 0 else []
     base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
             "unnamed_ids": token_ids(pipe, unnamed) if unnamed else None,
             "unnamed_cond": encode_conditions(pipe, unnamed) if unnamed else None,
