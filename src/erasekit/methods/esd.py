@@ -98,8 +98,8 @@ class ESDConfig(FineTuneConfig, RetainFields):
     the concept at chance), the synonym x template grid and the port's scope.
     ``shapes-retain`` (esd-u) adds the retain term below over a batch of 16 pooled
     latents at weight 12, 4 ESD samples per step and a cosine decay over 300 iterations,
-    the setting that kept other values at 0.94 while erasing a colour and a shape.
-    Measurements: docs/experiments/esd.md.
+    since esd-u's edit outside cross-attention moves every prompt and the retain term holds the
+    others.  Measurements: docs/experiments/esd.md.
 
     Options beyond the paper (off at their defaults):
 
