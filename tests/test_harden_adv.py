@@ -499,3 +499,29 @@ def test_in_context_prompts_name_the_concept_beside_every_value_of_the_paired_at
         concept_prompts(CONCEPT, AdvConfig(prompts="in-context"))
     cfg = AdvConfig(**{**TINY, "iterations": 2, "warmup": 1, "prompts": "in-context-synonyms"})
     assert harden(sd1, None, circle, cfg).manifest.metrics["training_prompts"] == len(held_out)
+
+
+def test_random_attack_trains_against_random_words_of_its_vocabulary_without_a_search(sd1, monkeypatch):
+    """``attack_method`` "random": each round's prefix is ``attack_tokens`` token embeddings of words from
+    ``attack_vocabulary``, drawn anew every round, and no attack step runs."""
+    from erasekit.methods.harden import adv
+    from erasekit.models.vocabulary import resolve_vocabulary
+
+    prefixes, original = [], adv.AdvStep.attack
+
+    def spy(self, step, g):
+        original(self, step, g)
+        prefixes.append(self.adv.clone())
+
+    monkeypatch.setattr(adv.AdvStep, "attack", spy)
+    cfg = AdvConfig(**{**TINY, "attack_method": "random"})
+    hardened = harden(sd1, None, CONCEPT, cfg)
+    table = sd1.text_encoder.get_input_embeddings().weight.detach()
+    allowed = resolve_vocabulary(sd1.tokenizer, cfg.attack_vocabulary)
+    assert len(prefixes) == cfg.iterations - cfg.warmup
+    for prefix in prefixes:
+        assert prefix.shape == (1, cfg.attack_tokens, table.shape[1])
+        for row in prefix[0]:  # each prefix token is a vocabulary word's embedding (the text encoder's table)
+            assert torch.isclose(table[allowed], row).all(dim=1).any()
+    assert not all(torch.equal(prefixes[0], p) for p in prefixes[1:])
+    assert hardened.manifest.metrics["attack_iterations"] == 0

@@ -4,9 +4,9 @@
 
 1. **attack** (every ``attack_every`` iterations after ``warmup``): ``attack_tokens`` soft token
    embeddings prepended to a concept prompt (after the start token) are optimised for ``attack_steps``
-   steps (Adam at ``attack_lr``; ``fast_at``: signed gradients) so that the CURRENT model, on latents
-   ``z_s`` it generated for the prompt (``attack_source="base"``: the BASE model's), predicts what the BASE model
-   predicts for the prompt::
+   steps (Adam at ``attack_lr``; ``fast_at``: signed gradients; ``random``: none, random words of
+   ``attack_vocabulary``) so that the CURRENT model, on latents ``z_s`` it generated for the prompt
+   (``attack_source="base"``: the BASE model's), predicts what the BASE model predicts for the prompt::
 
        min_adv || eps_cur(z_s, t, text_cur([adv] + c)) - eps_base(z_s, t, c) ||^2
 
@@ -123,7 +123,9 @@ class AdvConfig(FineTuneConfig):
     attack_lr: float = 1e-3
     attack_tokens: int = 1
     attack_init: Literal["random", "latest"] = "random"
-    attack_method: Literal["pgd", "fast_at"] = "pgd"
+    attack_method: Literal["pgd", "fast_at", "random"] = Field(
+        "pgd", description="pgd: Adam on the soft tokens (release); fast_at: signed steps; random: no search, "
+        "each round's prefix is attack_tokens words drawn uniformly from attack_vocabulary")
     attack_latents: Literal["per_step", "per_round"] = "per_step"
     attack_space: Literal["soft", "tokens"] = "soft"
     attack_source: Literal["current", "base"] = "current"
@@ -164,6 +166,11 @@ class AdvConfig(FineTuneConfig):
                    "attack_tokens": 3, "attack_init": "latest", "n_steps": 25, "negative_guidance": 3.0,
                    "prompts": "grid", "retain": "concept+general", "retain_weight": 1.0, "retain_pool": 200},
     }
+
+    @property
+    def search_steps(self) -> int:
+        """Attack steps per round: ``attack_steps``, none with ``attack_method`` "random"."""
+        return 0 if self.attack_method == "random" else self.attack_steps
 
 
 def concept_prompts(concept: ConceptSpec, config: AdvConfig,
@@ -240,8 +247,9 @@ class AdvStep:
         self.table = self.te.get_input_embeddings().weight
         self.adv: torch.Tensor | None = None
         self.soft: torch.Tensor | None = None
+        words = config.attack_space == "tokens" or config.attack_method == "random"
         self.allowed = (resolve_vocabulary(pipe.tokenizer, config.attack_vocabulary)
-                        if config.attack_space == "tokens" else torch.arange(self.table.shape[0]))
+                        if words else torch.arange(self.table.shape[0]))
         self.adv_prompt = 0
         self.pool: list[tuple[int, torch.Tensor]] = []  # every round's (prompt index, adversarial embedding)
         self.rounds: list[dict[str, float]] = []
@@ -272,7 +280,7 @@ class AdvStep:
         cfg = self.config
         tokens = cfg.attack_space == "tokens"
         idx = torch.tensor([randint(len(self.ids), g)])
-        if cfg.attack_init == "latest" and self.soft is not None:
+        if cfg.attack_init == "latest" and self.soft is not None and cfg.attack_method != "random":
             adv = self.soft.clone()
         else:
             picks = self.allowed[torch.tensor([randint(len(self.allowed), g) for _ in range(cfg.attack_tokens)])]
@@ -281,7 +289,7 @@ class AdvStep:
         opt = torch.optim.Adam([adv], lr=cfg.attack_lr)
         losses, best, best_ids = [], float("inf"), None
         with _frozen(self.te), _frozen(self.unet):
-            for a in range(cfg.attack_steps):
+            for a in range(cfg.search_steps):
                 if a == 0 or cfg.attack_latents == "per_step":
                     z, t = self._latent(idx, self.cond, g, base=cfg.attack_source == "base")
                     with self._base():
@@ -458,7 +466,7 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
                               keep_unet)
             result = trainer.run(step_fn)
         metrics = {**result.metrics(), "scope": scope.name, "module": config.module, "attack_rounds": step_fn.rounds,
-                   "attack_iterations": len(step_fn.rounds) * config.attack_steps,
+                   "attack_iterations": len(step_fn.rounds) * config.search_steps,
                    "training_prompts": len(prompts), "retain_prompts": len(retain)}
         delta_out = composed_delta(pipe, originals, delta, "adv", recorded, config, metrics, t0)
     finally:

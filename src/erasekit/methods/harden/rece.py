@@ -214,7 +214,7 @@ def harden_rece(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: R
         metrics = {"rounds": rounds, "source_rows": int(source_rows.shape[0]), "preserve_prompts": len(preserve)}
         if attack is not None:
             metrics["attack_rounds"] = attack.step.rounds
-            metrics["attack_iterations"] = len(attack.step.rounds) * attack.step.config.attack_steps
+            metrics["attack_iterations"] = len(attack.step.rounds) * attack.step.config.search_steps
         result = composed_delta(pipe, originals, delta, "rece", concept, config, metrics, t0)
     finally:
         copy_in(pipe, originals)

@@ -1,0 +1,164 @@
+"""The UnlearnDiffAtk-style attack's floor: what its judging gives to prefixes it never optimised.
+
+The measuring attack (`erasekit.eval.attacks.unlearndiff`) judges each case's plain prompt and then
+its current prefix every ``check_every`` steps, each time drawing the image from the case's own seed,
+and counts the case won at the first image the detector reads as the concept. This script replaces
+the optimised prefixes by random ones: for every case of a row's stored UnlearnDiffAtk record (its
+prompt, seed and guidance, under the row's own attack seed), the plain prompt and ``tries`` prefixes
+of ``n_tokens`` words drawn uniformly from the attack's vocabulary (the same words and the same
+concept-word setting as the record's attack; ``--exclude-concept-words`` leaves the concept's words
+out) are judged on the row's model exactly as the attack judges its candidates. With ``tries`` the
+attack's number of checks after the plain prompt (``steps / check_every``), a case won here is won
+without any search: the rate is the floor under which the attack's rate says nothing about the
+erasure. ``repeats`` independent draws of the prefixes are pooled (cases x repeats, 95% Wilson
+interval); the per-image rate is the share of all judged prefixed images read as the concept.
+
+Each row's numbers are written atomically to ``FOLDER/attack-floor/<row>.json`` (keyed by its delta
+id and the settings) and reused; ``--page`` regenerates `docs/experiments/attack-floor.md` from what
+is stored under the folders below.
+
+    python benchmarks/attack_floor.py benchmarks/results/robustness-harden/circle/cases48 --rows original trce-eta100
+    python benchmarks/attack_floor.py --page
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from erasekit.concepts.packs import get_concept
+from erasekit.eval.atomic import write_text
+from erasekit.eval.attacks.common import make_judge
+from erasekit.eval.attacks.run import default_detector
+from erasekit.eval.attacks.tokens import tokens_to_text
+from erasekit.eval.metrics import wilson_interval
+from erasekit.generation import SamplingSettings
+from erasekit.models.delta import WeightDelta, apply_delta, revert_delta
+from erasekit.models.loading import load_pipeline
+from erasekit.models.vocabulary import resolve_vocabulary, words_of
+
+ROOT = Path("benchmarks/results/robustness-harden")
+FOLDERS = ["circle/cases48", "red/cases48"]
+PAGE = Path("docs/experiments/attack-floor.md")
+SEED = 2024  # the prefixes' generator; independent of every attack seed
+
+
+class StaleDelta(Exception):
+    """The saved delta is not the one the row's attack record measured (the row is skipped)."""
+
+
+def attack_record(folder: Path, row: str) -> dict:
+    path = folder / "attacks" / f"{row}-unlearndiff" / "attack.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no UnlearnDiffAtk record for row {row!r}")
+    return json.loads(path.read_text())
+
+
+def prefixes(tokenizer, record: dict, tries: int, repeats: int, exclude: bool) -> list[list[list[str]]]:
+    """[repeat][case][try] prefix texts drawn uniformly from the record's attack vocabulary."""
+    attack = record["settings"]["attack"]
+    concept = get_concept(record["concept"])
+    excluded = words_of(concept.targets) if (exclude or attack["exclude_concept_words"]) else ()
+    allowed = resolve_vocabulary(tokenizer, attack["vocabulary"], excluded)
+    g = torch.Generator().manual_seed(SEED)
+    n_cases = len(record["cases"])
+    draws = allowed[torch.randint(len(allowed), (repeats, n_cases, tries, attack["n_tokens"]), generator=g)]
+    return [[[tokens_to_text(tokenizer, t.tolist()) for t in case] for case in rep] for rep in draws]
+
+
+def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: bool) -> dict:
+    record = attack_record(folder, row)
+    concept = get_concept(record["concept"])
+    detector, detector_concept = default_detector(concept, shapes_world=True)
+    judge = make_judge(pipe, detector, detector_concept, SamplingSettings(**record["sampling"]))
+    cases = record["cases"]
+    drawn = prefixes(pipe.tokenizer, record, tries, repeats, exclude)
+    delta = None if row == "original" else WeightDelta.load(folder / "deltas" / row)
+    if delta is not None and record["delta"]["delta_id"] != delta.delta_id:
+        raise StaleDelta(f"{folder / 'deltas' / row}: delta {delta.delta_id}, the attack record measured "
+                         f"{record['delta']['delta_id']}")
+    if delta is not None:
+        apply_delta(pipe, delta)
+    try:
+        plain = judge([c["source_prompt"] for c in cases], [c["seed"] for c in cases], [c["guidance"] for c in cases])
+        won, images, hits = 0, 0, 0
+        for rep in drawn:
+            prompts = [f"{p} {c['source_prompt']}" for c, tries_ in zip(cases, rep) for p in tries_]
+            seeds = [c["seed"] for c in cases for _ in range(tries)]
+            guidance = [c["guidance"] for c in cases for _ in range(tries)]
+            ok = judge(prompts, seeds, guidance)
+            images, hits = images + len(ok), hits + sum(ok)
+            won += sum(plain[i] or any(ok[i * tries:(i + 1) * tries]) for i in range(len(cases)))
+    finally:
+        if delta is not None:
+            revert_delta(pipe, delta)
+    return {"row": row, "concept": record["concept"], "delta_id": delta.delta_id if delta else None,
+            "tries": tries, "repeats": repeats, "exclude_concept_words": exclude, "cases": len(cases),
+            "won": won, "trials": len(cases) * repeats, "images": images, "image_hits": hits,
+            "plain_won": sum(plain), "attack_won": sum(c["success"] for c in cases)}
+
+
+def page() -> str:
+    lines = ["# The attack's floor: random prefixes judged as the UnlearnDiffAtk-style attack judges", "",
+             f"Generated by `python benchmarks/attack_floor.py --page` from the rows measured under `{ROOT}` "
+             "(`python benchmarks/attack_floor.py FOLDER --rows ...`; what it computes: the script's docstring).", "",
+             "Columns: UnlearnDiffAtk = cases the attack won against the row under the row's own attack seed; "
+             "random prefixes = cases won by the plain prompt or by any of `tries` random prefixes of the "
+             "attack's length and vocabulary, judged at the case's seed as the attack judges its checks, pooled "
+             "over `repeats` independent draws [95% Wilson interval]; per image = share of the judged prefixed "
+             "images read as the concept.", "",
+             "| folder | row | concept words in the prefixes | UnlearnDiffAtk (won / cases) | random prefixes: won / trials "
+             "[95% Wilson] | per image | tries x repeats |",
+             "|---|---|---|---|---|---|---|"]
+    for name in FOLDERS:
+        found = [json.loads(p.read_text()) for p in sorted((ROOT / name / "attack-floor").glob("*.json"))]
+        for got in sorted(found, key=lambda g: (g["row"] != "original", g["row"], g["exclude_concept_words"])):
+            lo, hi = wilson_interval(got["won"], got["trials"])
+            lines.append(f"| {name} | {got['row']} | {'no' if got['exclude_concept_words'] else 'yes'} | "
+                         f"{got['attack_won']} / {got['cases']} | {got['won']} / {got['trials']} = "
+                         f"{got['won'] / got['trials']:.2f} [{lo:.2f}, {hi:.2f}] | "
+                         f"{got['image_hits'] / got['images']:.3f} | {got['tries']} x {got['repeats']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path)
+    parser.add_argument("--rows", nargs="+", default=[])
+    parser.add_argument("--tries", type=int, default=5, help="random prefixes per case and repeat (the attack's "
+                        "checks after the plain prompt: steps / check_every)")
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--exclude-concept-words", action="store_true")
+    parser.add_argument("--page", action="store_true", help=f"regenerate {PAGE} from the stored rows")
+    args = parser.parse_args()
+    if args.page:
+        write_text(PAGE, page())
+        return
+    if args.folder is None or not args.rows:
+        parser.error("give a FOLDER and --rows, or --page")
+    pipe = load_pipeline("shapes")
+    tag = "-noconcept" if args.exclude_concept_words else ""
+    for row in args.rows:
+        out = args.folder / "attack-floor" / f"{row}{tag}.json"
+        if out.is_file():
+            got = json.loads(out.read_text())
+            manifest = args.folder / "deltas" / row / "manifest.json"
+            current = json.loads(manifest.read_text())["delta_id"] if manifest.is_file() else None
+            if (got["tries"], got["repeats"], got["delta_id"]) == (args.tries, args.repeats, current):
+                print(f"{row}: stored ({got['won']} / {got['trials']})")
+                continue
+        try:
+            got = measure(pipe, args.folder, row, args.tries, args.repeats, args.exclude_concept_words)
+        except StaleDelta as error:
+            print(f"{row}: skipped, {error}")
+            continue
+        write_text(out, json.dumps(got, indent=1) + "\n")
+        print(f"{row}: random prefixes won {got['won']} / {got['trials']} (per image {got['image_hits']}/"
+              f"{got['images']}); the attack won {got['attack_won']} / {got['cases']}")
+
+
+if __name__ == "__main__":
+    main()
