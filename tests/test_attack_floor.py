@@ -1,0 +1,49 @@
+"""The attack's floor: random prefixes of the attack's vocabulary, judged as the attack judges its checks."""
+
+import json
+
+from eval_helpers import load_script
+
+from erasekit.concepts.packs import get_concept
+from erasekit.models.vocabulary import resolve_vocabulary, words_of
+
+
+def _script():
+    return load_script("benchmarks/attack_floor.py")
+
+
+def _record(cases: list[tuple[str, int]], exclude: bool = False) -> dict:
+    attack = {"vocabulary": "shapes-world", "n_tokens": 3, "exclude_concept_words": exclude}
+    return {"concept": "circle", "settings": {"attack": attack}, "sampling": {"steps": 25, "guidance_scale": 3.0},
+            "delta": None, "cases": [{"source_prompt": p, "seed": s, "guidance": 3.0, "success": False}
+                                     for p, s in cases]}
+
+
+def test_prefixes_are_words_of_the_attack_vocabulary_drawn_per_case_try_and_repeat(shapes_pipe):
+    script, tok = _script(), shapes_pipe.tokenizer
+    record = _record([("a red circle", 1), ("a blue circle", 2)])
+    drawn = script.prefixes(tok, record, tries=5, repeats=3, exclude=False)
+    allowed = {tok.convert_ids_to_tokens(int(i))[:-4] for i in resolve_vocabulary(tok, "shapes-world")}
+    assert len(drawn) == 3 and all(len(rep) == 2 and all(len(case) == 5 for case in rep) for rep in drawn)
+    words = [w for rep in drawn for case in rep for p in case for w in p.split()]
+    assert len(words) == 3 * 2 * 5 * 3 and set(words) <= allowed and len(set(words)) > 20
+    assert drawn == script.prefixes(tok, record, tries=5, repeats=3, exclude=False)  # seeded
+    excluded = script.prefixes(tok, record, tries=5, repeats=40, exclude=True)
+    concept_words = words_of(get_concept("circle").targets)
+    assert not {w for rep in excluded for case in rep for p in case for w in p.split()} & concept_words
+
+
+def test_random_prefixes_win_every_case_against_the_model_that_draws_the_concept(shapes_pipe, tmp_path):
+    """On the original model the case prompts draw circles: the plain prompt or a prefixed one wins each case."""
+    script = _script()
+    folder = tmp_path / "circle"
+    (folder / "attacks" / "original-unlearndiff").mkdir(parents=True)
+    record = _record([("a red circle", 11), ("a photo of a green circle", 12)])
+    (folder / "attacks" / "original-unlearndiff" / "attack.json").write_text(json.dumps(record))
+    got = script.measure(shapes_pipe, folder, "original", tries=2, repeats=2, exclude=False)
+    assert (got["won"], got["trials"], got["images"]) == (4, 4, 8) and got["image_hits"] >= 6
+
+
+def test_the_page_is_generated_from_the_stored_measurements():
+    script = _script()
+    assert script.PAGE.read_text() == script.page()
