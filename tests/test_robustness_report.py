@@ -112,6 +112,16 @@ def test_hardening_cost_counts_rounds_or_iterations_and_the_training_attack():
     assert rece["harden_iterations"] == 3 and adv["harden_iterations"] == 80
 
 
+def test_the_training_attack_column_reads_no_search_for_a_random_attack():
+    from erasekit.eval.robustness import _harden_cost, train_loss
+
+    searched = _harden_cost({"iterations": 4, "attack_rounds": [{"loss_first": 2.0, "loss_last": 1.0}] * 3})
+    unsearched = _harden_cost({"iterations": 4, "attack_rounds": [{"loss_first": float("nan"),
+                                                                   "loss_last": float("nan")}] * 3})
+    assert train_loss(searched["train_attack"]) == "2.0000 -> 1.0000"
+    assert train_loss(unsearched["train_attack"]) == "no search" and train_loss(None) == "-"
+
+
 def test_a_stored_row_is_read_back_only_when_it_was_measured_with_the_settings_asked_for(tmp_path):
     from erasekit.eval.robustness import StoredRowMismatch, stored_row
 

@@ -25,6 +25,7 @@ plain rate no worse than without hardening).  `benchmarks/robustness.py` and
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -358,7 +359,13 @@ def bars(row: dict, plain_before: float | None, preservation: float | None) -> s
 
 
 def train_loss(train: dict | None) -> str:
-    return f"{train['last10_loss_first']:.4f} -> {train['last10_loss_last']:.4f}" if train else "-"
+    """The training attack's mean first -> last loss over its last rounds; "-" without one, "no search" for
+    an attack that takes no steps (``attack_method`` random: its losses are NaN)."""
+    if not train:
+        return "-"
+    if math.isnan(train["last10_loss_first"]):
+        return "no search"
+    return f"{train['last10_loss_first']:.4f} -> {train['last10_loss_last']:.4f}"
 
 
 def _row(path: Path) -> dict | None:
