@@ -42,7 +42,7 @@ from erasekit.models.loading import load_pipeline
 from erasekit.models.vocabulary import resolve_vocabulary, words_of
 
 ROOT = Path("benchmarks/results/robustness-harden")
-FOLDERS = ["circle/cases48", "red/cases48"]
+FOLDERS = ["circle/cases48", "circle/cases32-seed1", "red/cases48", "red/cases48-seed1"]
 PAGE = Path("docs/experiments/attack-floor.md")
 SEED = 2024  # the prefixes' generator; independent of every attack seed
 

@@ -113,7 +113,8 @@ def test_hardening_cost_counts_rounds_or_iterations_and_the_training_attack():
 
 
 def test_the_training_attack_column_reads_no_search_for_a_random_attack():
-    from erasekit.eval.robustness import _harden_cost, train_loss
+    from erasekit.eval.robustness import _harden_cost
+    from erasekit.eval.robustness_bars import train_loss
 
     searched = _harden_cost({"iterations": 4, "attack_rounds": [{"loss_first": 2.0, "loss_last": 1.0}] * 3})
     unsearched = _harden_cost({"iterations": 4, "attack_rounds": [{"loss_first": float("nan"),
