@@ -31,13 +31,13 @@ import torch
 
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
-from erasekit.eval.attack_seeds import attack_text, pooled_row
+from erasekit.eval.attack_seeds import StaleDeltaError, attack_text, pooled_row, saved_delta
 from erasekit.eval.attacks.common import make_judge
 from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.attacks.tokens import tokens_to_text
 from erasekit.eval.metrics import wilson_interval
 from erasekit.generation import SamplingSettings
-from erasekit.models.delta import WeightDelta, apply_delta, revert_delta
+from erasekit.models.delta import apply_delta, revert_delta
 from erasekit.models.loading import load_pipeline
 from erasekit.models.vocabulary import resolve_vocabulary, words_of
 
@@ -45,10 +45,6 @@ ROOT = Path("benchmarks/results/robustness-harden")
 FOLDERS = ["circle/cases48", "circle/cases32-seed1", "red/cases48", "red/cases48-seed1"]
 PAGE = Path("docs/experiments/attack-floor.md")
 SEED = 2024  # the prefixes' generator; independent of every attack seed
-
-
-class StaleDelta(Exception):
-    """The saved delta is not the one the row's attack record measured (the row is skipped)."""
 
 
 def attack_record(folder: Path, row: str) -> dict:
@@ -77,10 +73,7 @@ def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: boo
     judge = make_judge(pipe, detector, detector_concept, SamplingSettings(**record["sampling"]))
     cases = record["cases"]
     drawn = prefixes(pipe.tokenizer, record, tries, repeats, exclude)
-    delta = None if row == "original" else WeightDelta.load(folder / "deltas" / row)
-    if delta is not None and record["delta"]["delta_id"] != delta.delta_id:
-        raise StaleDelta(f"{folder / 'deltas' / row}: delta {delta.delta_id}, the attack record measured "
-                         f"{record['delta']['delta_id']}")
+    delta = saved_delta(folder, {"method": row, "delta_id": (record.get("delta") or {}).get("delta_id")})
     if delta is not None:
         apply_delta(pipe, delta)
     try:
@@ -158,7 +151,7 @@ def main() -> None:
                 continue
         try:
             got = measure(pipe, args.folder, row, args.tries, args.repeats, args.exclude_concept_words)
-        except StaleDelta as error:
+        except StaleDeltaError as error:
             print(f"{row}: skipped, {error}")
             continue
         write_text(out, json.dumps(got, indent=1) + "\n")

@@ -46,21 +46,29 @@ class StaleDeltaError(ValueError):
     """The delta saved for a row is missing or is not the one the row measured."""
 
 
+def saved_delta(folder: Path, row: dict) -> WeightDelta | None:
+    """The delta saved for ``row`` in ``folder/deltas/<row>`` (None for the original), checked to be the one
+    the row measured; `StaleDeltaError` when it is missing or another."""
+    label = row["method"]
+    if label == "original":
+        return None
+    saved = folder / "deltas" / label
+    if not (saved / "manifest.json").exists():
+        raise StaleDeltaError(f"{saved}: no saved delta for row {label!r} (deltas are not committed); "
+                              "measure the row again to measure it further")
+    delta = WeightDelta.load(saved)
+    if row.get("delta_id") not in (None, delta.delta_id):
+        raise StaleDeltaError(f"{saved}: not the delta row {label!r} measured ({delta.delta_id}, the row: "
+                              f"{row['delta_id']})")
+    return delta
+
+
 def run_attack_seeds(pipe, folder: Path, row: dict, attack: str, seeds: list[int], settings, detector,
                      detector_concept: str, announce=None) -> list[dict]:
     """Run ``attack`` on row ``row``'s saved delta (``folder/deltas/<row>``; none for the original) with
     each of ``seeds`` not yet stored and not the row's own; returns every stored run of these seeds."""
     label = row["method"]
-    delta = None
-    if label != "original":
-        saved = folder / "deltas" / label
-        if not (saved / "manifest.json").exists():
-            raise StaleDeltaError(f"{saved}: no saved delta for row {label!r} (deltas are not committed); "
-                                  "measure the row again to attack it with other seeds")
-        delta = WeightDelta.load(saved)
-        if row.get("delta_id") not in (None, delta.delta_id):
-            raise StaleDeltaError(f"{saved}: not the delta row {label!r} measured "
-                                  f"({delta.delta_id}, the row: {row['delta_id']})")
+    delta = saved_delta(folder, row)
     spec = get_concept(row["concept"])
     cases = concept_cases(spec, row["n_cases"], True)
     runs = []
