@@ -13,11 +13,18 @@ without any search: the rate is the floor under which the attack's rate says not
 erasure. ``repeats`` independent draws of the prefixes are pooled (cases x repeats, 95% Wilson
 interval); the per-image rate is the share of all judged prefixed images read as the concept.
 
+``--as VALUE`` measures the judge's floor on the original model with the case prompts naming VALUE in
+place of the concept ("a green square" for "a green circle", the concept's own words replaced; the
+article follows the new word): what the same judging gives to a model that draws VALUE when asked for
+the concept, as an erasure toward the anchor VALUE would at best. Its rows are stored as
+``original-as-VALUE``.
+
 Each row's numbers are written atomically to ``FOLDER/attack-floor/<row>.json`` (keyed by its delta
 id and the settings) and reused; ``--page`` regenerates `docs/experiments/attack-floor.md` from what
 is stored under the folders below.
 
     python benchmarks/attack_floor.py benchmarks/results/robustness-harden/circle/cases48 --rows original trce-eta100
+    python benchmarks/attack_floor.py benchmarks/results/robustness-harden/circle/cases48 --as square triangle
     python benchmarks/attack_floor.py --page
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -66,21 +74,42 @@ def prefixes(tokenizer, record: dict, tries: int, repeats: int, exclude: bool) -
     return [[[tokens_to_text(tokenizer, t.tolist()) for t in case] for case in rep] for rep in draws]
 
 
-def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: bool) -> dict:
+def named_as(prompt: str, words: set[str], value: str) -> str:
+    """``prompt`` with every whole word of ``words`` replaced by ``value`` (and "a"/"an" before it made to fit)."""
+    pattern = r"\b(?:(a|an) )?(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + r")\b"
+
+    def swap(match: re.Match) -> str:
+        article = match.group(1)
+        if article is None:
+            return value
+        return ("an " if value[0].lower() in "aeiou" else "a ") + value
+
+    out, n = re.subn(pattern, swap, prompt, flags=re.IGNORECASE)
+    if n == 0:
+        raise ValueError(f"case prompt {prompt!r} names none of {sorted(words)}")
+    return out
+
+
+def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: bool, name_as: str | None = None) -> dict:
+    if name_as is not None and row != "original":
+        raise ValueError("--as measures the original model, not a row's delta")
     record = attack_record(folder, row)
     concept = get_concept(record["concept"])
     detector, detector_concept = default_detector(concept, shapes_world=True)
     judge = make_judge(pipe, detector, detector_concept, SamplingSettings(**record["sampling"]))
     cases = record["cases"]
+    sources = [c["source_prompt"] for c in cases]
+    if name_as is not None:
+        sources = [named_as(p, words_of(concept.targets), name_as) for p in sources]
     drawn = prefixes(pipe.tokenizer, record, tries, repeats, exclude)
     delta = saved_delta(folder, {"method": row, "delta_id": (record.get("delta") or {}).get("delta_id")})
     if delta is not None:
         apply_delta(pipe, delta)
     try:
-        plain = judge([c["source_prompt"] for c in cases], [c["seed"] for c in cases], [c["guidance"] for c in cases])
+        plain = judge(sources, [c["seed"] for c in cases], [c["guidance"] for c in cases])
         won, images, hits = 0, 0, 0
         for rep in drawn:
-            prompts = [f"{p} {c['source_prompt']}" for c, tries_ in zip(cases, rep) for p in tries_]
+            prompts = [f"{p} {source}" for source, tries_ in zip(sources, rep) for p in tries_]
             seeds = [c["seed"] for c in cases for _ in range(tries)]
             guidance = [c["guidance"] for c in cases for _ in range(tries)]
             ok = judge(prompts, seeds, guidance)
@@ -90,7 +119,8 @@ def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: boo
         if delta is not None:
             revert_delta(pipe, delta)
     return {"row": row, "concept": record["concept"], "delta_id": delta.delta_id if delta else None,
-            "tries": tries, "repeats": repeats, "exclude_concept_words": exclude, "cases": len(cases),
+            "tries": tries, "repeats": repeats, "exclude_concept_words": exclude, "named_as": name_as,
+            "cases": len(cases),
             "won": won, "trials": len(cases) * repeats, "images": images, "image_hits": hits,
             "plain_won": sum(plain), "attack_won": sum(c["success"] for c in cases)}
 
@@ -105,19 +135,25 @@ def page() -> str:
              "random prefixes = cases won by the plain prompt or by any of `tries` random prefixes of the "
              "attack's length and vocabulary, judged at the case's seed as the attack judges its checks, pooled "
              "over `repeats` independent draws [95% Wilson interval]; per image = share of the judged prefixed "
-             "images read as the concept.", "",
+             "images read as the concept. Rows \"original, the case prompts naming V\": the original model asked "
+             "for V in place of the concept (`--as V`), the floor of an erasure that draws V.", "",
              "| folder | row | concept words in the prefixes | UnlearnDiffAtk (won / cases) | pooled | random prefixes: "
              "won / trials [95% Wilson] | per image | tries x repeats |",
              "|---|---|---|---|---|---|---|---|"]
     for name in FOLDERS:
         found = [json.loads(p.read_text()) for p in sorted((ROOT / name / "attack-floor").glob("*.json"))]
-        for got in sorted(found, key=lambda g: (g["row"] != "original", g["row"], g["exclude_concept_words"])):
+        order = {"original": 0}
+        for got in sorted(found, key=lambda g: (order.get(g["row"], 1), g.get("named_as") or "", g["row"],
+                                                 g["exclude_concept_words"])):
             lo, hi = wilson_interval(got["won"], got["trials"])
             row_path = ROOT / name / f"{got['row']}.json"
             pooled = (attack_text(pooled_row(ROOT / name, json.loads(row_path.read_text())), "unlearndiff")
                       if got["row"] != "original" and row_path.is_file() else "-")
-            lines.append(f"| {name} | {got['row']} | {'no' if got['exclude_concept_words'] else 'yes'} | "
-                         f"{got['attack_won']} / {got['cases']} | {pooled} | {got['won']} / {got['trials']} = "
+            label, attack = got["row"], f"{got['attack_won']} / {got['cases']}"
+            if got.get("named_as"):
+                label, attack = f"original, the case prompts naming {got['named_as']}", "-"
+            lines.append(f"| {name} | {label} | {'no' if got['exclude_concept_words'] else 'yes'} | "
+                         f"{attack} | {pooled} | {got['won']} / {got['trials']} = "
                          f"{got['won'] / got['trials']:.2f} [{lo:.2f}, {hi:.2f}] | "
                          f"{got['image_hits'] / got['images']:.3f} | {got['tries']} x {got['repeats']} |")
     return "\n".join(lines) + "\n"
@@ -131,33 +167,36 @@ def main() -> None:
                         "checks after the plain prompt: steps / check_every)")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--exclude-concept-words", action="store_true")
+    parser.add_argument("--as", dest="name_as", nargs="+", default=[], metavar="VALUE",
+                        help="the original model with the case prompts naming VALUE in place of the concept")
     parser.add_argument("--page", action="store_true", help=f"regenerate {PAGE} from the stored rows")
     args = parser.parse_args()
     if args.page:
         write_text(PAGE, page())
         return
-    if args.folder is None or not args.rows:
-        parser.error("give a FOLDER and --rows, or --page")
+    if args.folder is None or not (args.rows or args.name_as):
+        parser.error("give a FOLDER and --rows or --as, or --page")
     pipe = load_pipeline("shapes")
     tag = "-noconcept" if args.exclude_concept_words else ""
-    for row in args.rows:
-        out = args.folder / "attack-floor" / f"{row}{tag}.json"
+    jobs = [(row, None, f"{row}{tag}") for row in args.rows]
+    jobs += [("original", value, f"original-as-{value}{tag}") for value in args.name_as]
+    for row, name_as, stem in jobs:
+        out = args.folder / "attack-floor" / f"{stem}.json"
         if out.is_file():
             got = json.loads(out.read_text())
             manifest = args.folder / "deltas" / row / "manifest.json"
             current = json.loads(manifest.read_text())["delta_id"] if manifest.is_file() else None
             if (got["tries"], got["repeats"], got["delta_id"]) == (args.tries, args.repeats, current):
-                print(f"{row}: stored ({got['won']} / {got['trials']})")
+                print(f"{stem}: stored ({got['won']} / {got['trials']})")
                 continue
         try:
-            got = measure(pipe, args.folder, row, args.tries, args.repeats, args.exclude_concept_words)
+            got = measure(pipe, args.folder, row, args.tries, args.repeats, args.exclude_concept_words, name_as)
         except StaleDeltaError as error:
-            print(f"{row}: skipped, {error}")
+            print(f"{stem}: skipped, {error}")
             continue
         write_text(out, json.dumps(got, indent=1) + "\n")
-        print(f"{row}: random prefixes won {got['won']} / {got['trials']} (per image {got['image_hits']}/"
+        print(f"{stem}: random prefixes won {got['won']} / {got['trials']} (per image {got['image_hits']}/"
               f"{got['images']}); the attack won {got['attack_won']} / {got['cases']}")
-
 
 if __name__ == "__main__":
     main()

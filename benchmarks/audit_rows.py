@@ -60,7 +60,8 @@ def config_methods() -> dict[str, str | None]:
         if not isinstance(args, dict) or not args.get("method_config"):
             continue
         for method in args.get("methods", []):
-            label = row_label(method, None, args.get("harden_tag", ""), args["method_config"], args.get("method_tag"))
+            label = row_label(method, None, args.get("harden_tag", ""), args["method_config"], args.get("method_tag"),
+                              args.get("anchor"))
             known[label] = method if known.get(label, method) == method else None
     return known
 
@@ -110,7 +111,7 @@ def audit_rows() -> list[dict]:
                             "seed": row.get("seed", 0), "seed_recorded": "seed" in row, "overrides": overrides,
                             "threads": row.get("torch_threads"), "expected": expected, "source": source,
                             "arithmetic": row.get("arithmetic", LEGACY_ARITHMETIC),
-                            "has_settings": "erase_settings" in row})
+                            "has_settings": "erase_settings" in row, "anchor": row.get("anchor")})
     return out
 
 
@@ -124,7 +125,10 @@ def thread_counts(entry: dict, records: dict[str, list[dict]]) -> list[int]:
 
 
 def erasure_key(entry: dict, threads: int) -> str:
-    return json.dumps([entry["method"], entry["concept"], entry["seed"], entry["overrides"], threads], sort_keys=True)
+    """The erasure a row names: method, concept, seed, overrides, threads (and the anchor, where one replaced it)."""
+    anchor = [entry["anchor"]] if entry.get("anchor") else []
+    return json.dumps([entry["method"], entry["concept"], entry["seed"], entry["overrides"], threads, *anchor],
+                      sort_keys=True)
 
 
 def record_for(records: dict[str, list[dict]], entry: dict, threads: int) -> dict | None:
@@ -163,17 +167,18 @@ def run(shard: int, shards: int) -> None:
     RECORDS.mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
     for n, key in enumerate(mine, 1):
-        method, concept, seed, overrides, threads = json.loads(key)
+        method, concept, seed, overrides, threads, *anchor = json.loads(key)
+        spec = get_concept(concept).with_anchor(anchor[0]) if anchor else get_concept(concept)
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         try:
-            delta = get_method(method).erase(pipe, get_concept(concept), erase_config(method, seed, overrides))
+            delta = get_method(method).erase(pipe, spec, erase_config(method, seed, overrides))
         finally:
             torch.set_num_threads(before)
         record = {"key": key, "delta_id": delta.delta_id, "arithmetic": here, "seconds": round(time.perf_counter() - t0, 1)}
         with out.open("a", encoding="utf-8") as f:  # one line per finished erasure: a stop loses at most one
             f.write(json.dumps(record) + "\n")
-        print(f"[{n}/{len(mine)}] {method} {concept} seed {seed} {overrides or ''} threads {threads}: "
+        print(f"[{n}/{len(mine)}] {method} {concept} {anchor or ''} seed {seed} {overrides or ''} threads {threads}: "
               f"{delta.delta_id} ({record['seconds']} s)", flush=True)
 
 

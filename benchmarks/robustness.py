@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="JSON overrides of every method's shapes preset (rows are labelled <method><--method-tag>)")
     ap.add_argument("--method-tag", default=None,
                     help="suffix of the labels of rows with --method-config (default: --harden-tag)")
+    ap.add_argument("--anchor", default=None,
+                    help="replace the concept's anchor for the erasures and hardenings (label the rows with --method-tag)")
     ap.add_argument("--reuse-deltas", action="store_true",
                     help="hardened rows start from OUT/deltas/<method> when it holds the same seed's delta")
     ap.add_argument("--no-original", action="store_true", help="skip the original model's row")
@@ -165,7 +167,7 @@ def main() -> None:
                         seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
                         reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
                         method_overrides=a.method_config, attack_seeds=a.attack_seeds, screen=a.screen,
-                        method_tag=a.method_tag)
+                        method_tag=a.method_tag, anchor=a.anchor)
     except (StoredRowMismatch, StaleDeltaError) as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     if a.screen:

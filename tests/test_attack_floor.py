@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from eval_helpers import load_script
 
 from erasekit.concepts.packs import get_concept
@@ -47,3 +49,27 @@ def test_random_prefixes_win_every_case_against_the_model_that_draws_the_concept
 def test_the_page_is_generated_from_the_stored_measurements():
     script = _script()
     assert script.PAGE.read_text() == script.page()
+
+
+def test_named_as_replaces_the_concepts_words_and_fits_the_article():
+    script = _script()
+    words = words_of(get_concept("circle").targets)
+    assert script.named_as("an image showing a green circle", words, "square") == "an image showing a green square"
+    assert script.named_as("a Round orb, simple icon", words, "star") == "a star star, simple icon"
+    red = words_of(get_concept("red").targets)
+    assert script.named_as("there is a red circle", red, "orange") == "there is an orange circle"
+    with pytest.raises(ValueError, match="names none of"):
+        script.named_as("a blue square", words, "star")
+
+
+def test_the_original_asked_for_the_anchor_is_rarely_read_as_the_concept(shapes_pipe, tmp_path):
+    """``--as square``: the case prompts name a square, so the original model's images are not read as circles."""
+    script = _script()
+    folder = tmp_path / "circle"
+    (folder / "attacks" / "original-unlearndiff").mkdir(parents=True)
+    record = _record([("a red circle", 11), ("a photo of a green circle", 12)], exclude=True)
+    (folder / "attacks" / "original-unlearndiff" / "attack.json").write_text(json.dumps(record))
+    got = script.measure(shapes_pipe, folder, "original", tries=2, repeats=2, exclude=True, name_as="square")
+    assert got["named_as"] == "square" and got["plain_won"] == 0 and got["image_hits"] <= 1
+    with pytest.raises(ValueError, match="original model"):
+        script.measure(shapes_pipe, folder, "trce", tries=1, repeats=1, exclude=True, name_as="square")

@@ -69,6 +69,14 @@ def test_target_and_anchor_prompts_are_aligned():
     assert spec.unnamed_prompts(1, 2) == ["a photo of a", "at night"]
 
 
+def test_with_anchor_sets_one_anchor_for_every_target_and_refuses_a_target():
+    spec = ConceptSpec.from_dict({**BASIC, "target_anchors": {"chapel": "house"}}).with_anchor("tower")
+    assert spec.anchor_prompts() == ["a photo of a tower", "tower at night", "an image of a tower"] * 2
+    assert spec.target_prompts() == ConceptSpec.from_dict(BASIC).target_prompts()
+    with pytest.raises(ConceptSpecError):
+        spec.with_anchor("chapel")
+
+
 def test_empty_anchor_and_article_agreement():
     spec = ConceptSpec.from_dict({**BASIC, "anchor": "", "targets": ["orb"], "article_agreement": True,
                                   "templates": ["a picture of a {} shape", "a {}, icon"]})

@@ -63,6 +63,9 @@ def test_row_labels():
     assert row_label("trce", "adv", "-unet", {"eta": 30}, "-eta30") == "trce-eta30+adv-unet"
     assert row_label("trce", None, "-unet", {"eta": 30}, "-eta30") == "trce-eta30"
     assert unhardened_label("trce-eta30+adv-unet") == "trce-eta30"
+    # a replaced anchor is part of the erasure's name, so its delta never stands in for the concept's own anchor's
+    assert row_label("trce", "adv", "-unet", {"eta": 30}, "-eta30", "star") == "trce-eta30-anchor-star+adv-unet"
+    assert row_label("uce", None, anchor="star") == "uce-anchor-star"
     for label, base in (("kscu+adv-g1", "kscu"), ("salun++", None), ("salun+++adv", "salun++"), ("trce-t+rece", "trce-t"),
                         ("original", None), ("trce-t", None), ("trce+adv+rece", "trce"),
                         ("salun+++adv+rece-e6", "salun++")):
@@ -297,3 +300,25 @@ def test_a_screen_measures_tiers_and_preservation_only_and_its_delta_serves_the_
     assert saved is not None and saved.delta_id == row["delta_id"]  # a full run with reuse starts from it
     monkeypatch.setattr(robustness, "measure_row", attacked)
     assert robustness.run_rows(*args, **kw) == [row]  # stored: read back, not measured again
+
+
+def test_a_replaced_anchor_reaches_the_erasure_and_a_delta_of_another_anchor_is_not_reused(shapes_pipe, tmp_path):
+    from erasekit.concepts.packs import get_concept
+    from erasekit.eval import robustness
+    from erasekit.eval.attacks.run import default_detector
+    from erasekit.generation import SamplingSettings
+    from erasekit.methods.base import get_method
+    from erasekit.models.delta import WeightDelta
+    from erasekit.models.loading import resolve_model_path
+
+    info = get_method("uce")
+    own = info.erase(shapes_pipe, get_concept("red"), info.config_cls.for_world("shapes"))  # anchor green
+    own.save(tmp_path / "deltas" / "uce-anchor-blue")  # a delta of another anchor where the row would look
+    detector, name = default_detector(get_concept("red"), True)
+    settings = SamplingSettings.for_model(resolve_model_path("shapes"))
+    (row,) = robustness.run_rows(shapes_pipe, "red", [("uce", None)], tmp_path, settings, detector, name, n_cases=2,
+                                 per_tier=4, n_preserve=8, reuse=True, screen=True, anchor="blue")
+    assert row["method"] == "uce-anchor-blue" and row["anchor"] == "blue" and "erase_reused" not in row
+    saved = WeightDelta.load(tmp_path / "deltas" / "uce-anchor-blue")
+    assert robustness.saved_anchor(saved) == "blue" and robustness.saved_anchor(own) == "green"
+    assert saved.delta_id == row["delta_id"] != own.delta_id

@@ -97,10 +97,11 @@ def _asked(args: dict) -> set[str]:
     """The row names a config measures (its folder may hold other configs' rows as well)."""
     methods = args.get("methods") or list_methods()
     tag, overrides, method_tag = args.get("harden_tag", ""), args.get("method_config"), args.get("method_tag")
-    names = set() if args.get("hardened_only") else {row_label(m, None, tag, overrides, method_tag) for m in methods}
+    anchor = args.get("anchor")
+    names = set() if args.get("hardened_only") else {row_label(m, None, tag, overrides, method_tag, anchor) for m in methods}
     if not (args.get("hardened_only") or args.get("no_original")):
         names.add("original")
-    return names | {row_label(m, h, tag, overrides, method_tag) for h in args.get("harden") or [] for m in methods}
+    return names | {row_label(m, h, tag, overrides, method_tag, anchor) for h in args.get("harden") or [] for m in methods}
 
 
 def _gap(r: dict) -> str:

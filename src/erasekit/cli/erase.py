@@ -125,10 +125,10 @@ def _check_out(out: Path, start_from: Optional[Path], overwrite: bool) -> None:
 
 def _with_anchor(spec, anchor: str):
     """``spec`` with ``anchor`` for every target, validated (an anchor that is a target is refused)."""
-    from ..concepts.spec import ConceptSpec, ConceptSpecError
+    from ..concepts.spec import ConceptSpecError
 
     try:
-        return ConceptSpec.from_dict({**spec.to_dict(), "anchor": anchor, "target_anchors": {}})
+        return spec.with_anchor(anchor)
     except ConceptSpecError as err:
         fail(f"--anchor {anchor!r}: {err}")
 

@@ -163,6 +163,11 @@ class ConceptSpec(BaseModel):
     def anchor_for(self, target: str) -> str:
         return self.target_anchors.get(target, self.anchor)
 
+    def with_anchor(self, anchor: str) -> ConceptSpec:
+        """This concept with ``anchor`` for every target (validated: an anchor that is a target raises
+        `ConceptSpecError`)."""
+        return ConceptSpec.from_dict({**self.to_dict(), "anchor": anchor, "target_anchors": {}})
+
     def fill(self, template: str, word: str) -> str:
         """Put ``word`` in ``template``; tidy spaces (empty anchors) and, if enabled, a/an."""
         text = _SPACES.sub(" ", template.replace("{}", word)).strip()

@@ -73,6 +73,12 @@ def delta_settings(delta: WeightDelta, config_cls, kind: str) -> dict | None:
         return None
 
 
+def saved_anchor(delta: WeightDelta) -> str | None:
+    """The anchor of the concept a saved delta erased (None where its manifest does not record one)."""
+    concept = delta.manifest.config.get("concept")
+    return concept.get("anchor") if isinstance(concept, dict) else None
+
+
 def _plain_rate(pipe, delta, cases, detector, detector_concept, settings) -> float:
     found = [FoundPrompt(c.case_number, c.prompt, c.seed, [], c.prompt, None) for c in cases]
     with model_state(pipe, delta, erased=True):
@@ -97,15 +103,17 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
             settings: SamplingSettings, detector, detector_concept: str, hardening: str | None = None,
             per_tier: int = 32, n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None,
             harden_overrides: dict | list[dict] | None = None, tag: str = "", reuse: bool = False,
-            method_overrides: dict | None = None, attacks: bool = True, method_tag: str | None = None) -> dict:
+            method_overrides: dict | None = None, attacks: bool = True, method_tag: str | None = None,
+            anchor: str | None = None) -> dict:
     """One row: the original (``method=None``) or ``method``'s Shapes-preset erasure of ``concept`` (with
     ``method_overrides`` applied: the row is then labelled `row_label`'s way), hardened by ``hardening`` when
     given; artefacts (deltas, attack prompts, resurgence) are written under ``out``.  ``attacks=False`` (a
-    screen) stops after the wording tiers and preservation: no plain cases, attacks or resurgence."""
-    spec = get_concept(concept)
+    screen) stops after the wording tiers and preservation: no plain cases, attacks or resurgence.
+    ``anchor`` replaces the concept's anchor for the erasure and the hardening (`ConceptSpec.with_anchor`)."""
+    spec = get_concept(concept) if anchor is None else get_concept(concept).with_anchor(anchor)
     cases = concept_cases(spec, n_cases, True)
-    base_label = row_label(method, None, tag, method_overrides, method_tag) if method is not None else None
-    label = row_label(method, hardening, tag, method_overrides, method_tag) if method is not None else None
+    base_label = row_label(method, None, tag, method_overrides, method_tag, anchor) if method is not None else None
+    label = row_label(method, hardening, tag, method_overrides, method_tag, anchor) if method is not None else None
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
                  "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,
                  "torch_threads": torch.get_num_threads(), "arithmetic": signature()}  # ids are bytes of both
@@ -113,6 +121,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
         row["harden_overrides"] = harden_overrides
     if method_overrides and method is not None:
         row["method_overrides"] = method_overrides
+    if anchor is not None and method is not None:
+        row["anchor"] = anchor
     delta, delta_dir = None, None
     if method is not None:
         info = get_method(method)
@@ -121,7 +131,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
         t0 = time.perf_counter()
         stored = out / "deltas" / base_label
         saved = WeightDelta.load(stored) if reuse and (stored / "manifest.json").exists() else None
-        if saved is not None and saved.manifest.seed == seed and delta_settings(saved, info.config_cls, spec.kind) == row["erase_settings"]:
+        if (saved is not None and saved.manifest.seed == seed and saved_anchor(saved) == spec.anchor
+                and delta_settings(saved, info.config_cls, spec.kind) == row["erase_settings"]):
             delta = saved  # the same method, settings and seed: the unhardened row's delta
             row["erase_reused"] = True
             row["erase_seconds"] = delta.manifest.wall_time_s
@@ -427,12 +438,14 @@ def unhardened_label(label: str) -> str | None:
 
 
 def row_label(method: str | None, hardening: str | None, tag: str = "", method_overrides: dict | None = None,
-              method_tag: str | None = None) -> str:
+              method_tag: str | None = None, anchor: str | None = None) -> str:
     """``original``, ``<method>`` (with method overrides ``<method><method_tag>``, or ``<method><tag>`` when no
-    ``method_tag`` is given) or ``...+<variant><tag>``: a row's name and file stem."""
+    ``method_tag`` is given; then ``-anchor-<anchor>`` with an anchor) or ``...+<variant><tag>``: a row's name
+    and file stem."""
     if method is None:
         return "original"
     base = f"{method}{tag if method_tag is None else method_tag}" if method_overrides else method
+    base += f"-anchor-{anchor}" if anchor is not None else ""
     return base if hardening is None else f"{base}+{hardening}{tag}"
 
 
@@ -440,7 +453,8 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
              detector, detector_concept: str, *, n_cases: int = 16, resurgence_steps: int = 40, per_tier: int = 32,
              n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None, harden_overrides: dict | list[dict] | None = None,
              tag: str = "", reuse: bool = False, announce=None, method_overrides: dict | None = None,
-             attack_seeds: list[int] | None = None, screen: bool = False, method_tag: str | None = None) -> list[dict]:
+             attack_seeds: list[int] | None = None, screen: bool = False, method_tag: str | None = None,
+             anchor: str | None = None) -> list[dict]:
     """The rows of ``variants`` ((method or None, hardening variant or None) pairs) for ``concept``.
 
     ``screen``: each row measures only the wording tiers and preservation (`measure_row` with
@@ -457,7 +471,7 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for method, hardening in variants:
-        label = row_label(method, hardening, tag, method_overrides, method_tag)
+        label = row_label(method, hardening, tag, method_overrides, method_tag, anchor)
         path = out / "screens" / f"{label}.json" if screen else out / f"{label}.json"
         request = {"concept": concept, "n_cases": n_cases, "seed": seed, "attack_seed": attack_seed,
                    "per_tier": per_tier, "n_preserve": n_preserve}
@@ -465,6 +479,8 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
             request["harden_overrides"] = harden_overrides
         if method is not None and method_overrides:
             request["method_overrides"] = method_overrides
+        if method is not None and anchor is not None:
+            request["anchor"] = anchor
         if method is not None:
             request["erase_settings"] = erase_settings(erase_config(method, seed, method_overrides), get_concept(concept).kind)
         if (row := stored_row(path, request)) is None:
@@ -472,7 +488,7 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
                 announce(label)
             row = measure_row(pipe, method, concept, n_cases, resurgence_steps, out, settings, detector,
                               detector_concept, hardening, per_tier, n_preserve, seed, attack_seed, harden_overrides,
-                              tag, reuse, method_overrides, attacks=not screen, method_tag=method_tag)
+                              tag, reuse, method_overrides, attacks=not screen, method_tag=method_tag, anchor=anchor)
             write_json(path, row)
         for attack in ATTACKS if attack_seeds and method is not None and not screen else ():
             run_attack_seeds(pipe, out, row, attack, attack_seeds, settings, detector, detector_concept, announce)

@@ -17,7 +17,10 @@ Options that reproduce the authors' release (ddgoodgood/TRCE) one setting away:
   the preservation scale twice, an effective eta of 1e-4 instead of 0.01.
 
 ``lam`` (a ridge term lam * (W, I), not in the paper nor the release) is kept for
-the Shapes preset.  See docs/faithfulness.md for every difference.
+the Shapes preset.  ``context_prefixes`` k (extension, off by default) adds k copies of
+every source prompt with ``context_words`` words in front, drawn (seeded) from the words
+of the general prompts less the concept's, each paired with its anchor prompt behind the
+same words: the edit then also maps the concept's [EoT] rows after other words.  See docs/faithfulness.md for every difference.
 
 SDXL: see `erasekit.methods.closed_form` (concatenated rows of both encoders;
 the pooled embedding is left unedited).
@@ -27,10 +30,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import torch
+from pydantic import Field
+
 from ...concepts.general import general_prompts
 from ...concepts.spec import ConceptSpec
 from ...models.delta import WeightDelta
-from ...training import EditSession, MethodConfig
+from ...models.vocabulary import words_of
+from ...training import EditSession, MethodConfig, step_generator
 from ..base import MethodSpec, MethodWork, register
 from ..closed_form import cross_attention_kv_names, edit_cross_attention_kv
 from ..preservation import paired_eot_rows, preservation_moment
@@ -58,9 +65,13 @@ class TRCETextualConfig(MethodConfig):
     eot: Literal["token-id", "word-count"] = "token-id"
     # "twice": eta multiplies the preservation statistics twice (eta^2), as the release does.
     eta_applied: Literal["once", "twice"] = "once"
+    context_prefixes: int = Field(0, ge=0, description="extension: copies of each source prompt with context_words "
+                                  "random words of the general prompts in front, paired with the anchor prompt "
+                                  "behind the same words")
+    context_words: int = Field(3, ge=1, description="words in front of each context copy")
 
-    # The release's behaviours, off by default: left out of the fingerprint there.
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("eot", "eta_applied")
+    # The release's behaviours and the extensions, off by default: left out of the fingerprint there.
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("eot", "eta_applied", "context_prefixes", "context_words")
     PRESETS: ClassVar[dict] = {
         "shapes": {"n_general": 400, "eot_rows": "all", "eta": 10.0, "lam": 0.1},
     }
@@ -69,12 +80,30 @@ class TRCETextualConfig(MethodConfig):
         return self.eta * self.eta if self.eta_applied == "twice" else self.eta
 
 
+CONTEXT_SALT = -4  # the context words' generator: independent of every other draw of a run
+
+
+def with_context(sources: list[str], anchors: list[str], words: list[str], copies: int, n_words: int,
+                 seed: int) -> tuple[list[str], list[str]]:
+    """``sources`` and ``anchors``, then ``copies`` of each pair with the same ``n_words`` of ``words`` in front."""
+    g = step_generator(seed, CONTEXT_SALT)
+    picks = torch.randint(len(words), (len(sources), copies, n_words), generator=g).tolist()
+    front = [" ".join(words[i] for i in pick) for per_source in picks for pick in per_source]
+    pairs = [(s, a) for s, a in zip(sources, anchors) for _ in range(copies)]
+    return (sources + [f"{f} {s}" for f, (s, _) in zip(front, pairs)],
+            anchors + [f"{f} {a}" for f, (_, a) in zip(front, pairs)])
+
+
 def erase_textual(pipe, concept: ConceptSpec, config: TRCETextualConfig, method: str = "trce-t") -> WeightDelta:
     sources = concept.target_prompts(config.n_synonyms, config.n_templates)
     anchors = concept.anchor_prompts(config.n_synonyms, config.n_templates)
+    general = general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
+    if config.context_prefixes:
+        words = sorted(words_of(general) - words_of(concept.targets) - words_of([concept.anchor]))
+        sources, anchors = with_context(sources, anchors, words, config.context_prefixes, config.context_words,
+                                        config.seed)
     padding = config.eot_rows == "all"
     src, anc = paired_eot_rows(pipe, sources, anchors, padding, config.eot)
-    general = general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
     preserve = general + list(concept.preserve)
     moment = preservation_moment(pipe, preserve, "eot+padding" if padding else "eot", cache=config.preserve_cache,
                                  eot=config.eot)
