@@ -19,8 +19,9 @@ Options that reproduce the authors' release (ddgoodgood/TRCE) one setting away:
 ``lam`` (a ridge term lam * (W, I), not in the paper nor the release) is kept for
 the Shapes preset.  ``context_prefixes`` k (extension, off by default) adds k copies of
 every source prompt with ``context_words`` words in front, drawn (seeded) from the words
-of the general prompts less the concept's, each paired with its anchor prompt behind the
-same words: the edit then also maps the concept's [EoT] rows after other words.  See docs/faithfulness.md for every difference.
+of the general prompts less the concept's and the anchor's, each paired with its anchor
+prompt behind the same words: the edit then also maps the concept's [EoT] rows after
+other words.  See docs/faithfulness.md for every difference.
 
 SDXL: see `erasekit.methods.closed_form` (concatenated rows of both encoders;
 the pooled embedding is left unedited).
