@@ -73,3 +73,15 @@ def test_the_original_asked_for_the_anchor_is_rarely_read_as_the_concept(shapes_
     assert got["named_as"] == "square" and got["plain_won"] == 0 and got["image_hits"] <= 1
     with pytest.raises(ValueError, match="original model"):
         script.measure(shapes_pipe, folder, "trce", tries=1, repeats=1, exclude=True, name_as="square")
+
+
+def test_images_read_as_the_concept_are_the_ones_the_detector_reads_so(shapes_pipe, tmp_path):
+    """``--images``: each column is a prefixed image read as the concept, its likeliest value first."""
+    script = _script()
+    folder = tmp_path / "circle"
+    (folder / "attacks" / "original-unlearndiff").mkdir(parents=True)
+    record = _record([("a red circle", 11), ("a photo of a green circle", 12)], exclude=True)
+    (folder / "attacks" / "original-unlearndiff" / "attack.json").write_text(json.dumps(record))
+    grid, lines = script.read_as_concept(shapes_pipe, folder, "original", tries=2, exclude=True)
+    assert 2 <= len(lines) <= 4 and all(": circle " in line for line in lines)
+    assert grid.size == (len(lines) * 132, 260)
