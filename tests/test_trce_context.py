@@ -1,5 +1,6 @@
 """TRCE stage 1's context copies (``context_prefixes``): the edit also covers the concept after other words."""
 
+import pytest
 import torch
 
 from erasekit.concepts.packs import get_concept
@@ -26,6 +27,12 @@ def test_default_config_keeps_the_fingerprint_of_results_stored_before_the_optio
     fingerprint = TRCETextualConfig.preset("shapes").fingerprint()
     assert "context_prefixes" not in fingerprint and "context_words" not in fingerprint
     assert TRCETextualConfig.preset("shapes", context_prefixes=4).fingerprint()["context_prefixes"] == 4
+
+
+def test_context_prefixes_without_general_prompts_is_a_one_line_error(shapes_pipe):
+    with pytest.raises(ValueError, match="n_general"):
+        erase_textual(shapes_pipe, get_concept("circle"), TRCETextualConfig.preset("shapes", context_prefixes=2,
+                                                                                   n_general=0))
 
 
 def test_context_prefixes_carry_the_edit_to_the_concept_after_other_words(shapes_pipe):

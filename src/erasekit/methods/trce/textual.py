@@ -101,6 +101,9 @@ def erase_textual(pipe, concept: ConceptSpec, config: TRCETextualConfig, method:
     general = general_prompts(pipe, config.n_general, exclude_words=list(concept.targets))
     if config.context_prefixes:
         words = sorted(words_of(general) - words_of(concept.targets) - words_of([concept.anchor]))
+        if not words:
+            raise ValueError("context_prefixes draws its words from the general prompts; with n_general=0 "
+                             "there are none (set n_general > 0 or context_prefixes=0)")
         sources, anchors = with_context(sources, anchors, words, config.context_prefixes, config.context_words,
                                         config.seed)
     padding = config.eot_rows == "all"
