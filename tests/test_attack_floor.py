@@ -21,6 +21,15 @@ def _record(cases: list[tuple[str, int]], exclude: bool = False) -> dict:
                                      for p, s in cases]}
 
 
+def _original_folder(tmp_path, exclude: bool = False):
+    """A row folder holding the original model's attack record of two circle cases."""
+    folder = tmp_path / "circle"
+    (folder / "attacks" / "original-unlearndiff").mkdir(parents=True)
+    record = _record([("a red circle", 11), ("a photo of a green circle", 12)], exclude)
+    (folder / "attacks" / "original-unlearndiff" / "attack.json").write_text(json.dumps(record))
+    return folder
+
+
 def test_prefixes_are_words_of_the_attack_vocabulary_drawn_per_case_try_and_repeat(shapes_pipe):
     script, tok = _script(), shapes_pipe.tokenizer
     record = _record([("a red circle", 1), ("a blue circle", 2)])
@@ -38,10 +47,7 @@ def test_prefixes_are_words_of_the_attack_vocabulary_drawn_per_case_try_and_repe
 def test_random_prefixes_win_every_case_against_the_model_that_draws_the_concept(shapes_pipe, tmp_path):
     """On the original model the case prompts draw circles: the plain prompt or a prefixed one wins each case."""
     script = _script()
-    folder = tmp_path / "circle"
-    (folder / "attacks" / "original-unlearndiff").mkdir(parents=True)
-    record = _record([("a red circle", 11), ("a photo of a green circle", 12)])
-    (folder / "attacks" / "original-unlearndiff" / "attack.json").write_text(json.dumps(record))
+    folder = _original_folder(tmp_path)
     got = script.measure(shapes_pipe, folder, "original", tries=2, repeats=2, exclude=False)
     assert (got["won"], got["trials"], got["images"]) == (4, 4, 8) and got["image_hits"] >= 6
 
@@ -65,10 +71,7 @@ def test_named_as_replaces_the_concepts_words_and_fits_the_article():
 def test_the_original_asked_for_the_anchor_is_rarely_read_as_the_concept(shapes_pipe, tmp_path):
     """``--as square``: the case prompts name a square, so the original model's images are not read as circles."""
     script = _script()
-    folder = tmp_path / "circle"
-    (folder / "attacks" / "original-unlearndiff").mkdir(parents=True)
-    record = _record([("a red circle", 11), ("a photo of a green circle", 12)], exclude=True)
-    (folder / "attacks" / "original-unlearndiff" / "attack.json").write_text(json.dumps(record))
+    folder = _original_folder(tmp_path, exclude=True)
     got = script.measure(shapes_pipe, folder, "original", tries=2, repeats=2, exclude=True, name_as="square")
     assert got["named_as"] == "square" and got["plain_won"] == 0 and got["image_hits"] <= 1
     with pytest.raises(ValueError, match="original model"):
@@ -78,10 +81,7 @@ def test_the_original_asked_for_the_anchor_is_rarely_read_as_the_concept(shapes_
 def test_images_read_as_the_concept_are_the_ones_the_detector_reads_so(shapes_pipe, tmp_path):
     """``--images``: each column is a prefixed image read as the concept, its likeliest value first."""
     script = _script()
-    folder = tmp_path / "circle"
-    (folder / "attacks" / "original-unlearndiff").mkdir(parents=True)
-    record = _record([("a red circle", 11), ("a photo of a green circle", 12)], exclude=True)
-    (folder / "attacks" / "original-unlearndiff" / "attack.json").write_text(json.dumps(record))
+    folder = _original_folder(tmp_path, exclude=True)
     grid, lines = script.read_as_concept(shapes_pipe, folder, "original", tries=2, exclude=True)
     assert 2 <= len(lines) <= 4 and all(": circle " in line for line in lines)
     assert grid.size == (len(lines) * 132, 260)
