@@ -44,17 +44,15 @@ import torch
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
 from erasekit.eval.attack_seeds import StaleDeltaError, attack_text, pooled_row, saved_delta
-from erasekit.eval.attacks.common import make_judge
+from erasekit.eval.attacks.common import make_judge, model_state
 from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.attacks.tokens import tokens_to_text
 from erasekit.eval.benchmarks import BenchmarkRow
 from erasekit.eval.generate import draw
 from erasekit.eval.metrics import wilson_interval
 from erasekit.generation import SamplingSettings
-from erasekit.models.delta import apply_delta, revert_delta
 from erasekit.models.loading import load_pipeline
 from erasekit.models.vocabulary import resolve_vocabulary, words_of
-from erasekit.world.assets_paths import load_detector
 from erasekit.world.atomic import save_image
 from erasekit.world.vocabulary import VALUES, load_vocabulary
 
@@ -99,6 +97,11 @@ def named_as(prompt: str, words: set[str], value: str) -> str:
     return out
 
 
+def row_delta(folder: Path, row: str, record: dict):
+    """The delta saved for ``row`` (None for the original), checked against the one its attack record measured."""
+    return saved_delta(folder, {"method": row, "delta_id": (record.get("delta") or {}).get("delta_id")})
+
+
 def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: bool, name_as: str | None = None) -> dict:
     if name_as is not None and row != "original":
         raise ValueError("--as measures the original model, not a row's delta")
@@ -111,10 +114,8 @@ def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: boo
     if name_as is not None:
         sources = [named_as(p, words_of(concept.targets), name_as) for p in sources]
     drawn = prefixes(pipe.tokenizer, record, tries, repeats, exclude)
-    delta = saved_delta(folder, {"method": row, "delta_id": (record.get("delta") or {}).get("delta_id")})
-    if delta is not None:
-        apply_delta(pipe, delta)
-    try:
+    delta = row_delta(folder, row, record)
+    with model_state(pipe, delta, erased=True):
         plain = judge(sources, [c["seed"] for c in cases], [c["guidance"] for c in cases])
         won, images, hits = 0, 0, 0
         for rep in drawn:
@@ -124,9 +125,6 @@ def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: boo
             ok = judge(prompts, seeds, guidance)
             images, hits = images + len(ok), hits + sum(ok)
             won += sum(plain[i] or any(ok[i * tries:(i + 1) * tries]) for i in range(len(cases)))
-    finally:
-        if delta is not None:
-            revert_delta(pipe, delta)
     return {"row": row, "concept": record["concept"], "delta_id": delta.delta_id if delta else None,
             "tries": tries, "repeats": repeats, "exclude_concept_words": exclude, "named_as": name_as,
             "cases": len(cases),
@@ -141,22 +139,16 @@ def read_as_concept(pipe, folder: Path, row: str, tries: int, exclude: bool):
 
     record = attack_record(folder, row)
     concept = get_concept(record["concept"])
-    value = default_detector(concept, shapes_world=True)[1]
+    detector, value = default_detector(concept, shapes_world=True)
     attribute = load_vocabulary().attribute_of(value)
     cases, settings = record["cases"], SamplingSettings(**record["sampling"])
     rows = [BenchmarkRow(f"{p} {c['source_prompt']}", c["seed"], c["guidance"], k)
             for k, (c, case_tries) in enumerate(zip(cases, prefixes(pipe.tokenizer, record, tries, 1, exclude)[0]))
             for p in case_tries]
     original = draw(pipe, rows, settings)
-    delta = saved_delta(folder, {"method": row, "delta_id": (record.get("delta") or {}).get("delta_id")})
-    if delta is not None:
-        apply_delta(pipe, delta)
-    try:
+    with model_state(pipe, row_delta(folder, row, record), erased=True):
         erased = draw(pipe, rows, settings)
-    finally:
-        if delta is not None:
-            revert_delta(pipe, delta)
-    probs = load_detector().probabilities(erased)[attribute]
+    probs = detector.model.probabilities(erased)[attribute]  # the Shapes detector's every value, for the top two
     names = VALUES[attribute]
     lost = [i for i in range(len(rows)) if int(probs[i].argmax()) == names.index(value)]
     side = 128
