@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 from erasekit.concepts.packs import get_concept
-from erasekit.eval.robustness import erase_config, erase_settings, row_label, stored_rows, unhardened_label
+from erasekit.eval.robustness import erase_config, erase_settings, row_label
+from erasekit.eval.robustness_table import stored_rows, unhardened_label
 from erasekit.methods.base import get_method, list_methods
 from erasekit.models.arithmetic import same_arithmetic, signature
 from erasekit.world.atomic import write_json, write_text

@@ -33,7 +33,8 @@ from erasekit.concepts.general import general_prompts
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
 from erasekit.eval.attacks import concept_cases
-from erasekit.eval.robustness import preservation_text, quiet
+from erasekit.eval.robustness import quiet
+from erasekit.eval.robustness_table import preservation_text
 from erasekit.methods.base import get_method
 from erasekit.methods.harden import harden, variant_config
 from erasekit.methods.retain import text_kv_names

@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 
 from erasekit.concepts.packs import get_concept
-from erasekit.eval.robustness import erase_config, erase_settings, folder_rows, stored_rows, unhardened_label
+from erasekit.eval.robustness import erase_config, erase_settings
+from erasekit.eval.robustness_table import folder_rows, stored_rows, unhardened_label
 from erasekit.world.atomic import write_json
 
 RECORD_DIRS = ("attack-seeds", "unnamed", "screens")  # files <label>[-<attack>-seed<k>].json with a "row" field

@@ -73,8 +73,8 @@ from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
 from erasekit.eval.attack_seeds import StaleDeltaError, pooled_row
 from erasekit.eval.attacks.run import default_detector
-from erasekit.eval.robustness import (COLUMNS, StoredRowMismatch, folder_rows, markdown, preservation_text, run_rows,
-                                      summary)
+from erasekit.eval.robustness import COLUMNS, StoredRowMismatch, run_rows
+from erasekit.eval.robustness_table import folder_rows, markdown, preservation_text, summary
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import list_methods
 from erasekit.methods.harden import variant_chain

@@ -10,7 +10,7 @@ from erasekit.eval import attack_seeds
 from erasekit.eval.attack_seeds import (StaleDeltaError, attack_text, pooled_row, result_path, run_attack_seeds,
                                         seed_counts)
 from erasekit.eval.attacks.run import default_detector
-from erasekit.eval.robustness import summary
+from erasekit.eval.robustness_table import summary
 from erasekit.generation import SamplingSettings
 from erasekit.methods.base import get_method
 from erasekit.models.loading import resolve_model_path

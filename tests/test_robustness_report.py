@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from erasekit.cli import app
 from erasekit.eval.metrics import wilson_interval
-from erasekit.eval.robustness import preservation_interval, row_label, stored_rows, summary, unhardened_label
+from erasekit.eval.robustness import row_label
+from erasekit.eval.robustness_table import preservation_interval, stored_rows, summary, unhardened_label
 from eval_helpers import load_script
 
 
@@ -238,7 +239,7 @@ def test_a_hardening_chain_applies_each_variant_in_turn_and_reuses_a_saved_first
 
 
 def test_preservation_on_the_concepts_own_attribute_counts_only_that_attribute():
-    from erasekit.eval.robustness import attribute_preservation_text
+    from erasekit.eval.robustness_table import attribute_preservation_text
 
     original = {"concept": "circle", "adherence": 0.98, "n_preserve": 96,
                 "adherence_by_attribute": {"shape": 0.99, "color": 0.99}}
@@ -252,7 +253,8 @@ def test_preservation_on_the_concepts_own_attribute_counts_only_that_attribute()
 
 
 def test_chain_overrides_apply_to_the_last_step_or_one_dict_per_step():
-    from erasekit.eval.robustness import chain_overrides, overrides_text
+    from erasekit.eval.robustness import chain_overrides
+    from erasekit.eval.robustness_table import overrides_text
 
     assert chain_overrides(["adv", "rece"], {"epochs": 2}) == [{}, {"epochs": 2}]
     assert chain_overrides(["adv"], None) == [{}]

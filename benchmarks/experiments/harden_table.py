@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 from erasekit.eval.attack_seeds import ATTACKS, RESULTS, attack_text, pooled_row, spread_table  # noqa: E402
-from erasekit.eval.robustness import (  # noqa: E402
-    attribute_preservation_text, cost, folder_rows, preservation_text, row_label, overrides_text, screen_rows,
-    unhardened_label)
+from erasekit.eval.robustness import row_label  # noqa: E402
+from erasekit.eval.robustness_table import (  # noqa: E402
+    attribute_preservation_text, cost, folder_rows, overrides_text, preservation_text, screen_rows, unhardened_label)
 from erasekit.eval.robustness_bars import bars, rate_with_interval, train_loss  # noqa: E402
 from erasekit.methods.base import get_method, list_methods  # noqa: E402
 from erasekit.world.atomic import write_text  # noqa: E402

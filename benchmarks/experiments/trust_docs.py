@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from erasekit.eval.atomic import write_text
-from erasekit.eval.robustness import summary
+from erasekit.eval.robustness_table import summary
 from trust_table import table  # noqa: E402  (benchmarks/experiments is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -257,7 +257,7 @@ DEFINITIONS = """## What the columns mean
 def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command: str, settings: dict,
                  env: dict | None = None, robustness: tuple[Path, ...] = ()) -> Path:
     """Write BENCHMARKS.md (tables per scenario, orderings) and one Pareto PNG per scenario; with
-    ``robustness`` (folders of stored robustness rows) also their tables (`erasekit.eval.robustness.summary`)."""
+    ``robustness`` (folders of stored robustness rows) also their tables (`erasekit.eval.robustness_table.summary`)."""
     path, plots_dir = Path(path), Path(plots_dir)
     env = env or environment()
     out = _header(run, command, env, settings) + [DEFINITIONS.format(anchor_moves=_anchor_moves(run))]
@@ -280,7 +280,7 @@ def write_report(run: BenchRun, path: str | Path, plots_dir: str | Path, command
     out.append(orderings_markdown({k: v for k, v in run.results.items()}))
     folders = [f for f in robustness or () if f.is_dir()]
     if folders:
-        from ..robustness import summary
+        from ..robustness_table import summary
 
         out += ["", "## Robustness: attacks, resurgence and hardening", "",
                 "Stored rows, computed by `erasekit bench --robustness CONCEPT [--harden rece|adv] [--method M]` "
