@@ -168,6 +168,32 @@ def test_anchor_defence_loss_is_the_distance_to_the_base_prediction_for_the_anch
     assert loss == pytest.approx(float(want), rel=1e-5)
 
 
+def test_anchor_guided_defence_loss_is_esds_target_with_the_anchor_in_place_of_the_empty_prompt(sd1):
+    import torch.nn.functional as F
+
+    from erasekit.methods.harden.adv import AdvStep
+    from erasekit.models.conditioning import encode_conditions
+    from erasekit.models.unet_io import predict
+    from erasekit.training import randint
+
+    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "defence_target": "anchor-guided", "negative_guidance": 2.0,
+                       "prompts": "grid", "retain_weight": 0.0})
+    prompts, anchors = CONCEPT.target_prompts(), CONCEPT.anchor_prompts()
+    base = {"ids": token_ids(sd1, prompts), "cond": encode_conditions(sd1, prompts), "uncond": encode_conditions(sd1, [""]),
+            "anchor_cond": encode_conditions(sd1, anchors), "retain_ids": None, "retain_cond": None}
+    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    with torch.no_grad():
+        loss = float(step(0, torch.Generator().manual_seed(3)))
+        g = torch.Generator().manual_seed(3)
+        idx = torch.tensor([randint(len(prompts), g)])
+        z, t = step._latent(idx, base["cond"], g)
+        eps_c, eps_a = (predict(sd1.unet, z, t, base[k][idx]) for k in ("cond", "anchor_cond"))
+        eps_u = predict(sd1.unet, z, t, base["uncond"])
+        want = F.mse_loss(predict(sd1.unet, z, t, sd1.text_encoder(base["ids"][idx])[0]), eps_a - 2.0 * (eps_c - eps_a))
+        esd = F.mse_loss(predict(sd1.unet, z, t, sd1.text_encoder(base["ids"][idx])[0]), eps_u - 2.0 * (eps_c - eps_u))
+    assert loss == pytest.approx(float(want), rel=1e-4) and float(want) != pytest.approx(float(esd), rel=1e-2)
+
+
 def test_presets_and_variant_lookup():
     sd, shapes = AdvConfig.preset("sd"), AdvConfig.preset("shapes")
     assert (sd.module, sd.iterations, sd.lr, sd.warmup, sd.attack_steps, sd.attack_lr, sd.attack_tokens,

@@ -16,7 +16,8 @@
 
 2. **defence** (one optimiser step of the trained module): ``defence_weight`` (1) times ESD's
    negative-guidance loss on the adversarial prompt and on ``replay_batch`` (0) earlier rounds' beside it
-   (``defence_target="anchor"``: toward the base model's prediction for the anchor prompt), plus ``retain_weight`` times the
+   (``defence_target="anchor"``: toward the base model's prediction for the anchor prompt a; ``"anchor-guided"``:
+   ``eps_base(z, a) - g (eps_base(z, c) - eps_base(z, a))``, ESD's target with a in place of ""), plus ``retain_weight`` times the
    utility-retaining term on ``retain_batch`` retain prompts r (``defence_weight`` 0: that term alone)::
 
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
@@ -129,7 +130,7 @@ class AdvConfig(FineTuneConfig):
     attack_latents: Literal["per_step", "per_round"] = "per_step"
     attack_space: Literal["soft", "tokens"] = "soft"
     attack_source: Literal["current", "base"] = "current"
-    defence_target: Literal["esd", "anchor"] = "esd"
+    defence_target: Literal["esd", "anchor", "anchor-guided"] = "esd"
     defence_weight: float = Field(1.0, ge=0, description="weight of the erasure (defence) loss; 0 with attack_steps 0: "
                                   "a retain-only fine-tune that pulls the retain prompts back to the base model")
     attack_vocabulary: str = "tokenizer"
@@ -346,11 +347,12 @@ class AdvStep:
         with self._base():
             if cfg.defence_target == "anchor":
                 target = predict(self.unet, z, t, self.anchor_cond[idx])
-            else:
-                uncond = self.uncond.embeds.expand(len(idx), -1, -1)
-                both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, uncond]))
-                eps_c, eps_u = both.chunk(2)
-                target = esd_target(eps_c, eps_u, cfg.negative_guidance)
+            else:  # ESD's target, guided away from c from the empty prompt or (anchor-guided) from the anchor
+                ref = (self.anchor_cond[idx].embeds if cfg.defence_target == "anchor-guided"
+                       else self.uncond.embeds.expand(len(idx), -1, -1))
+                both = predict(self.unet, torch.cat([z, z]), t, torch.cat([self.cond[idx].embeds, ref]))
+                eps_c, eps_ref = both.chunk(2)
+                target = esd_target(eps_c, eps_ref, cfg.negative_guidance)
         adv = torch.cat([a for _, a in pairs]) if attacking else None
         return F.mse_loss(predict(self.unet, z, t, self.encode(self.ids[idx], adv)), target)
 
@@ -439,7 +441,7 @@ def harden_adv(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: Ad
     prompts = concept_prompts(concept, config)
     retain = (_retain_prompts(pipe, concept, config)
               if config.retain_weight > 0 or config.retain_embedding_weight > 0 or config.retain_kv_weight > 0 else [])
-    anchors = concept_prompts(concept, config, "anchor") if config.defence_target == "anchor" else None
+    anchors = concept_prompts(concept, config, "anchor") if config.defence_target != "esd" else None
     unnamed = concept_prompts(concept, config, "unnamed") if config.unnamed_weight > 0 else []
     base = {"ids": token_ids(pipe, prompts), "cond": encode_conditions(pipe, prompts),
             "unnamed_ids": token_ids(pipe, unnamed) if unnamed else None,
