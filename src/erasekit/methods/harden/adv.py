@@ -14,11 +14,10 @@
    nearest (cosine) tokens of ``attack_vocabulary``, takes the loss there and updates the soft tokens by
    its gradient (straight-through); the defence trains on the round's best projection.
 
-2. **defence** (one optimiser step of the trained module): ``defence_weight`` (1) times ESD's
-   negative-guidance loss on the adversarial prompt and on ``replay_batch`` (0) earlier rounds' beside it
-   (``defence_target="anchor"``: toward the base model's prediction for the anchor prompt a; ``"anchor-guided"``:
-   ``eps_base(z, a) - g (eps_base(z, c) - eps_base(z, a))``, ESD's target with a in place of ""), plus ``retain_weight`` times the
-   utility-retaining term on ``retain_batch`` retain prompts r (``defence_weight`` 0: that term alone)::
+2. **defence** (one optimiser step of the trained module): ``defence_weight`` (1) times ESD's negative-guidance
+   loss on the adversarial prompt and on ``replay_batch`` (0) earlier rounds' beside it (``defence_target``
+   "anchor": toward eps_base(z, a) for the anchor prompt a; "anchor-guided": ESD's target with a in place of
+   ""), plus ``retain_weight`` times the utility-retaining term on ``retain_batch`` retain prompts r::
 
        L = || eps_cur(z_s, t, text_cur([adv] + c)) - [eps_base(z, "") - g (eps_base(z, c) - eps_base(z, ""))] ||^2
          + w || eps_cur(z_r, t, text_cur(r)) - eps_base(z_r, t, r) ||^2
@@ -26,14 +25,14 @@
          + w_u || eps_cur(z_u, t, text_cur(u)) - [eps_base(z_u, u) - g_u (eps_base(z_u, c) - eps_base(z_u, u))] ||^2
          + w_kv sum_W ||(W - W_base) S^T||^2 / ||W_base S^T||^2
 
-   ``z_r``: partial generations of the trained model (``retain_source="base"``: the base model's).
-   w_e (``retain_embedding_weight``, ``retain_embedding_batch`` prompts; text encoder only) and w_kv
-   (``retain_kv_weight``; UNet only) hold relative drifts over all token rows of the retain prompts: of
-   their text-encoder output, and of the keys and values the cross-attention ``to_k``/``to_v`` weights W
-   in scope give their tokens S.  The retain terms' reference ("base" above) is the base model, or with
-   ``retain_reference="erased"`` the erased model the run starts from.  w_u (``unnamed_weight``, g_u
-   ``unnamed_guidance``) steers the unnamed form u ("a red shape" -> "a shape", on latents the current
-   model draws for u) away from the concept.  w_e, w_u, w_kv are 0 in the release.
+   ``z_r``: partial generations of the trained model (``retain_source="base"``: the base model's);
+   ``defence_weight`` 0 keeps that term alone. w_e (``retain_embedding_weight``, ``retain_embedding_batch``
+   prompts; text encoder only) and w_kv (``retain_kv_weight``; UNet only) hold relative drifts over all token
+   rows of the retain prompts: of their text-encoder output, and of the keys and values the cross-attention
+   ``to_k``/``to_v`` weights W in scope give their tokens S. The retain terms' reference ("base" above) is the
+   base model, or with ``retain_reference="erased"`` the erased model the run starts from. w_u
+   (``unnamed_weight``, g_u ``unnamed_guidance``) steers the unnamed form u ("a red shape" -> "a shape", on
+   latents the current model draws for u) away from the concept. w_e, w_u, w_kv are 0 in the release.
 
 ``module="text_encoder"`` trains the text encoder's transformer layers and final norm (the release's
 ``text_encoder_full``; ``text_layers=[0]``: its ``text_encoder_layer0``), ``module="unet"`` the UNet's
