@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from erasekit.concepts.spec import ConceptSpec
 from erasekit.methods.closed_form import cross_attention_kv_names
@@ -13,6 +14,7 @@ from erasekit.methods.harden.adv import prefix_embeddings, prefixed_ids
 from erasekit.models.delta import WeightDelta, apply_delta, fingerprint, revert_delta, snapshot
 from erasekit.models.text import token_ids
 from erasekit.models.tiny import tiny_pipeline
+from erasekit.models.unet_io import predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -145,15 +147,14 @@ def test_anchor_prompts_pair_each_training_prompt_with_its_anchor():
     assert training_prompts(CONCEPT, "bare", None, None, role="unnamed") == [""]
 
 
-def test_anchor_defence_loss_is_the_distance_to_the_base_prediction_for_the_anchor(sd1):
-    import torch.nn.functional as F
-
+def _defence_loss(sd1, **overrides):
+    """One defence step (no attack) on the concept's grid prompts: (its loss, the base conditioning, and the
+    trained prediction, latent and step of the prompt it drew), with the step's seed replayed."""
     from erasekit.methods.harden.adv import AdvStep
     from erasekit.models.conditioning import encode_conditions
-    from erasekit.models.unet_io import predict
     from erasekit.training import randint
 
-    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "defence_target": "anchor", "prompts": "grid", "retain_weight": 0.0})
+    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "prompts": "grid", "retain_weight": 0.0, **overrides})
     prompts, anchors = CONCEPT.target_prompts(), CONCEPT.anchor_prompts()
     base = {"ids": token_ids(sd1, prompts), "cond": encode_conditions(sd1, prompts), "uncond": encode_conditions(sd1, [""]),
             "anchor_cond": encode_conditions(sd1, anchors), "retain_ids": None, "retain_cond": None}
@@ -163,34 +164,23 @@ def test_anchor_defence_loss_is_the_distance_to_the_base_prediction_for_the_anch
         g = torch.Generator().manual_seed(3)
         idx = torch.tensor([randint(len(prompts), g)])
         z, t = step._latent(idx, base["cond"], g)
-        want = F.mse_loss(predict(sd1.unet, z, t, sd1.text_encoder(base["ids"][idx])[0]),
-                          predict(sd1.unet, z, t, base["anchor_cond"][idx]))
+        trained = predict(sd1.unet, z, t, sd1.text_encoder(base["ids"][idx])[0])
+    return loss, {k: v[idx] if k != "uncond" and hasattr(v, "embeds") else v for k, v in base.items()}, trained, z, t
+
+
+def test_anchor_defence_loss_is_the_distance_to_the_base_prediction_for_the_anchor(sd1):
+    loss, base, trained, z, t = _defence_loss(sd1, defence_target="anchor")
+    with torch.no_grad():
+        want = F.mse_loss(trained, predict(sd1.unet, z, t, base["anchor_cond"]))
     assert loss == pytest.approx(float(want), rel=1e-5)
 
 
 def test_anchor_guided_defence_loss_is_esds_target_with_the_anchor_in_place_of_the_empty_prompt(sd1):
-    import torch.nn.functional as F
-
-    from erasekit.methods.harden.adv import AdvStep
-    from erasekit.models.conditioning import encode_conditions
-    from erasekit.models.unet_io import predict
-    from erasekit.training import randint
-
-    cfg = AdvConfig(**{**TINY, "attack_steps": 0, "defence_target": "anchor-guided", "negative_guidance": 2.0,
-                       "prompts": "grid", "retain_weight": 0.0})
-    prompts, anchors = CONCEPT.target_prompts(), CONCEPT.anchor_prompts()
-    base = {"ids": token_ids(sd1, prompts), "cond": encode_conditions(sd1, prompts), "uncond": encode_conditions(sd1, [""]),
-            "anchor_cond": encode_conditions(sd1, anchors), "retain_ids": None, "retain_cond": None}
-    step = AdvStep(sd1, CONCEPT, cfg, {}, base)
+    loss, base, trained, z, t = _defence_loss(sd1, defence_target="anchor-guided", negative_guidance=2.0)
     with torch.no_grad():
-        loss = float(step(0, torch.Generator().manual_seed(3)))
-        g = torch.Generator().manual_seed(3)
-        idx = torch.tensor([randint(len(prompts), g)])
-        z, t = step._latent(idx, base["cond"], g)
-        eps_c, eps_a = (predict(sd1.unet, z, t, base[k][idx]) for k in ("cond", "anchor_cond"))
-        eps_u = predict(sd1.unet, z, t, base["uncond"])
-        want = F.mse_loss(predict(sd1.unet, z, t, sd1.text_encoder(base["ids"][idx])[0]), eps_a - 2.0 * (eps_c - eps_a))
-        esd = F.mse_loss(predict(sd1.unet, z, t, sd1.text_encoder(base["ids"][idx])[0]), eps_u - 2.0 * (eps_c - eps_u))
+        eps_c, eps_a, eps_u = (predict(sd1.unet, z, t, base[k]) for k in ("cond", "anchor_cond", "uncond"))
+        want = F.mse_loss(trained, eps_a - 2.0 * (eps_c - eps_a))
+        esd = F.mse_loss(trained, eps_u - 2.0 * (eps_c - eps_u))
     assert loss == pytest.approx(float(want), rel=1e-4) and float(want) != pytest.approx(float(esd), rel=1e-2)
 
 
