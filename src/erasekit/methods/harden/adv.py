@@ -26,7 +26,7 @@
          + w_kv sum_W ||(W - W_base) S^T||^2 / ||W_base S^T||^2
 
    ``z_r``: partial generations of the trained model (``retain_source="base"``: the base model's);
-   ``defence_weight`` 0 keeps that term alone. w_e (``retain_embedding_weight``, ``retain_embedding_batch``
+   ``defence_weight`` 0 keeps the retain terms alone. w_e (``retain_embedding_weight``, ``retain_embedding_batch``
    prompts; text encoder only) and w_kv (``retain_kv_weight``; UNet only) hold relative drifts over all token
    rows of the retain prompts: of their text-encoder output, and of the keys and values the cross-attention
    ``to_k``/``to_v`` weights W in scope give their tokens S. The retain terms' reference ("base" above) is the
