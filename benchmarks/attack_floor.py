@@ -145,9 +145,12 @@ def read_as_concept(pipe, folder: Path, row: str, tries: int, exclude: bool):
     rows = [BenchmarkRow(f"{p} {c['source_prompt']}", c["seed"], c["guidance"], k)
             for k, (c, case_tries) in enumerate(zip(cases, prefixes(pipe.tokenizer, record, tries, 1, exclude)[0]))
             for p in case_tries]
-    original = draw(pipe, rows, settings)
-    with model_state(pipe, row_delta(folder, row, record), erased=True):
-        erased = draw(pipe, rows, settings)
+    original, delta = draw(pipe, rows, settings), row_delta(folder, row, record)
+    if delta is None:  # the original row: the same images
+        erased = original
+    else:
+        with model_state(pipe, delta, erased=True):
+            erased = draw(pipe, rows, settings)
     probs = detector.model.probabilities(erased)[attribute]  # the Shapes detector's every value, for the top two
     names = VALUES[attribute]
     lost = [i for i in range(len(rows)) if int(probs[i].argmax()) == names.index(value)]

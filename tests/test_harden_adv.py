@@ -148,8 +148,8 @@ def test_anchor_prompts_pair_each_training_prompt_with_its_anchor():
 
 
 def _defence_loss(sd1, **overrides):
-    """One defence step (no attack) on the concept's grid prompts: (its loss, the base conditioning, and the
-    trained prediction, latent and step of the prompt it drew), with the step's seed replayed."""
+    """One defence step (no attack) on the concept's grid prompts: (its loss, the base conditioning of the prompt it
+    drew, its anchor and the empty prompt, and the trained prediction, latent and step), the step's seed replayed."""
     from erasekit.methods.harden.adv import AdvStep
     from erasekit.models.conditioning import encode_conditions
     from erasekit.training import randint
@@ -165,7 +165,7 @@ def _defence_loss(sd1, **overrides):
         idx = torch.tensor([randint(len(prompts), g)])
         z, t = step._latent(idx, base["cond"], g)
         trained = predict(sd1.unet, z, t, sd1.text_encoder(base["ids"][idx])[0])
-    return loss, {k: v[idx] if k != "uncond" and hasattr(v, "embeds") else v for k, v in base.items()}, trained, z, t
+    return loss, {"cond": base["cond"][idx], "anchor_cond": base["anchor_cond"][idx], "uncond": base["uncond"]}, trained, z, t
 
 
 def test_anchor_defence_loss_is_the_distance_to_the_base_prediction_for_the_anchor(sd1):
