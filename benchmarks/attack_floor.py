@@ -50,6 +50,7 @@ from erasekit.eval.attacks.tokens import tokens_to_text
 from erasekit.eval.benchmarks import BenchmarkRow
 from erasekit.eval.generate import draw
 from erasekit.eval.metrics import wilson_interval
+from erasekit.eval.robustness_table import FLOOR_DIR
 from erasekit.generation import SamplingSettings
 from erasekit.models.loading import load_pipeline
 from erasekit.models.vocabulary import resolve_vocabulary, words_of
@@ -182,7 +183,7 @@ def page() -> str:
              "won / trials [95% Wilson] | per image | tries x repeats |",
              "|---|---|---|---|---|---|---|---|"]
     for name in FOLDERS:
-        found = [json.loads(p.read_text()) for p in sorted((ROOT / name / "attack-floor").glob("*.json"))]
+        found = [json.loads(p.read_text()) for p in sorted((ROOT / name / FLOOR_DIR).glob("*.json"))]
         order = {"original": 0}
         for got in sorted(found, key=lambda g: (order.get(g["row"], 1), g.get("named_as") or "", g["row"],
                                                  g["exclude_concept_words"])):
@@ -221,7 +222,7 @@ def main() -> None:
     pipe = load_pipeline("shapes")
     if args.images:
         grid, lines = read_as_concept(pipe, args.folder, args.images, args.tries, args.exclude_concept_words)
-        out = args.folder / "attack-floor" / f"{args.images}-read-as-concept.png"
+        out = args.folder / FLOOR_DIR / f"{args.images}-read-as-concept.png"
         save_image(out, grid)
         print("\n".join([f"{out}: {len(lines)} images read as the concept (top: the original model)", *lines]))
         return
@@ -229,7 +230,7 @@ def main() -> None:
     jobs = [(row, None, f"{row}{tag}") for row in args.rows]
     jobs += [("original", value, f"original-as-{value}{tag}") for value in args.name_as]
     for row, name_as, stem in jobs:
-        out = args.folder / "attack-floor" / f"{stem}.json"
+        out = args.folder / FLOOR_DIR / f"{stem}.json"
         if out.is_file():
             got = json.loads(out.read_text())
             manifest = args.folder / "deltas" / row / "manifest.json"

@@ -37,11 +37,32 @@ def test_summary_judges_hardened_rows_against_their_base_and_the_original(tmp_pa
     lines = {line.split(" | ")[1]: line for line in summary(tmp_path).splitlines() if line.startswith("| circle")}
     assert lines["uce+adv"].endswith("| yes/yes/yes/yes/yes |")
     assert lines["esd-x+adv"].endswith("| yes/yes/yes/no/no |")
-    assert lines["salun++"].endswith("| - |") and "(" not in lines["salun++"].split(" | ")[6]
+    assert lines["salun++"].endswith("| - |") and "(" not in lines["salun++"].split(" | ")[7]
     assert "0.00 [0.00, 0.19]" in lines["uce+adv"]  # 0 of 16 with its 95% Wilson interval
     lo, hi = wilson_interval(round(0.97 * 48), 48)  # rows without n_preserve were measured on 48 prompts
     # vs the original [the adherent count's Wilson interval over the original's adherence] (vs unhardened)
     assert f"{0.97 / 0.98:.2f} [{lo / 0.98:.2f}, {hi / 0.98:.2f}] ({0.97 / 0.95:.2f})" in lines["uce+adv"]
+
+
+def test_summary_shows_a_rows_attack_floor_only_when_measured_on_the_delta_the_row_measured(tmp_path):
+    folder = tmp_path / "circle"
+    (folder / "attack-floor").mkdir(parents=True)
+    rows = [_row("original", 0.875, 1.0, 0.9375, 0.0, 0.98),
+            _row("uce", 0.0, 0.5, 0.0, 0.0, 0.95, delta_id="aaa"),
+            _row("uce+adv", 0.0, 0.1, 0.0, 0.0, 0.97, delta_id="bbb"),
+            _row("esd-x", 0.0, 0.5, 0.0, 0.0, 0.98, delta_id="ccc")]
+    for r in rows:
+        (folder / f"{r['method']}.json").write_text(json.dumps(r))
+    floors = {"uce+adv": ("bbb", False, None), "uce": ("zzz", False, None),  # measured on another delta
+              "esd-x": ("ccc", True, None)}                                  # without the concept's words
+    for row, (delta_id, exclude, named_as) in floors.items():
+        (folder / "attack-floor" / f"{row}.json").write_text(json.dumps(
+            {"row": row, "delta_id": delta_id, "exclude_concept_words": exclude, "named_as": named_as,
+             "won": 9, "trials": 64, "tries": 5, "repeats": 4}))
+    lines = {line.split(" | ")[1]: line.split(" | ") for line in summary(tmp_path).splitlines() if line.startswith("| circle")}
+    lo, hi = wilson_interval(9, 64)
+    assert lines["uce+adv"][4] == f"9 / 64 = {9 / 64:.2f} [{lo:.2f}, {hi:.2f}]"
+    assert lines["uce"][4] == lines["esd-x"][4] == lines["original"][4] == "-"
 
 
 def test_preservation_interval_is_the_adherent_counts_wilson_interval_over_the_original():
