@@ -259,6 +259,20 @@ def test_a_hardening_chain_applies_each_variant_in_turn_and_reuses_a_saved_first
     assert [c["method"] for c in chained.manifest.config["chain"]] == ["uce", "harden:rece", "harden:rece"]
 
 
+def test_a_hardening_override_may_set_the_hardenings_own_seed_apart_from_the_rows(tmp_path, shapes_pipe):
+    """The row's seed seeds the base erasure and, unless an override names another, the hardening."""
+    from erasekit.concepts.packs import get_concept
+    from erasekit.eval.robustness import _harden_chain
+    from erasekit.methods.base import get_method
+
+    spec, info = get_concept("circle"), get_method("uce")
+    base = info.erase(shapes_pipe, spec, info.config_cls.for_world("shapes"))
+    rows: list[dict] = [{}, {}]
+    for row, overrides in zip(rows, (None, {"seed": 5})):
+        _harden_chain(shapes_pipe, base, spec, "rece", row, tmp_path, "uce", 3, overrides, "", reuse=False)
+    assert [r["harden_settings"]["seed"] for r in rows] == [3, 5]
+
+
 def test_preservation_on_the_concepts_own_attribute_counts_only_that_attribute():
     from erasekit.eval.robustness_table import attribute_preservation_text
 
