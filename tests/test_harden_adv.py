@@ -541,3 +541,18 @@ def test_random_attack_trains_against_random_words_of_its_vocabulary_without_a_s
             assert torch.isclose(table[allowed], row).all(dim=1).any()
     assert not all(torch.equal(prefixes[0], p) for p in prefixes[1:])
     assert hardened.manifest.metrics["attack_iterations"] == 0
+
+
+def test_a_soup_is_the_mean_of_the_runs_with_consecutive_seeds_and_records_them(sd1):
+    cfg = AdvConfig(**{**TINY, "module": "unet", "unet_scope": "cross_attn_kv", "iterations": 3, "warmup": 1, "seed": 4})
+    runs = [harden(sd1, None, CONCEPT, cfg.model_copy(update={"seed": s})) for s in (4, 5)]
+    soup = harden(sd1, None, CONCEPT, cfg.model_copy(update={"soup": 2}))
+    assert runs[0].delta_id != runs[1].delta_id  # the seeds draw differently
+    assert soup.names == runs[0].names == runs[1].names
+    for n in soup.names:
+        torch.testing.assert_close(soup.tensors[n], (runs[0].tensors[n] + runs[1].tensors[n]) / 2)
+    m = soup.manifest
+    assert m.metrics["soup_members"] == [r.delta_id for r in runs]
+    assert m.metrics["iterations"] == 6 and m.metrics["member_iterations"] == 3
+    assert m.config["harden"]["soup"] == 2 and "soup" not in runs[0].manifest.config["harden"]  # 1 is left out
+    assert m.config["chain"] == [{"method": "harden:adv"}]

@@ -5,7 +5,7 @@ chain ``<method> -> harden:<variant>``:
 
 - ``rece`` (`rece`): closed-form adversarial embedding + cross-attention K/V edit (RECE);
 - ``adv`` (`adv`): adversarial training with a soft-prompt attack in the loop (AdvUnlearn),
-  of the text encoder (default) or a UNet scope.
+  of the text encoder (default) or a UNet scope; with ``soup`` K, K runs of it averaged (`souped`).
 
 `harden(pipe, delta, concept, config)` runs the variant of ``config``'s type.
 """
@@ -18,6 +18,7 @@ from ...training.config import MethodConfig
 from .adv import AdvConfig, harden_adv
 from .proj import ProjConfig, harden_proj
 from .rece import RECEConfig, adversarial_embedding, harden_rece, reproduction_error
+from .soup import souped
 
 VARIANTS: dict[str, type[MethodConfig]] = {"rece": RECEConfig, "adv": AdvConfig, "proj": ProjConfig}
 
@@ -25,7 +26,7 @@ VARIANTS: dict[str, type[MethodConfig]] = {"rece": RECEConfig, "adv": AdvConfig,
 def harden(pipe, delta: WeightDelta | None, concept: ConceptSpec, config: MethodConfig) -> WeightDelta:
     """Harden ``delta`` (None: the base model) against attacks on ``concept``; ``pipe`` holds the base model."""
     if isinstance(config, AdvConfig):
-        return harden_adv(pipe, delta, concept, config)
+        return souped(harden_adv, pipe, delta, concept, config) if config.soup > 1 else harden_adv(pipe, delta, concept, config)
     if isinstance(config, RECEConfig):
         return harden_rece(pipe, delta, concept, config)
     if isinstance(config, ProjConfig):
@@ -49,4 +50,4 @@ def variant_chain(text: str) -> list[str]:
 
 
 __all__ = ["AdvConfig", "ProjConfig", "RECEConfig", "VARIANTS", "adversarial_embedding", "harden", "harden_adv", "harden_proj", "harden_rece",
-           "reproduction_error", "variant_chain", "variant_config"]
+           "reproduction_error", "souped", "variant_chain", "variant_config"]

@@ -156,9 +156,11 @@ class AdvConfig(FineTuneConfig):
     extra_targets: list[str] = Field(default_factory=list, description="more target phrases hardened with the "
                                      "concept's own, in its templates (e.g. combinations of kept words that the "
                                      "base model draws as the concept); the concept's preserve list is unchanged")
+    soup: int = Field(1, ge=1, description="runs with seeds seed, seed+1, ... whose hardened weights are averaged "
+                      "(`erasekit.methods.harden.soup`; 1: one run, the release)")
 
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("defence_weight", "unnamed_weight", "unnamed_guidance", "retain_kv_weight",
-                                             "extra_targets", "retain_reference", "replay_batch")
+                                             "extra_targets", "retain_reference", "replay_batch", "soup")
     LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("text_layers",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "shapes": {"iterations": 80, "lr": 1e-4, "warmup": 10, "attack_steps": 8, "attack_lr": 0.05,
