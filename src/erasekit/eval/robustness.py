@@ -163,8 +163,9 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
 def _harden_chain(pipe, delta: WeightDelta, spec, hardening: str, row: dict, out: Path, base_label: str, seed: int,
                   overrides: dict | list[dict] | None, tag: str, reuse: bool) -> WeightDelta:
     """``delta`` hardened by each variant of ``hardening`` in turn (``adv+rece``: adv, then rece on its result),
-    each with its Shapes preset and the row's ``seed``; ``overrides`` (a ``seed`` among them included) apply to the
-    last variant, or, given as a list, one dict to each variant in turn; fills ``row``'s hardening cost and the base erasure's id (``base_delta_id``).
+    each with its Shapes preset and the row's ``seed``; ``overrides`` (a ``seed`` among them included) apply to
+    the last variant, or, given as a list, one dict to each variant in turn; fills ``row``'s hardening cost and
+    the base erasure's id (``base_delta_id``).
 
     With ``reuse``, a step whose delta is saved under ``out/deltas/<label so far>`` from the same base delta and
     settings (for example the ``adv`` row's delta, the first step of ``adv+rece``) is read back."""
