@@ -4,8 +4,8 @@
     python benchmarks/audit_rows.py --report                                      # the page from the records
     python benchmarks/audit_rows.py --report --fill                               # + erase_settings where verified
 
-Every row under the robustness roots names an erasure: its method's ``shapes`` preset at the row's
-seed, with the row's ``method_overrides``.  This script runs that erasure again with today's code and
+Every row under the robustness roots but the original and the controls names an erasure: its method's
+``shapes`` preset at the row's seed, with the row's ``method_overrides``.  This script runs that erasure again with today's code and
 compares the delta id (a hash of the delta's bytes) with the id the row measured: the row's own
 ``delta_id`` for an unhardened row; for a hardened row, the base erasure's id it records
 (``base_delta_id``), or else the id of the unhardened row beside it (the base a hardened row reuses)
@@ -102,7 +102,7 @@ def audit_rows() -> list[dict]:
     for root in ROOTS:
         for folder, rows in stored_rows(root).items():
             for label, row in rows.items():
-                if label == "original":
+                if label == "original" or "control" in row:  # a control names no erasure (erasekit.eval.controls)
                     continue
                 base = unhardened_label(label) or label
                 overrides = row.get("method_overrides") or {}

@@ -44,6 +44,12 @@ draws change.  Each run is stored under ``OUT/attack-seeds/`` and reused; the su
 experiment tables then show and judge each attack's rate pooled over the seeds
 (`erasekit.eval.attack_seeds`).
 
+``--controls words-as-anchor`` also measures the controls of `erasekit.eval.controls` as rows
+(``control-words-as-<anchor>``: the text encoder reads the concept's words as its anchor's, nothing
+else changes), with the same cases, attacks and attack seeds, and no resurgence (a control changes no
+UNet weight): what the attacks and the judge give against an erasure that draws the anchor whenever
+the concept is named.
+
 ``--screen`` measures only the wording tiers and preservation of each row (no attacks, no resurgence), to
 choose which settings are worth attacking: rows go to ``OUT/screens/`` and deltas to ``OUT/deltas/``, where a
 full run with ``--reuse-deltas`` starts from them.
@@ -72,6 +78,7 @@ from rich.table import Table
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
 from erasekit.eval.attack_seeds import StaleDeltaError, pooled_row
+from erasekit.eval.controls import CONTROLS
 from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.robustness import COLUMNS, StoredRowMismatch, run_rows
 from erasekit.eval.robustness_table import folder_rows, markdown, preservation_text, summary
@@ -127,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="suffix of the labels of rows with --method-config (default: --harden-tag)")
     ap.add_argument("--anchor", default=None,
                     help="replace the concept's anchor for the erasures and hardenings (label the rows with --method-tag)")
+    ap.add_argument("--controls", nargs="+", default=[], choices=CONTROLS,
+                    help="also measure these controls (erasekit.eval.controls): deltas no method computes, "
+                         "rows labelled control-...")
     ap.add_argument("--reuse-deltas", action="store_true",
                     help="hardened rows start from OUT/deltas/<method> when it holds the same seed's delta")
     ap.add_argument("--no-original", action="store_true", help="skip the original model's row")
@@ -167,7 +177,7 @@ def main() -> None:
                         seed=a.seed, attack_seed=a.attack_seed, harden_overrides=a.harden_config, tag=a.harden_tag,
                         reuse=a.reuse_deltas, announce=lambda label: console.print(f"[bold]{label}[/bold] ..."),
                         method_overrides=a.method_config, attack_seeds=a.attack_seeds, screen=a.screen,
-                        method_tag=a.method_tag, anchor=a.anchor)
+                        method_tag=a.method_tag, anchor=a.anchor, controls=a.controls)
     except (StoredRowMismatch, StaleDeltaError) as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     if a.screen:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+from erasekit.concepts.packs import get_concept  # noqa: E402
 from erasekit.eval.attack_seeds import ATTACKS, RESULTS, attack_text, pooled_row, spread_table  # noqa: E402
+from erasekit.eval.controls import control_label  # noqa: E402
 from erasekit.eval.robustness import row_label  # noqa: E402
 from erasekit.eval.robustness_table import (  # noqa: E402
     attribute_preservation_text, cost, folder_rows, overrides_text, preservation_text, screen_rows, unhardened_label)
@@ -101,7 +103,8 @@ def _asked(args: dict) -> set[str]:
     names = set() if args.get("hardened_only") else {row_label(m, None, tag, overrides, method_tag, anchor) for m in methods}
     if not (args.get("hardened_only") or args.get("no_original")):
         names.add("original")
-    return names | {row_label(m, h, tag, overrides, method_tag, anchor) for h in args.get("harden") or [] for m in methods}
+    controls = {control_label(c, get_concept(args.get("concept", "circle"))) for c in args.get("controls") or []}
+    return names | controls | {row_label(m, h, tag, overrides, method_tag, anchor) for h in args.get("harden") or [] for m in methods}
 
 
 def _gap(r: dict) -> str:

@@ -13,6 +13,7 @@ target cases (prompts + seeds), a row holds:
   ``adherence_by_attribute``: the same per attribute (shape, color);
 - cost: seconds and iterations of the erasure and of the hardening (`erasekit.methods.harden`).
 
+A control row (``control``, `erasekit.eval.controls`) measures a delta no method computes in the same way.
 Rows can also be attacked with more attack seeds on their saved deltas (`erasekit.eval.attack_seeds`).
 `benchmarks/robustness.py` and ``erasekit bench --robustness`` compute rows;
 `erasekit.eval.robustness_table` renders the stored ones (BENCHMARKS.md, the hardening pages).
@@ -35,6 +36,8 @@ from ..models.delta import WeightDelta, apply_delta, revert_delta
 from .attacks import concept_cases, judge_prompts, model_state, run_attack, run_resurgence
 from .attack_seeds import ATTACKS, run_attack_seeds
 from .attacks.common import FoundPrompt
+from .attacks.run import shapes_value
+from .controls import control_delta, control_label
 from .measure import measure_erasure
 
 COLUMNS = ("plain", "ringabell", "unlearndiff", "resurgence")
@@ -94,16 +97,20 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
             per_tier: int = 32, n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None,
             harden_overrides: dict | list[dict] | None = None, tag: str = "", reuse: bool = False,
             method_overrides: dict | None = None, attacks: bool = True, method_tag: str | None = None,
-            anchor: str | None = None) -> dict:
+            anchor: str | None = None, control: str | None = None) -> dict:
     """One row: the original (``method=None``) or ``method``'s Shapes-preset erasure of ``concept`` (with
     ``method_overrides`` applied: the row is then labelled `row_label`'s way), hardened by ``hardening`` when
     given; artefacts (deltas, attack prompts, resurgence) are written under ``out``.  ``attacks=False`` (a
     screen) stops after the wording tiers and preservation: no plain cases, attacks or resurgence.
-    ``anchor`` replaces the concept's anchor for the erasure and the hardening (`ConceptSpec.with_anchor`)."""
+    ``anchor`` replaces the concept's anchor for the erasure and the hardening (`ConceptSpec.with_anchor`).
+    ``control`` (with ``method=None``) measures that control's delta (`erasekit.eval.controls`) instead
+    of the original model, labelled `control_label`'s way (no resurgence: it changes no UNet weight)."""
     spec = get_concept(concept) if anchor is None else get_concept(concept).with_anchor(anchor)
     cases = concept_cases(spec, n_cases, True)
     base_label = row_label(method, None, tag, method_overrides, method_tag, anchor) if method is not None else None
     label = row_label(method, hardening, tag, method_overrides, method_tag, anchor) if method is not None else None
+    if control is not None:
+        label = control_label(control, spec)
     row: dict = {"method": label or "original", "concept": concept, "n_cases": n_cases, "seed": seed,
                  "attack_seed": attack_seed, "per_tier": per_tier, "n_preserve": n_preserve,
                  "torch_threads": torch.get_num_threads(), "arithmetic": signature()}  # ids are bytes of both
@@ -135,6 +142,12 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
         delta_dir = out / "deltas" / label
         delta.save(delta_dir)
         delta = WeightDelta.load(delta_dir)
+    elif control is not None:
+        row["control"] = control
+        delta_dir = out / "deltas" / label
+        control_delta(pipe, control, spec, shapes_value(spec)).save(delta_dir)
+        delta = WeightDelta.load(delta_dir)
+    if delta is not None:
         row["delta_id"] = delta.delta_id  # what the attacks measured: equal ids, equal rows for one attack seed
     row.update(_tiers_and_preservation(pipe, delta, concept, settings, per_tier, n_preserve))
     if not attacks:
@@ -148,7 +161,7 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
                             search_cache=out / "attacks" / "search-cache")
         row[attack] = result.success_rate
         row[f"{attack}_seconds"] = time.perf_counter() - t0
-    if delta is not None and resurgence_steps > 0:
+    if delta is not None and resurgence_steps > 0 and control is None:  # a control has no fine-tuned scope
         res = run_resurgence(pipe, delta, spec, {"steps": resurgence_steps, "save_delta": False},
                              detector=detector, detector_concept=detector_concept, settings=settings,
                              out=out / "resurgence" / label, delta_path=delta_dir)
@@ -295,8 +308,9 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
              n_preserve: int = 48, seed: int = 0, attack_seed: int | None = None, harden_overrides: dict | list[dict] | None = None,
              tag: str = "", reuse: bool = False, announce=None, method_overrides: dict | None = None,
              attack_seeds: list[int] | None = None, screen: bool = False, method_tag: str | None = None,
-             anchor: str | None = None) -> list[dict]:
-    """The rows of ``variants`` ((method or None, hardening variant or None) pairs) for ``concept``.
+             anchor: str | None = None, controls: tuple[str, ...] | list[str] = ()) -> list[dict]:
+    """The rows of ``variants`` ((method or None, hardening variant or None) pairs) for ``concept``, then
+    one row per control of ``controls`` (`erasekit.eval.controls`).
 
     ``screen``: each row measures only the wording tiers and preservation (`measure_row` with
     ``attacks=False``) and is stored under ``out/screens``; its delta is saved where a full run with
@@ -311,8 +325,10 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for method, hardening in variants:
-        label = row_label(method, hardening, tag, method_overrides, method_tag, anchor)
+    jobs = [(m, h, None) for m, h in variants] + [(None, None, c) for c in controls]
+    for method, hardening, control in jobs:
+        label = (row_label(method, hardening, tag, method_overrides, method_tag, anchor) if control is None
+                 else control_label(control, get_concept(concept)))
         path = out / "screens" / f"{label}.json" if screen else out / f"{label}.json"
         request = {"concept": concept, "n_cases": n_cases, "seed": seed, "attack_seed": attack_seed,
                    "per_tier": per_tier, "n_preserve": n_preserve}
@@ -322,6 +338,8 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
             request["method_overrides"] = method_overrides
         if method is not None and anchor is not None:
             request["anchor"] = anchor
+        if control is not None:
+            request["control"] = control
         if method is not None:
             request["erase_settings"] = erase_settings(erase_config(method, seed, method_overrides), get_concept(concept).kind)
         if (row := stored_row(path, request)) is None:
@@ -329,9 +347,10 @@ def run_rows(pipe, concept: str, variants: list[tuple[str | None, str | None]], 
                 announce(label)
             row = measure_row(pipe, method, concept, n_cases, resurgence_steps, out, settings, detector,
                               detector_concept, hardening, per_tier, n_preserve, seed, attack_seed, harden_overrides,
-                              tag, reuse, method_overrides, attacks=not screen, method_tag=method_tag, anchor=anchor)
+                              tag, reuse, method_overrides, attacks=not screen, method_tag=method_tag, anchor=anchor,
+                              control=control)
             write_json(path, row)
-        for attack in ATTACKS if attack_seeds and method is not None and not screen else ():
+        for attack in ATTACKS if attack_seeds and label != "original" and not screen else ():
             run_attack_seeds(pipe, out, row, attack, attack_seeds, settings, detector, detector_concept, announce)
         rows.append(row)
     return rows
