@@ -33,8 +33,9 @@ def test_every_config_parses_to_robustness_options(path):
     options = robustness.experiment_args(path, ap)
     ap.set_defaults(**options)
     a = ap.parse_args([])
-    assert a.methods and a.out == Path(json.loads(path.read_text())["args"]["out"])
-    assert a.harden or not a.hardened_only  # a config without hardening measures the unhardened rows
+    assert (a.methods or a.controls) and a.out == Path(json.loads(path.read_text())["args"]["out"])
+    assert a.harden or a.controls or not a.hardened_only  # a config without hardening measures unhardened rows
+    assert not a.controls or (a.hardened_only and not a.methods)  # a control config measures its controls alone
     for chain in a.harden or []:  # every override is a field of its step's variant
         steps = variant_chain(chain)
         for variant, overrides in zip(steps, chain_overrides(steps, a.harden_config)):
