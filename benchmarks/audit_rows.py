@@ -4,17 +4,17 @@
     python benchmarks/audit_rows.py --report                                      # the page from the records
     python benchmarks/audit_rows.py --report --fill                               # + erase_settings where verified
 
-Every row under the robustness roots but the original and the controls names an erasure: its method's
-``shapes`` preset at the row's seed, with the row's ``method_overrides``.  This script runs that erasure again with today's code and
-compares the delta id (a hash of the delta's bytes) with the id the row measured: the row's own
-``delta_id`` for an unhardened row; for a hardened row, the base erasure's id it records
-(``base_delta_id``), or else the id of the unhardened row beside it (the base a hardened row reuses)
-when that row was measured under the same arithmetic.  Delta ids
+Every row under the robustness roots but the original and the controls names an erasure: its
+method's ``shapes`` preset at the row's seed, with the row's ``method_overrides``. This script runs
+that erasure again with today's code and compares the delta id (a hash of the delta's bytes) with
+the id the row measured: the row's own ``delta_id`` for an unhardened row; for a hardened row, the
+base erasure's id it records (``base_delta_id``), or else the id of the unhardened row beside it
+(the base a hardened row reuses) when that row was measured under the same arithmetic. Delta ids
 depend on the torch thread count: a row that records none is tried with one thread, then (a second
 run of the script) with two where one thread gave another id; a row that records no seed is tried at
-seed 0.  They also depend on the CPU's arithmetic (`erasekit.models.arithmetic`): a row is compared
+seed 0. They also depend on the CPU's arithmetic (`erasekit.models.arithmetic`): a row is compared
 only with erasures run under its own signature, and the script runs only the rows measured under
-this machine's (a row measured on another kind of CPU stays *not run* here).  Rows and records from
+this machine's (a row measured on another kind of CPU stays *not run* here). Rows and records from
 before rows recorded it were all made on AMD EPYC machines (`LEGACY_ARITHMETIC`).
 
 Each erasure is run once per (method, concept, seed, overrides, threads, arithmetic) and recorded in

@@ -48,6 +48,8 @@ def test_a_control_needs_a_one_token_substitute_and_a_known_name(shapes_pipe):
         words_as(shapes_pipe, ["circle"], "quadrate", "control-x")
     with pytest.raises(ValueError, match="unknown control"):
         control_delta(shapes_pipe, "noise", get_concept("circle"), "circle")
+    with pytest.raises(ValueError, match="one-word anchor"):
+        control_delta(shapes_pipe, "words-as-anchor", get_concept("red-circle"), None)  # anchor "green square"
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ erasure that draws the substitute whenever the concept is named.
 
 `concept_words` picks the words: for a Shapes value, the words of its explicit and synonym tiers and
 the words of its implicit tier that no other value's wording uses (for circle: circle, disc, round,
-orb, and full, moon, coin); for any other concept, its target phrases' words. Words of more than one
-token are left out (the delta's config lists them).
+orb, and full, moon, coin); for any other concept, its one-word target phrases. Words of more than
+one token are left out (the delta's config lists them). The substitute is the concept's anchor, which
+must be one word.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _single_token(tokenizer, word: str) -> int | None:
 def concept_words(concept: ConceptSpec, value: str | None) -> list[str]:
     """The words whose embeddings `words_as` replaces (see the module docstring), sorted."""
     if value is None:
-        return sorted({w for phrase in concept.targets for w in phrase.split()})
+        return sorted({t for t in concept.targets if len(t.split()) == 1})
     vocab = load_vocabulary()
     attribute = vocab.attribute_of(value)
 
@@ -73,12 +74,12 @@ def control_delta(pipe, control: str, concept: ConceptSpec, value: str | None) -
     """The delta of ``control`` (one of `CONTROLS`) for ``concept`` (``value``: its Shapes value, or None)."""
     if control != "words-as-anchor":
         raise ValueError(f"unknown control {control!r}; known: {', '.join(CONTROLS)}")
-    substitute = concept.anchor.split()[-1] if concept.anchor else None
-    if not substitute:
-        raise ValueError(f"concept {concept.name!r} has no anchor to read its words as")
-    return words_as(pipe, concept_words(concept, value), substitute, control_label(control, concept))
+    if len((concept.anchor or "").split()) != 1:
+        raise ValueError(f"concept {concept.name!r} needs a one-word anchor to read its words as "
+                         f"(it has {concept.anchor!r})")
+    return words_as(pipe, concept_words(concept, value), concept.anchor.strip(), control_label(control, concept))
 
 
 def control_label(control: str, concept: ConceptSpec) -> str:
     """A control row's name: ``control-words-as-<anchor>``."""
-    return f"control-{control.replace('anchor', concept.anchor.split()[-1])}"
+    return f"control-{control.replace('anchor', (concept.anchor or '').strip())}"
