@@ -48,6 +48,10 @@ def test_a_control_needs_a_one_token_substitute_and_a_known_name(shapes_pipe):
         words_as(shapes_pipe, ["circle"], "quadrate", "control-x")
     with pytest.raises(ValueError, match="unknown control"):
         control_delta(shapes_pipe, "noise", get_concept("circle"), "circle")
+    from erasekit.eval.robustness import measure_row
+
+    with pytest.raises(ValueError, match="a method or a control"):
+        measure_row(shapes_pipe, "uce", "circle", 2, 0, None, None, None, "circle", control="words-as-anchor")
     with pytest.raises(ValueError, match="one-word anchor"):
         control_delta(shapes_pipe, "words-as-anchor", get_concept("red-circle"), None)  # anchor "green square"
 

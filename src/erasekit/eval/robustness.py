@@ -105,6 +105,8 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
     ``anchor`` replaces the concept's anchor for the erasure and the hardening (`ConceptSpec.with_anchor`).
     ``control`` (with ``method=None``) measures that control's delta (`erasekit.eval.controls`) instead
     of the original model, labelled `control_label`'s way (no resurgence: it changes no UNet weight)."""
+    if control is not None and method is not None:
+        raise ValueError(f"a row measures a method or a control, not both ({method!r} and {control!r})")
     spec = get_concept(concept) if anchor is None else get_concept(concept).with_anchor(anchor)
     cases = concept_cases(spec, n_cases, True)
     base_label = row_label(method, None, tag, method_overrides, method_tag, anchor) if method is not None else None
