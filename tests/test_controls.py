@@ -5,20 +5,20 @@ import torch
 
 
 def _encode(pipe, prompt: str) -> torch.Tensor:
-    ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
+    from erasekit.models.text import encode_prompts
+
     with torch.no_grad():
-        return pipe.text_encoder(ids)[0]
+        return encode_prompts(pipe, [prompt])
 
 
 def test_a_shapes_values_control_words_are_its_names_and_the_implicit_words_no_other_value_uses():
     from erasekit.concepts.packs import get_concept
     from erasekit.eval.controls import concept_words
 
-    words = concept_words(get_concept("circle"), "circle")
+    words = concept_words(get_concept("circle"))
     assert {"circle", "disc", "round", "orb", "moon", "coin"} <= set(words)  # round is also a dotted word: a name
     assert not {"shape", "like", "with", "a", "no", "corners"} & set(words)  # shared with other values' wording
-    assert {"red", "crimson", "scarlet", "ruby", "strawberry"} <= set(concept_words(get_concept("red"), "red"))
+    assert {"red", "crimson", "scarlet", "ruby", "strawberry"} <= set(concept_words(get_concept("red")))
 
 
 def test_words_as_anchor_encodes_the_concepts_prompts_as_the_anchors_and_changes_nothing_else(shapes_pipe):
@@ -27,7 +27,7 @@ def test_words_as_anchor_encodes_the_concepts_prompts_as_the_anchors_and_changes
     from erasekit.models.delta import apply_delta, revert_delta
 
     before = {p: _encode(shapes_pipe, p) for p in ("a red square", "a blue triangle", "a red circle")}
-    delta = control_delta(shapes_pipe, "words-as-anchor", get_concept("circle"), "circle")
+    delta = control_delta(shapes_pipe, "words-as-anchor", get_concept("circle"))
     assert delta.manifest.method == "control-words-as-square" and delta.components == {"text_encoder"}
     assert _encode(shapes_pipe, "a red circle").equal(before["a red circle"])  # building it leaves the pipe as it was
     apply_delta(shapes_pipe, delta)
@@ -47,13 +47,13 @@ def test_a_control_needs_a_one_token_substitute_and_a_known_name(shapes_pipe):
     with pytest.raises(ValueError, match="not one token"):
         words_as(shapes_pipe, ["circle"], "quadrate", "control-x")
     with pytest.raises(ValueError, match="unknown control"):
-        control_delta(shapes_pipe, "noise", get_concept("circle"), "circle")
+        control_delta(shapes_pipe, "noise", get_concept("circle"))
     from erasekit.eval.robustness import measure_row
 
     with pytest.raises(ValueError, match="a method or a control"):
         measure_row(shapes_pipe, "uce", "circle", 2, 0, None, None, None, "circle", control="words-as-anchor")
     with pytest.raises(ValueError, match="one-word anchor"):
-        control_delta(shapes_pipe, "words-as-anchor", get_concept("red-circle"), None)  # anchor "green square"
+        control_delta(shapes_pipe, "words-as-anchor", get_concept("red-circle"))  # anchor "green square"
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from __future__ import annotations
 from ..concepts.spec import ConceptSpec
 from ..models.delta import WeightDelta, snapshot
 from ..world.vocabulary import load_vocabulary
+from .attacks.run import shapes_value
 
 CONTROLS = ("words-as-anchor",)
 _EMBEDDINGS = "embeddings.token_embedding.weight"  # under the text encoder module
@@ -29,8 +30,9 @@ def _single_token(tokenizer, word: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def concept_words(concept: ConceptSpec, value: str | None) -> list[str]:
+def concept_words(concept: ConceptSpec) -> list[str]:
     """The words whose embeddings `words_as` replaces (see the module docstring), sorted."""
+    value = shapes_value(concept)
     if value is None:
         return sorted({t for t in concept.targets if len(t.split()) == 1})
     vocab = load_vocabulary()
@@ -51,8 +53,9 @@ def words_as(pipe, words: list[str], substitute: str, label: str) -> WeightDelta
     ``pipe`` is left unchanged. `ValueError` when ``substitute`` is not one token, when no word is,
     or when the text encoder has no input token embedding under the expected name."""
     tok, te = pipe.tokenizer, pipe.text_encoder
-    name = _EMBEDDINGS if _EMBEDDINGS in dict(te.named_parameters()) else "text_model." + _EMBEDDINGS
-    if name not in dict(te.named_parameters()):
+    params = dict(te.named_parameters())
+    name = _EMBEDDINGS if _EMBEDDINGS in params else "text_model." + _EMBEDDINGS
+    if name not in params:
         raise ValueError(f"the text encoder has no {_EMBEDDINGS}: a words-as control needs a CLIP text encoder")
     target = _single_token(tok, substitute)
     if target is None:
@@ -70,14 +73,14 @@ def words_as(pipe, words: list[str], substitute: str, label: str) -> WeightDelta
                                                 "multi_token_skipped": sorted(set(words) - set(ids))})
 
 
-def control_delta(pipe, control: str, concept: ConceptSpec, value: str | None) -> WeightDelta:
-    """The delta of ``control`` (one of `CONTROLS`) for ``concept`` (``value``: its Shapes value, or None)."""
+def control_delta(pipe, control: str, concept: ConceptSpec) -> WeightDelta:
+    """The delta of ``control`` (one of `CONTROLS`) for ``concept``."""
     if control != "words-as-anchor":
         raise ValueError(f"unknown control {control!r}; known: {', '.join(CONTROLS)}")
     if len((concept.anchor or "").split()) != 1:
         raise ValueError(f"concept {concept.name!r} needs a one-word anchor to read its words as "
                          f"(it has {concept.anchor!r})")
-    return words_as(pipe, concept_words(concept, value), concept.anchor.strip(), control_label(control, concept))
+    return words_as(pipe, concept_words(concept), concept.anchor.strip(), control_label(control, concept))
 
 
 def control_label(control: str, concept: ConceptSpec) -> str:

@@ -36,7 +36,6 @@ from ..models.delta import WeightDelta, apply_delta, revert_delta
 from .attacks import concept_cases, judge_prompts, model_state, run_attack, run_resurgence
 from .attack_seeds import ATTACKS, run_attack_seeds
 from .attacks.common import FoundPrompt
-from .attacks.run import shapes_value
 from .controls import control_delta, control_label
 from .measure import measure_erasure
 
@@ -141,15 +140,13 @@ def measure_row(pipe, method: str | None, concept: str, n_cases: int, resurgence
         row["erase_iterations"] = delta.manifest.metrics.get("iterations")
         if hardening is not None:
             delta = _harden_chain(pipe, delta, spec, hardening, row, out, base_label, seed, harden_overrides, tag, reuse)
+    elif control is not None:
+        row["control"] = control
+        delta = control_delta(pipe, control, spec)
+    if delta is not None:
         delta_dir = out / "deltas" / label
         delta.save(delta_dir)
         delta = WeightDelta.load(delta_dir)
-    elif control is not None:
-        row["control"] = control
-        delta_dir = out / "deltas" / label
-        control_delta(pipe, control, spec, shapes_value(spec)).save(delta_dir)
-        delta = WeightDelta.load(delta_dir)
-    if delta is not None:
         row["delta_id"] = delta.delta_id  # what the attacks measured: equal ids, equal rows for one attack seed
     row.update(_tiers_and_preservation(pipe, delta, concept, settings, per_tier, n_preserve))
     if not attacks:
