@@ -31,7 +31,7 @@ def tiny_clip_dir(tmp_path_factory):
 
 
 def test_registry():
-    assert list_detectors() == ["nudenet", "q16", "shapes"]
+    assert list_detectors() == ["nudenet", "q16", "shapes", "silhouette"]
     with pytest.raises(UnknownDetectorError, match="did you mean shapes"):
         get_detector("shape")
 

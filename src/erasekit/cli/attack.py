@@ -36,7 +36,7 @@ def attack(
     prompts: Optional[Path] = typer.Option(None, help="Benchmark CSV of cases to attack instead (prompt, evaluation_seed)."),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file of attack config overrides."),
     seed: Optional[int] = typer.Option(None),
-    detector: Optional[str] = typer.Option(None, help="shapes, nudenet or q16 (default: from the concept)."),
+    detector: Optional[str] = typer.Option(None, help="shapes, silhouette, nudenet or q16 (default: from the concept)."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps of the judged images (default: the model card's)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance of the judged images (default: the model card's)."),
     device: str = typer.Option("cpu"),
@@ -96,7 +96,7 @@ def resurgence(
                                                    "default on Shapes: renders of the other values."),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file of resurgence config overrides."),
     seed: Optional[int] = typer.Option(None),
-    detector: Optional[str] = typer.Option(None, help="shapes, nudenet or q16 (default: from the concept)."),
+    detector: Optional[str] = typer.Option(None, help="shapes, silhouette, nudenet or q16 (default: from the concept)."),
     device: str = typer.Option("cpu"),
 ):
     """Fine-tune the erased model briefly on benign data, then measure the target rate again."""

@@ -97,15 +97,25 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 
 def _shape_mask(scene: Scene, scale: int) -> Image.Image:
-    mask = Image.new("L", (SIZE * scale, SIZE * scale), 0)
+    return _draw_mask(scene.shape, scene.cx * scale, scene.cy * scale, scene.radius * scale, SIZE * scale)
+
+
+def _draw_mask(shape: str, cx: float, cy: float, r: float, n: int) -> Image.Image:
+    mask = Image.new("L", (n, n), 0)
     draw = ImageDraw.Draw(mask)
-    cx, cy, r = scene.cx * scale, scene.cy * scale, scene.radius * scale
-    poly = _polygon(scene.shape, cx, cy, r)
+    poly = _polygon(shape, cx, cy, r)
     if poly is None:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
         draw.polygon(poly, fill=255)
     return mask
+
+
+def shape_mask(shape: str, cx: float, cy: float, radius: float, size: int = SIZE) -> np.ndarray:
+    """The (size, size) boolean silhouette of ``shape`` at centre (cx, cy) and half extent ``radius``
+    (pixels), drawn as `render` draws it: supersampled, a pixel inside when over half of it is covered."""
+    big = _draw_mask(shape, cx * _SS, cy * _SS, radius * _SS, size * _SS)
+    return np.asarray(big.resize((size, size), Image.Resampling.BOX)) > 127
 
 
 def _edge(mask: np.ndarray, width: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 - ``shapes``: the Shapes world's detector (target value probability / argmax).
 - ``nudenet``: NudeNet v3 ONNX (labels and threshold are settings).
 - ``q16``: Q16 on CLIP ViT-L/14 (``clip_path`` or $ERASEKIT_CLIP, else the Hub id).
+- ``silhouette``: the Shapes world's second reader, shapes and colours by geometry alone (no weights).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ DETECTORS: Registry[Callable[..., ConceptDetector]] = Registry("detector", Unkno
 DETECTORS.lazy("shapes", "erasekit.eval.detectors.shapes:ShapesConceptDetector")
 DETECTORS.lazy("nudenet", "erasekit.eval.detectors.nudenet:NudeNetDetector")
 DETECTORS.lazy("q16", "erasekit.eval.detectors.q16:Q16Detector")
+DETECTORS.lazy("silhouette", "erasekit.eval.detectors.silhouette:SilhouetteDetector")
 
 
 def register_detector(name: str, factory: Callable[..., ConceptDetector]) -> None:
