@@ -103,12 +103,15 @@ def row_delta(folder: Path, row: str, record: dict):
     return saved_delta(folder, {"method": row, "delta_id": (record.get("delta") or {}).get("delta_id")})
 
 
-def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: bool, name_as: str | None = None) -> dict:
+def measure(pipe, folder: Path, row: str, tries: int, repeats: int, exclude: bool, name_as: str | None = None,
+            detector=None) -> dict:
+    """The row's floor (see the module docstring), judged by ``detector`` (None: the attack's own, the Shapes detector)."""
     if name_as is not None and row != "original":
         raise ValueError("--as measures the original model, not a row's delta")
     record = attack_record(folder, row)
     concept = get_concept(record["concept"])
-    detector, detector_concept = default_detector(concept, shapes_world=True)
+    default, detector_concept = default_detector(concept, shapes_world=True)
+    detector = detector or default
     judge = make_judge(pipe, detector, detector_concept, SamplingSettings(**record["sampling"]))
     cases = record["cases"]
     sources = [c["source_prompt"] for c in cases]

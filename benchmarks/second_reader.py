@@ -20,6 +20,18 @@ checked prompt the detector read as the concept is checked under either judge, u
 won earlier. Each row is written atomically to ``FOLDER/second-reader/<row>.json`` (keyed by its
 delta id) and reused.
 
+``FOLDER --judged ROW ... [--attack-seeds K ...] [--judge shapes|silhouette]`` runs the row's
+UnlearnDiffAtk-style attack again (its record's settings and cases, on its saved delta) with the second
+reader judging its checks in place of the detector: the attack's rate under the second reader itself,
+not a bound. ``--attack-seeds`` (default: every seed run on the row) picks the draws; ``--judge
+shapes`` runs it with the detector, which reproduces the row's own counts. Each run is stored in
+``FOLDER/second-reader/<row>-unlearndiff-<judge>-seed<k>.json`` and reused.
+
+``FOLDER --floor ROW ...`` measures the row's attack floor (`attack_floor.py`: random prefixes of the
+attack's length and vocabulary, judged as the attack judges its checks) with the second reader as the
+judge, the floor to read the second-reader-judged attack against; stored in
+``FOLDER/second-reader/<row>-floor-silhouette.json``.
+
 ``--page`` regenerates `PAGE` from what is stored.
 
     python benchmarks/second_reader.py --calibrate
@@ -35,12 +47,14 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from attack_floor import measure as floor_measure  # noqa: E402  (benchmarks/ is the script's folder)
 
 from erasekit.concepts.packs import get_concept
 from erasekit.eval.atomic import write_text
-from erasekit.eval.attack_seeds import ATTACKS, RESULTS as SEED_RUNS, StaleDeltaError, own_seed, saved_delta
-from erasekit.eval.attacks.common import model_state
+from erasekit.eval.attack_seeds import ATTACKS, StaleDeltaError, own_seed, saved_delta, seed_counts, seed_runs
+from erasekit.eval.attacks import run_attack
+from erasekit.eval.attacks.common import AttackCase, model_state
 from erasekit.eval.attacks.run import default_detector
 from erasekit.eval.benchmarks import BenchmarkRow
 from erasekit.eval.detectors import get_detector
@@ -97,16 +111,9 @@ def calibrate(pipe, renders: int, seeds: int) -> dict:
     return {"renders": renders, "seeds": seeds, "rendered": rendered, "generated": generated}
 
 
-def seed_runs(folder: Path, row: dict, attack: str) -> list[dict]:
-    """The row's stored runs of ``attack`` under other attack seeds, on its delta and cases."""
-    runs = [json.loads(p.read_text()) for p in sorted((folder / SEED_RUNS).glob(f"{row['method']}-{attack}-seed*.json"))]
-    return [r for r in runs if (r.get("row"), r["n_cases"], r.get("delta_id")) == (row["method"], row["n_cases"],
-                                                                                    row.get("delta_id"))]
-
-
 def seeds_run(folder: Path, row: dict, attack: str) -> list[int]:
-    """Every attack seed run on the row: its own and those of `seed_runs`."""
-    return sorted({own_seed(row, attack)} | {r["seed"] for r in seed_runs(folder, row, attack)})
+    """Every attack seed run on the row: its own and those of its stored runs."""
+    return sorted(seed_counts(folder, row, attack))
 
 
 def won_cases(folder: Path, row: dict, attack: str) -> tuple[dict, list[tuple[int, int, str]]]:
@@ -148,6 +155,38 @@ def reread(pipe, folder: Path, label: str) -> dict:
     return out
 
 
+def judged_path(folder: Path, label: str, judge: str, seed: int) -> Path:
+    return folder / STORE / f"{label}-unlearndiff-{judge}-seed{seed}.json"
+
+
+def judged_attack(pipe, folder: Path, label: str, seed: int, judge: str = "silhouette") -> dict:
+    """The row's UnlearnDiffAtk-style attack with attack seed ``seed``, its checks judged by ``judge``."""
+    row = json.loads((folder / f"{label}.json").read_text())
+    delta = saved_delta(folder, row)
+    record = json.loads((folder / "attacks" / f"{label}-unlearndiff" / "attack.json").read_text())
+    cases = [AttackCase(c["case_number"], c["source_prompt"], c["seed"], c["guidance"]) for c in record["cases"]]
+    config = dict(record["settings"]["attack"], seed=seed)
+    result = run_attack(pipe, "unlearndiff", record["concept"], delta=delta, config=config, cases=cases,
+                        detector=get_detector(judge), settings=SamplingSettings(**record["sampling"]), reference=False)
+    won = [f for f in result.found if f.success]
+    return {"row": label, "judge": judge, "seed": seed, "delta_id": row.get("delta_id"), "n_cases": len(cases),
+            "won": len(won), "won_cases": [f.case_number for f in won], "won_prompts": [f.prompt for f in won],
+            "seconds": round(result.seconds, 1)}
+
+
+def floor_path(folder: Path, label: str) -> Path:
+    return folder / STORE / f"{label}-floor-silhouette.json"
+
+
+def _floor_text(folder: Path, got: dict) -> str:
+    """The row's random-prefix floor judged by the second reader ('-': not measured on this delta)."""
+    path = floor_path(folder, got["row"])
+    if not path.is_file():
+        return "-"
+    floor = json.loads(path.read_text())
+    return _rate(floor["won"], floor["trials"]) if floor["delta_id"] == got["delta_id"] else "-"
+
+
 def _calibration_lines(cal: dict) -> list[str]:
     lines = [f"Rendered scenes ({cal['renders']}, every shape, colour, style and background, seeded): the share "
              "the second reader reads as drawn.", "", "| attribute | value | read as drawn |", "|---|---|---|"]
@@ -167,6 +206,23 @@ def _calibration_lines(cal: dict) -> list[str]:
     return lines
 
 
+def _judged_text(folder: Path, got: dict, seeds: list[int]) -> str:
+    """The second-reader-judged attack's wins pooled over the row's attack seeds ('-': not run on all)."""
+    runs = [judged_path(folder, got["row"], "silhouette", k) for k in seeds]
+    if not all(p.is_file() for p in runs):
+        return "-"
+    won = [json.loads(p.read_text()) for p in runs]
+    if any(w["delta_id"] != got["delta_id"] for w in won):
+        return "-"
+    k, n = sum(w["won"] for w in won), sum(w["n_cases"] for w in won)
+    return f"{_rate(k, n)}, {'within' if k <= BAR * n else 'over'}"
+
+
+def _is_reread(path: Path) -> bool:
+    """Whether a stored file is a row's re-read wins (not a judged attack run or a floor)."""
+    return "-unlearndiff-" not in path.name and not path.name.endswith("-floor-silhouette.json")
+
+
 def page() -> str:
     lines = ["# The attacks' wins read by a second reader", "",
              "Generated by `python benchmarks/second_reader.py --page` from `benchmarks/results/second-reader/` and "
@@ -182,12 +238,25 @@ def page() -> str:
               "the second reader reads the concept in it too, with its 95% Wilson interval over cases x seeds "
               f"and whether that alone stays within the bar ({BAR}); for shapes, the median margin of the "
               "confirmed and of all wins (the concept's overlap minus the best other shape's; the original "
-              "model's images of the concept in the calibration above are the reference).", "",
+              "model's images of the concept in the calibration above are the reference). Attack judged by the "
+              "second reader: the UnlearnDiffAtk-style attack run again with the second reader judging its checks, "
+              "pooled over the attack seeds it was run with (all of the row's, or '-': not run), and whether it "
+              "stays within the bar; its floor: the cases that random prefixes of the attack's length and "
+              "vocabulary win when the second reader judges them as the attack judges its checks "
+              "(`attack_floor.py`'s measurement), over cases x repeats.", "",
               "| folder | row | attack | seeds | detector wins | reproduced | confirmed by the second reader | "
-              "within the bar | median margin (confirmed / all) | read instead |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "within the bar | attack judged by the second reader | its floor: random prefixes judged by the second "
+              "reader | median margin (confirmed / all) | read instead |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    reproduced = []
     for name in FOLDERS:
-        for path in sorted((ROOT / name / STORE).glob("*.json")):
+        for path in sorted((ROOT / name / STORE).glob("*-unlearndiff-shapes-seed*.json")):
+            run = json.loads(path.read_text())
+            row = json.loads((ROOT / name / f"{run['row']}.json").read_text())
+            stored = seed_counts(ROOT / name, row, "unlearndiff").get(run["seed"], "-")
+            reproduced.append(f"| {name} | {run['row']} | {run['seed']} | {run['won']} / {run['n_cases']} | "
+                              f"{stored} / {run['n_cases']} |")
+        for path in sorted(p for p in (ROOT / name / STORE).glob("*.json") if _is_reread(p)):
             got = json.loads(path.read_text())
             for attack, a in got["attacks"].items():
                 wins, n = a["wins"], a["trials"]
@@ -198,10 +267,16 @@ def page() -> str:
                 for w in wins:
                     if w["reader"] != got["value"]:
                         others[str(w["reader"])] = others.get(str(w["reader"]), 0) + 1
+                judged, floor = ((_judged_text(ROOT / name, got, a["seeds"]), _floor_text(ROOT / name, got))
+                                 if attack == "unlearndiff" else ("-", "-"))
                 lines.append(f"| {name} | {got['row']} | {attack} | {len(a['seeds'])} | {_rate(len(wins), n)} | "
                              f"{sum(w['detector'] == got['value'] for w in wins)} | {_rate(len(confirmed), n)} | "
-                             f"{'yes' if len(confirmed) <= BAR * n else 'no'} | {median} | "
+                             f"{'yes' if len(confirmed) <= BAR * n else 'no'} | {judged} | {floor} | {median} | "
                              f"{', '.join(f'{k} {v}' for k, v in sorted(others.items())) or '-'} |")
+    if reproduced:
+        lines += ["", "The attack run again here with the detector as its judge (`--judge shapes`), against the row's "
+                  "stored count under the same attack seed: the runs above repeat the rows' attacks.", "",
+                  "| folder | row | attack seed | won, run again | won, stored |", "|---|---|---|---|---|", *reproduced]
     return "\n".join(lines) + "\n"
 
 
@@ -212,14 +287,19 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--renders", type=int, default=1200)
     parser.add_argument("--seeds", type=int, default=8, help="images per colour-shape pair in the calibration")
+    parser.add_argument("--judged", nargs="+", default=[], metavar="ROW",
+                        help="run ROW's UnlearnDiffAtk-style attack again with the second reader as its judge")
+    parser.add_argument("--floor", nargs="+", default=[], metavar="ROW",
+                        help="ROW's random-prefix floor with the second reader as the judge")
+    parser.add_argument("--attack-seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--judge", choices=["silhouette", "shapes"], default="silhouette")
     parser.add_argument("--page", action="store_true", help=f"regenerate {PAGE}")
     args = parser.parse_args()
     if args.page:
         write_text(PAGE, page())
         return
-    if not args.calibrate and (args.folder is None or not args.rows):
-        parser.error("give --calibrate, a FOLDER and --rows, or --page")
-    torch.set_grad_enabled(False)
+    if not args.calibrate and (args.folder is None or not (args.rows or args.judged or args.floor)):
+        parser.error("give --calibrate, a FOLDER and --rows, --judged or --floor, or --page")
     pipe = load_pipeline("shapes")
     if args.calibrate:
         write_text(CALIBRATION, json.dumps(calibrate(pipe, args.renders, args.seeds), indent=1) + "\n")
@@ -241,6 +321,34 @@ def main() -> None:
         for attack, a in got["attacks"].items():
             confirmed = sum(w["reader"] == got["value"] for w in a["wins"])
             print(f"{label} {attack}: {len(a['wins'])} won, {confirmed} confirmed, of {a['trials']}")
+    for label in args.floor:
+        row = json.loads((args.folder / f"{label}.json").read_text())
+        out = floor_path(args.folder, label)
+        if out.is_file() and json.loads(out.read_text())["delta_id"] == row.get("delta_id"):
+            print(f"{label} floor judged by the second reader: stored")
+            continue
+        try:
+            got = floor_measure(pipe, args.folder, label, tries=5, repeats=4, exclude=False,
+                                detector=get_detector("silhouette"))
+        except StaleDeltaError as error:
+            print(f"{label}: skipped, {error}")
+            continue
+        write_text(out, json.dumps(got, indent=1) + "\n")
+        print(f"{label} floor judged by the second reader: {got['won']} / {got['trials']}")
+    for label in args.judged:
+        row = json.loads((args.folder / f"{label}.json").read_text())
+        for seed in args.attack_seeds or seeds_run(args.folder, row, "unlearndiff"):
+            out = judged_path(args.folder, label, args.judge, seed)
+            if out.is_file() and json.loads(out.read_text())["delta_id"] == row.get("delta_id"):
+                print(f"{label} seed {seed} judged by {args.judge}: stored")
+                continue
+            try:
+                got = judged_attack(pipe, args.folder, label, seed, args.judge)
+            except StaleDeltaError as error:
+                print(f"{label}: skipped, {error}")
+                break
+            write_text(out, json.dumps(got, indent=1) + "\n")
+            print(f"{label} seed {seed} judged by {args.judge}: {got['won']} / {got['n_cases']} ({got['seconds']} s)")
 
 
 if __name__ == "__main__":

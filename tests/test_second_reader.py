@@ -15,8 +15,10 @@ def _folder(tmp_path, won: list[tuple[str, int]], lost: list[tuple[str, int]]):
     folder = tmp_path / "circle"
     cases = [{"case_number": k, "prompt": p, "seed": s, "source_prompt": p, "guidance": 3.0, "success": k < len(won)}
              for k, (p, s) in enumerate(won + lost)]
+    attack = {"seed": 0, "n_tokens": 2, "steps": 4, "check_every": 2, "probe_size": 2, "timesteps_per_step": 1,
+              "check_original": True, "vocabulary": "shapes-world"}
     record = {"concept": "shapes/circle", "sampling": {"steps": 25, "guidance_scale": 3.0, "batch_size": 8},
-              "delta": None, "cases": cases}
+              "delta": None, "cases": cases, "settings": {"attack": attack}}
     (folder / "attacks" / "original-unlearndiff").mkdir(parents=True)
     (folder / "attacks" / "original-unlearndiff" / "attack.json").write_text(json.dumps(record))
     row = {"method": "original", "concept": "shapes/circle", "n_cases": len(cases), "delta_id": None,
@@ -51,6 +53,15 @@ def test_circles_the_original_model_draws_are_reproduced_and_confirmed(shapes_pi
     assert [w["detector"] for w in attack["wins"]] == ["circle", "circle"]
     assert [w["reader"] for w in attack["wins"]] == ["circle", "circle"]
     assert all(w["margin"] > 0 for w in attack["wins"])
+
+
+def test_the_attack_judged_by_the_second_reader_wins_the_circles_the_original_model_draws(shapes_pipe, tmp_path):
+    """Judged by the second reader, the plain circle prompts on the original model already win their cases."""
+    script = _script()
+    folder = _folder(tmp_path, [("a red circle", 3), ("a blue circle", 5)], [])
+    got = script.judged_attack(shapes_pipe, folder, "original", seed=7)
+    assert (got["judge"], got["seed"], got["won"], got["n_cases"]) == ("silhouette", 7, 2, 2)
+    assert got["won_prompts"] == ["a red circle", "a blue circle"]  # won by the plain prompts
 
 
 def test_the_page_is_generated_from_the_stored_measurements():

@@ -90,14 +90,21 @@ def run_attack_seeds(pipe, folder: Path, row: dict, attack: str, seeds: list[int
     return runs
 
 
-def seed_counts(folder: Path, row: dict, attack: str) -> dict[int, int]:
-    """Cases won per attack seed: the row's own seed first, then the stored runs on the same delta and cases."""
-    n = row["n_cases"]
-    counts = {own_seed(row, attack): round(row[attack] * n)}
+def seed_runs(folder: Path, row: dict, attack: str) -> list[dict]:
+    """The row's stored runs of ``attack`` under other attack seeds, on its delta and its cases."""
+    runs = []
     for path in sorted((folder / RESULTS).glob(f"{row['method']}-{attack}-seed*.json")):
         run = json.loads(path.read_text(encoding="utf-8"))
-        if run.get("row") != row["method"] or run["n_cases"] != n or run.get("delta_id") != row.get("delta_id"):
+        if run.get("row") != row["method"] or run["n_cases"] != row["n_cases"] or run.get("delta_id") != row.get("delta_id"):
             continue  # another row whose label shares the prefix, or a run on an earlier delta
+        runs.append(run)
+    return runs
+
+
+def seed_counts(folder: Path, row: dict, attack: str) -> dict[int, int]:
+    """Cases won per attack seed: the row's own seed first, then its `seed_runs`."""
+    counts = {own_seed(row, attack): round(row[attack] * row["n_cases"])}
+    for run in seed_runs(folder, row, attack):
         counts.setdefault(run["seed"], run["won"])
     return counts
 
