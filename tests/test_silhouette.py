@@ -59,8 +59,9 @@ def test_detector_decides_on_shapes_and_colours_and_refuses_styles():
     circle, red = det.detect(images, "circle"), det.detect(images, "red")
     assert circle.decisions.tolist() == [True, False] and circle.scores[0] > 0 > circle.scores[1]
     assert red.decisions.tolist() == [True, False] and red.scores[0] > red.scores[1]
-    with pytest.raises(ValueError, match="shape or a colour"):
-        det.detect(images, "striped")
+    for concept in ("striped", "nudity", None):
+        with pytest.raises(ValueError, match="shape or a colour"):
+            det.detect(images, concept)
 
 
 def test_non_square_images_are_refused():

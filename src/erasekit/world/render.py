@@ -65,7 +65,8 @@ def sample_scene(rng: np.random.Generator, **fixed: str) -> Scene:
     return Scene(**attrs, cx=cx, cy=cy, radius=radius, angle=angle, tint=tint)
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
+def polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
+    """The outline of ``shape`` at centre (cx, cy) and half extent ``r`` as polygon vertices (None: a circle)."""
     if shape == "square":
         s = r * 0.85
         return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
@@ -103,7 +104,7 @@ def _shape_mask(scene: Scene, scale: int) -> Image.Image:
 def _draw_mask(shape: str, cx: float, cy: float, r: float, n: int) -> Image.Image:
     mask = Image.new("L", (n, n), 0)
     draw = ImageDraw.Draw(mask)
-    poly = _polygon(shape, cx, cy, r)
+    poly = polygon(shape, cx, cy, r)
     if poly is None:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .render import RGB, _polygon, shape_mask
+from .render import RGB, polygon, shape_mask
 from .vocabulary import COLORS, SHAPES
 
 THRESHOLD = 40.0
@@ -54,7 +54,7 @@ class Reading:
 @lru_cache(maxsize=None)
 def _unit_box(shape: str) -> tuple[float, float, float, float]:
     """(left, right, top, bottom) of ``shape`` at centre (0, 0) and radius 1, as `render` places it."""
-    points = _polygon(shape, 0.0, 0.0, 1.0) or [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 360)]
+    points = polygon(shape, 0.0, 0.0, 1.0) or [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 360)]
     xs, ys = zip(*points)
     return min(xs), max(xs), min(ys), max(ys)
 

@@ -26,7 +26,10 @@ class SilhouetteDetector:
         self.threshold = threshold
 
     def detect(self, images, concept: str | None = None) -> Detection:
-        attribute = load_vocabulary().attribute_of(concept) if concept is not None else None
+        try:
+            attribute = load_vocabulary().attribute_of(concept) if concept is not None else None
+        except KeyError:
+            attribute = None
         if attribute not in ("shape", "color"):
             raise ValueError(f"the silhouette reader reads a shape or a colour, not {concept!r}")
         readings = self.read(images)
