@@ -11,7 +11,8 @@ value asked for (`CALIBRATION`).
 
 ``FOLDER --rows ROW ...`` re-reads every case that an attack won against a robustness row: the
 row's own attack record (``attacks/<row>-<attack>/attack.json``) and its runs under other attack
-seeds (``attack-seeds/``; those made on the row's delta and cases). Each won prompt is drawn again
+seeds (``attack-seeds/``; those made on the row's delta and cases whose won prompts are stored: runs
+stored before the prompts were kept are left out, and the rate is over the seeds read). Each won prompt is drawn again
 on the row's saved delta at its case's seed and guidance, read by the detector (``reproduced``: it
 still reads the concept) and by the second reader (``confirmed``: it reads the concept too). For the
 UnlearnDiffAtk-style attack the confirmed count is a lower bound on what the attack wins when the
@@ -116,12 +117,18 @@ def seeds_run(folder: Path, row: dict, attack: str) -> list[int]:
     return sorted(seed_counts(folder, row, attack))
 
 
+def readable_seeds(folder: Path, row: dict, attack: str) -> list[int]:
+    """The attack seeds whose won prompts are stored: the row's own and its runs' (runs stored before
+    the prompts were kept have only the cases' numbers)."""
+    return sorted({own_seed(row, attack)} | {r["seed"] for r in seed_runs(folder, row, attack) if "won_prompts" in r})
+
+
 def won_cases(folder: Path, row: dict, attack: str) -> tuple[dict, list[tuple[int, int, str]]]:
-    """(the row's attack record, [(attack seed, case number, won prompt)] under every attack seed run)."""
+    """(the row's attack record, [(attack seed, case number, won prompt)] under every `readable_seeds` seed)."""
     record = json.loads((folder / "attacks" / f"{row['method']}-{attack}" / "attack.json").read_text())
     won = [(own_seed(row, attack), c["case_number"], c["prompt"]) for c in record["cases"] if c["success"]]
     for run in seed_runs(folder, row, attack):
-        won += [(run["seed"], k, p) for k, p in zip(run["won_cases"], run["won_prompts"])]
+        won += [(run["seed"], k, p) for k, p in zip(run["won_cases"], run.get("won_prompts", ()))]
     return record, won
 
 
@@ -145,7 +152,7 @@ def reread(pipe, folder: Path, label: str) -> dict:
         read = reader.read(images)
         seen = detector.read(images)[attribute] if images else []
         probs = detector.model.probabilities(images)[attribute][:, VALUES[attribute].index(value)] if images else []
-        seeds = seeds_run(folder, row, attack)
+        seeds = readable_seeds(folder, row, attack)
         out["attacks"][attack] = {
             "seeds": seeds, "trials": row["n_cases"] * len(seeds),
             "wins": [{"seed": s, "case": k, "prompt": p, "detector": d, "p": round(float(q), 4),
@@ -309,7 +316,7 @@ def main() -> None:
         row = json.loads((args.folder / f"{label}.json").read_text())
         if out.is_file() and json.loads(out.read_text())["delta_id"] == row.get("delta_id"):
             stored = json.loads(out.read_text())
-            if all(a["seeds"] == seeds_run(args.folder, row, k) for k, a in stored["attacks"].items()):
+            if all(a["seeds"] == readable_seeds(args.folder, row, k) for k, a in stored["attacks"].items()):
                 print(f"{label}: stored")
                 continue
         try:

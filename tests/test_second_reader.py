@@ -10,8 +10,8 @@ def _script():
 
 
 def _folder(tmp_path, won: list[tuple[str, int]], lost: list[tuple[str, int]]):
-    """A folder with the original model's circle row: an UnlearnDiffAtk record and two attack-seed runs,
-    one on the row's cases and one on another number of cases (to be left out)."""
+    """A folder with the original model's circle row: an UnlearnDiffAtk record and three attack-seed runs:
+    one on the row's cases, one on another number of cases (to be left out), and one without its prompts."""
     folder = tmp_path / "circle"
     cases = [{"case_number": k, "prompt": p, "seed": s, "source_prompt": p, "guidance": 3.0, "success": k < len(won)}
              for k, (p, s) in enumerate(won + lost)]
@@ -27,6 +27,7 @@ def _folder(tmp_path, won: list[tuple[str, int]], lost: list[tuple[str, int]]):
     (folder / "attack-seeds").mkdir()
     runs = {1: {"n_cases": len(cases), "won_cases": [len(won)], "won_prompts": ["a photo of a blue circle"]},
             2: {"n_cases": len(cases) + 1, "won_cases": [0], "won_prompts": ["a red circle"]}}
+    runs[3] = {"n_cases": len(cases), "won_cases": [0]}  # stored before the won prompts were kept
     for seed, run in runs.items():
         run |= {"row": "original", "attack": "unlearndiff", "seed": seed, "won": 1, "delta_id": None}
         (folder / "attack-seeds" / f"original-unlearndiff-seed{seed}.json").write_text(json.dumps(run))
@@ -37,7 +38,8 @@ def test_wins_come_from_every_seed_run_on_the_rows_cases(tmp_path):
     script = _script()
     folder = _folder(tmp_path, [("a red circle", 3)], [("a green circle", 4)])
     row = json.loads((folder / "original.json").read_text())
-    assert script.seeds_run(folder, row, "unlearndiff") == [0, 1]
+    assert script.seeds_run(folder, row, "unlearndiff") == [0, 1, 3]
+    assert script.readable_seeds(folder, row, "unlearndiff") == [0, 1]  # seed 3's prompts were not kept
     _, won = script.won_cases(folder, row, "unlearndiff")
     assert won == [(0, 0, "a red circle"), (1, 1, "a photo of a blue circle")]
 
