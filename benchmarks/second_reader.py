@@ -12,8 +12,8 @@ value asked for (`CALIBRATION`).
 ``FOLDER --rows ROW ...`` re-reads every case that an attack won against a robustness row: the
 row's own attack record (``attacks/<row>-<attack>/attack.json``) and its runs under other attack
 seeds (``attack-seeds/``; those made on the row's delta and cases whose won prompts are stored: runs
-stored before the prompts were kept are left out, and the rate is over the seeds read). Each won prompt is drawn again
-on the row's saved delta at its case's seed and guidance, read by the detector (``reproduced``: it
+stored before the prompts were kept are left out, and the rate is over the seeds read). Each won
+prompt is drawn again on the row's saved delta at its case's seed and guidance, read by the detector (``reproduced``: it
 still reads the concept) and by the second reader (``confirmed``: it reads the concept too). For the
 UnlearnDiffAtk-style attack the confirmed count is a lower bound on what the attack wins when the
 second reader judges its checks: a case's prefix trajectory does not depend on the judge, so the
@@ -134,7 +134,7 @@ def won_cases(folder: Path, row: dict, attack: str) -> tuple[dict, list[tuple[in
 
 def reread(pipe, folder: Path, label: str) -> dict:
     """Every case the attacks won against row ``label``, drawn again and read by both readers."""
-    row = json.loads((folder / f"{label}.json").read_text())
+    row = load_row(folder, label)
     delta = saved_delta(folder, row)
     _, value = default_detector(get_concept(row["concept"]), shapes_world=True)
     attribute = load_vocabulary().attribute_of(value)
@@ -162,13 +162,21 @@ def reread(pipe, folder: Path, label: str) -> dict:
     return out
 
 
+def load_row(folder: Path, label: str) -> dict:
+    """The stored robustness row ``label`` of ``folder`` (a one-line exit when there is none)."""
+    path = folder / f"{label}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no robustness row {label!r} in {folder}")
+    return json.loads(path.read_text())
+
+
 def judged_path(folder: Path, label: str, judge: str, seed: int) -> Path:
     return folder / STORE / f"{label}-unlearndiff-{judge}-seed{seed}.json"
 
 
 def judged_attack(pipe, folder: Path, label: str, seed: int, judge: str = "silhouette") -> dict:
     """The row's UnlearnDiffAtk-style attack with attack seed ``seed``, its checks judged by ``judge``."""
-    row = json.loads((folder / f"{label}.json").read_text())
+    row = load_row(folder, label)
     delta = saved_delta(folder, row)
     record = json.loads((folder / "attacks" / f"{label}-unlearndiff" / "attack.json").read_text())
     cases = [AttackCase(c["case_number"], c["source_prompt"], c["seed"], c["guidance"]) for c in record["cases"]]
@@ -313,7 +321,7 @@ def main() -> None:
         print("\n".join(_calibration_lines(json.loads(CALIBRATION.read_text()))))
     for label in args.rows:
         out = args.folder / STORE / f"{label}.json"
-        row = json.loads((args.folder / f"{label}.json").read_text())
+        row = load_row(args.folder, label)
         if out.is_file() and json.loads(out.read_text())["delta_id"] == row.get("delta_id"):
             stored = json.loads(out.read_text())
             if all(a["seeds"] == readable_seeds(args.folder, row, k) for k, a in stored["attacks"].items()):
@@ -329,7 +337,7 @@ def main() -> None:
             confirmed = sum(w["reader"] == got["value"] for w in a["wins"])
             print(f"{label} {attack}: {len(a['wins'])} won, {confirmed} confirmed, of {a['trials']}")
     for label in args.floor:
-        row = json.loads((args.folder / f"{label}.json").read_text())
+        row = load_row(args.folder, label)
         out = floor_path(args.folder, label)
         if out.is_file() and json.loads(out.read_text())["delta_id"] == row.get("delta_id"):
             print(f"{label} floor judged by the second reader: stored")
@@ -343,7 +351,7 @@ def main() -> None:
         write_text(out, json.dumps(got, indent=1) + "\n")
         print(f"{label} floor judged by the second reader: {got['won']} / {got['trials']}")
     for label in args.judged:
-        row = json.loads((args.folder / f"{label}.json").read_text())
+        row = load_row(args.folder, label)
         for seed in args.attack_seeds or seeds_run(args.folder, row, "unlearndiff"):
             out = judged_path(args.folder, label, args.judge, seed)
             if out.is_file() and json.loads(out.read_text())["delta_id"] == row.get("delta_id"):
