@@ -11,15 +11,16 @@ value asked for (`CALIBRATION`).
 
 ``FOLDER --rows ROW ...`` re-reads every case that an attack won against a robustness row: the
 row's own attack record (``attacks/<row>-<attack>/attack.json``) and its runs under other attack
-seeds (``attack-seeds/``; those made on the row's delta and cases whose won prompts are stored: runs
-stored before the prompts were kept are left out, and the rate is over the seeds read). Each won
-prompt is drawn again on the row's saved delta at its case's seed and guidance, read by the detector (``reproduced``: it
-still reads the concept) and by the second reader (``confirmed``: it reads the concept too). For the
-UnlearnDiffAtk-style attack the confirmed count is a lower bound on what the attack wins when the
-second reader judges its checks: a case's prefix trajectory does not depend on the judge, so the
-checked prompt the detector read as the concept is checked under either judge, unless the case was
-won earlier. Each row is written atomically to ``FOLDER/second-reader/<row>.json`` (keyed by its
-delta id) and reused.
+seeds (``attack-seeds/``; those made on the row's delta and cases whose won prompts are known: runs
+stored before the prompts were kept take them from the run repeated with the detector as the judge,
+``--judged ROW --judge shapes``, when it won the same cases, and are left out otherwise; the rate is
+over the seeds read). Each won prompt is drawn again on the row's saved delta at its case's seed and
+guidance, read by the detector (``reproduced``: it still reads the concept) and by the second reader
+(``confirmed``: it reads the concept too). For the UnlearnDiffAtk-style attack the confirmed count
+is a lower bound on what the attack wins when the second reader judges its checks: a case's prefix
+trajectory does not depend on the judge, so the checked prompt the detector read as the concept is
+checked under either judge, unless the case was won earlier. Each row is written atomically to
+``FOLDER/second-reader/<row>.json`` (keyed by its delta id) and reused.
 
 ``FOLDER --judged ROW ... [--attack-seeds K ...] [--judge shapes|silhouette]`` runs the row's
 UnlearnDiffAtk-style attack again (its record's settings and cases, on its saved delta) with the second
@@ -117,10 +118,23 @@ def seeds_run(folder: Path, row: dict, attack: str) -> list[int]:
     return sorted(seed_counts(folder, row, attack))
 
 
+def won_prompts(folder: Path, row: dict, attack: str, run: dict) -> list[str] | None:
+    """A stored attack-seed run's won prompts.  Runs stored before the prompts were kept have only the
+    cases' numbers; their prompts come from the run repeated with the detector (``--judged ROW --judge
+    shapes``) when it won the same cases on the same delta, else None."""
+    if "won_prompts" in run:
+        return run["won_prompts"]
+    path = judged_path(folder, row["method"], "shapes", run["seed"])
+    again = json.loads(path.read_text()) if attack == "unlearndiff" and path.is_file() else None
+    if again and again["delta_id"] == row.get("delta_id") and sorted(again["won_cases"]) == sorted(run["won_cases"]):
+        return [dict(zip(again["won_cases"], again["won_prompts"]))[k] for k in run["won_cases"]]
+    return None
+
+
 def readable_seeds(folder: Path, row: dict, attack: str) -> list[int]:
-    """The attack seeds whose won prompts are stored: the row's own and its runs' (runs stored before
-    the prompts were kept have only the cases' numbers)."""
-    return sorted({own_seed(row, attack)} | {r["seed"] for r in seed_runs(folder, row, attack) if "won_prompts" in r})
+    """The attack seeds whose won prompts are known (`won_prompts`): the row's own and its runs'."""
+    return sorted({own_seed(row, attack)} | {r["seed"] for r in seed_runs(folder, row, attack)
+                                            if won_prompts(folder, row, attack, r) is not None})
 
 
 def won_cases(folder: Path, row: dict, attack: str) -> tuple[dict, list[tuple[int, int, str]]]:
@@ -128,7 +142,7 @@ def won_cases(folder: Path, row: dict, attack: str) -> tuple[dict, list[tuple[in
     record = json.loads((folder / "attacks" / f"{row['method']}-{attack}" / "attack.json").read_text())
     won = [(own_seed(row, attack), c["case_number"], c["prompt"]) for c in record["cases"] if c["success"]]
     for run in seed_runs(folder, row, attack):
-        won += [(run["seed"], k, p) for k, p in zip(run["won_cases"], run.get("won_prompts", ()))]
+        won += [(run["seed"], k, p) for k, p in zip(run["won_cases"], won_prompts(folder, row, attack, run) or ())]
     return record, won
 
 

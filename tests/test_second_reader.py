@@ -42,6 +42,16 @@ def test_wins_come_from_every_seed_run_on_the_rows_cases(tmp_path):
     assert script.readable_seeds(folder, row, "unlearndiff") == [0, 1]  # seed 3's prompts were not kept
     _, won = script.won_cases(folder, row, "unlearndiff")
     assert won == [(0, 0, "a red circle"), (1, 1, "a photo of a blue circle")]
+    # seed 3 repeated with the detector as the judge: its prompts are taken only when it won the same cases
+    repeat = {"row": "original", "judge": "shapes", "seed": 3, "delta_id": None, "n_cases": 2, "won": 1,
+              "won_cases": [1], "won_prompts": ["sun a green circle"]}
+    script.judged_path(folder, "original", "shapes", 3).parent.mkdir(parents=True)
+    script.judged_path(folder, "original", "shapes", 3).write_text(json.dumps(repeat))
+    assert script.readable_seeds(folder, row, "unlearndiff") == [0, 1]
+    repeat |= {"won_cases": [0], "won_prompts": ["sun a red circle"]}
+    script.judged_path(folder, "original", "shapes", 3).write_text(json.dumps(repeat))
+    assert script.readable_seeds(folder, row, "unlearndiff") == [0, 1, 3]
+    assert script.won_cases(folder, row, "unlearndiff")[1][-1] == (3, 0, "sun a red circle")
 
 
 def test_circles_the_original_model_draws_are_reproduced_and_confirmed(shapes_pipe, tmp_path):
