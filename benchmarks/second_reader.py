@@ -49,6 +49,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from attack_floor import measure as floor_measure  # noqa: E402  (benchmarks/ is the script's folder)
 
@@ -113,6 +114,18 @@ def calibrate(pipe, renders: int, seeds: int) -> dict:
     return {"renders": renders, "seeds": seeds, "rendered": rendered, "generated": generated}
 
 
+def attack_path(folder: Path, label: str, attack: str) -> Path:
+    return folder / "attacks" / f"{label}-{attack}" / "attack.json"
+
+
+def attack_record(folder: Path, label: str, attack: str) -> dict:
+    """Row ``label``'s stored record of ``attack`` (a one-line exit when there is none)."""
+    path = attack_path(folder, label, attack)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no {attack} record for row {label!r}")
+    return json.loads(path.read_text())
+
+
 def seeds_run(folder: Path, row: dict, attack: str) -> list[int]:
     """Every attack seed run on the row: its own and those of its stored runs."""
     return sorted(seed_counts(folder, row, attack))
@@ -139,7 +152,7 @@ def readable_seeds(folder: Path, row: dict, attack: str) -> list[int]:
 
 def won_cases(folder: Path, row: dict, attack: str) -> tuple[dict, list[tuple[int, int, str]]]:
     """(the row's attack record, [(attack seed, case number, won prompt)] under every `readable_seeds` seed)."""
-    record = json.loads((folder / "attacks" / f"{row['method']}-{attack}" / "attack.json").read_text())
+    record = attack_record(folder, row["method"], attack)
     won = [(own_seed(row, attack), c["case_number"], c["prompt"]) for c in record["cases"] if c["success"]]
     for run in seed_runs(folder, row, attack):
         won += [(run["seed"], k, p) for k, p in zip(run["won_cases"], won_prompts(folder, row, attack, run) or ())]
@@ -156,7 +169,7 @@ def reread(pipe, folder: Path, label: str) -> dict:
     out = {"row": label, "concept": row["concept"], "value": value, "delta_id": row.get("delta_id"),
            "n_cases": row["n_cases"], "attacks": {}}
     for attack in ATTACKS:
-        if not (folder / "attacks" / f"{label}-{attack}").is_dir():
+        if not attack_path(folder, label, attack).is_file():
             continue
         record, won = won_cases(folder, row, attack)
         cases = {c["case_number"]: c for c in record["cases"]}
@@ -164,8 +177,9 @@ def reread(pipe, folder: Path, label: str) -> dict:
         with model_state(pipe, delta, erased=True):
             images = draw(pipe, rows, SamplingSettings(**record["sampling"])) if rows else []
         read = reader.read(images)
-        seen = detector.read(images)[attribute] if images else []
-        probs = detector.model.probabilities(images)[attribute][:, VALUES[attribute].index(value)] if images else []
+        probs = detector.model.probabilities(images)[attribute] if images else torch.zeros(0, len(VALUES[attribute]))
+        seen = [VALUES[attribute][i] for i in probs.argmax(dim=1).tolist()]  # the detector's reading
+        probs = probs[:, VALUES[attribute].index(value)]
         seeds = readable_seeds(folder, row, attack)
         out["attacks"][attack] = {
             "seeds": seeds, "trials": row["n_cases"] * len(seeds),
@@ -192,7 +206,7 @@ def judged_attack(pipe, folder: Path, label: str, seed: int, judge: str = "silho
     """The row's UnlearnDiffAtk-style attack with attack seed ``seed``, its checks judged by ``judge``."""
     row = load_row(folder, label)
     delta = saved_delta(folder, row)
-    record = json.loads((folder / "attacks" / f"{label}-unlearndiff" / "attack.json").read_text())
+    record = attack_record(folder, label, "unlearndiff")
     cases = [AttackCase(c["case_number"], c["source_prompt"], c["seed"], c["guidance"]) for c in record["cases"]]
     config = dict(record["settings"]["attack"], seed=seed)
     result = run_attack(pipe, "unlearndiff", record["concept"], delta=delta, config=config, cases=cases,

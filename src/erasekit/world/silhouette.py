@@ -71,9 +71,11 @@ def background(pixels: np.ndarray) -> np.ndarray:
     return np.median(border, axis=0)
 
 
-def object_pixels(pixels: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-    """(H, W) bool: the pixels of an (H, W, 3) image whose colour differs from the background's."""
-    return np.linalg.norm(pixels - background(pixels), axis=2) > threshold
+def object_pixels(pixels: np.ndarray, threshold: float = THRESHOLD, bg: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: the pixels of an (H, W, 3) image whose colour differs from the background's
+    (``bg``, default `background`)."""
+    bg = background(pixels) if bg is None else bg
+    return np.linalg.norm(pixels - bg, axis=2) > threshold
 
 
 def silhouette(differing: np.ndarray) -> np.ndarray:
@@ -116,13 +118,14 @@ def read(image: Image.Image, threshold: float = THRESHOLD, min_pixels: int = MIN
     pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
     if pixels.shape[0] != pixels.shape[1]:
         raise ValueError(f"a Shapes image is square, got {pixels.shape[1]}x{pixels.shape[0]}")
-    differing = object_pixels(pixels, threshold)
+    bg = background(pixels)
+    differing = object_pixels(pixels, threshold, bg)
     if differing.sum() < min_pixels:
         return Reading(None, None, {s: 0.0 for s in SHAPES}, 0)
     region = silhouette(differing)
     overlaps = shape_overlaps(region)
     inside = pixels[differing & region]
-    far = np.linalg.norm(inside - background(pixels), axis=1)
+    far = np.linalg.norm(inside - bg, axis=1)
     rgb = np.median(inside[far >= np.quantile(far, 0.75)], axis=0)
     return Reading(max(overlaps, key=overlaps.get), nearest_color(rgb), overlaps, int(region.sum()),
                    tuple(float(v) for v in rgb))
